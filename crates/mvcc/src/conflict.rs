@@ -1,0 +1,185 @@
+//! The conflict window: which keys were written by commits the sequencer has accepted
+//! recently, and at which version.
+//!
+//! ```text
+//!   keys: BTreeMap<key, Stamp>        Stamp = Committed(version) | Pending(ticket)
+//!   log:  VecDeque<(ticket, version?, accepted_at, keys)>   in acceptance order
+//!   floor: Version                    requests reading below it cannot be checked
+//! ```
+//!
+//! A commit request conflicts if any key in one of its read ranges has a stamp newer
+//! than its read version. A *pending* stamp (accepted, not yet known to be applied) is
+//! newer than every read version, because it will be ordered after all of them.
+//! Entries leave the window after `max_age` (or when it exceeds `max_keys`); the floor
+//! rises to the newest version that left, and requests that read below the floor are
+//! refused with a retryable error, because their conflicts can no longer be seen.
+
+use crate::{CommitRequest, Version};
+use amberdb_error::{Error, Result};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Limits of the conflict window.
+#[derive(Debug, Clone)]
+pub struct ConflictWindowConfig {
+    /// How long a commit's writes are remembered: the longest a read-write transaction
+    /// may run and still commit.
+    pub max_age: Duration,
+    /// Most keys remembered; past it the oldest entries leave early.
+    pub max_keys: usize,
+}
+
+impl Default for ConflictWindowConfig {
+    fn default() -> Self {
+        Self { max_age: Duration::from_secs(60), max_keys: 4_000_000 }
+    }
+}
+
+/// Identifies an accepted commit until its version is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    Committed(Version),
+    Pending(Ticket),
+}
+
+#[derive(Debug)]
+struct Entry {
+    ticket: Ticket,
+    version: Option<Version>,
+    accepted_at: Instant,
+    keys: Vec<Vec<u8>>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct ConflictWindow {
+    config: ConflictWindowConfig,
+    keys: BTreeMap<Vec<u8>, Stamp>,
+    log: VecDeque<Entry>,
+    floor: Version,
+    next_ticket: u64,
+    key_count: usize,
+}
+
+impl ConflictWindow {
+    /// An empty window whose floor is `floor` (the applied version at start-up: nothing
+    /// older can be checked, since the window starts empty).
+    pub fn new(config: ConflictWindowConfig, floor: Version) -> Self {
+        Self { config, keys: BTreeMap::new(), log: VecDeque::new(), floor, next_ticket: 0, key_count: 0 }
+    }
+
+    /// The oldest read version that can still be checked.
+    pub fn floor(&self) -> Version {
+        self.floor
+    }
+
+    /// Checks `req` against the window; on success remembers its writes as pending and
+    /// returns a ticket to resolve once the commit's fate is known.
+    pub fn check_and_accept(&mut self, req: &CommitRequest, now: Instant, applied: Version) -> Result<Ticket> {
+        self.prune(now, applied);
+        if req.read_version < self.floor {
+            return Err(Error::Serialization(format!(
+                "transaction read at version {} which is older than the conflict window (floor {}); \
+                 it ran longer than {}s or the window overflowed — retry it",
+                req.read_version,
+                self.floor,
+                self.config.max_age.as_secs()
+            )));
+        }
+        for range in &req.read_ranges {
+            if range.is_empty() {
+                continue;
+            }
+            for (key, stamp) in self.keys.range::<Vec<u8>, _>((range.start.clone(), range.end.clone())) {
+                let newer = match stamp {
+                    Stamp::Pending(_) => true,
+                    Stamp::Committed(v) => *v > req.read_version,
+                };
+                if newer {
+                    let at = match stamp {
+                        Stamp::Pending(_) => "a concurrent commit in flight".to_string(),
+                        Stamp::Committed(v) => format!("version {v}"),
+                    };
+                    return Err(Error::Serialization(format!(
+                        "could not serialize access: key {} was written at {at} after this transaction read it at version {}",
+                        display_key(key),
+                        req.read_version
+                    )));
+                }
+            }
+        }
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        let keys: Vec<Vec<u8>> = req.writes.iter().map(|m| m.key.clone()).collect();
+        for k in &keys {
+            self.keys.insert(k.clone(), Stamp::Pending(ticket));
+        }
+        self.key_count += keys.len();
+        self.log.push_back(Entry { ticket, version: None, accepted_at: now, keys });
+        Ok(ticket)
+    }
+
+    /// Records the version an accepted commit got, or `None` if its fate is unknown (it
+    /// then stays pending, i.e. conflicts with everything, until it ages out).
+    pub fn resolve(&mut self, ticket: Ticket, version: Option<Version>) {
+        let Some(version) = version else { return };
+        let Some(entry) = self.log.iter_mut().find(|e| e.ticket == ticket) else { return };
+        entry.version = Some(version);
+        for k in &entry.keys {
+            if let Some(stamp) = self.keys.get_mut(k) {
+                if *stamp == Stamp::Pending(ticket) {
+                    *stamp = Stamp::Committed(version);
+                }
+            }
+        }
+    }
+
+    /// Drops entries older than `max_age` (or beyond `max_keys`), raising the floor.
+    pub fn prune(&mut self, now: Instant, applied: Version) {
+        while let Some(front) = self.log.front() {
+            let expired = now.duration_since(front.accepted_at) > self.config.max_age;
+            let overflow = self.key_count > self.config.max_keys;
+            // A pending entry is kept until it expires: its version is still unknown.
+            if !(expired || (overflow && front.version.is_some())) {
+                break;
+            }
+            let Some(entry) = self.log.pop_front() else { break };
+            // Unknown fate: it cannot be newer than what is applied by the time it expires
+            // unless it never applies at all, so `applied` is a safe upper bound.
+            let version = entry.version.unwrap_or(applied);
+            self.floor = self.floor.max(version);
+            self.key_count -= entry.keys.len();
+            for k in entry.keys {
+                let remove = match self.keys.get(&k) {
+                    Some(Stamp::Committed(v)) => *v <= self.floor,
+                    Some(Stamp::Pending(t)) => *t == entry.ticket,
+                    None => false,
+                };
+                if remove {
+                    self.keys.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Number of keys remembered.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// Shows a key as text when printable, hex otherwise (for error messages).
+pub(crate) fn display_key(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
+        _ => format!("0x{}", key.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    }
+}

@@ -1,0 +1,118 @@
+//! The mvcc key layout inside the engine's single ordered keyspace.
+//!
+//! ```text
+//!   0x00 ++ str(name)                         → metadata record (applied state, GC watermark,
+//!                                               and opaque records of the layer above)
+//!   0x01 ++ bytes(user_key) ++ u64(!version)  → [0x00] tombstone | [0x01] ++ value
+//!   0x02 ++ u64(version)                      → u64 LE commit time (µs since Unix epoch)
+//!   0x03 ++ u64(time) ++ u64(version)         → (empty)   time → version index
+//! ```
+//!
+//! Versions are stored inverted (`!version`) so that a forward scan meets each user key's
+//! newest version first: a point read at version V is one seek to `(key, !V)`.
+
+use amberdb_encoding::keycode::{prefix_end, KeyDecoder, KeyEncoder};
+use amberdb_error::{Error, Result};
+use amberdb_storage::KeyRange;
+use std::ops::Bound;
+
+pub(crate) const TAG_META: u8 = 0x00;
+pub(crate) const TAG_DATA: u8 = 0x01;
+pub(crate) const TAG_VERSION_TIME: u8 = 0x02;
+pub(crate) const TAG_TIME_VERSION: u8 = 0x03;
+
+/// Metadata record holding the applied version and its commit time.
+pub(crate) const META_APPLIED: &str = "mvcc.applied";
+/// Metadata record holding the GC watermark: no read below it is allowed.
+pub(crate) const META_GC_WATERMARK: &str = "mvcc.gc_watermark";
+
+pub(crate) fn meta(name: &str) -> Vec<u8> {
+    KeyEncoder::with_tag(TAG_META).str(name).finish()
+}
+
+pub(crate) fn data(user_key: &[u8], version: u64) -> Vec<u8> {
+    KeyEncoder::with_tag(TAG_DATA).bytes(user_key).u64(!version).finish()
+}
+
+/// Decodes a data key into (user key, version).
+pub(crate) fn decode_data(key: &[u8]) -> Result<(Vec<u8>, u64)> {
+    let mut d = KeyDecoder::new(key);
+    if d.tag()? != TAG_DATA {
+        return Err(Error::InvalidData(format!("not an mvcc data key: {key:x?}")));
+    }
+    let user = d.bytes()?;
+    let version = !d.u64()?;
+    d.finish()?;
+    Ok((user, version))
+}
+
+pub(crate) fn version_time(version: u64) -> Vec<u8> {
+    KeyEncoder::with_tag(TAG_VERSION_TIME).u64(version).finish()
+}
+
+pub(crate) fn time_version(time: u64, version: u64) -> Vec<u8> {
+    KeyEncoder::with_tag(TAG_TIME_VERSION).u64(time).u64(version).finish()
+}
+
+pub(crate) fn decode_time_version(key: &[u8]) -> Result<(u64, u64)> {
+    let mut d = KeyDecoder::new(key);
+    if d.tag()? != TAG_TIME_VERSION {
+        return Err(Error::InvalidData(format!("not a time index key: {key:x?}")));
+    }
+    let t = d.u64()?;
+    let v = d.u64()?;
+    d.finish()?;
+    Ok((t, v))
+}
+
+pub(crate) fn decode_version_time_key(key: &[u8]) -> Result<u64> {
+    let mut d = KeyDecoder::new(key);
+    if d.tag()? != TAG_VERSION_TIME {
+        return Err(Error::InvalidData(format!("not a version index key: {key:x?}")));
+    }
+    let v = d.u64()?;
+    d.finish()?;
+    Ok(v)
+}
+
+pub(crate) fn encode_value(value: Option<&[u8]>) -> Vec<u8> {
+    match value {
+        None => vec![0],
+        Some(v) => {
+            let mut out = Vec::with_capacity(v.len() + 1);
+            out.push(1);
+            out.extend_from_slice(v);
+            out
+        }
+    }
+}
+
+pub(crate) fn decode_value(raw: &[u8]) -> Result<Option<Vec<u8>>> {
+    match raw.split_first() {
+        Some((0, [])) => Ok(None),
+        Some((1, v)) => Ok(Some(v.to_vec())),
+        _ => Err(Error::InvalidData(format!("invalid mvcc value tag in {:x?}", &raw[..raw.len().min(8)]))),
+    }
+}
+
+/// Maps a range of user keys to the range of data keys holding all their versions.
+pub(crate) fn data_range(range: &KeyRange) -> KeyRange {
+    let prefix = |k: &[u8]| KeyEncoder::with_tag(TAG_DATA).bytes(k).finish();
+    let start = match &range.start {
+        Bound::Included(k) => Bound::Included(prefix(k)),
+        Bound::Excluded(k) => match prefix_end(&prefix(k)) {
+            Some(e) => Bound::Included(e),
+            None => Bound::Excluded(vec![TAG_DATA + 1]),
+        },
+        Bound::Unbounded => Bound::Included(vec![TAG_DATA]),
+    };
+    let end = match &range.end {
+        Bound::Included(k) => match prefix_end(&prefix(k)) {
+            Some(e) => Bound::Excluded(e),
+            None => Bound::Excluded(vec![TAG_DATA + 1]),
+        },
+        Bound::Excluded(k) => Bound::Excluded(prefix(k)),
+        Bound::Unbounded => Bound::Excluded(vec![TAG_DATA + 1]),
+    };
+    KeyRange { start, end }
+}

@@ -1,0 +1,553 @@
+//! The `Mvcc` store: applies commit batches at versions, serves reads at versions,
+//! maps versions to commit times and back, and garbage-collects old versions.
+
+use crate::keys;
+use crate::{Clock, CommitBatch, Timestamp, Version};
+use amberdb_encoding::codec::{Reader, Writer};
+use amberdb_error::{Error, Result};
+use amberdb_storage::{Durability, Engine, KeyRange, ScanIterator, WriteBatch};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Tunables of the mvcc layer.
+#[derive(Debug, Clone)]
+pub struct MvccConfig {
+    /// How long old versions stay readable (`AS OF SYSTEM TIME`, backups). Reads of a
+    /// state older than this fail with `TooOld`; GC removes what is older.
+    pub retention: Duration,
+}
+
+impl Default for MvccConfig {
+    fn default() -> Self {
+        Self { retention: Duration::from_secs(3600) }
+    }
+}
+
+/// The version and commit time of the newest applied entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedState {
+    /// Newest applied version (commit or marker).
+    pub version: Version,
+    /// Commit time of the newest applied *commit* (markers carry no time).
+    pub time: Timestamp,
+}
+
+/// One entry handed to [`Mvcc::apply`].
+#[derive(Debug, Clone, Copy)]
+pub enum ApplyItem<'a> {
+    /// A commit batch at a version.
+    Commit(Version, &'a CommitBatch),
+    /// A version that carries no data (e.g. a Raft blank or membership entry). It still
+    /// advances the applied version so that the layer above can restart from it.
+    Marker(Version),
+}
+
+/// Statistics from one GC pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// The new watermark (0 if GC did nothing).
+    pub watermark: Version,
+    /// Obsolete data versions removed.
+    pub versions_removed: u64,
+    /// Time-index entries removed.
+    pub index_removed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Readers {
+    /// No read below this version is allowed; GC may have removed what it needs.
+    watermark: Version,
+    /// Versions held by live readers (version → count): GC never passes the oldest.
+    active: BTreeMap<Version, usize>,
+}
+
+/// A multi-version key-value store over an [`Engine`]. See the crate docs.
+pub struct Mvcc {
+    engine: Arc<dyn Engine>,
+    config: MvccConfig,
+    clock: Arc<dyn Clock>,
+    applied: RwLock<AppliedState>,
+    readers: Arc<Mutex<Readers>>,
+    /// Serializes `apply` calls and GC passes against each other's metadata writes.
+    write_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Mvcc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mvcc").field("applied", &self.applied()).finish()
+    }
+}
+
+fn encode_applied(s: &AppliedState) -> Vec<u8> {
+    let mut w = Writer::with_capacity(16);
+    w.u64(s.version).u64(s.time);
+    w.finish()
+}
+
+fn decode_applied(raw: &[u8]) -> Result<AppliedState> {
+    let mut r = Reader::new(raw, "mvcc applied-state record");
+    let s = AppliedState { version: r.u64()?, time: r.u64()? };
+    r.finish()?;
+    Ok(s)
+}
+
+fn decode_u64(raw: &[u8], what: &'static str) -> Result<u64> {
+    let mut r = Reader::new(raw, what);
+    let v = r.u64()?;
+    r.finish()?;
+    Ok(v)
+}
+
+impl Mvcc {
+    /// Opens the store, loading the applied state and GC watermark from the engine.
+    pub fn open(engine: Arc<dyn Engine>, config: MvccConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        let applied = match engine.get(&keys::meta(keys::META_APPLIED))? {
+            Some(raw) => decode_applied(&raw)?,
+            None => AppliedState::default(),
+        };
+        let watermark = match engine.get(&keys::meta(keys::META_GC_WATERMARK))? {
+            Some(raw) => decode_u64(&raw, "mvcc GC watermark record")?,
+            None => 0,
+        };
+        Ok(Self {
+            engine,
+            config,
+            clock,
+            applied: RwLock::new(applied),
+            readers: Arc::new(Mutex::new(Readers { watermark, active: BTreeMap::new() })),
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &MvccConfig {
+        &self.config
+    }
+
+    /// The clock in use.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The engine underneath (for the layer above's own metadata records).
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The newest applied version and commit time.
+    pub fn applied(&self) -> AppliedState {
+        *self.applied.read().expect("applied-state lock poisoned")
+    }
+
+    /// The GC watermark: the oldest version a read may use.
+    pub fn gc_watermark(&self) -> Version {
+        self.readers.lock().expect("readers lock poisoned").watermark
+    }
+
+    /// Reads a metadata record written by `apply`'s `meta` argument.
+    pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.engine.get(&keys::meta(name))
+    }
+
+    /// Applies entries in order, atomically, together with metadata records of the layer
+    /// above (e.g. the Raft applied log id), in one engine batch. Returns the effective
+    /// commit time of each item (0 for markers).
+    ///
+    /// Commit times are made strictly increasing here, deterministically from the input
+    /// and the current state, so that every replica derives the same version↔time map.
+    pub fn apply(
+        &self,
+        items: &[ApplyItem<'_>],
+        meta: &[(&str, Vec<u8>)],
+        durability: Durability,
+    ) -> Result<Vec<Timestamp>> {
+        let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
+        let mut state = self.applied();
+        let mut batch = WriteBatch::new();
+        let mut times = Vec::with_capacity(items.len());
+        for item in items {
+            let version = match item {
+                ApplyItem::Commit(v, _) | ApplyItem::Marker(v) => *v,
+            };
+            if version <= state.version {
+                return Err(Error::Internal(format!(
+                    "apply of version {version} at or below applied version {}",
+                    state.version
+                )));
+            }
+            state.version = version;
+            match item {
+                ApplyItem::Marker(_) => times.push(0),
+                ApplyItem::Commit(_, commit) => {
+                    let time = commit.commit_time.max(state.time + 1);
+                    state.time = time;
+                    times.push(time);
+                    for m in &commit.mutations {
+                        batch.put(keys::data(&m.key, version), keys::encode_value(m.value.as_deref()));
+                    }
+                    batch.put(keys::version_time(version), time.to_le_bytes().to_vec());
+                    batch.put(keys::time_version(time, version), Vec::new());
+                }
+            }
+        }
+        batch.put(keys::meta(keys::META_APPLIED), encode_applied(&state));
+        for (name, value) in meta {
+            batch.put(keys::meta(name), value.clone());
+        }
+        self.engine.write(batch, durability)?;
+        *self.applied.write().expect("applied-state lock poisoned") = state;
+        Ok(times)
+    }
+
+    /// The commit time of `version`, if it is a retained commit version.
+    pub fn time_of_version(&self, version: Version) -> Result<Option<Timestamp>> {
+        match self.engine.get(&keys::version_time(version))? {
+            Some(raw) => Ok(Some(decode_u64(&raw, "mvcc version→time record")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest commit version whose commit time is at or before `time`, with its time.
+    pub fn version_at_time(&self, time: Timestamp) -> Result<Option<(Version, Timestamp)>> {
+        let range = KeyRange {
+            start: Bound::Included(vec![keys::TAG_TIME_VERSION]),
+            end: Bound::Included(keys::time_version(time, u64::MAX)),
+        };
+        match self.engine.scan(range).next_back() {
+            Some(kv) => {
+                let (t, v) = keys::decode_time_version(&kv?.0)?;
+                Ok(Some((v, t)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The oldest version whose state is still inside the retention window at `now`:
+    /// the state that was current at `now - retention`.
+    fn retention_floor(&self, now: Timestamp) -> Result<Version> {
+        let cutoff = now.saturating_sub(self.config.retention.as_micros() as u64);
+        Ok(self.version_at_time(cutoff)?.map_or(0, |(v, _)| v))
+    }
+
+    /// Starts a read of the latest applied state.
+    pub fn read_latest(&self) -> Result<ReadView> {
+        let v = self.applied().version;
+        self.register(v)
+    }
+
+    /// Starts a read at `version`. Fails with `TooOld` if that state is older than the
+    /// retention window or already garbage-collected.
+    pub fn read_at(&self, version: Version) -> Result<ReadView> {
+        let applied = self.applied().version;
+        if version > applied {
+            return Err(Error::InvalidInput(format!(
+                "version {version} is newer than the newest committed version {applied}"
+            )));
+        }
+        let floor = self.retention_floor(self.clock.now())?;
+        if version < floor {
+            return Err(Error::TooOld(format!(
+                "version {version} is older than the retention window ({}s; oldest readable version is {floor})",
+                self.config.retention.as_secs()
+            )));
+        }
+        self.register(version)
+    }
+
+    /// Starts a read of the state as of wall-clock `time` (µs since the Unix epoch): the
+    /// state after the newest commit at or before `time`.
+    pub fn read_at_time(&self, time: Timestamp) -> Result<ReadView> {
+        let now = self.clock.now();
+        if time > now {
+            return Err(Error::InvalidInput(format!(
+                "timestamp {} is in the future (now is {})",
+                format_micros(time),
+                format_micros(now)
+            )));
+        }
+        let retention_us = self.config.retention.as_micros() as u64;
+        if time < now.saturating_sub(retention_us) {
+            return Err(Error::TooOld(format!(
+                "timestamp {} is older than the retention window of {}s",
+                format_micros(time),
+                self.config.retention.as_secs()
+            )));
+        }
+        match self.version_at_time(time)? {
+            Some((v, _)) => self.read_at(v),
+            // Nothing committed at or before `time`: the empty state at version 0, unless
+            // GC has removed the index entries that would have answered.
+            None if self.gc_watermark() == 0 => self.register(0),
+            None => Err(Error::TooOld(format!(
+                "timestamp {} predates the oldest retained version",
+                format_micros(time)
+            ))),
+        }
+    }
+
+    fn register(&self, version: Version) -> Result<ReadView> {
+        let mut readers = self.readers.lock().expect("readers lock poisoned");
+        if version < readers.watermark {
+            return Err(Error::TooOld(format!(
+                "version {version} has been garbage-collected (oldest readable version is {})",
+                readers.watermark
+            )));
+        }
+        *readers.active.entry(version).or_insert(0) += 1;
+        drop(readers);
+        Ok(ReadView { engine: self.engine.clone(), version, readers: self.readers.clone() })
+    }
+
+    /// Removes versions no reader can need: those older than the retention window and
+    /// older than every live reader. Returns what it did.
+    pub fn gc(&self) -> Result<GcStats> {
+        let time_floor = self.retention_floor(self.clock.now())?;
+        let horizon = {
+            let mut readers = self.readers.lock().expect("readers lock poisoned");
+            let oldest_reader = readers.active.keys().next().copied().unwrap_or(Version::MAX);
+            let horizon = time_floor.min(oldest_reader).min(self.applied().version);
+            if horizon <= readers.watermark {
+                return Ok(GcStats::default());
+            }
+            // From here on no new reader can start below `horizon`.
+            readers.watermark = horizon;
+            horizon
+        };
+        // Persist the watermark before deleting anything, in its own batch: batches are
+        // recovered as a prefix, so after a crash the watermark is at least as new as the
+        // newest deletion.
+        {
+            let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
+            let mut b = WriteBatch::new();
+            b.put(keys::meta(keys::META_GC_WATERMARK), horizon.to_le_bytes().to_vec());
+            self.engine.write(b, Durability::Buffered)?;
+        }
+        let mut stats = GcStats { watermark: horizon, ..GcStats::default() };
+        let mut batch = WriteBatch::new();
+        let flush = |batch: &mut WriteBatch| -> Result<()> {
+            if !batch.is_empty() {
+                self.engine.write(std::mem::take(batch), Durability::Buffered)?;
+            }
+            Ok(())
+        };
+        // Data: for each key keep the newest version ≤ horizon (unless it is a tombstone)
+        // and everything newer; delete everything older.
+        let mut current: Option<Vec<u8>> = None;
+        let mut anchored = false;
+        for kv in self.engine.scan(keys::data_range(&KeyRange::all())) {
+            let (raw_key, raw_value) = kv?;
+            let (user, version) = keys::decode_data(&raw_key)?;
+            if current.as_deref() != Some(user.as_slice()) {
+                current = Some(user);
+                anchored = false;
+            }
+            if version > horizon {
+                continue;
+            }
+            if anchored {
+                batch.delete(raw_key);
+                stats.versions_removed += 1;
+            } else {
+                anchored = true;
+                if keys::decode_value(&raw_value)?.is_none() {
+                    batch.delete(raw_key);
+                    stats.versions_removed += 1;
+                }
+            }
+            if batch.len() >= 4096 {
+                flush(&mut batch)?;
+            }
+        }
+        // Time index: entries for versions below the horizon describe states nobody may
+        // read any more. The horizon's own entry stays so it can still be resolved.
+        let vt_range = KeyRange::between(keys::version_time(0), keys::version_time(horizon));
+        for kv in self.engine.scan(vt_range) {
+            let (raw_key, raw_value) = kv?;
+            let version = keys::decode_version_time_key(&raw_key)?;
+            let time = decode_u64(&raw_value, "mvcc version→time record")?;
+            batch.delete(raw_key);
+            batch.delete(keys::time_version(time, version));
+            stats.index_removed += 1;
+            if batch.len() >= 4096 {
+                flush(&mut batch)?;
+            }
+        }
+        flush(&mut batch)?;
+        tracing::debug!(?stats, "mvcc gc pass");
+        Ok(stats)
+    }
+}
+
+/// Formats µs since the Unix epoch as RFC 3339 UTC (for error messages).
+pub fn format_micros(us: Timestamp) -> String {
+    let secs = us / 1_000_000;
+    let micros = us % 1_000_000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm), valid for the Unix era.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// A consistent read of the store at one version. While it lives, GC keeps every
+/// version it may need.
+pub struct ReadView {
+    engine: Arc<dyn Engine>,
+    version: Version,
+    readers: Arc<Mutex<Readers>>,
+}
+
+impl std::fmt::Debug for ReadView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadView").field("version", &self.version).finish()
+    }
+}
+
+impl Drop for ReadView {
+    fn drop(&mut self) {
+        // A poisoned lock means another thread panicked; leaking the registration only
+        // makes GC more conservative, so never panic in drop.
+        if let Ok(mut readers) = self.readers.lock() {
+            if let Some(n) = readers.active.get_mut(&self.version) {
+                *n -= 1;
+                if *n == 0 {
+                    readers.active.remove(&self.version);
+                }
+            }
+        }
+    }
+}
+
+impl ReadView {
+    /// The version this view reads at.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Reads one key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let range = KeyRange {
+            start: Bound::Included(keys::data(key, self.version)),
+            end: Bound::Included(keys::data(key, 0)),
+        };
+        match self.engine.scan(range).next() {
+            Some(kv) => keys::decode_value(&kv?.1),
+            None => Ok(None),
+        }
+    }
+
+    /// Scans user keys in `range` in ascending order.
+    pub fn scan(&self, range: &KeyRange) -> VersionedScan {
+        VersionedScan::new(self.engine.scan(keys::data_range(range)), self.version, false)
+    }
+
+    /// Scans user keys in `range` in descending order.
+    pub fn scan_rev(&self, range: &KeyRange) -> VersionedScan {
+        VersionedScan::new(self.engine.scan(keys::data_range(range)), self.version, true)
+    }
+}
+
+/// Turns a scan of raw versioned keys into the visible (key, value) pairs at a version.
+pub struct VersionedScan {
+    inner: ScanIterator,
+    version: Version,
+    reverse: bool,
+    /// Forward: the key whose older versions are being skipped.
+    /// Reverse: the key being collected and its newest visible value so far.
+    current: Option<(Vec<u8>, Option<Vec<u8>>)>,
+    done: bool,
+}
+
+impl VersionedScan {
+    fn new(inner: ScanIterator, version: Version, reverse: bool) -> Self {
+        Self { inner, version, reverse, current: None, done: false }
+    }
+
+    fn next_forward(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        while let Some(kv) = self.inner.next() {
+            let (raw_key, raw_value) = kv?;
+            let (user, version) = keys::decode_data(&raw_key)?;
+            if version > self.version {
+                continue;
+            }
+            if matches!(&self.current, Some((k, _)) if *k == user) {
+                continue;
+            }
+            let value = keys::decode_value(&raw_value)?;
+            self.current = Some((user.clone(), None));
+            if let Some(value) = value {
+                return Ok(Some((user, value)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn next_reverse(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        // Walking backwards, each key's versions arrive oldest first; the visible value
+        // is the last one at or below our version, known only once the key changes.
+        loop {
+            let Some(kv) = self.inner.next_back() else {
+                return Ok(match self.current.take() {
+                    Some((k, Some(v))) => Some((k, v)),
+                    _ => None,
+                });
+            };
+            let (raw_key, raw_value) = kv?;
+            let (user, version) = keys::decode_data(&raw_key)?;
+            let same = matches!(&self.current, Some((k, _)) if *k == user);
+            let mut emit = None;
+            if !same {
+                if let Some((k, Some(v))) = self.current.take() {
+                    emit = Some((k, v));
+                }
+                self.current = Some((user, None));
+            }
+            if version <= self.version {
+                if let Some((_, slot)) = self.current.as_mut() {
+                    *slot = keys::decode_value(&raw_value)?;
+                }
+            }
+            if emit.is_some() {
+                return Ok(emit);
+            }
+        }
+    }
+}
+
+impl Iterator for VersionedScan {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = if self.reverse { self.next_reverse() } else { self.next_forward() };
+        match r {
+            Ok(Some(kv)) => Some(Ok(kv)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Optimistic serializable transactions: read at a version, record what was read,
+//! buffer writes, and hand `(read version, read ranges, writes)` to a sequencer.
+
+use crate::{Mutation, ReadView, Version, VersionedScan};
+use amberdb_error::{Error, Result};
+use amberdb_storage::KeyRange;
+use std::collections::BTreeMap;
+use std::iter::Peekable;
+use std::ops::Bound;
+
+/// What a sequencer needs to commit a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRequest {
+    /// The version the transaction read at.
+    pub read_version: Version,
+    /// Every user-key range the transaction read (point reads are one-key ranges).
+    pub read_ranges: Vec<KeyRange>,
+    /// The writes, one per key, in key order.
+    pub writes: Vec<Mutation>,
+}
+
+/// A serializable transaction. Dropping it without committing discards its writes.
+pub struct Transaction {
+    view: ReadView,
+    reads: Vec<KeyRange>,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("read_version", &self.view.version())
+            .field("read_only", &self.read_only)
+            .field("writes", &self.writes.len())
+            .finish()
+    }
+}
+
+fn point(key: &[u8]) -> KeyRange {
+    KeyRange { start: Bound::Included(key.to_vec()), end: Bound::Included(key.to_vec()) }
+}
+
+impl Transaction {
+    /// A read-write transaction reading at `view`'s version.
+    pub fn new(view: ReadView) -> Self {
+        Self { view, reads: Vec::new(), writes: BTreeMap::new(), read_only: false }
+    }
+
+    /// A read-only transaction (time-travel reads are always read-only).
+    pub fn read_only(view: ReadView) -> Self {
+        Self { view, reads: Vec::new(), writes: BTreeMap::new(), read_only: true }
+    }
+
+    /// The version this transaction reads at.
+    pub fn read_version(&self) -> Version {
+        self.view.version()
+    }
+
+    /// Whether writes are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether the transaction has buffered any write.
+    pub fn has_writes(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    /// Reads a key, seeing the transaction's own writes.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if !self.read_only {
+            self.reads.push(point(key));
+        }
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        self.view.get(key)
+    }
+
+    /// Scans a range in ascending order, merging the transaction's own writes. The whole
+    /// range counts as read, even if the caller stops early.
+    pub fn scan(&mut self, range: KeyRange) -> TxnScan {
+        self.scan_dir(range, false)
+    }
+
+    /// Scans a range in descending order; see [`Transaction::scan`].
+    pub fn scan_rev(&mut self, range: KeyRange) -> TxnScan {
+        self.scan_dir(range, true)
+    }
+
+    fn scan_dir(&mut self, range: KeyRange, reverse: bool) -> TxnScan {
+        let mut own: Vec<(Vec<u8>, Option<Vec<u8>>)> = if range.is_empty() {
+            Vec::new()
+        } else {
+            self.writes
+                .range::<Vec<u8>, _>((range.start.clone(), range.end.clone()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        if reverse {
+            own.reverse();
+        }
+        let stored = if reverse { self.view.scan_rev(&range) } else { self.view.scan(&range) };
+        if !self.read_only {
+            self.reads.push(range);
+        }
+        TxnScan { stored: stored.peekable(), own: own.into_iter().peekable(), reverse }
+    }
+
+    /// Buffers a write.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        self.write(key, Some(value))
+    }
+
+    /// Buffers a delete.
+    pub fn delete(&mut self, key: Vec<u8>) -> Result<()> {
+        self.write(key, None)
+    }
+
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!(
+                "cannot write in a read-only transaction at version {}",
+                self.view.version()
+            )));
+        }
+        self.writes.insert(key, value);
+        Ok(())
+    }
+
+    /// Turns the transaction into a commit request, or `None` if it wrote nothing (a
+    /// read-only transaction commits trivially at its read version).
+    pub fn into_request(self) -> Option<CommitRequest> {
+        if self.writes.is_empty() {
+            return None;
+        }
+        Some(CommitRequest {
+            read_version: self.view.version(),
+            read_ranges: self.reads,
+            writes: self.writes.into_iter().map(|(key, value)| Mutation { key, value }).collect(),
+        })
+    }
+}
+
+/// A scan merging stored data at the read version with the transaction's own writes.
+pub struct TxnScan {
+    stored: Peekable<VersionedScan>,
+    own: Peekable<std::vec::IntoIter<(Vec<u8>, Option<Vec<u8>>)>>,
+    reverse: bool,
+}
+
+impl Iterator for TxnScan {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let take_own = match (self.stored.peek(), self.own.peek()) {
+                (Some(Err(_)), _) => false,
+                (Some(Ok((sk, _))), Some((ok, _))) => {
+                    if sk == ok {
+                        self.stored.next(); // shadowed by our own write
+                        true
+                    } else {
+                        (ok < sk) != self.reverse
+                    }
+                }
+                (None, Some(_)) => true,
+                (_, None) => false,
+            };
+            if take_own {
+                let (k, v) = self.own.next()?;
+                match v {
+                    Some(v) => return Some(Ok((k, v))),
+                    None => continue, // our own delete
+                }
+            }
+            return self.stored.next();
+        }
+    }
+}

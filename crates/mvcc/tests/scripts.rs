@@ -1,0 +1,190 @@
+//! Goldenscript tests for mvcc: isolation anomalies, time travel, GC, too-old reads.
+//!
+//! Commands (prefix with a transaction name, e.g. `t1: get a`):
+//!   begin [readonly] [as_of=V] [as_of_time=SECS]   start a transaction
+//!   get KEY...        set KEY=VALUE...       delete KEY...
+//!   scan [FROM] [TO]  scan_rev [FROM] [TO]   commit    rollback
+//! Global commands: `advance SECS`, `gc`, `dump`, `status`, `version_at SECS`,
+//! `reset retention=SECS`. Times in scripts are seconds after the epoch of the test clock.
+
+use amberdb_mvcc::{
+    ConflictWindowConfig, LocalSequencer, ManualClock, Mvcc, MvccConfig, Transaction,
+};
+use amberdb_storage::{Durability, Engine, KeyRange, Memory};
+use std::collections::HashMap;
+use std::error::Error;
+use std::fmt::Write;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+const EPOCH: u64 = 1_700_000_000_000_000;
+
+struct Runner {
+    seq: LocalSequencer,
+    clock: Arc<ManualClock>,
+    engine: Arc<Memory>,
+    txns: HashMap<String, Transaction>,
+}
+
+impl Runner {
+    fn new(retention_secs: u64) -> Self {
+        let engine = Arc::new(Memory::new());
+        let clock = Arc::new(ManualClock::new(EPOCH));
+        let mvcc = Mvcc::open(
+            engine.clone(),
+            MvccConfig { retention: Duration::from_secs(retention_secs) },
+            clock.clone(),
+        )
+        .unwrap();
+        let seq = LocalSequencer::new(Arc::new(mvcc), ConflictWindowConfig::default(), Durability::Buffered);
+        Self { seq, clock, engine, txns: HashMap::new() }
+    }
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn secs(t: u64) -> String {
+    let d = t - EPOCH;
+    if d % 1_000_000 == 0 {
+        format!("{}s", d / 1_000_000)
+    } else {
+        format!("{}.{:06}s", d / 1_000_000, d % 1_000_000)
+    }
+}
+
+impl goldenscript::Runner for Runner {
+    type Command = goldenscript::Command;
+
+    fn run(&mut self, command: &goldenscript::Command, context: &goldenscript::Context) -> Result<String, Box<dyn Error>> {
+        let mut out = String::new();
+        let mut args = command.consume_args();
+        let mvcc = self.seq.mvcc().clone();
+        if let Some(name) = &context.prefix {
+            let name = name.clone();
+            if command.name == "begin" {
+                let mut readonly = false;
+                let mut view = None;
+                while let Some(a) = args.next_pos() {
+                    if a == "readonly" { readonly = true } else { return Err(format!("bad arg {a}").into()) }
+                }
+                if let Some(v) = args.take_key("as_of") {
+                    view = Some(mvcc.read_at(v.parse()?)?);
+                    readonly = true;
+                }
+                if let Some(t) = args.take_key("as_of_time") {
+                    let t: f64 = t.parse()?;
+                    view = Some(mvcc.read_at_time(EPOCH + (t * 1e6) as u64)?);
+                    readonly = true;
+                }
+                args.reject_next()?;
+                let view = match view { Some(v) => v, None => mvcc.read_latest()? };
+                let txn = if readonly { Transaction::read_only(view) } else { Transaction::new(view) };
+                writeln!(out, "begin → read version {}{}", txn.read_version(), if readonly { " (read-only)" } else { "" })?;
+                self.txns.insert(name, txn);
+                return Ok(out);
+            }
+            let txn = self.txns.get_mut(&name).ok_or(format!("no transaction {name}"))?;
+            match command.name.as_str() {
+                "get" => {
+                    while let Some(k) = args.next_pos() {
+                        let v = txn.get(k.as_bytes())?;
+                        writeln!(out, "{k} → {}", v.as_deref().map(show).unwrap_or_else(|| "None".into()))?;
+                    }
+                }
+                "set" => {
+                    while let Some((k, v)) = args.next_key() {
+                        txn.put(k.as_bytes().to_vec(), v.as_bytes().to_vec())?;
+                    }
+                }
+                "delete" => {
+                    while let Some(k) = args.next_pos() {
+                        txn.delete(k.as_bytes().to_vec())?;
+                    }
+                }
+                "scan" | "scan_rev" => {
+                    let from = args.next_pos().map(|s| Bound::Included(s.as_bytes().to_vec())).unwrap_or(Bound::Unbounded);
+                    let to = args.next_pos().map(|s| Bound::Excluded(s.as_bytes().to_vec())).unwrap_or(Bound::Unbounded);
+                    let range = KeyRange { start: from, end: to };
+                    let iter = if command.name == "scan" { txn.scan(range) } else { txn.scan_rev(range) };
+                    for kv in iter {
+                        let (k, v) = kv?;
+                        writeln!(out, "{} = {}", show(&k), show(&v))?;
+                    }
+                }
+                "commit" => {
+                    let txn = self.txns.remove(&name).ok_or("gone")?;
+                    let info = self.seq.commit(txn)?;
+                    writeln!(out, "commit → version {} at {}", info.version, secs(info.time))?;
+                }
+                "rollback" => {
+                    self.txns.remove(&name);
+                }
+                other => return Err(format!("unknown command {other}").into()),
+            }
+            args.reject_next()?;
+            return Ok(out);
+        }
+        match command.name.as_str() {
+            "advance" => {
+                let s: f64 = args.next_pos().ok_or("seconds")?.parse()?;
+                self.clock.advance((s * 1e6) as u64);
+            }
+            "reset" => {
+                let r: u64 = args.take_key("retention").ok_or("retention=")?.parse()?;
+                *self = Runner::new(r);
+            }
+            "gc" => {
+                let s = mvcc.gc()?;
+                writeln!(out, "gc → watermark {} removed {} versions, {} index entries", s.watermark, s.versions_removed, s.index_removed)?;
+            }
+            "status" => {
+                let a = mvcc.applied();
+                writeln!(out, "applied version {} at {}, gc watermark {}", a.version, if a.time == 0 { "-".into() } else { secs(a.time) }, mvcc.gc_watermark())?;
+            }
+            "version_at" => {
+                let t: f64 = args.next_pos().ok_or("seconds")?.parse()?;
+                match mvcc.version_at_time(EPOCH + (t * 1e6) as u64)? {
+                    Some((v, at)) => writeln!(out, "version {v} (committed at {})", secs(at))?,
+                    None => writeln!(out, "no version")?,
+                }
+            }
+            "dump" => {
+                for kv in self.engine.scan(KeyRange::all()) {
+                    let (k, v) = kv?;
+                    writeln!(out, "{}", describe(&k, &v))?;
+                }
+            }
+            other => return Err(format!("unknown command {other}").into()),
+        }
+        args.reject_next()?;
+        Ok(out)
+    }
+}
+
+/// Decodes raw engine entries into a readable form (mirrors keys.rs; a change in the
+/// layout shows up here as a diff).
+fn describe(k: &[u8], v: &[u8]) -> String {
+    use amberdb_encoding::keycode::KeyDecoder;
+    let mut d = KeyDecoder::new(k);
+    match d.tag().unwrap() {
+        0 => format!("meta {} = {:?}", d.string().unwrap(), v),
+        1 => {
+            let key = d.bytes().unwrap();
+            let ver = !d.u64().unwrap();
+            let val = match v.split_first() { Some((1, rest)) => show(rest), _ => "tombstone".into() };
+            format!("data {}@{} = {}", show(&key), ver, val)
+        }
+        2 => format!("time-index v{} = {}", d.u64().unwrap(), secs(u64::from_le_bytes(v.try_into().unwrap()))),
+        3 => { let t = d.u64().unwrap(); format!("version-index {} = v{}", secs(t), d.u64().unwrap()) }
+        t => format!("unknown tag {t}"),
+    }
+}
+
+test_each_file::test_each_path! { in "crates/mvcc/tests/scripts" as scripts => test_goldenscript }
+
+fn test_goldenscript(path: &std::path::Path) {
+    goldenscript::run(&mut Runner::new(3600), path).expect("goldenscript failed")
+}

@@ -1,0 +1,112 @@
+//! The disk engine: one fjall 3 keyspace.
+//!
+//! fjall is an LSM tree with a shared write-ahead journal. A `WriteBatch` is one journal
+//! record, so batches are atomic and recovered as a prefix (crate invariants 1 and 2).
+//! Durability is set explicitly on every batch: `Buffered` flushes the journal to the OS,
+//! `Sync` fsyncs it before returning.
+
+use crate::{Bytes, Durability, Engine, EngineSnapshot, KeyRange, ScanIterator, WriteBatch, WriteOp};
+use amberdb_error::{Error, Result};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const KEYSPACE: &str = "amber";
+
+/// A fjall-backed engine rooted at a directory.
+#[derive(Clone)]
+pub struct Fjall {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    ks: Keyspace,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Fjall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fjall").field("path", &self.inner.path).finish()
+    }
+}
+
+impl Fjall {
+    /// Opens (or creates) the engine in `path`, recovering its journal.
+    pub fn open(path: &Path) -> Result<Self> {
+        let err = |e: fjall::Error| Error::io(path.display(), format!("opening fjall engine: {e}"));
+        let db = Database::builder(path).cache_size(256 << 20).open().map_err(err)?;
+        let ks = db.keyspace(KEYSPACE, KeyspaceCreateOptions::default).map_err(err)?;
+        Ok(Self { inner: Arc::new(Inner { db, ks, path: path.to_path_buf() }) })
+    }
+
+    fn err(&self, what: &str, e: fjall::Error) -> Error {
+        Error::io(self.inner.path.display(), format!("{what}: {e}"))
+    }
+}
+
+fn iter_to_scan(path: PathBuf, iter: fjall::Iter) -> ScanIterator {
+    let map = move |guard: fjall::Guard| {
+        guard
+            .into_inner()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .map_err(|e| Error::io(path.display(), format!("scan: {e}")))
+    };
+    Box::new(iter.map(map))
+}
+
+impl Engine for Fjall {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        let v = self.inner.ks.get(key).map_err(|e| self.err("get", e))?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, range: KeyRange) -> ScanIterator {
+        let iter = self.inner.ks.range::<Bytes, _>((range.start, range.end));
+        iter_to_scan(self.inner.path.clone(), iter)
+    }
+
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        let mode = match durability {
+            Durability::Buffered => PersistMode::Buffer,
+            Durability::Sync => PersistMode::SyncAll,
+        };
+        let mut b = self.inner.db.batch().durability(Some(mode));
+        for op in batch.ops {
+            match op {
+                WriteOp::Put(k, v) => b.insert(&self.inner.ks, k, v),
+                WriteOp::Delete(k) => b.remove(&self.inner.ks, k),
+            }
+        }
+        b.commit().map_err(|e| self.err("write batch", e))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.inner.db.persist(PersistMode::SyncAll).map_err(|e| self.err("sync", e))
+    }
+
+    fn snapshot(&self) -> Box<dyn EngineSnapshot> {
+        Box::new(FjallSnapshot { snap: self.inner.db.snapshot(), engine: self.clone() })
+    }
+
+    fn disk_space(&self) -> u64 {
+        self.inner.db.disk_space().unwrap_or(0)
+    }
+}
+
+struct FjallSnapshot {
+    snap: fjall::Snapshot,
+    engine: Fjall,
+}
+
+impl EngineSnapshot for FjallSnapshot {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        let v = self.snap.get(&self.engine.inner.ks, key).map_err(|e| self.engine.err("snapshot get", e))?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, range: KeyRange) -> ScanIterator {
+        let iter = self.snap.range::<Bytes, _>(&self.engine.inner.ks, (range.start, range.end));
+        iter_to_scan(self.engine.inner.path.clone(), iter)
+    }
+}
