@@ -1,0 +1,45 @@
+//! # Consensus: the Raft log is the commit log
+//!
+//! AmberDB puts openraft (pinned `=0.9.25`, wrapped here so nothing above sees it)
+//! between "this transaction may commit" and "this transaction is applied". The Raft log
+//! is the database's write-ahead log: a commit is durable when its log entry is fsync'd
+//! on a quorum (one node: its own disk), and the state machine that applies entries to
+//! [`amberdb_mvcc::Mvcc`] needs no write-ahead log of its own.
+//!
+//! ```text
+//!              ┌────────────── Node ───────────────┐
+//!  commit ───▶ │ Sequencer (conflict window, time) │
+//!              │        │ client_write_ff          │
+//!              │        ▼                          │
+//!              │   openraft core ──▶ LogStore ─────┼──▶ raft/log/*.seg  (fsync, grouped)
+//!              │        │ committed                │
+//!              │        ▼                          │
+//!              │   StateMachine ──▶ Mvcc ──────────┼──▶ engine (one batch per apply:
+//!              └───────────────────────────────────┘     data + applied log id)
+//! ```
+//!
+//! Invariants:
+//! 1. A commit is acknowledged only after the fsync covering its log entry.
+//! 2. Versions are Raft log indexes: strictly increasing, identical on every replica.
+//! 3. The applied log id is persisted in the same engine batch as the data it
+//!    describes, so a restart neither loses nor double-applies an entry.
+//! 4. The log is purged only up to a checkpoint, i.e. after the engine is fsync'd past
+//!    the purged entries.
+//! 5. A torn log tail (never acknowledged) is repaired with a warning; any other damage
+//!    stops start-up with an error naming the file and offset.
+//!
+//! Why openraft 0.9.25 and not 0.10: 0.10 is still alpha with a changing storage API.
+//! 0.9.25 draws its election timeout once per process, so in a future multi-node
+//! cluster two nodes can keep splitting votes; the cluster work must give each node a
+//! distinct timeout range (e.g. derived from its id) or move to 0.10 once it is stable.
+
+mod log_store;
+mod network;
+mod node;
+mod state_machine;
+mod types;
+
+pub use log_store::{LogStore, LogStoreHandle};
+pub use node::{Node, NodeConfig, NodeStatus};
+pub use state_machine::{AppliedRecord, StateMachine, META_RAFT_APPLIED};
+pub use types::{Checkpoint, Request, Response, TypeConfig};

@@ -1,0 +1,598 @@
+//! The commit log: Raft's log on disk, in segment files of checksummed frames.
+//!
+//! ```text
+//!   <data>/raft/
+//!     vote                       frame(json Vote)          replaced atomically (tmp+fsync+rename)
+//!     purged                     frame(json LogId)         replaced atomically
+//!     log/00000000000000000001.seg   "AMBLOG01" + frame(entry) + frame(entry) + ...
+//!     log/00000000000000052311.seg   (named by the index of its first entry)
+//! ```
+//!
+//! ## Group commit
+//! `append` writes the frames of a batch with one `write` and returns; a dedicated
+//! flusher thread fsyncs the active segment once for *every* append that arrived since
+//! its last fsync, then reports them all durable to openraft. Nothing is acknowledged to
+//! a client before the fsync that covers it (openraft applies an entry only after its
+//! flush callback and a quorum's).
+//!
+//! ## Recovery
+//! On open every segment is read and every frame's crc32c checked. A damaged frame at the
+//! very end of the *last* segment (shorter than its header claims, or followed only by
+//! zero bytes) is a torn write that was never acknowledged: it is truncated away with a
+//! warning saying how many bytes were dropped. Any other damage, in any file, stops
+//! start-up with an error naming the file and offset: silently dropping acknowledged
+//! commits is never an option.
+
+use crate::types::{sto_err, Entry, LogId, StorageError, TypeConfig, Vote};
+use amberdb_encoding::codec::{Reader, Writer};
+use amberdb_encoding::frame::{self, Decoded};
+use amberdb_error::{Error, Result};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader, StorageIOError};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+const SEGMENT_MAGIC: &[u8; 8] = b"AMBLOG01";
+const ENTRY_FORMAT: u8 = 1;
+/// A segment is sealed and a new one started past this size.
+const SEGMENT_TARGET: u64 = 64 << 20;
+/// Recently appended entries kept decoded in memory, so applying them needs no read.
+const CACHE_ENTRIES: usize = 16_384;
+
+/// Where an entry lives on disk.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    segment: u64,
+    offset: u64,
+    len: u32,
+    log_id: LogId,
+}
+
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+}
+
+struct State {
+    dir: PathBuf,
+    segments: BTreeMap<u64, Segment>,
+    /// Locations of entries `first_index ..= last`, contiguous.
+    index: VecDeque<Loc>,
+    first_index: u64,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+    cache: BTreeMap<u64, Entry>,
+}
+
+struct Flusher {
+    pending: Mutex<(Vec<LogFlushed<TypeConfig>>, bool)>,
+    wake: Condvar,
+}
+
+/// The commit log. Cheap to clone: clones share one log.
+#[derive(Clone)]
+pub struct LogStore {
+    state: Arc<Mutex<State>>,
+    flusher: Arc<Flusher>,
+}
+
+/// Stops the flusher thread when the last `LogStore` handle is dropped.
+struct FlusherGuard(Arc<Flusher>);
+
+impl Drop for FlusherGuard {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.0.pending.lock() {
+            p.1 = true;
+            self.0.wake.notify_all();
+        }
+    }
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.seg")
+}
+
+fn io_err(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::io(path.display(), format!("{what}: {e}"))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, "fsync directory", e))
+}
+
+/// Writes `payload` in one checksummed frame to `path` atomically.
+fn write_atomic(path: &Path, payload: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut buf = Vec::new();
+    frame::encode_into(&mut buf, payload);
+    let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, "create", e))?;
+    f.write_all(&buf).map_err(|e| io_err(&tmp, "write", e))?;
+    f.sync_all().map_err(|e| io_err(&tmp, "fsync", e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err(path, "rename into place", e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Reads a file written by `write_atomic`, or `None` if absent.
+fn read_atomic(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(buf) => {
+            let payload = frame::decode_exact(&buf, &path.display().to_string())?;
+            Ok(Some(payload.to_vec()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path, "read", e)),
+    }
+}
+
+/// Encodes an entry (layout in `docs/formats/commit-log.md`).
+pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
+    let mut w = Writer::new();
+    w.u8(ENTRY_FORMAT)
+        .u64(entry.log_id.leader_id.term)
+        .u64(entry.log_id.leader_id.node_id)
+        .u64(entry.log_id.index);
+    match &entry.payload {
+        EntryPayload::Blank => {
+            w.u8(0);
+        }
+        EntryPayload::Normal(req) => {
+            w.u8(1).bytes(&req.batch);
+        }
+        EntryPayload::Membership(m) => {
+            let json = serde_json::to_vec(m).map_err(|e| Error::Internal(format!("encode membership: {e}")))?;
+            w.u8(2).bytes(&json);
+        }
+    }
+    Ok(w.finish())
+}
+
+/// Decodes an entry, rejecting anything malformed.
+pub(crate) fn decode_entry(raw: &[u8]) -> Result<Entry> {
+    let mut r = Reader::new(raw, "commit log entry");
+    let format = r.u8()?;
+    if format != ENTRY_FORMAT {
+        return Err(Error::InvalidData(format!("commit log entry: unknown format {format}")));
+    }
+    let term = r.u64()?;
+    let node_id = r.u64()?;
+    let index = r.u64()?;
+    let log_id = LogId::new(openraft::CommittedLeaderId::new(term, node_id), index);
+    let payload = match r.u8()? {
+        0 => EntryPayload::Blank,
+        1 => EntryPayload::Normal(crate::types::Request { batch: r.bytes()?.to_vec() }),
+        2 => {
+            let m = serde_json::from_slice(r.bytes()?)
+                .map_err(|e| Error::InvalidData(format!("commit log entry {index}: bad membership: {e}")))?;
+            EntryPayload::Membership(m)
+        }
+        t => return Err(Error::InvalidData(format!("commit log entry {index}: unknown payload tag {t}"))),
+    };
+    r.finish()?;
+    Ok(Entry { log_id, payload })
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, recovering as described in the module docs.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let log_dir = dir.join("log");
+        fs::create_dir_all(&log_dir).map_err(|e| io_err(&log_dir, "create directory", e))?;
+        let vote = match read_atomic(&dir.join("vote"))? {
+            Some(raw) => Some(
+                serde_json::from_slice(&raw)
+                    .map_err(|e| Error::InvalidData(format!("{}: bad vote: {e}", dir.join("vote").display())))?,
+            ),
+            None => None,
+        };
+        let last_purged: Option<LogId> = match read_atomic(&dir.join("purged"))? {
+            Some(raw) => Some(
+                serde_json::from_slice(&raw)
+                    .map_err(|e| Error::InvalidData(format!("{}: bad purge record: {e}", dir.join("purged").display())))?,
+            ),
+            None => None,
+        };
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for de in fs::read_dir(&log_dir).map_err(|e| io_err(&log_dir, "list", e))? {
+            let de = de.map_err(|e| io_err(&log_dir, "list", e))?;
+            let name = de.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".seg") {
+                let first: u64 = stem.parse().map_err(|_| {
+                    Error::InvalidData(format!("{}: unexpected file in commit log directory", de.path().display()))
+                })?;
+                names.push((first, de.path()));
+            }
+        }
+        names.sort();
+        let mut state = State {
+            dir: dir.to_path_buf(),
+            segments: BTreeMap::new(),
+            index: VecDeque::new(),
+            first_index: last_purged.map_or(0, |l| l.index + 1),
+            last_purged,
+            vote,
+            cache: BTreeMap::new(),
+        };
+        let n = names.len();
+        for (i, (first, path)) in names.into_iter().enumerate() {
+            state.recover_segment(first, &path, i + 1 == n)?;
+        }
+        if state.segments.is_empty() {
+            let first = state.first_index;
+            state.create_segment(first)?;
+        }
+        let flusher = Arc::new(Flusher { pending: Mutex::new((Vec::new(), false)), wake: Condvar::new() });
+        let store = LogStore { state: Arc::new(Mutex::new(state)), flusher: flusher.clone() };
+        let state = store.state.clone();
+        std::thread::Builder::new()
+            .name("amber-log-flush".into())
+            .spawn(move || flush_loop(flusher, state))
+            .map_err(|e| Error::Internal(format!("spawn log flusher: {e}")))?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("commit log lock poisoned")
+    }
+
+    /// Index of the last entry, if any.
+    pub fn last_index(&self) -> Option<u64> {
+        self.lock().index.back().map(|l| l.log_id.index)
+    }
+
+    /// Reads entries in `[start, end)` (for tools and tests).
+    pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry>> {
+        self.lock().read_range(start, end)
+    }
+}
+
+impl State {
+    fn create_segment(&mut self, first: u64) -> Result<()> {
+        let path = self.dir.join("log").join(segment_name(first));
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, "create segment", e))?;
+        file.write_all(SEGMENT_MAGIC).map_err(|e| io_err(&path, "write segment header", e))?;
+        file.sync_all().map_err(|e| io_err(&path, "fsync segment", e))?;
+        sync_dir(&self.dir.join("log"))?;
+        self.segments.insert(first, Segment { path, file: Arc::new(file), len: SEGMENT_MAGIC.len() as u64 });
+        Ok(())
+    }
+
+    fn recover_segment(&mut self, first: u64, path: &Path, is_last: bool) -> Result<()> {
+        let buf = fs::read(path).map_err(|e| io_err(path, "read segment", e))?;
+        let corrupt = |offset: usize, why: &str| {
+            Error::InvalidData(format!(
+                "commit log segment {} is corrupt at byte offset {offset}: {why}; refusing to start \
+                 (restore from a backup or move the file aside only if you accept losing the commits in it)",
+                path.display()
+            ))
+        };
+        let mut valid_len = SEGMENT_MAGIC.len();
+        if buf.len() < SEGMENT_MAGIC.len() || &buf[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
+            let torn = is_last && SEGMENT_MAGIC.starts_with(&buf[..buf.len().min(SEGMENT_MAGIC.len())]);
+            if !torn {
+                return Err(corrupt(0, "bad segment header"));
+            }
+            tracing::warn!(segment = %path.display(), "commit log: repairing a torn segment header");
+            valid_len = 0;
+        } else {
+            let mut offset = SEGMENT_MAGIC.len();
+            let mut expect = first;
+            while offset < buf.len() {
+                match frame::decode(&buf[offset..]) {
+                    Decoded::Frame { payload, size } => {
+                        let entry = decode_entry(payload).map_err(|e| corrupt(offset, &e.to_string()))?;
+                        if entry.log_id.index != expect {
+                            return Err(corrupt(
+                                offset,
+                                &format!("entry index {} where {expect} was expected", entry.log_id.index),
+                            ));
+                        }
+                        expect += 1;
+                        if entry.log_id.index >= self.first_index {
+                            if self.index.is_empty() {
+                                self.first_index = entry.log_id.index;
+                            } else if self.index.back().map(|l| l.log_id.index + 1) != Some(entry.log_id.index) {
+                                return Err(corrupt(offset, "gap between segments"));
+                            }
+                            self.index.push_back(Loc {
+                                segment: first,
+                                offset: offset as u64,
+                                len: size as u32,
+                                log_id: entry.log_id,
+                            });
+                        }
+                        offset += size;
+                        valid_len = offset;
+                    }
+                    Decoded::Incomplete if is_last => break,
+                    Decoded::Corrupt(why) if is_last && buf[offset..].iter().skip(8).all(|&b| b == 0) => {
+                        tracing::warn!(segment = %path.display(), offset, %why, "commit log: damaged frame followed only by zeros");
+                        break;
+                    }
+                    Decoded::Corrupt(why) if is_last && claims_to_reach_eof(&buf[offset..]) => {
+                        tracing::warn!(segment = %path.display(), offset, %why, "commit log: damaged final frame");
+                        break;
+                    }
+                    Decoded::Incomplete => return Err(corrupt(offset, "truncated frame in a sealed segment")),
+                    Decoded::Corrupt(why) => return Err(corrupt(offset, &why)),
+                }
+            }
+        }
+        let file = OpenOptions::new().read(true).append(true).open(path).map_err(|e| io_err(path, "open segment", e))?;
+        if valid_len < buf.len() {
+            let dropped = buf.len() - valid_len;
+            tracing::warn!(
+                segment = %path.display(),
+                dropped_bytes = dropped,
+                at_offset = valid_len,
+                "commit log: repaired a torn tail left by a crash (these bytes were never acknowledged)"
+            );
+            file.set_len(valid_len as u64).map_err(|e| io_err(path, "truncate torn tail", e))?;
+            if valid_len == 0 {
+                (&file).write_all(SEGMENT_MAGIC).map_err(|e| io_err(path, "rewrite segment header", e))?;
+                valid_len = SEGMENT_MAGIC.len();
+            }
+            file.sync_all().map_err(|e| io_err(path, "fsync repaired segment", e))?;
+        }
+        self.segments.insert(first, Segment { path: path.to_path_buf(), file: Arc::new(file), len: valid_len as u64 });
+        Ok(())
+    }
+
+    fn loc(&self, index: u64) -> Option<Loc> {
+        let i = index.checked_sub(self.first_index)?;
+        self.index.get(usize::try_from(i).ok()?).copied()
+    }
+
+    fn read_range(&self, start: u64, end: u64) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for index in start..end {
+            if let Some(e) = self.cache.get(&index) {
+                out.push(e.clone());
+                continue;
+            }
+            let Some(loc) = self.loc(index) else { break };
+            let seg = self
+                .segments
+                .get(&loc.segment)
+                .ok_or_else(|| Error::Internal(format!("commit log: segment {} missing for index {index}", loc.segment)))?;
+            let mut buf = vec![0u8; loc.len as usize];
+            seg.file.read_exact_at(&mut buf, loc.offset).map_err(|e| io_err(&seg.path, "read entry", e))?;
+            let payload = frame::decode_exact(&buf, &format!("{} at offset {}", seg.path.display(), loc.offset))?;
+            out.push(decode_entry(payload)?);
+        }
+        Ok(out)
+    }
+
+    fn active(&mut self) -> Result<(&u64, &mut Segment)> {
+        self.segments.iter_mut().next_back().ok_or_else(|| Error::Internal("commit log has no segment".into()))
+    }
+
+    fn append(&mut self, entries: Vec<Entry>) -> Result<()> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        if let Some(last) = self.index.back() {
+            if first.log_id.index != last.log_id.index + 1 {
+                return Err(Error::Internal(format!(
+                    "commit log: append of index {} after {}",
+                    first.log_id.index, last.log_id.index
+                )));
+            }
+        } else {
+            self.first_index = first.log_id.index;
+        }
+        // Seal the active segment if it is full: fsync it now, so the flusher only ever
+        // needs to fsync the newest one.
+        let (_, seg) = self.active()?;
+        if seg.len >= SEGMENT_TARGET {
+            seg.file.sync_data().map_err(|e| io_err(&seg.path, "fsync sealed segment", e))?;
+            self.create_segment(first.log_id.index)?;
+        }
+        let (&seg_first, seg) = self.active()?;
+        let mut buf = Vec::new();
+        let mut locs = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let payload = encode_entry(e)?;
+            let offset = seg.len + buf.len() as u64;
+            frame::encode_into(&mut buf, &payload);
+            locs.push(Loc { segment: seg_first, offset, len: (buf.len() as u64 + seg.len - offset) as u32, log_id: e.log_id });
+        }
+        (&*seg.file).write_all(&buf).map_err(|e| io_err(&seg.path, "append", e))?;
+        seg.len += buf.len() as u64;
+        self.index.extend(locs);
+        for e in entries {
+            self.cache.insert(e.log_id.index, e);
+        }
+        while self.cache.len() > CACHE_ENTRIES {
+            self.cache.pop_first();
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, from: u64) -> Result<()> {
+        self.cache.retain(|&i, _| i < from);
+        let Some(loc) = self.loc(from) else { return Ok(()) };
+        while let Some(back) = self.index.back() {
+            if back.log_id.index >= from {
+                self.index.pop_back();
+            } else {
+                break;
+            }
+        }
+        let later: Vec<u64> = self.segments.range(loc.segment + 1..).map(|(k, _)| *k).collect();
+        for k in later {
+            if let Some(seg) = self.segments.remove(&k) {
+                fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, "remove segment", e))?;
+            }
+        }
+        let seg = self
+            .segments
+            .get_mut(&loc.segment)
+            .ok_or_else(|| Error::Internal(format!("commit log: segment {} missing", loc.segment)))?;
+        seg.file.set_len(loc.offset).map_err(|e| io_err(&seg.path, "truncate", e))?;
+        seg.file.sync_all().map_err(|e| io_err(&seg.path, "fsync after truncate", e))?;
+        seg.len = loc.offset;
+        sync_dir(&self.dir.join("log"))
+    }
+
+    fn purge(&mut self, upto: LogId) -> Result<()> {
+        write_atomic(&self.dir.join("purged"), &serde_json::to_vec(&upto).map_err(|e| Error::Internal(e.to_string()))?)?;
+        self.last_purged = Some(upto);
+        while let Some(idx) = self.index.front().map(|f| f.log_id.index) {
+            if idx > upto.index {
+                break;
+            }
+            self.index.pop_front();
+            self.first_index = idx + 1;
+        }
+        if self.index.is_empty() {
+            self.first_index = upto.index + 1;
+        }
+        self.cache.retain(|&i, _| i > upto.index);
+        // Remove whole segments whose every entry is purged; never the active one.
+        let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        for pair in firsts.windows(2) {
+            if pair[1] <= upto.index + 1 {
+                if let Some(seg) = self.segments.remove(&pair[0]) {
+                    fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, "remove purged segment", e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a frame header at the start of `rest` claims a length reaching the end of
+/// the file: the signature of a torn final write.
+fn claims_to_reach_eof(rest: &[u8]) -> bool {
+    if rest.len() < frame::HEADER_LEN {
+        return true;
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    frame::HEADER_LEN + len >= rest.len()
+}
+
+fn flush_loop(flusher: Arc<Flusher>, state: Arc<Mutex<State>>) {
+    loop {
+        let batch = {
+            let Ok(mut p) = flusher.pending.lock() else { return };
+            while p.0.is_empty() && !p.1 {
+                p = match flusher.wake.wait(p) {
+                    Ok(p) => p,
+                    Err(_) => return,
+                };
+            }
+            if p.0.is_empty() && p.1 {
+                return;
+            }
+            std::mem::take(&mut p.0)
+        };
+        // Every append in `batch` wrote its bytes before registering its callback, and
+        // segments other than the active one were fsync'd when sealed.
+        let target = state.lock().ok().and_then(|mut s| s.active().ok().map(|(_, seg)| (seg.file.clone(), seg.path.clone())));
+        let result = match target {
+            Some((file, path)) => file.sync_data().map_err(|e| {
+                tracing::error!(segment = %path.display(), error = %e, "commit log fsync failed");
+                e
+            }),
+            None => Err(std::io::Error::other("commit log state unavailable")),
+        };
+        for cb in batch {
+            cb.log_io_completed(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            });
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> std::result::Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let state = self.lock();
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e + 1,
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => state.index.back().map_or(0, |l| l.log_id.index + 1),
+        };
+        let start = start.max(state.first_index);
+        state.read_range(start, end).map_err(|e| sto_err(StorageIOError::read_logs, e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> std::result::Result<LogState<TypeConfig>, StorageError> {
+        let state = self.lock();
+        let last = state.index.back().map(|l| l.log_id).or(state.last_purged);
+        Ok(LogState { last_purged_log_id: state.last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> std::result::Result<(), StorageError> {
+        let mut state = self.lock();
+        let json = serde_json::to_vec(vote).map_err(|e| sto_err(StorageIOError::write_vote, e))?;
+        write_atomic(&state.dir.join("vote"), &json).map_err(|e| sto_err(StorageIOError::write_vote, e))?;
+        state.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> std::result::Result<Option<Vote>, StorageError> {
+        Ok(self.lock().vote)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> std::result::Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.lock().append(entries).map_err(|e| sto_err(StorageIOError::write_logs, e))?;
+        let mut p = self.flusher.pending.lock().expect("flusher lock poisoned");
+        p.0.push(callback);
+        self.flusher.wake.notify_one();
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
+        self.lock().truncate(log_id.index).map_err(|e| sto_err(StorageIOError::write_logs, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
+        self.lock().purge(log_id).map_err(|e| sto_err(StorageIOError::write_logs, e))
+    }
+}
+
+/// Keeps the flusher alive exactly as long as some handle to the log exists.
+pub struct LogStoreHandle {
+    /// The log.
+    pub store: LogStore,
+    _guard: FlusherGuard,
+}
+
+impl LogStoreHandle {
+    /// Wraps a freshly opened log.
+    pub fn new(store: LogStore) -> Self {
+        let guard = FlusherGuard(store.flusher.clone());
+        Self { store, _guard: guard }
+    }
+}
