@@ -1,1 +1,105 @@
-fn main(){}
+//! # `amberdb`: the one binary
+//!
+//! ```text
+//!   amberdb server                 run a node (data in ./amberdb-data by default)
+//!   amberdb bench commits|reads|scan   measure the core (see docs/BENCHMARKS.md)
+//!   amberdb debug workload|check   crash-test workload and its checker (tests use these)
+//! ```
+//!
+//! Every subcommand opens the same [`amberdb_consensus::Node`] over the fjall engine, so
+//! what the tests and benchmarks exercise is exactly what the server runs.
+
+mod bench;
+mod config;
+mod workload;
+
+use amberdb_consensus::Node;
+use amberdb_error::{Error, Result};
+use amberdb_mvcc::SystemClock;
+use amberdb_storage::Fjall;
+use clap::{Parser, Subcommand};
+use config::Config;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "amberdb", version, about = "AmberDB: a replicated, transactional SQL database built for recoverability")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Server(config::ServerArgs),
+    /// Benchmarks of the core (commits, point reads, scans).
+    Bench(bench::BenchArgs),
+    /// Tools used by the crash tests.
+    #[command(hide = true)]
+    Debug(workload::DebugArgs),
+}
+
+/// Opens a node over the data directory's engine and commit log.
+pub(crate) async fn open_node(data_dir: &Path, config: &Config) -> Result<Arc<Node>> {
+    std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir.display(), format!("create data directory: {e}")))?;
+    let engine = Arc::new(Fjall::open(&data_dir.join("engine"))?);
+    Node::open(&data_dir.join("raft"), engine, Arc::new(SystemClock), config.node_config()).await
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AMBERDB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn run_server(args: config::ServerArgs) -> Result<()> {
+    let config = Config::load(&args)?;
+    let node = open_node(&config.data_dir, &config).await?;
+    let status = node.status();
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        version = status.applied_version,
+        "amberdb node running; press Ctrl-C or send SIGTERM to stop"
+    );
+    wait_for_shutdown_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Internal(format!("install SIGTERM handler: {e}")))?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(|e| Error::Internal(format!("wait for Ctrl-C: {e}"))),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => run_server(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::Debug(args) => workload::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
