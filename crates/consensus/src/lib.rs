@@ -33,13 +33,16 @@
 //! cluster two nodes can keep splitting votes; the cluster work must give each node a
 //! distinct timeout range (e.g. derived from its id) or move to 0.10 once it is stable.
 
+// openraft's storage traits return its (large) `StorageError` by value; we match them.
+#![allow(clippy::result_large_err)]
+
 mod log_store;
 mod network;
 mod node;
 mod state_machine;
 mod types;
 
-pub use log_store::{LogStore, LogStoreHandle};
+pub use log_store::{FlushStats, LogStore, LogStoreHandle};
 pub use node::{Node, NodeConfig, NodeStatus};
 pub use state_machine::{AppliedRecord, StateMachine, META_RAFT_APPLIED};
 pub use types::{Checkpoint, Request, Response, TypeConfig};

@@ -74,6 +74,18 @@ struct State {
 struct Flusher {
     pending: Mutex<(Vec<LogFlushed<TypeConfig>>, bool)>,
     wake: Condvar,
+    stats: FlushStats,
+}
+
+/// Counters of the commit log's group commit.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    /// fsyncs performed by the flusher.
+    pub fsyncs: std::sync::atomic::AtomicU64,
+    /// appends (openraft calls) made durable by those fsyncs.
+    pub appends: std::sync::atomic::AtomicU64,
+    /// entries appended.
+    pub entries: std::sync::atomic::AtomicU64,
 }
 
 /// The commit log. Cheap to clone: clones share one log.
@@ -134,10 +146,7 @@ fn read_atomic(path: &Path) -> Result<Option<Vec<u8>>> {
 /// Encodes an entry (layout in `docs/formats/commit-log.md`).
 pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
     let mut w = Writer::new();
-    w.u8(ENTRY_FORMAT)
-        .u64(entry.log_id.leader_id.term)
-        .u64(entry.log_id.leader_id.node_id)
-        .u64(entry.log_id.index);
+    w.u8(ENTRY_FORMAT).u64(entry.log_id.leader_id.term).u64(entry.log_id.leader_id.node_id).u64(entry.log_id.index);
     match &entry.payload {
         EntryPayload::Blank => {
             w.u8(0);
@@ -190,13 +199,13 @@ impl LogStore {
             ),
             None => None,
         };
-        let last_purged: Option<LogId> = match read_atomic(&dir.join("purged"))? {
-            Some(raw) => Some(
-                serde_json::from_slice(&raw)
-                    .map_err(|e| Error::InvalidData(format!("{}: bad purge record: {e}", dir.join("purged").display())))?,
-            ),
-            None => None,
-        };
+        let last_purged: Option<LogId> =
+            match read_atomic(&dir.join("purged"))? {
+                Some(raw) => Some(serde_json::from_slice(&raw).map_err(|e| {
+                    Error::InvalidData(format!("{}: bad purge record: {e}", dir.join("purged").display()))
+                })?),
+                None => None,
+            };
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for de in fs::read_dir(&log_dir).map_err(|e| io_err(&log_dir, "list", e))? {
             let de = de.map_err(|e| io_err(&log_dir, "list", e))?;
@@ -226,7 +235,11 @@ impl LogStore {
             let first = state.first_index;
             state.create_segment(first)?;
         }
-        let flusher = Arc::new(Flusher { pending: Mutex::new((Vec::new(), false)), wake: Condvar::new() });
+        let flusher = Arc::new(Flusher {
+            pending: Mutex::new((Vec::new(), false)),
+            wake: Condvar::new(),
+            stats: FlushStats::default(),
+        });
         let store = LogStore { state: Arc::new(Mutex::new(state)), flusher: flusher.clone() };
         let state = store.state.clone();
         std::thread::Builder::new()
@@ -243,6 +256,13 @@ impl LogStore {
     /// Index of the last entry, if any.
     pub fn last_index(&self) -> Option<u64> {
         self.lock().index.back().map(|l| l.log_id.index)
+    }
+
+    /// Group-commit counters.
+    pub fn flush_stats(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.flusher.stats;
+        (s.fsyncs.load(Relaxed), s.appends.load(Relaxed), s.entries.load(Relaxed))
     }
 
     /// Reads entries in `[start, end)` (for tools and tests).
@@ -328,7 +348,8 @@ impl State {
                 }
             }
         }
-        let file = OpenOptions::new().read(true).append(true).open(path).map_err(|e| io_err(path, "open segment", e))?;
+        let file =
+            OpenOptions::new().read(true).append(true).open(path).map_err(|e| io_err(path, "open segment", e))?;
         if valid_len < buf.len() {
             let dropped = buf.len() - valid_len;
             tracing::warn!(
@@ -361,10 +382,9 @@ impl State {
                 continue;
             }
             let Some(loc) = self.loc(index) else { break };
-            let seg = self
-                .segments
-                .get(&loc.segment)
-                .ok_or_else(|| Error::Internal(format!("commit log: segment {} missing for index {index}", loc.segment)))?;
+            let seg = self.segments.get(&loc.segment).ok_or_else(|| {
+                Error::Internal(format!("commit log: segment {} missing for index {index}", loc.segment))
+            })?;
             let mut buf = vec![0u8; loc.len as usize];
             seg.file.read_exact_at(&mut buf, loc.offset).map_err(|e| io_err(&seg.path, "read entry", e))?;
             let payload = frame::decode_exact(&buf, &format!("{} at offset {}", seg.path.display(), loc.offset))?;
@@ -403,7 +423,12 @@ impl State {
             let payload = encode_entry(e)?;
             let offset = seg.len + buf.len() as u64;
             frame::encode_into(&mut buf, &payload);
-            locs.push(Loc { segment: seg_first, offset, len: (buf.len() as u64 + seg.len - offset) as u32, log_id: e.log_id });
+            locs.push(Loc {
+                segment: seg_first,
+                offset,
+                len: (buf.len() as u64 + seg.len - offset) as u32,
+                log_id: e.log_id,
+            });
         }
         (&*seg.file).write_all(&buf).map_err(|e| io_err(&seg.path, "append", e))?;
         seg.len += buf.len() as u64;
@@ -444,7 +469,10 @@ impl State {
     }
 
     fn purge(&mut self, upto: LogId) -> Result<()> {
-        write_atomic(&self.dir.join("purged"), &serde_json::to_vec(&upto).map_err(|e| Error::Internal(e.to_string()))?)?;
+        write_atomic(
+            &self.dir.join("purged"),
+            &serde_json::to_vec(&upto).map_err(|e| Error::Internal(e.to_string()))?,
+        )?;
         self.last_purged = Some(upto);
         while let Some(idx) = self.index.front().map(|f| f.log_id.index) {
             if idx > upto.index {
@@ -497,7 +525,8 @@ fn flush_loop(flusher: Arc<Flusher>, state: Arc<Mutex<State>>) {
         };
         // Every append in `batch` wrote its bytes before registering its callback, and
         // segments other than the active one were fsync'd when sealed.
-        let target = state.lock().ok().and_then(|mut s| s.active().ok().map(|(_, seg)| (seg.file.clone(), seg.path.clone())));
+        let target =
+            state.lock().ok().and_then(|mut s| s.active().ok().map(|(_, seg)| (seg.file.clone(), seg.path.clone())));
         let result = match target {
             Some((file, path)) => file.sync_data().map_err(|e| {
                 tracing::error!(segment = %path.display(), error = %e, "commit log fsync failed");
@@ -505,6 +534,8 @@ fn flush_loop(flusher: Arc<Flusher>, state: Arc<Mutex<State>>) {
             }),
             None => Err(std::io::Error::other("commit log state unavailable")),
         };
+        flusher.stats.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        flusher.stats.appends.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for cb in batch {
             cb.log_io_completed(match &result {
                 Ok(()) => Ok(()),
@@ -566,6 +597,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        self.flusher.stats.entries.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.lock().append(entries).map_err(|e| sto_err(StorageIOError::write_logs, e))?;
         let mut p = self.flusher.pending.lock().expect("flusher lock poisoned");
         p.0.push(callback);

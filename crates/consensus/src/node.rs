@@ -16,16 +16,17 @@ use crate::state_machine::StateMachine;
 use crate::types::{Request, TypeConfig};
 use amberdb_error::{Error, Result};
 use amberdb_mvcc::{
-    Clock, CommitBatch, CommitInfo, ConflictWindow, ConflictWindowConfig, Mvcc, MvccConfig, Timestamp,
-    Transaction, Version,
+    Clock, CommitBatch, CommitInfo, ConflictWindow, ConflictWindowConfig, Mutation, Mvcc, MvccConfig, Ticket,
+    Timestamp, Transaction, Version,
 };
 use amberdb_storage::Engine;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 /// Tunables of a node.
 #[derive(Debug, Clone)]
@@ -60,20 +61,35 @@ impl Default for NodeConfig {
     }
 }
 
+/// A transaction accepted by the conflict window, waiting to be put in a log entry.
+struct Pending {
+    mutations: Vec<Mutation>,
+    ticket: Ticket,
+    reply: oneshot::Sender<Result<CommitInfo>>,
+}
+
 struct Sequencer {
     window: ConflictWindow,
-    last_time: Timestamp,
+    queue: VecDeque<Pending>,
 }
+
+/// Most transactions in one log entry, and most mutation bytes: bounds entry size.
+const MAX_BATCH_TXNS: usize = 4096;
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Log entries in flight at once: one being made durable while the previous one is
+/// applied. More buys nothing, because openraft 0.9 fsyncs appends one at a time.
+const MAX_IN_FLIGHT: usize = 2;
 
 /// A running node. See the module docs.
 pub struct Node {
     id: u64,
     raft: Raft<TypeConfig>,
     mvcc: Arc<Mvcc>,
-    sequencer: tokio::sync::Mutex<Sequencer>,
+    sequencer: Arc<Mutex<Sequencer>>,
+    wake_batcher: Arc<Notify>,
     log: LogStore,
     _log_handle: LogStoreHandle,
-    gc_task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A snapshot of a node's state for status reporting.
@@ -93,6 +109,12 @@ pub struct NodeStatus {
     pub last_log_index: Option<u64>,
     /// GC watermark.
     pub gc_watermark: Version,
+    /// Commit-log fsyncs so far (since start).
+    pub log_fsyncs: u64,
+    /// Log appends made durable by those fsyncs.
+    pub log_appends: u64,
+    /// Entries appended to the log.
+    pub log_entries: u64,
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> Error {
@@ -103,7 +125,12 @@ impl Node {
     /// Opens the node: recovers the commit log in `raft_dir` and the state machine in
     /// `engine`, forms (or rejoins) its single-member group and waits until it leads
     /// and has re-applied every committed entry.
-    pub async fn open(raft_dir: &Path, engine: Arc<dyn Engine>, clock: Arc<dyn Clock>, config: NodeConfig) -> Result<Arc<Node>> {
+    pub async fn open(
+        raft_dir: &Path,
+        engine: Arc<dyn Engine>,
+        clock: Arc<dyn Clock>,
+        config: NodeConfig,
+    ) -> Result<Arc<Node>> {
         let mvcc = Arc::new(Mvcc::open(engine, config.mvcc.clone(), clock)?);
         let log = LogStore::open(raft_dir)?;
         let log_handle = LogStoreHandle::new(log.clone());
@@ -120,9 +147,8 @@ impl Node {
         }
         .validate()
         .map_err(|e| Error::InvalidInput(format!("raft config: {e}")))?;
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), NoPeers, log.clone(), sm)
-            .await
-            .map_err(raft_err)?;
+        let raft =
+            Raft::new(config.node_id, Arc::new(raft_config), NoPeers, log.clone(), sm).await.map_err(raft_err)?;
         if !raft.is_initialized().await.map_err(raft_err)? {
             let mut members = BTreeMap::new();
             members.insert(config.node_id, BasicNode { addr: config.advertise_addr.clone() });
@@ -140,32 +166,29 @@ impl Node {
             .await
             .map_err(|e| Error::Unavailable(format!("node {} did not become ready: {e}", config.node_id)))?;
         let applied = mvcc.applied();
-        let sequencer = Sequencer { window: ConflictWindow::new(config.conflict.clone(), applied.version), last_time: applied.time };
-        let gc_mvcc = mvcc.clone();
-        let interval = config.gc_interval;
-        let gc_task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let m = gc_mvcc.clone();
-                match tokio::task::spawn_blocking(move || m.gc()).await {
-                    Ok(Ok(stats)) if stats.watermark > 0 => tracing::info!(?stats, "garbage-collected old versions"),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "garbage collection failed"),
-                    Err(e) => tracing::error!(error = %e, "garbage collection task failed"),
-                }
-            }
-        });
+        let sequencer = Arc::new(Mutex::new(Sequencer {
+            window: ConflictWindow::new(config.conflict.clone(), applied.version),
+            queue: VecDeque::new(),
+        }));
+        let wake_batcher = Arc::new(Notify::new());
+        let batcher = Batcher {
+            raft: raft.clone(),
+            mvcc: mvcc.clone(),
+            sequencer: sequencer.clone(),
+            wake: wake_batcher.clone(),
+            last_time: applied.time,
+        };
+        let tasks = vec![tokio::spawn(batcher.run()), tokio::spawn(gc_loop(mvcc.clone(), config.gc_interval))];
         tracing::info!(node = config.node_id, version = applied.version, "node ready");
         Ok(Arc::new(Node {
             id: config.node_id,
             raft,
             mvcc,
-            sequencer: tokio::sync::Mutex::new(sequencer),
+            sequencer,
+            wake_batcher,
             log,
             _log_handle: log_handle,
-            gc_task,
+            tasks,
         }))
     }
 
@@ -196,48 +219,43 @@ impl Node {
 
     /// Commits a transaction: returns once its writes are durable in the commit log and
     /// applied. A conflict is a retryable `Serialization` error.
+    ///
+    /// Concurrent commits share log entries (and so fsyncs): transactions accepted while
+    /// an entry is in flight go into the next one, all at that entry's version.
     pub async fn commit(&self, txn: Transaction) -> Result<CommitInfo> {
         let read_version = txn.read_version();
         let Some(req) = txn.into_request() else {
             return Ok(CommitInfo { version: read_version, time: self.mvcc.applied().time });
         };
-        let mut encoded = CommitBatch { commit_time: 0, mutations: req.writes.clone() }.encode();
-        let (ticket, rx) = {
-            let mut seq = self.sequencer.lock().await;
+        let (reply, rx) = oneshot::channel();
+        let accepted = {
+            let mut seq = self.sequencer.lock().expect("sequencer lock poisoned");
             let applied = self.mvcc.applied().version;
-            let ticket = seq.window.check_and_accept(&req, Instant::now(), applied)?;
-            // Commit times follow log order: assign under the same lock that orders
-            // proposals. (Bytes 1..9 of an encoded batch are its commit time.)
-            let time = self.mvcc.clock().now().max(seq.last_time + 1);
-            seq.last_time = time;
-            encoded[1..9].copy_from_slice(&time.to_le_bytes());
-            match self.raft.client_write_ff(Request { batch: encoded }).await {
-                Ok(rx) => (ticket, rx),
-                Err(e) => {
-                    seq.window.resolve(ticket, None);
-                    return Err(raft_err(e));
-                }
+            seq.window
+                .check_and_accept(&req, Instant::now(), applied)
+                .map(|ticket| seq.queue.push_back(Pending { mutations: req.writes, ticket, reply }))
+        };
+        if let Err(e) = accepted {
+            // A conflict is found without awaiting anything; yield so that a client
+            // retrying in a tight loop cannot starve the tasks that would resolve the
+            // commit it conflicts with.
+            tokio::task::yield_now().await;
+            return Err(e);
+        }
+        self.wake_batcher.notify_one();
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => {
+                Err(Error::Unavailable(format!("node {} is shutting down; the commit outcome is unknown", self.id)))
             }
-        };
-        let outcome = rx.await;
-        let result = match outcome {
-            Ok(Ok(resp)) => Ok(CommitInfo { version: resp.data.version, time: resp.data.time }),
-            Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(Error::Unavailable(format!(
-                "node {} is not the leader (leader: {:?}); commit outcome unknown, not applied here",
-                self.id, f.leader_id
-            ))),
-            Ok(Err(e)) => Err(Error::Unavailable(format!("commit failed: {e}"))),
-            Err(_) => Err(Error::Unavailable("commit outcome unknown: the node is shutting down".into())),
-        };
-        let version = result.as_ref().ok().map(|c| c.version);
-        self.sequencer.lock().await.window.resolve(ticket, version);
-        result
+        }
     }
 
     /// Current status.
     pub fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
         let applied = self.mvcc.applied();
+        let (fsyncs, appends, entries) = self.log.flush_stats();
         NodeStatus {
             id: self.id,
             leader: m.current_leader,
@@ -246,6 +264,9 @@ impl Node {
             applied_time: applied.time,
             last_log_index: self.log.last_index(),
             gc_watermark: self.mvcc.gc_watermark(),
+            log_fsyncs: fsyncs,
+            log_appends: appends,
+            log_entries: entries,
         }
     }
 
@@ -256,7 +277,7 @@ impl Node {
 
     /// Stops Raft and background tasks. In-flight commits fail with `Unavailable`.
     pub async fn shutdown(&self) -> Result<()> {
-        self.gc_task.abort();
+        self.tasks.iter().for_each(|t| t.abort());
         self.raft.shutdown().await.map_err(|e| Error::Internal(format!("raft shutdown: {e}")))?;
         // Make applied state durable so the next start has nothing to replay.
         self.mvcc.engine().sync()
@@ -265,13 +286,112 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.gc_task.abort();
+        self.tasks.iter().for_each(|t| t.abort());
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Node>();
-    let _ = RaftError::<u64>::Fatal;
+/// Turns queued transactions into log entries, one entry at a time per free slot.
+struct Batcher {
+    raft: Raft<TypeConfig>,
+    mvcc: Arc<Mvcc>,
+    sequencer: Arc<Mutex<Sequencer>>,
+    wake: Arc<Notify>,
+    /// Commit time of the last entry proposed: times follow log order.
+    last_time: Timestamp,
+}
+
+impl Batcher {
+    async fn run(mut self) {
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        loop {
+            // Wait for a free slot first: while both slots are busy, arrivals queue up and
+            // the next entry carries all of them.
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let batch = loop {
+                let batch = self.take_batch();
+                if !batch.is_empty() {
+                    break batch;
+                }
+                self.wake.notified().await;
+            };
+            let time = self.mvcc.clock().now().max(self.last_time + 1);
+            self.last_time = time;
+            // Last write per key wins, in acceptance order; sorted keys help the engine.
+            let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for p in &batch {
+                for m in &p.mutations {
+                    merged.insert(m.key.clone(), m.value.clone());
+                }
+            }
+            let mutations = merged.into_iter().map(|(key, value)| Mutation { key, value }).collect();
+            let encoded = CommitBatch { commit_time: time, mutations }.encode();
+            match self.raft.client_write_ff(Request { batch: encoded }).await {
+                Ok(rx) => {
+                    let sequencer = self.sequencer.clone();
+                    tokio::spawn(async move {
+                        let result = match rx.await {
+                            Ok(Ok(resp)) => Ok(CommitInfo { version: resp.data.version, time: resp.data.time }),
+                            Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(Error::Unavailable(format!(
+                                "not the leader (leader: {:?}); the commit was not applied here",
+                                f.leader_id
+                            ))),
+                            Ok(Err(e)) => Err(Error::Unavailable(format!("commit failed: {e}"))),
+                            Err(_) => Err(Error::Unavailable("the node stopped; the commit outcome is unknown".into())),
+                        };
+                        finish(&sequencer, batch, result);
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    finish(&self.sequencer, batch, Err(Error::Unavailable(format!("raft: {e}"))));
+                    drop(slot);
+                }
+            }
+        }
+    }
+
+    fn take_batch(&self) -> Vec<Pending> {
+        let mut seq = self.sequencer.lock().expect("sequencer lock poisoned");
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(p) = seq.queue.front() {
+            let size: usize = p.mutations.iter().map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len)).sum();
+            if !batch.is_empty() && (batch.len() >= MAX_BATCH_TXNS || bytes + size > MAX_BATCH_BYTES) {
+                break;
+            }
+            bytes += size;
+            batch.extend(seq.queue.pop_front());
+        }
+        batch
+    }
+}
+
+/// Resolves the batch's tickets and answers its transactions.
+fn finish(sequencer: &Mutex<Sequencer>, batch: Vec<Pending>, result: Result<CommitInfo>) {
+    let version = result.as_ref().ok().map(|c| c.version);
+    {
+        let mut seq = sequencer.lock().expect("sequencer lock poisoned");
+        for p in &batch {
+            seq.window.resolve(p.ticket, version);
+        }
+    }
+    for p in batch {
+        // The client may have gone away; its commit stands regardless.
+        let _ = p.reply.send(result.clone());
+    }
+}
+
+async fn gc_loop(mvcc: Arc<Mvcc>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let m = mvcc.clone();
+        match tokio::task::spawn_blocking(move || m.gc()).await {
+            Ok(Ok(stats)) if stats.watermark > 0 => tracing::info!(?stats, "garbage-collected old versions"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "garbage collection failed"),
+            Err(e) => tracing::error!(error = %e, "garbage collection task failed"),
+        }
+    }
 }

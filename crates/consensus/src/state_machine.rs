@@ -65,7 +65,9 @@ impl StateMachine {
         for e in &entries {
             match &e.payload {
                 EntryPayload::Normal(req) => {
-                    let batch = CommitBatch::decode(&req.batch).map_err(|err| sto_err(StorageIOError::write_state_machine, format!("entry {}: {err}", e.log_id)))?;
+                    let batch = CommitBatch::decode(&req.batch).map_err(|err| {
+                        sto_err(StorageIOError::write_state_machine, format!("entry {}: {err}", e.log_id))
+                    })?;
                     batches.push(Some(batch));
                 }
                 EntryPayload::Membership(m) => {

@@ -8,7 +8,13 @@ use std::sync::Arc;
 
 async fn open(dir: &Path) -> amberdb_error::Result<Arc<Node>> {
     let engine = Arc::new(Fjall::open(&dir.join("engine"))?);
-    Node::open(&dir.join("raft"), engine, Arc::new(SystemClock), NodeConfig { checkpoint_every: 50, keep_log_entries: 5, ..NodeConfig::default() }).await
+    Node::open(
+        &dir.join("raft"),
+        engine,
+        Arc::new(SystemClock),
+        NodeConfig { checkpoint_every: 50, keep_log_entries: 5, ..NodeConfig::default() },
+    )
+    .await
 }
 
 async fn put(node: &Node, k: &str, v: &str) -> u64 {

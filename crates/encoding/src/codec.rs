@@ -128,8 +128,8 @@ impl<'a> Reader<'a> {
     /// Reads a length-prefixed byte string.
     pub fn bytes(&mut self) -> Result<&'a [u8]> {
         let len = self.varint()?;
-        let len = usize::try_from(len)
-            .map_err(|_| Error::InvalidData(format!("{}: length {len} too large", self.what)))?;
+        let len =
+            usize::try_from(len).map_err(|_| Error::InvalidData(format!("{}: length {len} too large", self.what)))?;
         self.take(len)
     }
 
@@ -143,11 +143,7 @@ impl<'a> Reader<'a> {
         if self.input.is_empty() {
             Ok(())
         } else {
-            Err(Error::InvalidData(format!(
-                "{}: {} unexpected trailing bytes",
-                self.what,
-                self.input.len()
-            )))
+            Err(Error::InvalidData(format!("{}: {} unexpected trailing bytes", self.what, self.input.len())))
         }
     }
 }

@@ -65,10 +65,9 @@ pub fn decode(input: &[u8]) -> Decoded<'_> {
 pub fn decode_exact<'a>(input: &'a [u8], what: &str) -> Result<&'a [u8]> {
     match decode(input) {
         Decoded::Frame { payload, size } if size == input.len() => Ok(payload),
-        Decoded::Frame { size, .. } => Err(Error::InvalidData(format!(
-            "{what}: {} trailing bytes after frame",
-            input.len() - size
-        ))),
+        Decoded::Frame { size, .. } => {
+            Err(Error::InvalidData(format!("{what}: {} trailing bytes after frame", input.len() - size)))
+        }
         Decoded::Incomplete => Err(Error::InvalidData(format!("{what}: truncated frame"))),
         Decoded::Corrupt(why) => Err(Error::InvalidData(format!("{what}: {why}"))),
     }
@@ -87,10 +86,7 @@ mod tests {
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x10;
-            assert!(
-                !matches!(decode(&bad), Decoded::Frame { payload: b"hello", .. }),
-                "flip at {i} not detected"
-            );
+            assert!(!matches!(decode(&bad), Decoded::Frame { payload: b"hello", .. }), "flip at {i} not detected");
         }
         assert!(decode_exact(&buf, "x").is_ok());
     }

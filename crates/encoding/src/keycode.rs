@@ -107,10 +107,7 @@ impl<'a> KeyDecoder<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.input.len() < n {
-            return Err(Error::InvalidData(format!(
-                "key ended early: wanted {n} bytes, {} left",
-                self.input.len()
-            )));
+            return Err(Error::InvalidData(format!("key ended early: wanted {n} bytes, {} left", self.input.len())));
         }
         let (head, tail) = self.input.split_at(n);
         self.input = tail;
@@ -169,9 +166,7 @@ impl<'a> KeyDecoder<'a> {
                     i += 2;
                 }
                 (Some(0), Some(b)) => {
-                    return Err(Error::InvalidData(format!(
-                        "invalid escape 0x00 {b:#04x} in key bytes"
-                    )))
+                    return Err(Error::InvalidData(format!("invalid escape 0x00 {b:#04x} in key bytes")))
                 }
                 (Some(&b), _) if b != 0 => {
                     out.push(b);
@@ -184,8 +179,7 @@ impl<'a> KeyDecoder<'a> {
 
     /// Reads a UTF-8 string.
     pub fn string(&mut self) -> Result<String> {
-        String::from_utf8(self.bytes()?)
-            .map_err(|e| Error::InvalidData(format!("invalid UTF-8 in key: {e}")))
+        String::from_utf8(self.bytes()?).map_err(|e| Error::InvalidData(format!("invalid UTF-8 in key: {e}")))
     }
 
     /// Returns the bytes not yet decoded.
@@ -198,10 +192,7 @@ impl<'a> KeyDecoder<'a> {
         if self.input.is_empty() {
             Ok(())
         } else {
-            Err(Error::InvalidData(format!(
-                "{} trailing bytes after key",
-                self.input.len()
-            )))
+            Err(Error::InvalidData(format!("{} trailing bytes after key", self.input.len())))
         }
     }
 }
@@ -238,8 +229,7 @@ mod tests {
             any::<bool>().prop_map(Comp::Bool),
             any::<u64>().prop_map(Comp::U),
             any::<i64>().prop_map(Comp::I),
-            proptest::collection::vec(prop_oneof![Just(0u8), Just(0xff), any::<u8>()], 0..8)
-                .prop_map(Comp::B),
+            proptest::collection::vec(prop_oneof![Just(0u8), Just(0xff), any::<u8>()], 0..8).prop_map(Comp::B),
             ".{0,6}".prop_map(Comp::S),
         ]
     }
@@ -272,12 +262,10 @@ mod tests {
                     .iter()
                     .map(|c| match c {
                         Comp::Bool(_) => any::<bool>().prop_map(Comp::Bool).boxed(),
-                        Comp::U(_) => prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()]
-                            .prop_map(Comp::U)
-                            .boxed(),
-                        Comp::I(_) => prop_oneof![Just(0i64), Just(-1), Just(i64::MIN), any::<i64>()]
-                            .prop_map(Comp::I)
-                            .boxed(),
+                        Comp::U(_) => prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()].prop_map(Comp::U).boxed(),
+                        Comp::I(_) => {
+                            prop_oneof![Just(0i64), Just(-1), Just(i64::MIN), any::<i64>()].prop_map(Comp::I).boxed()
+                        }
                         Comp::B(_) => proptest::collection::vec(
                             prop_oneof![Just(0u8), Just(1u8), Just(0xffu8), any::<u8>()],
                             0..6,

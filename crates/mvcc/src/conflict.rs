@@ -126,7 +126,12 @@ impl ConflictWindow {
     /// then stays pending, i.e. conflicts with everything, until it ages out).
     pub fn resolve(&mut self, ticket: Ticket, version: Option<Version>) {
         let Some(version) = version else { return };
-        let Some(entry) = self.log.iter_mut().find(|e| e.ticket == ticket) else { return };
+        // Tickets are issued in order and entries leave only from the front, so the
+        // entry's position is its distance from the front ticket.
+        let Some(front) = self.log.front().map(|e| e.ticket.0) else { return };
+        let Some(pos) = ticket.0.checked_sub(front) else { return };
+        let Some(entry) = usize::try_from(pos).ok().and_then(|p| self.log.get_mut(p)) else { return };
+        debug_assert_eq!(entry.ticket, ticket);
         entry.version = Some(version);
         for k in &entry.keys {
             if let Some(stamp) = self.keys.get_mut(k) {

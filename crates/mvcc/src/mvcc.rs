@@ -280,10 +280,9 @@ impl Mvcc {
             // Nothing committed at or before `time`: the empty state at version 0, unless
             // GC has removed the index entries that would have answered.
             None if self.gc_watermark() == 0 => self.register(0),
-            None => Err(Error::TooOld(format!(
-                "timestamp {} predates the oldest retained version",
-                format_micros(time)
-            ))),
+            None => {
+                Err(Error::TooOld(format!("timestamp {} predates the oldest retained version", format_micros(time))))
+            }
         }
     }
 
@@ -397,12 +396,7 @@ pub fn format_micros(us: Timestamp) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// A consistent read of the store at one version. While it lives, GC keeps every
@@ -480,7 +474,7 @@ impl VersionedScan {
     }
 
     fn next_forward(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        while let Some(kv) = self.inner.next() {
+        for kv in self.inner.by_ref() {
             let (raw_key, raw_value) = kv?;
             let (user, version) = keys::decode_data(&raw_key)?;
             if version > self.version {

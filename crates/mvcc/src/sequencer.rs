@@ -3,8 +3,7 @@
 //! consensus layer has its own sequencer that puts the Raft log between check and apply.
 
 use crate::{
-    ApplyItem, CommitBatch, CommitRequest, ConflictWindow, ConflictWindowConfig, Mvcc, Timestamp, Transaction,
-    Version,
+    ApplyItem, CommitBatch, CommitRequest, ConflictWindow, ConflictWindowConfig, Mvcc, Timestamp, Transaction, Version,
 };
 use amberdb_error::Result;
 use amberdb_storage::Durability;

@@ -143,10 +143,13 @@ impl Transaction {
     }
 }
 
+/// The transaction's own writes inside a scanned range, in scan order.
+type OwnWrites = Peekable<std::vec::IntoIter<(Vec<u8>, Option<Vec<u8>>)>>;
+
 /// A scan merging stored data at the read version with the transaction's own writes.
 pub struct TxnScan {
     stored: Peekable<VersionedScan>,
-    own: Peekable<std::vec::IntoIter<(Vec<u8>, Option<Vec<u8>>)>>,
+    own: OwnWrites,
     reverse: bool,
 }
 

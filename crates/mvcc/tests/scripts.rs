@@ -7,9 +7,7 @@
 //! Global commands: `advance SECS`, `gc`, `dump`, `status`, `version_at SECS`,
 //! `reset retention=SECS`. Times in scripts are seconds after the epoch of the test clock.
 
-use amberdb_mvcc::{
-    ConflictWindowConfig, LocalSequencer, ManualClock, Mvcc, MvccConfig, Transaction,
-};
+use amberdb_mvcc::{ConflictWindowConfig, LocalSequencer, ManualClock, Mvcc, MvccConfig, Transaction};
 use amberdb_storage::{Durability, Engine, KeyRange, Memory};
 use std::collections::HashMap;
 use std::error::Error;
@@ -31,12 +29,9 @@ impl Runner {
     fn new(retention_secs: u64) -> Self {
         let engine = Arc::new(Memory::new());
         let clock = Arc::new(ManualClock::new(EPOCH));
-        let mvcc = Mvcc::open(
-            engine.clone(),
-            MvccConfig { retention: Duration::from_secs(retention_secs) },
-            clock.clone(),
-        )
-        .unwrap();
+        let mvcc =
+            Mvcc::open(engine.clone(), MvccConfig { retention: Duration::from_secs(retention_secs) }, clock.clone())
+                .unwrap();
         let seq = LocalSequencer::new(Arc::new(mvcc), ConflictWindowConfig::default(), Durability::Buffered);
         Self { seq, clock, engine, txns: HashMap::new() }
     }
@@ -48,7 +43,7 @@ fn show(b: &[u8]) -> String {
 
 fn secs(t: u64) -> String {
     let d = t - EPOCH;
-    if d % 1_000_000 == 0 {
+    if d.is_multiple_of(1_000_000) {
         format!("{}s", d / 1_000_000)
     } else {
         format!("{}.{:06}s", d / 1_000_000, d % 1_000_000)
@@ -58,7 +53,11 @@ fn secs(t: u64) -> String {
 impl goldenscript::Runner for Runner {
     type Command = goldenscript::Command;
 
-    fn run(&mut self, command: &goldenscript::Command, context: &goldenscript::Context) -> Result<String, Box<dyn Error>> {
+    fn run(
+        &mut self,
+        command: &goldenscript::Command,
+        context: &goldenscript::Context,
+    ) -> Result<String, Box<dyn Error>> {
         let mut out = String::new();
         let mut args = command.consume_args();
         let mvcc = self.seq.mvcc().clone();
@@ -68,7 +67,11 @@ impl goldenscript::Runner for Runner {
                 let mut readonly = false;
                 let mut view = None;
                 while let Some(a) = args.next_pos() {
-                    if a == "readonly" { readonly = true } else { return Err(format!("bad arg {a}").into()) }
+                    if a == "readonly" {
+                        readonly = true
+                    } else {
+                        return Err(format!("bad arg {a}").into());
+                    }
                 }
                 if let Some(v) = args.take_key("as_of") {
                     view = Some(mvcc.read_at(v.parse()?)?);
@@ -80,9 +83,17 @@ impl goldenscript::Runner for Runner {
                     readonly = true;
                 }
                 args.reject_next()?;
-                let view = match view { Some(v) => v, None => mvcc.read_latest()? };
+                let view = match view {
+                    Some(v) => v,
+                    None => mvcc.read_latest()?,
+                };
                 let txn = if readonly { Transaction::read_only(view) } else { Transaction::new(view) };
-                writeln!(out, "begin → read version {}{}", txn.read_version(), if readonly { " (read-only)" } else { "" })?;
+                writeln!(
+                    out,
+                    "begin → read version {}{}",
+                    txn.read_version(),
+                    if readonly { " (read-only)" } else { "" }
+                )?;
                 self.txns.insert(name, txn);
                 return Ok(out);
             }
@@ -105,8 +116,10 @@ impl goldenscript::Runner for Runner {
                     }
                 }
                 "scan" | "scan_rev" => {
-                    let from = args.next_pos().map(|s| Bound::Included(s.as_bytes().to_vec())).unwrap_or(Bound::Unbounded);
-                    let to = args.next_pos().map(|s| Bound::Excluded(s.as_bytes().to_vec())).unwrap_or(Bound::Unbounded);
+                    let from =
+                        args.next_pos().map(|s| Bound::Included(s.as_bytes().to_vec())).unwrap_or(Bound::Unbounded);
+                    let to =
+                        args.next_pos().map(|s| Bound::Excluded(s.as_bytes().to_vec())).unwrap_or(Bound::Unbounded);
                     let range = KeyRange { start: from, end: to };
                     let iter = if command.name == "scan" { txn.scan(range) } else { txn.scan_rev(range) };
                     for kv in iter {
@@ -138,11 +151,21 @@ impl goldenscript::Runner for Runner {
             }
             "gc" => {
                 let s = mvcc.gc()?;
-                writeln!(out, "gc → watermark {} removed {} versions, {} index entries", s.watermark, s.versions_removed, s.index_removed)?;
+                writeln!(
+                    out,
+                    "gc → watermark {} removed {} versions, {} index entries",
+                    s.watermark, s.versions_removed, s.index_removed
+                )?;
             }
             "status" => {
                 let a = mvcc.applied();
-                writeln!(out, "applied version {} at {}, gc watermark {}", a.version, if a.time == 0 { "-".into() } else { secs(a.time) }, mvcc.gc_watermark())?;
+                writeln!(
+                    out,
+                    "applied version {} at {}, gc watermark {}",
+                    a.version,
+                    if a.time == 0 { "-".into() } else { secs(a.time) },
+                    mvcc.gc_watermark()
+                )?;
             }
             "version_at" => {
                 let t: f64 = args.next_pos().ok_or("seconds")?.parse()?;
@@ -174,11 +197,17 @@ fn describe(k: &[u8], v: &[u8]) -> String {
         1 => {
             let key = d.bytes().unwrap();
             let ver = !d.u64().unwrap();
-            let val = match v.split_first() { Some((1, rest)) => show(rest), _ => "tombstone".into() };
+            let val = match v.split_first() {
+                Some((1, rest)) => show(rest),
+                _ => "tombstone".into(),
+            };
             format!("data {}@{} = {}", show(&key), ver, val)
         }
         2 => format!("time-index v{} = {}", d.u64().unwrap(), secs(u64::from_le_bytes(v.try_into().unwrap()))),
-        3 => { let t = d.u64().unwrap(); format!("version-index {} = v{}", secs(t), d.u64().unwrap()) }
+        3 => {
+            let t = d.u64().unwrap();
+            format!("version-index {} = v{}", secs(t), d.u64().unwrap())
+        }
         t => format!("unknown tag {t}"),
     }
 }

@@ -128,6 +128,7 @@ async fn commits(dir: PathBuf, writers: usize, seconds: f64, value_size: usize) 
     }
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort_by(f64::total_cmp);
+    let status = node.status();
     let out = serde_json::json!({
         "bench": "commits",
         "writers": writers,
@@ -137,6 +138,9 @@ async fn commits(dir: PathBuf, writers: usize, seconds: f64, value_size: usize) 
         "p50_ms": percentile(&lat, 0.5),
         "p99_ms": percentile(&lat, 0.99),
         "retries": retries,
+        "log_fsyncs": status.log_fsyncs,
+        "log_entries": status.log_entries,
+        "log_appends": status.log_appends,
         "peak_rss_kb": peak_rss_kb(),
     });
     println!("{out}");

@@ -45,7 +45,11 @@ impl Config {
         if args.retention_secs == 0 {
             return Err(Error::InvalidInput("--retention-secs must be at least 1".into()));
         }
-        Ok(Self { data_dir: args.data_dir.clone(), retention: Duration::from_secs(args.retention_secs), ..Self::default() })
+        Ok(Self {
+            data_dir: args.data_dir.clone(),
+            retention: Duration::from_secs(args.retention_secs),
+            ..Self::default()
+        })
     }
 
     /// The node configuration this implies.

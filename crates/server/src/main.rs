@@ -23,7 +23,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "amberdb", version, about = "AmberDB: a replicated, transactional SQL database built for recoverability")]
+#[command(
+    name = "amberdb",
+    version,
+    about = "AmberDB: a replicated, transactional SQL database built for recoverability"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,8 @@ enum Command {
 
 /// Opens a node over the data directory's engine and commit log.
 pub(crate) async fn open_node(data_dir: &Path, config: &Config) -> Result<Arc<Node>> {
-    std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir.display(), format!("create data directory: {e}")))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| Error::io(data_dir.display(), format!("create data directory: {e}")))?;
     let engine = Arc::new(Fjall::open(&data_dir.join("engine"))?);
     Node::open(&data_dir.join("raft"), engine, Arc::new(SystemClock), config.node_config()).await
 }
@@ -71,7 +76,8 @@ async fn run_server(args: config::ServerArgs) -> Result<()> {
 
 async fn wait_for_shutdown_signal() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Internal(format!("install SIGTERM handler: {e}")))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Error::Internal(format!("install SIGTERM handler: {e}")))?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.map_err(|e| Error::Internal(format!("wait for Ctrl-C: {e}"))),
         _ = term.recv() => Ok(()),

@@ -189,7 +189,10 @@ async fn check(data_dir: PathBuf, accounts: usize) -> Result<()> {
             .take(5)
             .map(|(k, v)| format!("{}: have {:?}, ledger says {v}", String::from_utf8_lossy(k), balances.get(k)))
             .collect();
-        return Err(Error::InvalidData(format!("balances disagree with the ledger (partial commit?): {}", diff.join("; "))));
+        return Err(Error::InvalidData(format!(
+            "balances disagree with the ledger (partial commit?): {}",
+            diff.join("; ")
+        )));
     }
     let total: i64 = balances.values().sum();
     if !balances.is_empty() && total != INITIAL * accounts as i64 {

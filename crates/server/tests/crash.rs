@@ -84,12 +84,20 @@ fn kill_9_loses_no_acknowledged_commit() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "check failed after kill {run}: {}\n{}", String::from_utf8_lossy(&out.stderr), stdout.lines().last().unwrap_or(""));
+        assert!(
+            out.status.success(),
+            "check failed after kill {run}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            stdout.lines().last().unwrap_or("")
+        );
         let present: BTreeSet<&str> = stdout.lines().filter_map(|l| l.strip_prefix("LEDGER ")).collect();
         let missing: Vec<&String> = acked.iter().filter(|k| !present.contains(k.as_str())).take(5).collect();
         assert!(missing.is_empty(), "after kill {run}: acknowledged commits lost: {missing:?}");
         total_ledger = present.len();
-        eprintln!("kill {run}: after {wait_ms} ms, {round_acks} acks this round, {} acked in all, {total_ledger} in ledger", acked.len());
+        eprintln!(
+            "kill {run}: after {wait_ms} ms, {round_acks} acks this round, {} acked in all, {total_ledger} in ledger",
+            acked.len()
+        );
     }
     assert!(acked.len() > 100, "the workload barely committed anything ({} acks)", acked.len());
     assert!(total_ledger >= acked.len());

@@ -1,0 +1,76 @@
+"""Turns scripts/bench results (JSON lines) into a Markdown section of docs/BENCHMARKS.md.
+
+Medians over rounds; ratios are AmberDB / PostgreSQL 15 measured in the same run,
+interleaved pair by pair.
+"""
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+
+def med(rows, key):
+    vals = [r[key] for r in rows if key in r]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def core(rows):
+    out = []
+    by = lambda b, **kw: [r for r in rows if r["bench"] == b and all(r.get(k) == v for k, v in kw.items())]
+    one = med(by("commits", writers=1), "commits_per_sec")
+    out.append("| measurement | AmberDB (median) | PostgreSQL 15 (median) | AmberDB / PG | AmberDB p50 / p99 latency | AmberDB peak RSS |")
+    out.append("|---|---|---|---|---|---|")
+    for w in (1, 16, 64):
+        a = by("commits", writers=w)
+        p = by("pg_commits", writers=w)
+        am, pm = med(a, "commits_per_sec"), med(p, "commits_per_sec")
+        out.append(
+            f"| commits/s, {w} writer{'s' if w > 1 else ''} | {am:,.0f} | {pm:,.0f} | {am / pm if pm else float('nan'):.2f}× "
+            f"| {med(a, 'p50_ms'):.2f} / {med(a, 'p99_ms'):.2f} ms | {max(r['peak_rss_kb'] for r in a) / 1024:.0f} MiB |"
+        )
+    a, p = by("reads"), by("pg_reads")
+    am, pm = med(a, "reads_per_sec"), med(p, "reads_per_sec")
+    out.append(f"| point reads/s, 2 readers | {am:,.0f} | {pm:,.0f} | {am / pm if pm else float('nan'):.2f}× | – | {max(r['peak_rss_kb'] for r in a) / 1024:.0f} MiB |")
+    a, p = by("scan"), by("pg_scan")
+    am = med(a, "mb_per_sec")
+    pm = statistics.median([r["bytes"] / 1e6 / r["seconds"] for r in p]) if p else float("nan")
+    out.append(f"| full scan MB/s (200k rows × ~116 B) | {am:,.0f} | {pm:,.0f} | {am / pm if pm else float('nan'):.2f}× | – | {max(r['peak_rss_kb'] for r in a) / 1024:.0f} MiB |")
+    sixty_four = med(by("commits", writers=64), "commits_per_sec")
+    out.append("")
+    out.append(f"Group commit: commits/s at 64 writers ÷ at 1 writer = **{sixty_four / one:.1f}×** (target ≥ 20×).")
+    return out
+
+
+def main():
+    what, results, doc, command = sys.argv[1:5]
+    rows = [json.loads(l) for l in open(results) if l.strip()]
+    body = core(rows) if what == "core" else []
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = [
+        f"<!-- bench:{what}:start -->",
+        f"Command: `{command}` — run {stamp} at commit `{rev}` on {platform.machine()}, "
+        f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores.",
+        "",
+        *body,
+        "",
+        "Raw rows (one JSON object per run, in the order they ran):",
+        "",
+        "```",
+        *[json.dumps(r) for r in rows],
+        "```",
+        f"<!-- bench:{what}:end -->",
+    ]
+    text = open(doc).read()
+    pattern = re.compile(rf"<!-- bench:{what}:start -->.*?<!-- bench:{what}:end -->", re.S)
+    new = "\n".join(section)
+    text = pattern.sub(lambda _: new, text) if pattern.search(text) else text + "\n" + new + "\n"
+    open(doc, "w").write(text)
+    print("\n".join(body))
+
+
+if __name__ == "__main__":
+    main()
