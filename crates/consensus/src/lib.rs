@@ -8,8 +8,8 @@
 //!
 //! ```text
 //!              ┌────────────── Node ───────────────┐
-//!  commit ───▶ │ Sequencer (conflict window, time) │
-//!              │        │ client_write_ff          │
+//!  commit ───▶ │ conflict window → queue → Batcher │
+//!              │        │ one entry per batch      │
 //!              │        ▼                          │
 //!              │   openraft core ──▶ LogStore ─────┼──▶ raft/log/*.seg  (fsync, grouped)
 //!              │        │ committed                │
@@ -21,6 +21,7 @@
 //! Invariants:
 //! 1. A commit is acknowledged only after the fsync covering its log entry.
 //! 2. Versions are Raft log indexes: strictly increasing, identical on every replica.
+//!    Transactions batched into one entry share its version.
 //! 3. The applied log id is persisted in the same engine batch as the data it
 //!    describes, so a restart neither loses nor double-applies an entry.
 //! 4. The log is purged only up to a checkpoint, i.e. after the engine is fsync'd past

@@ -1,14 +1,17 @@
 //! A node: the Raft group member that sequences commits and serves reads.
 //!
 //! ```text
-//!  commit(txn) ──▶ conflict window ──(ok)──▶ client_write_ff ──▶ Raft core ──▶ LogStore.append
-//!     ▲              (under one lock: check,                          │            (write, no fsync)
-//!     │               assign commit time,                             ▼
-//!     │               enqueue in log order)                      flusher thread: ONE fsync for
-//!     │                                                          every append since the last one
-//!     │                                                               │
-//!     └──── Response{version, time} ◀── StateMachine.apply ◀── committed (quorum = self)
+//!  commit(txn) ──▶ conflict window ──(accepted)──▶ queue ──▶ Batcher: all queued txns → ONE entry
+//!     ▲            (check + accept under one lock)             │ client_write_ff (≤ 2 in flight)
+//!     │                                                        ▼
+//!     │                                     Raft core ──▶ LogStore.append + fsync
+//!     │                                                        │ committed (quorum = self)
+//!     └──── CommitInfo{version, time} ◀── resolve tickets ◀── StateMachine.apply
 //! ```
+//!
+//! openraft 0.9 fsyncs one append at a time, so group commit happens here: while an
+//! entry is in flight, newly accepted transactions queue up and the next entry carries
+//! them all, at one version. See `docs/architecture/consensus.md`.
 
 use crate::log_store::{LogStore, LogStoreHandle};
 use crate::network::NoPeers;
