@@ -54,6 +54,17 @@ pub enum Error {
     /// A broken internal invariant. Never expected; always a bug.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A SQL-level error with its exact SQLSTATE (undefined table, unique violation,
+    /// syntax error with its 1-based character position, ...).
+    #[error("{message}")]
+    Sql {
+        /// The five-character SQLSTATE.
+        code: &'static str,
+        /// The message, as PostgreSQL would word it.
+        message: String,
+        /// For syntax errors: 1-based character position in the statement text.
+        position: Option<u32>,
+    },
 }
 
 impl Error {
@@ -74,6 +85,28 @@ impl Error {
             Error::Io(_) => "58030",            // io_error
             Error::Unavailable(_) => "57P03",   // cannot_connect_now
             Error::Internal(_) => "XX000",      // internal_error
+            Error::Sql { code, .. } => code,
+        }
+    }
+
+    /// Builds a SQL error with an exact SQLSTATE.
+    pub fn sql(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Sql { code, message: message.into(), position: None }
+    }
+
+    /// The message without the kind prefix (what a SQL client should see).
+    pub fn message(&self) -> String {
+        match self {
+            Error::Sql { message, .. } => message.clone(),
+            Error::Abort(m)
+            | Error::Serialization(m)
+            | Error::ReadOnly(m)
+            | Error::TooOld(m)
+            | Error::InvalidInput(m)
+            | Error::InvalidData(m)
+            | Error::Io(m)
+            | Error::Unavailable(m)
+            | Error::Internal(m) => m.clone(),
         }
     }
 

@@ -14,6 +14,9 @@ pub struct ServerArgs {
     /// Directory holding the engine and the commit log.
     #[arg(long, env = "AMBERDB_DATA_DIR", default_value = Config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Address for PostgreSQL clients.
+    #[arg(long, env = "AMBERDB_LISTEN", default_value = Config::DEFAULT_LISTEN)]
+    pub listen: String,
     /// How long old versions stay readable, in seconds (AS OF SYSTEM TIME, backups).
     #[arg(long, env = "AMBERDB_RETENTION_SECS", default_value_t = Config::DEFAULT_RETENTION_SECS)]
     pub retention_secs: u64,
@@ -24,6 +27,8 @@ pub struct ServerArgs {
 pub struct Config {
     /// Directory holding the engine (`engine/`) and the commit log (`raft/`).
     pub data_dir: PathBuf,
+    /// Address the PostgreSQL protocol listens on.
+    pub listen: String,
     /// Retention window of old versions.
     pub retention: Duration,
     /// Longest a read-write transaction may run and still commit.
@@ -37,6 +42,8 @@ pub struct Config {
 impl Config {
     /// Default data directory, relative to the working directory.
     pub const DEFAULT_DATA_DIR: &'static str = "./amberdb-data";
+    /// Default PostgreSQL protocol address.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:5433";
     /// Default retention: one hour.
     pub const DEFAULT_RETENTION_SECS: u64 = 3600;
 
@@ -47,6 +54,7 @@ impl Config {
         }
         Ok(Self {
             data_dir: args.data_dir.clone(),
+            listen: args.listen.clone(),
             retention: Duration::from_secs(args.retention_secs),
             ..Self::default()
         })
@@ -68,6 +76,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from(Self::DEFAULT_DATA_DIR),
+            listen: Self::DEFAULT_LISTEN.into(),
             retention: Duration::from_secs(Self::DEFAULT_RETENTION_SECS),
             conflict_window: Duration::from_secs(60),
             checkpoint_every: 20_000,

@@ -61,13 +61,27 @@ fn init_tracing() {
 async fn run_server(args: config::ServerArgs) -> Result<()> {
     let config = Config::load(&args)?;
     let node = open_node(&config.data_dir, &config).await?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| Error::io(&config.listen, format!("cannot listen for PostgreSQL clients: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| Error::io(&config.listen, e))?;
     let status = node.status();
     tracing::info!(
         data_dir = %config.data_dir.display(),
         version = status.applied_version,
-        "amberdb node running; press Ctrl-C or send SIGTERM to stop"
+        %addr,
+        "amberdb ready: PostgreSQL protocol on {addr}; Ctrl-C or SIGTERM stops it"
     );
-    wait_for_shutdown_signal().await?;
+    // Scripts and tests read this line to learn the port (with --listen 127.0.0.1:0).
+    println!("LISTENING {addr}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    amberdb_pgwire::serve(listener, node.clone(), async {
+        if let Err(e) = wait_for_shutdown_signal().await {
+            tracing::error!(error = %e, "signal handling failed; shutting down");
+        }
+    })
+    .await;
     tracing::info!("shutting down");
     node.shutdown().await?;
     tracing::info!("stopped cleanly");

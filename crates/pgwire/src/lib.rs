@@ -1,0 +1,367 @@
+//! # The PostgreSQL wire protocol front end
+//!
+//! ```text
+//!   TCP accept ──▶ per connection: Handlers { session: Mutex<Session> }
+//!                     ├─ simple query:   parse → execute each statement → rows / tags
+//!                     ├─ extended query: Parse (sql → statement + described types)
+//!                     │                  Bind (decode parameters by type) → Execute
+//!                     └─ errors → ErrorResponse with SQLSTATE (+ position for syntax)
+//! ```
+//! The protocol itself is the `pgwire` crate's; this crate maps it onto
+//! [`amberdb_sql::Session`]. One session per connection; the transaction status sent
+//! in ReadyForQuery follows the session's.
+//!
+//! Invariants:
+//! - An error never closes the connection (only startup errors are FATAL).
+//! - In a simple-query string, statements after the first error are not executed.
+
+use amberdb_consensus::Node;
+use amberdb_error::Error;
+use amberdb_sql::{DataType, OutColumn, Outcome, Session, Value};
+use async_trait::async_trait;
+use futures::stream;
+use futures::Sink;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse, Response,
+    Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, NoopHandler, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use std::fmt::Debug;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+/// Serves connections from `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let handlers = Handlers::new(node.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// A prepared statement: the parsed statement and what Describe reports.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    stmt: Option<amberdb_sql::Statement>,
+    params: Vec<Type>,
+    columns: Option<Vec<OutColumn>>,
+}
+
+struct Conn {
+    node: Arc<Node>,
+    session: Mutex<Session>,
+}
+
+/// The per-connection protocol handlers.
+pub struct Handlers {
+    conn: Arc<Conn>,
+    parser: Arc<Parser>,
+}
+
+impl Handlers {
+    fn new(node: Arc<Node>) -> Self {
+        let conn = Arc::new(Conn { session: Mutex::new(Session::new(node.clone())), node });
+        Self { parser: Arc::new(Parser { conn: conn.clone() }), conn }
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::new(Query { conn: self.conn.clone(), parser: self.parser.clone() })
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::new(Query { conn: self.conn.clone(), parser: self.parser.clone() })
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        Arc::new(NoopHandler)
+    }
+}
+
+fn pg_type(ty: Option<DataType>) -> Type {
+    match ty {
+        Some(DataType::Bool) => Type::BOOL,
+        Some(DataType::Int2) => Type::INT2,
+        Some(DataType::Int4) => Type::INT4,
+        Some(DataType::Int8) => Type::INT8,
+        Some(DataType::Float4) => Type::FLOAT4,
+        Some(DataType::Float8) => Type::FLOAT8,
+        Some(DataType::Text) => Type::TEXT,
+        Some(DataType::Varchar(_)) => Type::VARCHAR,
+        Some(DataType::Char(_)) => Type::BPCHAR,
+        None => Type::TEXT,
+    }
+}
+
+/// Maps an AmberDB error to an ErrorResponse.
+pub fn error_info(e: &Error) -> ErrorInfo {
+    let mut info = ErrorInfo::new("ERROR".to_string(), e.sqlstate().to_string(), e.message());
+    if let Error::Sql { position: Some(p), .. } = e {
+        info.position = Some(p.to_string());
+    }
+    info
+}
+
+fn user_error(e: Error) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(&e)))
+}
+
+fn fields(columns: &[OutColumn], format: Option<&Format>) -> Vec<FieldInfo> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let fmt = format.map_or(FieldFormat::Text, |f| f.format_for(i));
+            FieldInfo::new(c.name.clone(), None, None, pg_type(c.ty), fmt)
+        })
+        .collect()
+}
+
+fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWireResult<()> {
+    if field.format() == FieldFormat::Text {
+        let ty = match *field.datatype() {
+            Type::FLOAT4 => Some(DataType::Float4),
+            _ => None,
+        };
+        return enc.encode_field(&v.to_pg_text(ty));
+    }
+    let ty = field.datatype().clone();
+    let cast = |target: DataType| v.clone().cast(target).map_err(user_error);
+    match ty {
+        Type::BOOL => match cast(DataType::Bool)? {
+            Value::Bool(b) => enc.encode_field(&Some(b)),
+            _ => enc.encode_field(&None::<bool>),
+        },
+        Type::INT2 => match cast(DataType::Int2)? {
+            Value::Int(i) => enc.encode_field(&Some(i as i16)),
+            _ => enc.encode_field(&None::<i16>),
+        },
+        Type::INT4 => match cast(DataType::Int4)? {
+            Value::Int(i) => enc.encode_field(&Some(i as i32)),
+            _ => enc.encode_field(&None::<i32>),
+        },
+        Type::INT8 => match cast(DataType::Int8)? {
+            Value::Int(i) => enc.encode_field(&Some(i)),
+            _ => enc.encode_field(&None::<i64>),
+        },
+        Type::FLOAT4 => match cast(DataType::Float4)? {
+            Value::Float(f) => enc.encode_field(&Some(f as f32)),
+            _ => enc.encode_field(&None::<f32>),
+        },
+        Type::FLOAT8 => match cast(DataType::Float8)? {
+            Value::Float(f) => enc.encode_field(&Some(f)),
+            _ => enc.encode_field(&None::<f64>),
+        },
+        _ => enc.encode_field(&v.to_pg_text(None)),
+    }
+}
+
+fn rows_response(columns: &[OutColumn], rows: Vec<Vec<Value>>, format: Option<&Format>, tag: &str) -> PgWireResult<Response> {
+    let schema = Arc::new(fields(columns, format));
+    let mut enc = DataRowEncoder::new(schema.clone());
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        for (v, f) in row.iter().zip(schema.iter()) {
+            encode_value(&mut enc, v, f)?;
+        }
+        out.push(Ok(enc.take_row()));
+    }
+    let mut resp = QueryResponse::new(schema, stream::iter(out));
+    if let Some((verb, _)) = tag.split_once(' ') {
+        resp.set_command_tag(verb);
+    } else {
+        resp.set_command_tag(tag);
+    }
+    Ok(Response::Query(resp))
+}
+
+fn tag_response(tag: &str) -> Response {
+    // "INSERT 0 3" → verb "INSERT", oid 0, rows 3; "CREATE TABLE" → verb only.
+    let words: Vec<&str> = tag.split(' ').collect();
+    let n_nums = words.iter().rev().take_while(|w| w.parse::<u64>().is_ok()).count();
+    let verb = words[..words.len() - n_nums].join(" ");
+    let nums: Vec<u64> = words[words.len() - n_nums..].iter().filter_map(|w| w.parse().ok()).collect();
+    match verb.as_str() {
+        "BEGIN" => Response::TransactionStart(Tag::new("BEGIN")),
+        "COMMIT" | "ROLLBACK" => Response::TransactionEnd(Tag::new(&verb)),
+        _ => {
+            let t = Tag::new(&verb);
+            Response::Execution(match nums.as_slice() {
+                [oid, rows] => t.with_oid(*oid as u32).with_rows(*rows as usize),
+                [rows] => t.with_rows(*rows as usize),
+                _ => t,
+            })
+        }
+    }
+}
+
+fn outcome_response(o: Outcome, format: Option<&Format>) -> PgWireResult<Response> {
+    match o {
+        Outcome::Rows { columns, rows, tag } => rows_response(&columns, rows, format, &tag),
+        Outcome::Command(tag) => Ok(tag_response(&tag)),
+    }
+}
+
+struct Query {
+    conn: Arc<Conn>,
+    parser: Arc<Parser>,
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Query {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stmts = match amberdb_sql::parse(query) {
+            Ok(s) => s,
+            Err(e) => return Ok(vec![Response::Error(Box::new(error_info(&e)))]),
+        };
+        let mut session = self.conn.session.lock().await;
+        let mut out = Vec::new();
+        for stmt in &stmts {
+            match session.execute(stmt, &[]).await {
+                Ok(o) => out.push(outcome_response(o, None)?),
+                Err(e) => {
+                    out.push(Response::Error(Box::new(error_info(&e))));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses statements for the extended protocol and describes them.
+struct Parser {
+    conn: Arc<Conn>,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut stmts = amberdb_sql::parse(sql).map_err(user_error)?;
+        if stmts.len() > 1 {
+            return Err(user_error(Error::sql("42601", "cannot insert multiple commands into a prepared statement")));
+        }
+        let Some(stmt) = stmts.pop() else { return Ok(None) };
+        let (inferred, columns) = amberdb_sql::describe_statement(&self.conn.node, &stmt).map_err(user_error)?;
+        let n = inferred.len().max(types.len());
+        let params = (0..n)
+            .map(|i| match types.get(i).cloned().flatten() {
+                Some(t) => t,
+                None => match inferred.get(i).copied().flatten() {
+                    Some(t) => pg_type(Some(t)),
+                    None => Type::UNKNOWN,
+                },
+            })
+            .collect();
+        Ok(Some(Prepared { stmt: Some(stmt), params, columns }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.params.iter().map(|t| if *t == Type::UNKNOWN { Type::TEXT } else { t.clone() }).collect())
+    }
+
+    fn get_result_schema(&self, stmt: &Prepared, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(stmt.columns.as_deref().map(|c| fields(c, column_format)).unwrap_or_default())
+    }
+}
+
+fn decode_params(portal: &Portal<Prepared>) -> PgWireResult<Vec<Value>> {
+    let types = &portal.statement.statement.params;
+    let mut out = Vec::with_capacity(portal.parameter_len());
+    for i in 0..portal.parameter_len() {
+        let ty = types.get(i).cloned().unwrap_or(Type::UNKNOWN);
+        let v = match ty {
+            Type::BOOL => portal.parameter::<bool>(i, &ty)?.map(Value::Bool),
+            Type::INT2 => portal.parameter::<i16>(i, &ty)?.map(|x| Value::Int(x.into())),
+            Type::INT4 => portal.parameter::<i32>(i, &ty)?.map(|x| Value::Int(x.into())),
+            Type::INT8 => portal.parameter::<i64>(i, &ty)?.map(Value::Int),
+            Type::FLOAT4 => portal.parameter::<f32>(i, &ty)?.map(|x| Value::Float(x.into())),
+            Type::FLOAT8 => portal.parameter::<f64>(i, &ty)?.map(Value::Float),
+            _ => portal.parameter::<String>(i, &Type::TEXT)?.map(Value::Text),
+        };
+        out.push(v.unwrap_or(Value::Null));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Query {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(stmt) = &portal.statement.statement.stmt else { return Ok(Response::EmptyQuery) };
+        let params = decode_params(portal)?;
+        let mut session = self.conn.session.lock().await;
+        let outcome = session.execute(stmt, &params).await.map_err(user_error)?;
+        outcome_response(outcome, Some(&portal.result_column_format))
+    }
+
+    async fn do_describe_statement<C>(&self, _client: &mut C, target: &StoredStatement<Prepared>) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let params = self.parser.get_parameter_types(&target.statement)?;
+        let fields = self.parser.get_result_schema(&target.statement, None)?;
+        Ok(DescribeStatementResponse::new(params, fields))
+    }
+
+    async fn do_describe_portal<C>(&self, _client: &mut C, portal: &Portal<Prepared>) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let fields = self.parser.get_result_schema(&portal.statement.statement, Some(&portal.result_column_format))?;
+        Ok(DescribePortalResponse::new(fields))
+    }
+}

@@ -1,0 +1,75 @@
+//! Test helpers: start the real `amberdb server` on an ephemeral loopback port.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running server; killed (and waited for) on drop.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_amberdb")
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory.
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut s = Server::start_on(&data);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts a server on `data_dir` and waits until it listens.
+    pub fn start_on(data_dir: &Path) -> Server {
+        let mut child = Command::new(bin())
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("AMBERDB_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn amberdb server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("LISTENING ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(a) = rx.recv_timeout(Duration::from_millis(100)) {
+                break a;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("server exited before listening: {status}");
+            }
+            assert!(Instant::now() < deadline, "server did not start listening within 60 s");
+        };
+        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in LISTENING line");
+        Server { child, port, data_dir: data_dir.to_path_buf(), _dir: None }
+    }
+
+    pub fn conn_string(&self) -> String {
+        format!("host=127.0.0.1 port={} user=amberdb dbname=amberdb", self.port)
+    }
+}

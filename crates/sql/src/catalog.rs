@@ -1,0 +1,183 @@
+//! The catalog: table definitions stored in the key-value store, versioned like data.
+//!
+//! ```text
+//!   0x10 str(table name)            → JSON TableDef
+//!   0x11                            → u64 LE: last table id handed out
+//!   0x12 u64(table id)              → u64 LE: last hidden row id handed out
+//!   0x20 u64(table id) key(pk...)   → row: encoded values of every column
+//! ```
+//! Because catalog entries are ordinary versioned keys read through the transaction,
+//! DDL is transactional and `AS OF SYSTEM TIME` sees the schema of its time.
+
+use crate::types::{DataType, Value};
+use amberdb_encoding::codec::{Reader, Writer};
+use amberdb_encoding::keycode::{KeyDecoder, KeyEncoder};
+use amberdb_error::{Error, Result};
+use amberdb_mvcc::Transaction;
+use amberdb_storage::KeyRange;
+use serde::{Deserialize, Serialize};
+
+const TAG_TABLE: u8 = 0x10;
+const TAG_TABLE_SEQ: u8 = 0x11;
+const TAG_ROWID: u8 = 0x12;
+const TAG_ROW: u8 = 0x20;
+
+/// A column definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    /// Name (lower-cased unless quoted).
+    pub name: String,
+    /// Type.
+    pub ty: DataType,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+    /// The DEFAULT expression as SQL text, evaluated at insert time.
+    pub default: Option<String>,
+}
+
+/// A table definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableDef {
+    /// Stable id (keys of rows embed it, so a dropped and re-created table never sees
+    /// old rows).
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Columns in order.
+    pub columns: Vec<Column>,
+    /// Primary key column indexes; empty means a hidden row id is the key.
+    pub primary_key: Vec<usize>,
+}
+
+impl TableDef {
+    /// Index of a column by name.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The key of the row whose primary key values are in `row`.
+    pub fn row_key(&self, row: &[Value], rowid: Option<u64>) -> Vec<u8> {
+        let mut enc = KeyEncoder::with_tag(TAG_ROW).u64(self.id);
+        if self.primary_key.is_empty() {
+            enc = enc.u64(rowid.unwrap_or(0));
+        } else {
+            for &i in &self.primary_key {
+                enc = row[i].encode_key(enc);
+            }
+        }
+        enc.finish()
+    }
+
+    /// The key range holding every row of the table.
+    pub fn rows_range(&self) -> KeyRange {
+        KeyRange::prefix(&KeyEncoder::with_tag(TAG_ROW).u64(self.id).finish())
+    }
+
+    /// Encodes a row's values.
+    pub fn encode_row(&self, row: &[Value]) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.varint(row.len() as u64);
+        for v in row {
+            v.encode(&mut w);
+        }
+        w.finish()
+    }
+
+    /// Decodes a row's values; rows written before columns were added get NULLs.
+    pub fn decode_row(&self, raw: &[u8]) -> Result<Vec<Value>> {
+        let mut r = Reader::new(raw, "table row");
+        let n = r.varint()? as usize;
+        let mut row = Vec::with_capacity(self.columns.len());
+        for _ in 0..n {
+            row.push(Value::decode(&mut r)?);
+        }
+        r.finish()?;
+        row.resize(self.columns.len(), Value::Null);
+        Ok(row)
+    }
+
+    /// Decodes the primary key values out of a row key (for tools; unused by SELECT).
+    pub fn decode_key(&self, key: &[u8]) -> Result<Vec<Value>> {
+        let mut d = KeyDecoder::new(key);
+        d.tag()?;
+        d.u64()?;
+        self.primary_key.iter().map(|&i| Value::decode_key(&mut d, self.columns[i].ty)).collect()
+    }
+}
+
+fn table_key(name: &str) -> Vec<u8> {
+    KeyEncoder::with_tag(TAG_TABLE).str(name).finish()
+}
+
+fn read_u64(raw: Option<Vec<u8>>) -> Result<u64> {
+    match raw {
+        None => Ok(0),
+        Some(b) => {
+            let arr: [u8; 8] = b.as_slice().try_into().map_err(|_| Error::InvalidData("bad catalog counter".into()))?;
+            Ok(u64::from_le_bytes(arr))
+        }
+    }
+}
+
+/// Catalog operations within a transaction.
+pub struct Catalog;
+
+impl Catalog {
+    /// Looks a table up by name.
+    pub fn get(txn: &mut Transaction, name: &str) -> Result<Option<TableDef>> {
+        match txn.get(&table_key(name))? {
+            None => Ok(None),
+            Some(raw) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| Error::InvalidData(format!("catalog entry for table {name}: {e}"))),
+        }
+    }
+
+    /// Looks a table up by name, failing with PostgreSQL's error if it does not exist.
+    pub fn must_get(txn: &mut Transaction, name: &str) -> Result<TableDef> {
+        Self::get(txn, name)?.ok_or_else(|| Error::sql("42P01", format!("relation \"{name}\" does not exist")))
+    }
+
+    /// Every table, ordered by name.
+    pub fn list(txn: &mut Transaction) -> Result<Vec<TableDef>> {
+        let mut out = Vec::new();
+        for kv in txn.scan(KeyRange::prefix(&[TAG_TABLE])) {
+            let (_, raw) = kv?;
+            out.push(serde_json::from_slice(&raw).map_err(|e| Error::InvalidData(format!("catalog entry: {e}")))?);
+        }
+        Ok(out)
+    }
+
+    /// Creates a table, assigning its id.
+    pub fn create(txn: &mut Transaction, mut def: TableDef) -> Result<TableDef> {
+        let id = read_u64(txn.get(&[TAG_TABLE_SEQ])?)? + 1;
+        txn.put(vec![TAG_TABLE_SEQ], id.to_le_bytes().to_vec())?;
+        def.id = id;
+        Self::put(txn, &def)?;
+        Ok(def)
+    }
+
+    /// Stores a (changed) definition.
+    pub fn put(txn: &mut Transaction, def: &TableDef) -> Result<()> {
+        let raw = serde_json::to_vec(def).map_err(|e| Error::Internal(format!("encode table definition: {e}")))?;
+        txn.put(table_key(&def.name), raw)
+    }
+
+    /// Drops a table and deletes its rows.
+    pub fn drop_table(txn: &mut Transaction, def: &TableDef) -> Result<()> {
+        let keys: Vec<Vec<u8>> = txn.scan(def.rows_range()).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
+        for k in keys {
+            txn.delete(k)?;
+        }
+        txn.delete(KeyEncoder::with_tag(TAG_ROWID).u64(def.id).finish())?;
+        txn.delete(table_key(&def.name))
+    }
+
+    /// Hands out the next hidden row id of a table without a primary key.
+    pub fn next_rowid(txn: &mut Transaction, def: &TableDef) -> Result<u64> {
+        let key = KeyEncoder::with_tag(TAG_ROWID).u64(def.id).finish();
+        let id = read_u64(txn.get(&key)?)? + 1;
+        txn.put(key, id.to_le_bytes().to_vec())?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,967 @@
+//! Statement execution over one mvcc transaction.
+//!
+//! Queries are evaluated as a pipeline of materialized stages:
+//!
+//! ```text
+//!   FROM (scan / primary-key lookup, nested-loop joins) → WHERE → [GROUP BY + aggregates
+//!   → HAVING] → projection (+ hidden ORDER BY keys) → DISTINCT → ORDER BY → OFFSET/LIMIT
+//! ```
+//! A single-table WHERE that fixes every primary-key column to a constant or parameter
+//! becomes a point read: it reads (and so conflicts on) one key, not the whole table.
+
+use crate::catalog::{Catalog, Column, TableDef};
+use crate::expr::{ident, AggBinding, AggCall, AggFunc, BinOp, Binder, Expr, ScopeCol};
+use crate::types::{DataType, Value};
+use amberdb_encoding::keycode::KeyEncoder;
+use amberdb_error::{Error, Result};
+use amberdb_mvcc::Transaction;
+use sqlparser::ast;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashSet};
+
+/// A result column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutColumn {
+    /// Name shown to clients.
+    pub name: String,
+    /// Type (None: unknown, reported as text).
+    pub ty: Option<DataType>,
+}
+
+/// What a statement produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Rows, with the command tag verb (`SELECT`, or `INSERT 0 n` with RETURNING, ...).
+    Rows { columns: Vec<OutColumn>, rows: Vec<Vec<Value>>, tag: String },
+    /// A command tag such as `INSERT 0 1`, `CREATE TABLE`.
+    Command(String),
+}
+
+type Row = Vec<Value>;
+
+/// A row read from a table together with its storage key.
+struct StoredRow {
+    key: Vec<u8>,
+    row: Row,
+}
+
+fn feature(what: impl std::fmt::Display) -> Error {
+    Error::sql("0A000", format!("{what} is not supported"))
+}
+
+fn table_name(name: &ast::ObjectName) -> Result<String> {
+    match name.0.as_slice() {
+        [ast::ObjectNamePart::Identifier(i)] => Ok(ident(i)),
+        [ast::ObjectNamePart::Identifier(schema), ast::ObjectNamePart::Identifier(i)]
+            if ident(schema) == "public" =>
+        {
+            Ok(ident(i))
+        }
+        _ => Err(Error::sql("42P01", format!("relation \"{name}\" does not exist"))),
+    }
+}
+
+fn scope_of(def: &TableDef, alias: &str) -> Vec<ScopeCol> {
+    def.columns.iter().map(|c| ScopeCol { table: Some(alias.to_string()), name: c.name.clone(), ty: Some(c.ty) }).collect()
+}
+
+fn row_identity(row: &[Value]) -> Vec<u8> {
+    row.iter().fold(KeyEncoder::new(), |e, v| v.encode_key(e)).finish()
+}
+
+/// Reads every row of a table, or just the rows a primary-key predicate allows.
+fn read_rows(txn: &mut Transaction, def: &TableDef, lookup: Option<Vec<Value>>) -> Result<Vec<StoredRow>> {
+    if let Some(pk) = lookup {
+        let mut probe = vec![Value::Null; def.columns.len()];
+        for (&i, v) in def.primary_key.iter().zip(pk) {
+            probe[i] = v;
+        }
+        let key = def.row_key(&probe, None);
+        return Ok(match txn.get(&key)? {
+            Some(raw) => vec![StoredRow { row: def.decode_row(&raw)?, key }],
+            None => vec![],
+        });
+    }
+    txn.scan(def.rows_range())
+        .map(|kv| {
+            let (key, raw) = kv?;
+            Ok(StoredRow { row: def.decode_row(&raw)?, key })
+        })
+        .collect()
+}
+
+/// Splits a predicate into AND-ed conjuncts.
+fn conjuncts(e: &Expr, out: &mut Vec<Expr>) {
+    if let Expr::Binary(BinOp::And, a, b) = e {
+        conjuncts(a, out);
+        conjuncts(b, out);
+    } else {
+        out.push(e.clone());
+    }
+}
+
+/// If `filter` pins every primary-key column to a row-independent value, returns them.
+fn pk_lookup(def: &TableDef, filter: Option<&Expr>, params: &[Value]) -> Result<Option<Vec<Value>>> {
+    let Some(filter) = filter else { return Ok(None) };
+    if def.primary_key.is_empty() {
+        return Ok(None);
+    }
+    let mut parts = Vec::new();
+    conjuncts(filter, &mut parts);
+    let mut values = Vec::new();
+    for &pk in &def.primary_key {
+        let found = parts.iter().find_map(|p| match p {
+            Expr::Binary(BinOp::Eq, a, b) => match (a.as_ref(), b.as_ref()) {
+                (Expr::Column(c), v @ (Expr::Const(_) | Expr::Param(_)))
+                | (v @ (Expr::Const(_) | Expr::Param(_)), Expr::Column(c))
+                    if *c == pk =>
+                {
+                    Some(v.clone())
+                }
+                _ => None,
+            },
+            _ => None,
+        });
+        let Some(v) = found else { return Ok(None) };
+        let v = v.eval(&[], params)?;
+        // A value that does not fit the column type cannot match any row; fall back to
+        // the scan (which evaluates the predicate and reports type errors faithfully).
+        match v.cast(def.columns[pk].ty) {
+            Ok(Value::Null) | Err(_) => return Ok(None),
+            Ok(v) => values.push(v),
+        }
+    }
+    Ok(Some(values))
+}
+
+/// The FROM clause: rows and their scope.
+struct Source {
+    scope: Vec<ScopeCol>,
+    rows: Vec<Row>,
+}
+
+fn table_factor(txn: &mut Transaction, tf: &ast::TableFactor, filter_hint: Option<&ast::Expr>, params: &[Value]) -> Result<Source> {
+    match tf {
+        ast::TableFactor::Table { name, alias, args: None, .. } => {
+            let tname = table_name(name)?;
+            let def = Catalog::must_get(txn, &tname)?;
+            let alias = alias.as_ref().map(|a| ident(&a.name)).unwrap_or(tname);
+            let scope = scope_of(&def, &alias);
+            let lookup = match filter_hint {
+                Some(f) => match Binder::new(&scope).bind(f) {
+                    Ok(bound) => pk_lookup(&def, Some(&bound), params)?,
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            let rows = read_rows(txn, &def, lookup)?.into_iter().map(|r| r.row).collect();
+            Ok(Source { scope, rows })
+        }
+        ast::TableFactor::Derived { subquery, alias, .. } => {
+            let (cols, rows) = query(txn, subquery, params)?;
+            let alias = alias.as_ref().map(|a| ident(&a.name));
+            let scope = cols.into_iter().map(|c| ScopeCol { table: alias.clone(), name: c.name, ty: c.ty }).collect();
+            Ok(Source { scope, rows })
+        }
+        other => Err(feature(format!("FROM item {other}"))),
+    }
+}
+
+fn join(left: Source, right: Source, kind: &ast::JoinOperator, params: &[Value]) -> Result<Source> {
+    use ast::JoinOperator as J;
+    let (constraint, keep_left, keep_right) = match kind {
+        J::Join(c) | J::Inner(c) => (c, false, false),
+        J::Left(c) | J::LeftOuter(c) => (c, true, false),
+        J::Right(c) | J::RightOuter(c) => (c, false, true),
+        J::FullOuter(c) => (c, true, true),
+        J::CrossJoin(c) => (c, false, false),
+        other => return Err(feature(format!("join {other:?}"))),
+    };
+    let mut scope = left.scope.clone();
+    scope.extend(right.scope.iter().cloned());
+    let on = match constraint {
+        ast::JoinConstraint::On(e) => Some(Binder::new(&scope).bind(e)?),
+        ast::JoinConstraint::None => None,
+        other => return Err(feature(format!("join constraint {other:?}"))),
+    };
+    let (lw, rw) = (left.scope.len(), right.scope.len());
+    let mut rows = Vec::new();
+    let mut right_matched = vec![false; right.rows.len()];
+    for l in &left.rows {
+        let mut matched = false;
+        for (ri, r) in right.rows.iter().enumerate() {
+            let mut row = l.clone();
+            row.extend(r.iter().cloned());
+            if on.as_ref().map_or(Ok(true), |p| p.matches(&row, params))? {
+                matched = true;
+                right_matched[ri] = true;
+                rows.push(row);
+            }
+        }
+        if keep_left && !matched {
+            let mut row = l.clone();
+            row.extend(std::iter::repeat_n(Value::Null, rw));
+            rows.push(row);
+        }
+    }
+    if keep_right {
+        for (ri, r) in right.rows.iter().enumerate() {
+            if !right_matched[ri] {
+                let mut row = vec![Value::Null; lw];
+                row.extend(r.iter().cloned());
+                rows.push(row);
+            }
+        }
+    }
+    Ok(Source { scope, rows })
+}
+
+fn from_clause(txn: &mut Transaction, from: &[ast::TableWithJoins], filter: Option<&ast::Expr>, params: &[Value]) -> Result<Source> {
+    let mut acc: Option<Source> = None;
+    let single = from.len() == 1 && from[0].joins.is_empty();
+    for twj in from {
+        let mut src = table_factor(txn, &twj.relation, if single { filter } else { None }, params)?;
+        for j in &twj.joins {
+            let right = table_factor(txn, &j.relation, None, params)?;
+            src = join(src, right, &j.join_operator, params)?;
+        }
+        acc = Some(match acc {
+            None => src,
+            Some(prev) => join(prev, src, &ast::JoinOperator::CrossJoin(ast::JoinConstraint::None), params)?,
+        });
+    }
+    Ok(acc.unwrap_or(Source { scope: vec![], rows: vec![vec![]] }))
+}
+
+fn contains_aggregate(e: &ast::Expr) -> bool {
+    match e {
+        ast::Expr::Function(f) => {
+            AggFunc::from_name(&f.name.to_string().to_lowercase()).is_some()
+                || match &f.args {
+                    ast::FunctionArguments::List(l) => l.args.iter().any(|a| match a {
+                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(x)) => contains_aggregate(x),
+                        _ => false,
+                    }),
+                    _ => false,
+                }
+        }
+        ast::Expr::BinaryOp { left, right, .. } => contains_aggregate(left) || contains_aggregate(right),
+        ast::Expr::UnaryOp { expr, .. }
+        | ast::Expr::Nested(expr)
+        | ast::Expr::Cast { expr, .. }
+        | ast::Expr::IsNull(expr)
+        | ast::Expr::IsNotNull(expr) => contains_aggregate(expr),
+        ast::Expr::Case { operand, conditions, else_result, .. } => {
+            operand.as_deref().is_some_and(contains_aggregate)
+                || conditions.iter().any(|c| contains_aggregate(&c.condition) || contains_aggregate(&c.result))
+                || else_result.as_deref().is_some_and(contains_aggregate)
+        }
+        _ => false,
+    }
+}
+
+#[derive(Debug)]
+enum Acc {
+    CountStar(i64),
+    Count(i64),
+    Sum(Option<Value>),
+    Avg(f64, i64),
+    Min(Option<Value>),
+    Max(Option<Value>),
+}
+
+impl Acc {
+    fn new(f: AggFunc) -> Acc {
+        match f {
+            AggFunc::CountStar => Acc::CountStar(0),
+            AggFunc::Count => Acc::Count(0),
+            AggFunc::Sum => Acc::Sum(None),
+            AggFunc::Avg => Acc::Avg(0.0, 0),
+            AggFunc::Min => Acc::Min(None),
+            AggFunc::Max => Acc::Max(None),
+        }
+    }
+
+    fn add(&mut self, v: Value) -> Result<()> {
+        if v.is_null() && !matches!(self, Acc::CountStar(_)) {
+            return Ok(());
+        }
+        match self {
+            Acc::CountStar(n) | Acc::Count(n) => *n += 1,
+            Acc::Sum(s) => {
+                *s = Some(match (s.take(), v) {
+                    (None, v @ (Value::Int(_) | Value::Float(_))) => v,
+                    (Some(Value::Int(a)), Value::Int(b)) => {
+                        Value::Int(a.checked_add(b).ok_or_else(|| Error::sql("22003", "bigint out of range"))?)
+                    }
+                    (Some(Value::Int(a)), Value::Float(b)) => Value::Float(a as f64 + b),
+                    (Some(Value::Float(a)), Value::Int(b)) => Value::Float(a + b as f64),
+                    (Some(Value::Float(a)), Value::Float(b)) => Value::Float(a + b),
+                    (_, v) => return Err(Error::sql("42883", format!("function sum({}) does not exist", v.type_name()))),
+                })
+            }
+            Acc::Avg(s, n) => {
+                *s += match v {
+                    Value::Int(i) => i as f64,
+                    Value::Float(f) => f,
+                    v => return Err(Error::sql("42883", format!("function avg({}) does not exist", v.type_name()))),
+                };
+                *n += 1;
+            }
+            Acc::Min(m) => {
+                if m.as_ref().is_none_or(|cur| v.sort_cmp(cur) == Ordering::Less) {
+                    *m = Some(v);
+                }
+            }
+            Acc::Max(m) => {
+                if m.as_ref().is_none_or(|cur| v.sort_cmp(cur) == Ordering::Greater) {
+                    *m = Some(v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Value {
+        match self {
+            Acc::CountStar(n) | Acc::Count(n) => Value::Int(n),
+            Acc::Sum(s) | Acc::Min(s) | Acc::Max(s) => s.unwrap_or(Value::Null),
+            Acc::Avg(_, 0) => Value::Null,
+            Acc::Avg(s, n) => Value::Float(s / n as f64),
+        }
+    }
+}
+
+fn agg_type(call: &AggCall, scope: &[ScopeCol]) -> Option<DataType> {
+    match call.func {
+        AggFunc::CountStar | AggFunc::Count => Some(DataType::Int8),
+        AggFunc::Avg => Some(DataType::Float8),
+        AggFunc::Sum => match call.arg.as_ref().and_then(|a| a.result_type(scope)) {
+            Some(DataType::Float4 | DataType::Float8) => Some(DataType::Float8),
+            _ => Some(DataType::Int8),
+        },
+        AggFunc::Min | AggFunc::Max => call.arg.as_ref().and_then(|a| a.result_type(scope)),
+    }
+}
+
+fn output_name(item: &ast::Expr) -> String {
+    match item {
+        ast::Expr::Identifier(i) => ident(i),
+        ast::Expr::CompoundIdentifier(parts) => parts.last().map(ident).unwrap_or_default(),
+        ast::Expr::Function(f) => f.name.to_string().to_lowercase(),
+        ast::Expr::Cast { expr, data_type, .. } => match expr.as_ref() {
+            ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_) => output_name(expr),
+            _ => DataType::parse(&data_type.to_string()).map(|t| t.pg_name()).unwrap_or_else(|_| "?column?".into()),
+        },
+        ast::Expr::Nested(e) => output_name(e),
+        ast::Expr::Case { .. } => "case".into(),
+        _ => "?column?".into(),
+    }
+}
+
+/// Runs a query, returning its columns and rows.
+pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+    if q.with.is_some() {
+        return Err(feature("WITH"));
+    }
+    let select = match q.body.as_ref() {
+        ast::SetExpr::Select(s) => s,
+        ast::SetExpr::Values(v) => {
+            let mut rows = Vec::new();
+            for r in &v.rows {
+                let mut b = Binder::new(&[]);
+                rows.push(r.content.iter().map(|e| b.bind(e)?.eval(&[], params)).collect::<Result<Row>>()?);
+            }
+            let width = rows.first().map_or(0, Vec::len);
+            let columns = (0..width)
+                .map(|i| OutColumn { name: format!("column{}", i + 1), ty: rows[0][i].natural_type() })
+                .collect();
+            return finish_order_limit(q, columns, rows, 0, params);
+        }
+        ast::SetExpr::Query(inner) => return query(txn, inner, params),
+        other => return Err(feature(format!("query {other}"))),
+    };
+    let source = from_clause(txn, &select.from, select.selection.as_ref(), params)?;
+    let mut rows = source.rows;
+    if let Some(w) = &select.selection {
+        let pred = Binder::new(&source.scope).bind(w)?;
+        let mut kept = Vec::with_capacity(rows.len());
+        for r in rows {
+            if pred.matches(&r, params)? {
+                kept.push(r);
+            }
+        }
+        rows = kept;
+    }
+    let group_exprs = match &select.group_by {
+        ast::GroupByExpr::Expressions(e, mods) if mods.is_empty() => e.clone(),
+        other => return Err(feature(format!("GROUP BY {other}"))),
+    };
+    let aggregate = !group_exprs.is_empty()
+        || select.having.is_some()
+        || select.projection.iter().any(|p| match p {
+            ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => contains_aggregate(e),
+            _ => false,
+        });
+
+    // Select items (expanded wildcards) as (sqlparser expr or direct column, name).
+    enum Item<'a> {
+        Ast(&'a ast::Expr, String),
+        Col(usize),
+    }
+    let mut items = Vec::new();
+    for p in &select.projection {
+        match p {
+            ast::SelectItem::UnnamedExpr(e) => items.push(Item::Ast(e, output_name(e))),
+            ast::SelectItem::ExprWithAlias { expr, alias } => items.push(Item::Ast(expr, ident(alias))),
+            ast::SelectItem::Wildcard(_) if !aggregate => items.extend((0..source.scope.len()).map(Item::Col)),
+            ast::SelectItem::QualifiedWildcard(kind, _) if !aggregate => {
+                let t = kind.to_string().to_lowercase();
+                let before = items.len();
+                items.extend(
+                    source.scope.iter().enumerate().filter(|(_, c)| c.table.as_deref() == Some(t.as_str())).map(|(i, _)| Item::Col(i)),
+                );
+                if items.len() == before {
+                    return Err(Error::sql("42P01", format!("missing FROM-clause entry for table \"{t}\"")));
+                }
+            }
+            other => return Err(feature(format!("select item {other}"))),
+        }
+    }
+    if items.is_empty() && !select.from.is_empty() && select.projection.is_empty() {
+        return Err(Error::sql("42601", "SELECT list is empty"));
+    }
+
+    let mut agg_binding = AggBinding { group_texts: group_exprs.iter().map(|e| e.to_string()).collect(), calls: vec![] };
+    let (in_scope, mut exprs, mut columns, having) = if aggregate {
+        let mut exprs = Vec::new();
+        let mut names = Vec::new();
+        for it in &items {
+            if let Item::Ast(e, name) = it {
+                let mut b = Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0 };
+                exprs.push(b.bind(e)?);
+                names.push(name.clone());
+            }
+        }
+        let having = match &select.having {
+            Some(h) => Some(Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0 }.bind(h)?),
+            None => None,
+        };
+        // The scope after aggregation: group keys then aggregates.
+        let mut gb = Binder::new(&source.scope);
+        let group_bound: Vec<Expr> = group_exprs.iter().map(|g| gb.bind(g)).collect::<Result<_>>()?;
+        let mut agg_scope: Vec<ScopeCol> = group_bound
+            .iter()
+            .zip(&agg_binding.group_texts)
+            .map(|(g, t)| ScopeCol { table: None, name: t.clone(), ty: g.result_type(&source.scope) })
+            .collect();
+        agg_scope.extend(agg_binding.calls.iter().map(|c| ScopeCol { table: None, name: c.text.clone(), ty: agg_type(c, &source.scope) }));
+        // Group.
+        let mut groups: BTreeMap<Vec<u8>, (Row, Vec<Acc>, Vec<HashSet<Vec<u8>>>)> = BTreeMap::new();
+        for r in &rows {
+            let key_vals: Row = group_bound.iter().map(|g| g.eval(r, params)).collect::<Result<_>>()?;
+            let entry = groups.entry(row_identity(&key_vals)).or_insert_with(|| {
+                (
+                    key_vals.clone(),
+                    agg_binding.calls.iter().map(|c| Acc::new(c.func)).collect(),
+                    agg_binding.calls.iter().map(|_| HashSet::new()).collect(),
+                )
+            });
+            for (i, c) in agg_binding.calls.iter().enumerate() {
+                let v = match &c.arg {
+                    Some(a) => a.eval(r, params)?,
+                    None => Value::Null,
+                };
+                if c.distinct && !v.is_null() && !entry.2[i].insert(row_identity(std::slice::from_ref(&v))) {
+                    continue;
+                }
+                entry.1[i].add(v)?;
+            }
+        }
+        if groups.is_empty() && group_exprs.is_empty() {
+            groups.insert(vec![], (vec![], agg_binding.calls.iter().map(|c| Acc::new(c.func)).collect(), vec![]));
+        }
+        rows = groups
+            .into_values()
+            .map(|(mut keys, accs, _)| {
+                keys.extend(accs.into_iter().map(Acc::finish));
+                keys
+            })
+            .collect();
+        let columns: Vec<OutColumn> =
+            names.into_iter().zip(&exprs).map(|(name, e)| OutColumn { name, ty: e.result_type(&agg_scope) }).collect();
+        (agg_scope, exprs, columns, having)
+    } else {
+        let mut exprs = Vec::new();
+        let mut columns = Vec::new();
+        let mut b = Binder::new(&source.scope);
+        for it in &items {
+            match it {
+                Item::Ast(e, name) => {
+                    let bound = b.bind(e)?;
+                    columns.push(OutColumn { name: name.clone(), ty: bound.result_type(&source.scope) });
+                    exprs.push(bound);
+                }
+                Item::Col(i) => {
+                    columns.push(OutColumn { name: source.scope[*i].name.clone(), ty: source.scope[*i].ty });
+                    exprs.push(Expr::Column(*i));
+                }
+            }
+        }
+        (source.scope.clone(), exprs, columns, None)
+    };
+    if let Some(h) = having {
+        let mut kept = Vec::new();
+        for r in rows {
+            if h.matches(&r, params)? {
+                kept.push(r);
+            }
+        }
+        rows = kept;
+    }
+    // ORDER BY keys that are not output columns are computed as hidden columns.
+    let visible = exprs.len();
+    let mut order_keys: Vec<(usize, bool, bool)> = Vec::new(); // (column, descending, nulls_first)
+    if let Some(ob) = &q.order_by {
+        let ast::OrderByKind::Expressions(list) = &ob.kind else { return Err(feature("ORDER BY ALL")) };
+        for o in list {
+            let desc = matches!(o.options.sort, Some(ast::OrderBySort::Desc));
+            let nulls_first = o.options.nulls_first.unwrap_or(desc);
+            let pos = match &o.expr {
+                ast::Expr::Value(v) => match &v.value {
+                    ast::Value::Number(n, _) => {
+                        let k: usize = n.parse().map_err(|_| Error::sql("42601", format!("invalid ORDER BY position {n}")))?;
+                        if k == 0 || k > visible {
+                            return Err(Error::sql("42P10", format!("ORDER BY position {k} is not in select list")));
+                        }
+                        Some(k - 1)
+                    }
+                    _ => None,
+                },
+                ast::Expr::Identifier(i) => columns.iter().position(|c| c.name == ident(i)),
+                _ => None,
+            };
+            let pos = match pos {
+                Some(p) => p,
+                None => {
+                    let bound = if aggregate {
+                        Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0 }.bind(&o.expr)?
+                    } else {
+                        Binder::new(&in_scope).bind(&o.expr)?
+                    };
+                    exprs.push(bound);
+                    exprs.len() - 1
+                }
+            };
+            order_keys.push((pos, desc, nulls_first));
+        }
+    }
+    if aggregate && agg_binding.calls.len() + agg_binding.group_texts.len() > in_scope.len() {
+        return Err(feature("an aggregate that appears only in ORDER BY"));
+    }
+    let mut out: Vec<Row> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(exprs.iter().map(|e| e.eval(r, params)).collect::<Result<_>>()?);
+    }
+    if let Some(d) = &select.distinct {
+        match d {
+            ast::Distinct::Distinct => {
+                let mut seen = HashSet::new();
+                out.retain(|r| seen.insert(row_identity(&r[..visible])));
+            }
+            ast::Distinct::All => {}
+            ast::Distinct::On(_) => return Err(feature("DISTINCT ON")),
+        }
+    }
+    if !order_keys.is_empty() {
+        out.sort_by(|a, b| {
+            for &(c, desc, nulls_first) in &order_keys {
+                let ord = match (a[c].is_null(), b[c].is_null()) {
+                    (true, true) => Ordering::Equal,
+                    (true, false) => if nulls_first { Ordering::Less } else { Ordering::Greater },
+                    (false, true) => if nulls_first { Ordering::Greater } else { Ordering::Less },
+                    _ => {
+                        let o = a[c].sort_cmp(&b[c]);
+                        if desc { o.reverse() } else { o }
+                    }
+                };
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+            }
+            Ordering::Equal
+        });
+    }
+    for r in &mut out {
+        r.truncate(visible);
+    }
+    columns.truncate(visible);
+    finish_order_limit(q, columns, out, 1, params)
+}
+
+/// Applies OFFSET/LIMIT (and, for VALUES bodies, ORDER BY on output columns).
+fn finish_order_limit(q: &ast::Query, columns: Vec<OutColumn>, mut rows: Vec<Row>, _stage: u8, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+    let eval_count = |e: &ast::Expr| -> Result<Option<usize>> {
+        let v = Binder::new(&[]).bind(e)?.eval(&[], params)?;
+        match v {
+            Value::Null => Ok(None),
+            Value::Int(i) if i >= 0 => Ok(Some(i as usize)),
+            _ => Err(Error::sql("2201W", "LIMIT/OFFSET must not be negative")),
+        }
+    };
+    if let Some(lc) = &q.limit_clause {
+        let (limit, offset) = match lc {
+            ast::LimitClause::LimitOffset { limit, offset, limit_by } if limit_by.is_empty() => {
+                (limit.as_ref().map(eval_count).transpose()?.flatten(), offset.as_ref().map(|o| eval_count(&o.value)).transpose()?.flatten())
+            }
+            ast::LimitClause::OffsetCommaLimit { offset, limit } => (eval_count(limit)?, eval_count(offset)?),
+            other => return Err(feature(format!("{other}"))),
+        };
+        let offset = offset.unwrap_or(0).min(rows.len());
+        rows.drain(..offset);
+        if let Some(l) = limit {
+            rows.truncate(l);
+        }
+    }
+    Ok((columns, rows))
+}
+
+/// Evaluates a column's DEFAULT expression.
+fn default_value(col: &Column) -> Result<Value> {
+    match &col.default {
+        None => Ok(Value::Null),
+        Some(sql) => {
+            let e = sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                .try_with_sql(sql)
+                .and_then(|mut p| p.parse_expr())
+                .map_err(|e| Error::InvalidData(format!("stored default for column {}: {e}", col.name)))?;
+            Binder::new(&[]).bind(&e)?.eval(&[], &[])
+        }
+    }
+}
+
+/// Casts and checks a full row for storage into `def`.
+fn conform(def: &TableDef, row: Row) -> Result<Row> {
+    row.into_iter()
+        .zip(&def.columns)
+        .map(|(v, c)| {
+            let v = v.cast(c.ty).map_err(crate::expr::to_sql_err)?;
+            if v.is_null() && !c.nullable {
+                return Err(Error::sql(
+                    "23502",
+                    format!("null value in column \"{}\" of relation \"{}\" violates not-null constraint", c.name, def.name),
+                ));
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+fn returning(def: &TableDef, items: &Option<Vec<ast::SelectItem>>, rows: &[Row], params: &[Value], tag: String) -> Result<Outcome> {
+    let Some(items) = items else { return Ok(Outcome::Command(tag)) };
+    let scope = scope_of(def, &def.name);
+    let mut exprs = Vec::new();
+    let mut columns = Vec::new();
+    let mut b = Binder::new(&scope);
+    for it in items {
+        match it {
+            ast::SelectItem::Wildcard(_) => {
+                for (i, c) in def.columns.iter().enumerate() {
+                    exprs.push(Expr::Column(i));
+                    columns.push(OutColumn { name: c.name.clone(), ty: Some(c.ty) });
+                }
+            }
+            ast::SelectItem::UnnamedExpr(e) => {
+                let x = b.bind(e)?;
+                columns.push(OutColumn { name: output_name(e), ty: x.result_type(&scope) });
+                exprs.push(x);
+            }
+            ast::SelectItem::ExprWithAlias { expr, alias } => {
+                let x = b.bind(expr)?;
+                columns.push(OutColumn { name: ident(alias), ty: x.result_type(&scope) });
+                exprs.push(x);
+            }
+            other => return Err(feature(format!("RETURNING {other}"))),
+        }
+    }
+    let out = rows.iter().map(|r| exprs.iter().map(|e| e.eval(r, params)).collect::<Result<Row>>()).collect::<Result<_>>()?;
+    Ok(Outcome::Rows { columns, rows: out, tag })
+}
+
+fn pkey_name(def: &TableDef) -> String {
+    format!("{}_pkey", def.name)
+}
+
+fn duplicate_key(def: &TableDef, row: &[Value]) -> Error {
+    let cols: Vec<&str> = def.primary_key.iter().map(|&i| def.columns[i].name.as_str()).collect();
+    let vals: Vec<String> = def.primary_key.iter().map(|&i| row[i].to_pg_text(None).unwrap_or_else(|| "null".into())).collect();
+    Error::sql(
+        "23505",
+        format!(
+            "duplicate key value violates unique constraint \"{}\": Key ({})=({}) already exists.",
+            pkey_name(def),
+            cols.join(", "),
+            vals.join(", ")
+        ),
+    )
+}
+
+/// INSERT.
+pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Result<Outcome> {
+    let ast::TableObject::TableName(name) = &ins.table else { return Err(feature("INSERT into a table function")) };
+    let def = Catalog::must_get(txn, &table_name(name)?)?;
+    let targets: Vec<usize> = if ins.columns.is_empty() {
+        (0..def.columns.len()).collect()
+    } else {
+        ins.columns
+            .iter()
+            .map(|c| {
+                let n = c.to_string().trim_matches('"').to_string();
+                let n = if c.to_string().starts_with('"') { n } else { n.to_lowercase() };
+                def.column_index(&n).ok_or_else(|| {
+                    Error::sql("42703", format!("column \"{n}\" of relation \"{}\" does not exist", def.name))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let source = ins.source.as_ref().ok_or_else(|| feature("INSERT without VALUES or SELECT"))?;
+    let (_, input) = query(txn, source, params)?;
+    let (do_nothing, do_update) = match &ins.on {
+        None => (false, None),
+        Some(ast::OnInsert::OnConflict(oc)) => match &oc.action {
+            ast::OnConflictAction::DoNothing => (true, None),
+            ast::OnConflictAction::DoUpdate(u) => (false, Some(u)),
+        },
+        Some(other) => return Err(feature(format!("{other}"))),
+    };
+    let mut written = Vec::new();
+    for vals in input {
+        if vals.len() > targets.len() {
+            return Err(Error::sql("42601", "INSERT has more expressions than target columns"));
+        }
+        if vals.len() < targets.len() && ins.columns.is_empty().not() {
+            return Err(Error::sql("42601", "INSERT has more target columns than expressions"));
+        }
+        let mut row: Row = def.columns.iter().map(default_value).collect::<Result<_>>()?;
+        for (v, &t) in vals.into_iter().zip(&targets) {
+            row[t] = v;
+        }
+        let row = conform(&def, row)?;
+        let rowid = if def.primary_key.is_empty() { Some(Catalog::next_rowid(txn, &def)?) } else { None };
+        let key = def.row_key(&row, rowid);
+        if rowid.is_none() {
+            if let Some(existing) = txn.get(&key)? {
+                if do_nothing {
+                    continue;
+                }
+                let Some(u) = do_update else { return Err(duplicate_key(&def, &row)) };
+                // ON CONFLICT DO UPDATE: `excluded` refers to the proposed row.
+                let old = def.decode_row(&existing)?;
+                let mut scope = scope_of(&def, &def.name);
+                scope.extend(def.columns.iter().map(|c| ScopeCol { table: Some("excluded".into()), name: c.name.clone(), ty: Some(c.ty) }));
+                let mut both = old.clone();
+                both.extend(row.iter().cloned());
+                if let Some(sel) = &u.selection {
+                    if !Binder::new(&scope).bind(sel)?.matches(&both, params)? {
+                        continue;
+                    }
+                }
+                let mut new = old.clone();
+                apply_assignments(&def, &scope, &u.assignments, &both, &mut new, params)?;
+                let new = conform(&def, new)?;
+                if def.row_key(&new, None) != key {
+                    return Err(feature("ON CONFLICT DO UPDATE that changes the primary key"));
+                }
+                txn.put(key, def.encode_row(&new))?;
+                written.push(new);
+                continue;
+            }
+        }
+        txn.put(key, def.encode_row(&row))?;
+        written.push(row);
+    }
+    let tag = format!("INSERT 0 {}", written.len());
+    returning(&def, &ins.returning, &written, params, tag)
+}
+
+trait Not {
+    fn not(self) -> bool;
+}
+impl Not for bool {
+    fn not(self) -> bool {
+        !self
+    }
+}
+
+fn apply_assignments(def: &TableDef, scope: &[ScopeCol], assignments: &[ast::Assignment], input: &[Value], out: &mut Row, params: &[Value]) -> Result<()> {
+    let mut b = Binder::new(scope);
+    for a in assignments {
+        let ast::AssignmentTarget::ColumnName(col) = &a.target else { return Err(feature("tuple assignment")) };
+        let name = match col.0.last() {
+            Some(ast::ObjectNamePart::Identifier(i)) => ident(i),
+            _ => return Err(Error::sql("42703", format!("column \"{col}\" does not exist"))),
+        };
+        let idx = def
+            .column_index(&name)
+            .ok_or_else(|| Error::sql("42703", format!("column \"{name}\" of relation \"{}\" does not exist", def.name)))?;
+        out[idx] = b.bind(&a.value)?.eval(input, params)?;
+    }
+    Ok(())
+}
+
+fn target_table(txn: &mut Transaction, twj: &ast::TableWithJoins) -> Result<(TableDef, String)> {
+    if !twj.joins.is_empty() {
+        return Err(feature("UPDATE/DELETE with joins"));
+    }
+    match &twj.relation {
+        ast::TableFactor::Table { name, alias, .. } => {
+            let tname = table_name(name)?;
+            let def = Catalog::must_get(txn, &tname)?;
+            let alias = alias.as_ref().map(|a| ident(&a.name)).unwrap_or(tname);
+            Ok((def, alias))
+        }
+        other => Err(feature(format!("UPDATE/DELETE target {other}"))),
+    }
+}
+
+fn matching_rows(txn: &mut Transaction, def: &TableDef, scope: &[ScopeCol], selection: &Option<ast::Expr>, params: &[Value]) -> Result<Vec<StoredRow>> {
+    let pred = selection.as_ref().map(|s| Binder::new(scope).bind(s)).transpose()?;
+    let lookup = pk_lookup(def, pred.as_ref(), params)?;
+    let mut out = Vec::new();
+    for r in read_rows(txn, def, lookup)? {
+        if pred.as_ref().map_or(Ok(true), |p| p.matches(&r.row, params))? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// UPDATE.
+pub fn update(txn: &mut Transaction, up: &ast::Update, params: &[Value]) -> Result<Outcome> {
+    if up.from.is_some() {
+        return Err(feature("UPDATE ... FROM"));
+    }
+    let (def, alias) = target_table(txn, &up.table)?;
+    let scope = scope_of(&def, &alias);
+    let rows = matching_rows(txn, &def, &scope, &up.selection, params)?;
+    let mut written = Vec::new();
+    for r in rows {
+        let mut new = r.row.clone();
+        apply_assignments(&def, &scope, &up.assignments, &r.row, &mut new, params)?;
+        let new = conform(&def, new)?;
+        let key = if def.primary_key.is_empty() { r.key.clone() } else { def.row_key(&new, None) };
+        if key != r.key {
+            if txn.get(&key)?.is_some() {
+                return Err(duplicate_key(&def, &new));
+            }
+            txn.delete(r.key)?;
+        }
+        txn.put(key, def.encode_row(&new))?;
+        written.push(new);
+    }
+    let tag = format!("UPDATE {}", written.len());
+    returning(&def, &up.returning, &written, params, tag)
+}
+
+/// DELETE.
+pub fn delete(txn: &mut Transaction, del: &ast::Delete, params: &[Value]) -> Result<Outcome> {
+    let from = match &del.from {
+        ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
+    };
+    let [twj] = from.as_slice() else { return Err(feature("DELETE from several tables")) };
+    if del.using.is_some() {
+        return Err(feature("DELETE ... USING"));
+    }
+    let (def, alias) = target_table(txn, twj)?;
+    let scope = scope_of(&def, &alias);
+    let rows = matching_rows(txn, &def, &scope, &del.selection, params)?;
+    let mut deleted = Vec::new();
+    for r in rows {
+        txn.delete(r.key)?;
+        deleted.push(r.row);
+    }
+    let tag = format!("DELETE {}", deleted.len());
+    returning(&def, &del.returning, &deleted, params, tag)
+}
+
+/// CREATE TABLE.
+pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outcome> {
+    let name = table_name(&ct.name)?;
+    if Catalog::get(txn, &name)?.is_some() {
+        if ct.if_not_exists {
+            return Ok(Outcome::Command("CREATE TABLE".into()));
+        }
+        return Err(Error::sql("42P07", format!("relation \"{name}\" already exists")));
+    }
+    if ct.query.is_some() || ct.like.is_some() || ct.clone.is_some() {
+        return Err(feature("CREATE TABLE AS / LIKE / CLONE"));
+    }
+    let mut columns: Vec<Column> = Vec::new();
+    let mut pk: Vec<usize> = Vec::new();
+    for c in &ct.columns {
+        let cname = ident(&c.name);
+        if columns.iter().any(|x| x.name == cname) {
+            return Err(Error::sql("42701", format!("column \"{cname}\" specified more than once")));
+        }
+        let ty = DataType::parse(&c.data_type.to_string()).map_err(crate::expr::to_sql_err)?;
+        let mut col = Column { name: cname, ty, nullable: true, default: None };
+        for o in &c.options {
+            match &o.option {
+                ast::ColumnOption::NotNull => col.nullable = false,
+                ast::ColumnOption::Null => col.nullable = true,
+                ast::ColumnOption::Default(e) => {
+                    // Validate now: the default must be a constant expression we can evaluate.
+                    Binder::new(&[]).bind(e)?.eval(&[], &[])?.cast(ty).map_err(crate::expr::to_sql_err)?;
+                    col.default = Some(e.to_string());
+                }
+                ast::ColumnOption::PrimaryKey(_) => {
+                    if !pk.is_empty() {
+                        return Err(Error::sql("42P16", format!("multiple primary keys for table \"{name}\" are not allowed")));
+                    }
+                    pk.push(columns.len());
+                    col.nullable = false;
+                }
+                other => return Err(feature(format!("column option {other}"))),
+            }
+        }
+        columns.push(col);
+    }
+    for tc in &ct.constraints {
+        match tc {
+            ast::TableConstraint::PrimaryKey(p) => {
+                if !pk.is_empty() {
+                    return Err(Error::sql("42P16", format!("multiple primary keys for table \"{name}\" are not allowed")));
+                }
+                for ic in &p.columns {
+                    let ast::Expr::Identifier(i) = &ic.column.expr else { return Err(feature("expression in PRIMARY KEY")) };
+                    let n = ident(i);
+                    let idx = columns
+                        .iter()
+                        .position(|c| c.name == n)
+                        .ok_or_else(|| Error::sql("42703", format!("column \"{n}\" named in key does not exist")))?;
+                    columns[idx].nullable = false;
+                    pk.push(idx);
+                }
+            }
+            other => return Err(feature(format!("table constraint {other}"))),
+        }
+    }
+    if columns.is_empty() {
+        return Err(feature("a table without columns"));
+    }
+    Catalog::create(txn, TableDef { id: 0, name, columns, primary_key: pk })?;
+    Ok(Outcome::Command("CREATE TABLE".into()))
+}
+
+/// DROP TABLE.
+pub fn drop_tables(txn: &mut Transaction, names: &[ast::ObjectName], if_exists: bool) -> Result<Outcome> {
+    for n in names {
+        let name = table_name(n)?;
+        match Catalog::get(txn, &name)? {
+            Some(def) => Catalog::drop_table(txn, &def)?,
+            None if if_exists => {}
+            None => return Err(Error::sql("42P01", format!("table \"{name}\" does not exist"))),
+        }
+    }
+    Ok(Outcome::Command("DROP TABLE".into()))
+}

@@ -1,0 +1,753 @@
+//! Expressions: binding sqlparser's AST to column positions, and evaluation with SQL's
+//! three-valued logic.
+
+use crate::types::{DataType, Value};
+use amberdb_error::{Error, Result};
+use sqlparser::ast;
+use std::cmp::Ordering;
+
+/// A column visible to an expression.
+#[derive(Debug, Clone)]
+pub struct ScopeCol {
+    /// The table (or alias) it comes from, if any.
+    pub table: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Its type, when known.
+    pub ty: Option<DataType>,
+}
+
+/// Binary operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `%`
+    Mod,
+    /// `||`
+    Concat,
+    /// `=`
+    Eq,
+    /// `<>`
+    NotEq,
+    /// `<`
+    Lt,
+    /// `<=`
+    LtEq,
+    /// `>`
+    Gt,
+    /// `>=`
+    GtEq,
+    /// `AND`
+    And,
+    /// `OR`
+    Or,
+}
+
+/// A bound expression.
+#[derive(Debug, Clone)]
+pub enum Expr {
+    /// A constant.
+    Const(Value),
+    /// The value of input column `i`.
+    Column(usize),
+    /// Bind parameter `$i+1`.
+    Param(usize),
+    /// `NOT e`
+    Not(Box<Expr>),
+    /// `-e`
+    Neg(Box<Expr>),
+    /// `a op b`
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `e IS [NOT] NULL`
+    IsNull(Box<Expr>, bool),
+    /// `e [NOT] IN (list)`
+    InList(Box<Expr>, Vec<Expr>, bool),
+    /// `e [NOT] [I]LIKE pattern`
+    Like { expr: Box<Expr>, pattern: Box<Expr>, negated: bool, case_insensitive: bool },
+    /// `CASE [operand] WHEN .. THEN .. ELSE .. END`
+    Case { operand: Option<Box<Expr>>, whens: Vec<(Expr, Expr)>, otherwise: Option<Box<Expr>> },
+    /// `CAST(e AS t)` / `e::t`
+    Cast(Box<Expr>, DataType),
+    /// A scalar function call.
+    Func(Func, Vec<Expr>),
+}
+
+/// Scalar functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Func {
+    /// `coalesce(a, b, ...)`
+    Coalesce,
+    /// `nullif(a, b)`
+    NullIf,
+    /// `lower(s)`
+    Lower,
+    /// `upper(s)`
+    Upper,
+    /// `length(s)`
+    Length,
+    /// `abs(n)`
+    Abs,
+    /// `concat(...)`
+    Concat,
+    /// `repeat(s, n)`
+    Repeat,
+}
+
+/// Aggregate functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggFunc {
+    /// `count(*)`
+    CountStar,
+    /// `count(e)`
+    Count,
+    /// `sum(e)`
+    Sum,
+    /// `avg(e)`
+    Avg,
+    /// `min(e)`
+    Min,
+    /// `max(e)`
+    Max,
+}
+
+impl AggFunc {
+    /// Recognizes an aggregate by function name.
+    pub fn from_name(name: &str) -> Option<AggFunc> {
+        Some(match name {
+            "count" => AggFunc::Count,
+            "sum" => AggFunc::Sum,
+            "avg" => AggFunc::Avg,
+            "min" => AggFunc::Min,
+            "max" => AggFunc::Max,
+            _ => return None,
+        })
+    }
+}
+
+/// An aggregate call found while binding a post-aggregation expression.
+#[derive(Debug, Clone)]
+pub struct AggCall {
+    /// The function.
+    pub func: AggFunc,
+    /// Its argument, bound against the input rows (None for `count(*)`).
+    pub arg: Option<Expr>,
+    /// `DISTINCT` argument.
+    pub distinct: bool,
+    /// Display text, for deduplication.
+    pub text: String,
+}
+
+/// State for binding expressions evaluated after grouping.
+#[derive(Debug, Default)]
+pub struct AggBinding {
+    /// Display text of each GROUP BY expression.
+    pub group_texts: Vec<String>,
+    /// Aggregates referenced so far.
+    pub calls: Vec<AggCall>,
+}
+
+/// Binds expressions against a scope.
+pub struct Binder<'a> {
+    /// The input columns.
+    pub scope: &'a [ScopeCol],
+    /// Present when binding above an aggregation.
+    pub aggs: Option<&'a mut AggBinding>,
+    /// Number of bind parameters seen (highest `$n`).
+    pub params: usize,
+}
+
+fn err_feature(what: impl std::fmt::Display) -> Error {
+    Error::sql("0A000", format!("{what} is not supported"))
+}
+
+/// Normalizes an identifier: unquoted identifiers fold to lower case.
+pub fn ident(i: &ast::Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
+}
+
+impl<'a> Binder<'a> {
+    /// A binder over `scope` with no aggregation.
+    pub fn new(scope: &'a [ScopeCol]) -> Self {
+        Self { scope, aggs: None, params: 0 }
+    }
+
+    fn resolve(&self, table: Option<&str>, name: &str) -> Result<usize> {
+        let mut found = None;
+        for (i, c) in self.scope.iter().enumerate() {
+            if c.name == name && (table.is_none() || c.table.as_deref() == table) {
+                if found.is_some() {
+                    return Err(Error::sql("42702", format!("column reference \"{name}\" is ambiguous")));
+                }
+                found = Some(i);
+            }
+        }
+        found.ok_or_else(|| match table {
+            Some(t) if !self.scope.iter().any(|c| c.table.as_deref() == Some(t)) => {
+                Error::sql("42P01", format!("missing FROM-clause entry for table \"{t}\""))
+            }
+            Some(t) => Error::sql("42703", format!("column {t}.{name} does not exist")),
+            None => Error::sql("42703", format!("column \"{name}\" does not exist")),
+        })
+    }
+
+    /// Binds an expression.
+    pub fn bind(&mut self, e: &ast::Expr) -> Result<Expr> {
+        if let Some(aggs) = self.aggs.as_deref_mut() {
+            let text = e.to_string();
+            if let Some(i) = aggs.group_texts.iter().position(|g| *g == text) {
+                return Ok(Expr::Column(i));
+            }
+            if let ast::Expr::Function(f) = e {
+                let name = f.name.to_string().to_lowercase();
+                if let Some(func) = AggFunc::from_name(&name) {
+                    return self.bind_aggregate(f, func, text);
+                }
+            }
+            if matches!(e, ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_)) {
+                return Err(Error::sql(
+                    "42803",
+                    format!("column \"{e}\" must appear in the GROUP BY clause or be used in an aggregate function"),
+                ));
+            }
+        }
+        Ok(match e {
+            ast::Expr::Identifier(i) => Expr::Column(self.resolve(None, &ident(i))?),
+            ast::Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [t, c] => Expr::Column(self.resolve(Some(&ident(t)), &ident(c))?),
+                _ => return Err(err_feature(format!("identifier {e}"))),
+            },
+            ast::Expr::Value(v) => self.bind_value(&v.value)?,
+            ast::Expr::Nested(inner) => self.bind(inner)?,
+            ast::Expr::UnaryOp { op, expr } => {
+                let inner = self.bind(expr)?;
+                match op {
+                    ast::UnaryOperator::Not => Expr::Not(Box::new(inner)),
+                    ast::UnaryOperator::Minus => match inner {
+                        Expr::Const(Value::Int(i)) => Expr::Const(Value::Int(-i)),
+                        Expr::Const(Value::Float(f)) => Expr::Const(Value::Float(-f)),
+                        other => Expr::Neg(Box::new(other)),
+                    },
+                    ast::UnaryOperator::Plus => inner,
+                    other => return Err(err_feature(format!("operator {other}"))),
+                }
+            }
+            ast::Expr::BinaryOp { left, op, right } => {
+                let op = match op {
+                    ast::BinaryOperator::Plus => BinOp::Add,
+                    ast::BinaryOperator::Minus => BinOp::Sub,
+                    ast::BinaryOperator::Multiply => BinOp::Mul,
+                    ast::BinaryOperator::Divide => BinOp::Div,
+                    ast::BinaryOperator::Modulo => BinOp::Mod,
+                    ast::BinaryOperator::StringConcat => BinOp::Concat,
+                    ast::BinaryOperator::Eq => BinOp::Eq,
+                    ast::BinaryOperator::NotEq => BinOp::NotEq,
+                    ast::BinaryOperator::Lt => BinOp::Lt,
+                    ast::BinaryOperator::LtEq => BinOp::LtEq,
+                    ast::BinaryOperator::Gt => BinOp::Gt,
+                    ast::BinaryOperator::GtEq => BinOp::GtEq,
+                    ast::BinaryOperator::And => BinOp::And,
+                    ast::BinaryOperator::Or => BinOp::Or,
+                    other => return Err(Error::sql("42883", format!("operator does not exist: {other}"))),
+                };
+                Expr::Binary(op, Box::new(self.bind(left)?), Box::new(self.bind(right)?))
+            }
+            ast::Expr::IsNull(inner) => Expr::IsNull(Box::new(self.bind(inner)?), false),
+            ast::Expr::IsNotNull(inner) => Expr::IsNull(Box::new(self.bind(inner)?), true),
+            ast::Expr::IsTrue(inner) => Expr::Binary(BinOp::Eq, Box::new(self.bind(inner)?), Box::new(Expr::Const(Value::Bool(true)))),
+            ast::Expr::IsFalse(inner) => Expr::Binary(BinOp::Eq, Box::new(self.bind(inner)?), Box::new(Expr::Const(Value::Bool(false)))),
+            ast::Expr::InList { expr, list, negated } => Expr::InList(
+                Box::new(self.bind(expr)?),
+                list.iter().map(|x| self.bind(x)).collect::<Result<_>>()?,
+                *negated,
+            ),
+            ast::Expr::Between { expr, negated, low, high } => {
+                let x = self.bind(expr)?;
+                let range = Expr::Binary(
+                    BinOp::And,
+                    Box::new(Expr::Binary(BinOp::GtEq, Box::new(x.clone()), Box::new(self.bind(low)?))),
+                    Box::new(Expr::Binary(BinOp::LtEq, Box::new(x), Box::new(self.bind(high)?))),
+                );
+                if *negated {
+                    Expr::Not(Box::new(range))
+                } else {
+                    range
+                }
+            }
+            ast::Expr::Like { negated, expr, pattern, escape_char: None, any: false } => Expr::Like {
+                expr: Box::new(self.bind(expr)?),
+                pattern: Box::new(self.bind(pattern)?),
+                negated: *negated,
+                case_insensitive: false,
+            },
+            ast::Expr::ILike { negated, expr, pattern, escape_char: None, any: false } => Expr::Like {
+                expr: Box::new(self.bind(expr)?),
+                pattern: Box::new(self.bind(pattern)?),
+                negated: *negated,
+                case_insensitive: true,
+            },
+            ast::Expr::Case { operand, conditions, else_result, .. } => Expr::Case {
+                operand: operand.as_ref().map(|o| self.bind(o).map(Box::new)).transpose()?,
+                whens: conditions
+                    .iter()
+                    .map(|w| Ok((self.bind(&w.condition)?, self.bind(&w.result)?)))
+                    .collect::<Result<_>>()?,
+                otherwise: else_result.as_ref().map(|o| self.bind(o).map(Box::new)).transpose()?,
+            },
+            ast::Expr::Cast { expr, data_type, .. } => {
+                Expr::Cast(Box::new(self.bind(expr)?), DataType::parse(&data_type.to_string())?)
+            }
+            ast::Expr::Function(f) => self.bind_function(f)?,
+            other => return Err(err_feature(format!("expression {other}"))),
+        })
+    }
+
+    fn bind_value(&mut self, v: &ast::Value) -> Result<Expr> {
+        Ok(Expr::Const(match v {
+            ast::Value::Number(n, _) => {
+                if let Ok(i) = n.parse::<i64>() {
+                    Value::Int(i)
+                } else {
+                    Value::Float(n.parse::<f64>().map_err(|_| Error::sql("22P02", format!("invalid number {n}")))?)
+                }
+            }
+            ast::Value::SingleQuotedString(s) | ast::Value::EscapedStringLiteral(s) => Value::Text(s.clone()),
+            ast::Value::Boolean(b) => Value::Bool(*b),
+            ast::Value::Null => Value::Null,
+            ast::Value::Placeholder(p) => {
+                let n: usize = p
+                    .strip_prefix('$')
+                    .and_then(|d| d.parse().ok())
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| Error::sql("42601", format!("invalid parameter reference {p}")))?;
+                self.params = self.params.max(n);
+                return Ok(Expr::Param(n - 1));
+            }
+            other => return Err(err_feature(format!("literal {other}"))),
+        }))
+    }
+
+    fn function_args<'f>(&self, f: &'f ast::Function) -> Result<(Vec<&'f ast::FunctionArgExpr>, bool)> {
+        match &f.args {
+            ast::FunctionArguments::None => Ok((vec![], false)),
+            ast::FunctionArguments::List(list) => {
+                let distinct = matches!(list.duplicate_treatment, Some(ast::DuplicateTreatment::Distinct));
+                let args = list
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        ast::FunctionArg::Unnamed(x) => Ok(x),
+                        other => Err(err_feature(format!("argument {other}"))),
+                    })
+                    .collect::<Result<_>>()?;
+                Ok((args, distinct))
+            }
+            ast::FunctionArguments::Subquery(_) => Err(err_feature("subquery as function argument")),
+        }
+    }
+
+    fn bind_aggregate(&mut self, f: &ast::Function, func: AggFunc, text: String) -> Result<Expr> {
+        let (args, distinct) = self.function_args(f)?;
+        let mut inner = Binder { scope: self.scope, aggs: None, params: self.params };
+        let (func, arg) = match (func, args.as_slice()) {
+            (AggFunc::Count, [ast::FunctionArgExpr::Wildcard]) => (AggFunc::CountStar, None),
+            (_, [ast::FunctionArgExpr::Expr(e)]) => (func, Some(inner.bind(e)?)),
+            _ => return Err(Error::sql("42883", format!("function {text} does not exist"))),
+        };
+        self.params = inner.params;
+        let aggs = self.aggs.as_deref_mut().ok_or_else(|| Error::Internal("aggregate outside aggregation".into()))?;
+        let n_groups = aggs.group_texts.len();
+        let idx = match aggs.calls.iter().position(|c| c.text == text) {
+            Some(i) => i,
+            None => {
+                aggs.calls.push(AggCall { func, arg, distinct, text });
+                aggs.calls.len() - 1
+            }
+        };
+        Ok(Expr::Column(n_groups + idx))
+    }
+
+    fn bind_function(&mut self, f: &ast::Function) -> Result<Expr> {
+        let name = f.name.to_string().to_lowercase();
+        if AggFunc::from_name(&name).is_some() {
+            return Err(Error::sql("42803", format!("aggregate functions are not allowed here: {f}")));
+        }
+        let (args, _) = self.function_args(f)?;
+        match (name.as_str(), args.is_empty()) {
+            ("version", true) => return Ok(Expr::Const(Value::Text(crate::VERSION_TEXT.into()))),
+            ("current_database", true) => return Ok(Expr::Const(Value::Text("amberdb".into()))),
+            ("current_schema", true) => return Ok(Expr::Const(Value::Text("public".into()))),
+            _ => {}
+        }
+        let args: Vec<Expr> = args
+            .iter()
+            .map(|a| match a {
+                ast::FunctionArgExpr::Expr(e) => self.bind(e),
+                _ => Err(err_feature(format!("argument to {name}"))),
+            })
+            .collect::<Result<_>>()?;
+        let (func, arity) = match name.as_str() {
+            "coalesce" => (Func::Coalesce, None),
+            "nullif" => (Func::NullIf, Some(2)),
+            "lower" => (Func::Lower, Some(1)),
+            "upper" => (Func::Upper, Some(1)),
+            "length" | "char_length" | "character_length" => (Func::Length, Some(1)),
+            "abs" => (Func::Abs, Some(1)),
+            "concat" => (Func::Concat, None),
+            "repeat" => (Func::Repeat, Some(2)),
+            _ => return Err(Error::sql("42883", format!("function {name}() does not exist"))),
+        };
+        if arity.is_some_and(|n| n != args.len()) || args.is_empty() {
+            return Err(Error::sql("42883", format!("function {name} with {} arguments does not exist", args.len())));
+        }
+        Ok(Expr::Func(func, args))
+    }
+}
+
+fn truth(v: &Value) -> Result<Option<bool>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Bool(b) => Ok(Some(*b)),
+        Value::Text(s) => Value::Text(s.clone()).cast(DataType::Bool).map(|v| matches!(v, Value::Bool(true))).map(Some),
+        other => Err(Error::sql("42804", format!("argument must be type boolean, not type {}", other.type_name()))),
+    }
+}
+
+fn numeric(v: Value) -> Result<Value> {
+    match v {
+        Value::Text(s) => {
+            if let Ok(i) = s.trim().parse::<i64>() {
+                Ok(Value::Int(i))
+            } else {
+                s.trim()
+                    .parse::<f64>()
+                    .map(Value::Float)
+                    .map_err(|_| Error::sql("22P02", format!("invalid input syntax for type numeric: \"{s}\"")))
+            }
+        }
+        other => Ok(other),
+    }
+}
+
+fn arith(op: BinOp, a: Value, b: Value) -> Result<Value> {
+    let overflow = || Error::sql("22003", "integer out of range");
+    let (a, b) = (numeric(a)?, numeric(b)?);
+    Ok(match (a, b) {
+        (Value::Null, _) | (_, Value::Null) => Value::Null,
+        (Value::Int(x), Value::Int(y)) => Value::Int(match op {
+            BinOp::Add => x.checked_add(y).ok_or_else(overflow)?,
+            BinOp::Sub => x.checked_sub(y).ok_or_else(overflow)?,
+            BinOp::Mul => x.checked_mul(y).ok_or_else(overflow)?,
+            BinOp::Div if y == 0 => return Err(Error::sql("22012", "division by zero")),
+            BinOp::Div => x.checked_div(y).ok_or_else(overflow)?,
+            BinOp::Mod if y == 0 => return Err(Error::sql("22012", "division by zero")),
+            BinOp::Mod => x.checked_rem(y).ok_or_else(overflow)?,
+            _ => return Err(Error::Internal(format!("{op:?} is not arithmetic"))),
+        }),
+        (x @ (Value::Int(_) | Value::Float(_)), y @ (Value::Int(_) | Value::Float(_))) => {
+            let f = |v: Value| match v {
+                Value::Int(i) => i as f64,
+                Value::Float(f) => f,
+                _ => 0.0,
+            };
+            let (x, y) = (f(x), f(y));
+            Value::Float(match op {
+                BinOp::Add => x + y,
+                BinOp::Sub => x - y,
+                BinOp::Mul => x * y,
+                BinOp::Div if y == 0.0 => return Err(Error::sql("22012", "division by zero")),
+                BinOp::Div => x / y,
+                BinOp::Mod if y == 0.0 => return Err(Error::sql("22012", "division by zero")),
+                BinOp::Mod => x % y,
+                _ => return Err(Error::Internal(format!("{op:?} is not arithmetic"))),
+            })
+        }
+        (x, y) => {
+            return Err(Error::sql(
+                "42883",
+                format!("operator does not exist: {} {} {}", x.type_name(), op_symbol(op), y.type_name()),
+            ))
+        }
+    })
+}
+
+fn op_symbol(op: BinOp) -> &'static str {
+    match op {
+        BinOp::Add => "+",
+        BinOp::Sub => "-",
+        BinOp::Mul => "*",
+        BinOp::Div => "/",
+        BinOp::Mod => "%",
+        BinOp::Concat => "||",
+        BinOp::Eq => "=",
+        BinOp::NotEq => "<>",
+        BinOp::Lt => "<",
+        BinOp::LtEq => "<=",
+        BinOp::Gt => ">",
+        BinOp::GtEq => ">=",
+        BinOp::And => "AND",
+        BinOp::Or => "OR",
+    }
+}
+
+/// SQL LIKE matching with `%` and `_` (backslash escapes the next character).
+pub fn like(text: &str, pattern: &str) -> bool {
+    let t: Vec<char> = text.chars().collect();
+    let p: Vec<char> = pattern.chars().collect();
+    fn rec(t: &[char], p: &[char]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some('%') => (0..=t.len()).any(|i| rec(&t[i..], &p[1..])),
+            Some('_') => !t.is_empty() && rec(&t[1..], &p[1..]),
+            Some('\\') if p.len() > 1 => t.first() == Some(&p[1]) && rec(&t[1..], &p[2..]),
+            Some(c) => t.first() == Some(c) && rec(&t[1..], &p[1..]),
+        }
+    }
+    rec(&t, &p)
+}
+
+impl Expr {
+    /// Evaluates against a row and bind parameters.
+    pub fn eval(&self, row: &[Value], params: &[Value]) -> Result<Value> {
+        Ok(match self {
+            Expr::Const(v) => v.clone(),
+            Expr::Column(i) => row.get(*i).cloned().ok_or_else(|| Error::Internal(format!("column {i} out of range")))?,
+            Expr::Param(i) => params
+                .get(*i)
+                .cloned()
+                .ok_or_else(|| Error::sql("08P01", format!("bind message supplies {} parameters, but the statement needs more", params.len())))?,
+            Expr::Not(e) => match truth(&e.eval(row, params)?)? {
+                None => Value::Null,
+                Some(b) => Value::Bool(!b),
+            },
+            Expr::Neg(e) => match numeric(e.eval(row, params)?)? {
+                Value::Null => Value::Null,
+                Value::Int(i) => Value::Int(i.checked_neg().ok_or_else(|| Error::sql("22003", "integer out of range"))?),
+                Value::Float(f) => Value::Float(-f),
+                other => return Err(Error::sql("42883", format!("operator does not exist: - {}", other.type_name()))),
+            },
+            Expr::Binary(BinOp::And, a, b) => {
+                let l = truth(&a.eval(row, params)?)?;
+                if l == Some(false) {
+                    return Ok(Value::Bool(false));
+                }
+                match (l, truth(&b.eval(row, params)?)?) {
+                    (_, Some(false)) => Value::Bool(false),
+                    (Some(true), Some(true)) => Value::Bool(true),
+                    _ => Value::Null,
+                }
+            }
+            Expr::Binary(BinOp::Or, a, b) => {
+                let l = truth(&a.eval(row, params)?)?;
+                if l == Some(true) {
+                    return Ok(Value::Bool(true));
+                }
+                match (l, truth(&b.eval(row, params)?)?) {
+                    (_, Some(true)) => Value::Bool(true),
+                    (Some(false), Some(false)) => Value::Bool(false),
+                    _ => Value::Null,
+                }
+            }
+            Expr::Binary(BinOp::Concat, a, b) => match (a.eval(row, params)?, b.eval(row, params)?) {
+                (Value::Null, _) | (_, Value::Null) => Value::Null,
+                (x, y) => Value::Text(format!(
+                    "{}{}",
+                    x.to_pg_text(None).unwrap_or_default(),
+                    y.to_pg_text(None).unwrap_or_default()
+                )),
+            },
+            Expr::Binary(op @ (BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq), a, b) => {
+                match a.eval(row, params)?.sql_cmp(&b.eval(row, params)?)? {
+                    None => Value::Null,
+                    Some(ord) => Value::Bool(match op {
+                        BinOp::Eq => ord == Ordering::Equal,
+                        BinOp::NotEq => ord != Ordering::Equal,
+                        BinOp::Lt => ord == Ordering::Less,
+                        BinOp::LtEq => ord != Ordering::Greater,
+                        BinOp::Gt => ord == Ordering::Greater,
+                        _ => ord != Ordering::Less,
+                    }),
+                }
+            }
+            Expr::Binary(op, a, b) => arith(*op, a.eval(row, params)?, b.eval(row, params)?)?,
+            Expr::IsNull(e, negated) => Value::Bool(e.eval(row, params)?.is_null() != *negated),
+            Expr::InList(e, list, negated) => {
+                let v = e.eval(row, params)?;
+                if v.is_null() {
+                    return Ok(Value::Null);
+                }
+                let mut saw_null = false;
+                for item in list {
+                    match v.sql_cmp(&item.eval(row, params)?)? {
+                        Some(Ordering::Equal) => return Ok(Value::Bool(!negated)),
+                        None => saw_null = true,
+                        _ => {}
+                    }
+                }
+                if saw_null {
+                    Value::Null
+                } else {
+                    Value::Bool(*negated)
+                }
+            }
+            Expr::Like { expr, pattern, negated, case_insensitive } => {
+                match (expr.eval(row, params)?, pattern.eval(row, params)?) {
+                    (Value::Null, _) | (_, Value::Null) => Value::Null,
+                    (t, p) => {
+                        let (mut t, mut p) = (t.to_pg_text(None).unwrap_or_default(), p.to_pg_text(None).unwrap_or_default());
+                        if *case_insensitive {
+                            t = t.to_lowercase();
+                            p = p.to_lowercase();
+                        }
+                        Value::Bool(like(&t, &p) != *negated)
+                    }
+                }
+            }
+            Expr::Case { operand, whens, otherwise } => {
+                let subject = operand.as_ref().map(|o| o.eval(row, params)).transpose()?;
+                for (cond, result) in whens {
+                    let hit = match &subject {
+                        Some(s) => s.sql_cmp(&cond.eval(row, params)?)? == Some(Ordering::Equal),
+                        None => truth(&cond.eval(row, params)?)? == Some(true),
+                    };
+                    if hit {
+                        return result.eval(row, params);
+                    }
+                }
+                match otherwise {
+                    Some(o) => o.eval(row, params)?,
+                    None => Value::Null,
+                }
+            }
+            Expr::Cast(e, ty) => e.eval(row, params)?.cast(*ty).map_err(to_sql_err)?,
+            Expr::Func(f, args) => {
+                let mut vals = args.iter().map(|a| a.eval(row, params));
+                match f {
+                    Func::Coalesce => {
+                        for v in vals {
+                            let v = v?;
+                            if !v.is_null() {
+                                return Ok(v);
+                            }
+                        }
+                        Value::Null
+                    }
+                    Func::NullIf => {
+                        let a = vals.next().transpose()?.unwrap_or(Value::Null);
+                        let b = vals.next().transpose()?.unwrap_or(Value::Null);
+                        if a.sql_cmp(&b)? == Some(Ordering::Equal) {
+                            Value::Null
+                        } else {
+                            a
+                        }
+                    }
+                    Func::Concat => {
+                        let mut s = String::new();
+                        for v in vals {
+                            s.push_str(&v?.to_pg_text(None).unwrap_or_default());
+                        }
+                        Value::Text(s)
+                    }
+                    Func::Repeat => {
+                        let s = vals.next().transpose()?.unwrap_or(Value::Null);
+                        let n = numeric(vals.next().transpose()?.unwrap_or(Value::Null))?;
+                        match (s, n) {
+                            (Value::Null, _) | (_, Value::Null) => Value::Null,
+                            (s, Value::Int(n)) => {
+                                let s = s.to_pg_text(None).unwrap_or_default();
+                                let n = usize::try_from(n.max(0)).unwrap_or(0);
+                                if s.len().saturating_mul(n) > (1 << 30) {
+                                    return Err(Error::sql("54000", "requested length too large"));
+                                }
+                                Value::Text(s.repeat(n))
+                            }
+                            (_, other) => {
+                                return Err(Error::sql("42883", format!("function repeat(text, {}) does not exist", other.type_name())))
+                            }
+                        }
+                    }
+                    Func::Lower | Func::Upper | Func::Length => match vals.next().transpose()?.unwrap_or(Value::Null) {
+                        Value::Null => Value::Null,
+                        v => {
+                            let s = v.to_pg_text(None).unwrap_or_default();
+                            match f {
+                                Func::Lower => Value::Text(s.to_lowercase()),
+                                Func::Upper => Value::Text(s.to_uppercase()),
+                                _ => Value::Int(s.chars().count() as i64),
+                            }
+                        }
+                    },
+                    Func::Abs => match numeric(vals.next().transpose()?.unwrap_or(Value::Null))? {
+                        Value::Null => Value::Null,
+                        Value::Int(i) => Value::Int(i.checked_abs().ok_or_else(|| Error::sql("22003", "integer out of range"))?),
+                        Value::Float(x) => Value::Float(x.abs()),
+                        other => return Err(Error::sql("42883", format!("function abs({}) does not exist", other.type_name()))),
+                    },
+                }
+            }
+        })
+    }
+
+    /// Evaluates a predicate: only TRUE passes (NULL and FALSE do not).
+    pub fn matches(&self, row: &[Value], params: &[Value]) -> Result<bool> {
+        Ok(truth(&self.eval(row, params)?)? == Some(true))
+    }
+
+    /// The result type, when it can be told without evaluating.
+    pub fn result_type(&self, scope: &[ScopeCol]) -> Option<DataType> {
+        match self {
+            Expr::Const(v) => v.natural_type(),
+            Expr::Column(i) => scope.get(*i).and_then(|c| c.ty),
+            Expr::Cast(_, t) => Some(*t),
+            Expr::Not(_) | Expr::IsNull(..) | Expr::InList(..) | Expr::Like { .. } => Some(DataType::Bool),
+            Expr::Binary(op, a, b) => match op {
+                BinOp::And | BinOp::Or | BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq => {
+                    Some(DataType::Bool)
+                }
+                BinOp::Concat => Some(DataType::Text),
+                _ => match (a.result_type(scope), b.result_type(scope)) {
+                    (Some(DataType::Float4 | DataType::Float8), _) | (_, Some(DataType::Float4 | DataType::Float8)) => {
+                        Some(DataType::Float8)
+                    }
+                    (Some(DataType::Int8), _) | (_, Some(DataType::Int8)) => Some(DataType::Int8),
+                    (Some(x), Some(y)) if x == y => Some(x),
+                    (Some(DataType::Int4 | DataType::Int2), Some(DataType::Int4 | DataType::Int2)) => Some(DataType::Int4),
+                    _ => None,
+                },
+            },
+            Expr::Neg(e) => e.result_type(scope),
+            Expr::Func(Func::Length, _) => Some(DataType::Int4),
+            Expr::Func(Func::Lower | Func::Upper | Func::Concat | Func::Repeat, _) => Some(DataType::Text),
+            Expr::Func(Func::Coalesce | Func::NullIf | Func::Abs, args) => args.iter().find_map(|a| a.result_type(scope)),
+            Expr::Case { whens, otherwise, .. } => whens
+                .iter()
+                .map(|(_, r)| r)
+                .chain(otherwise.as_deref())
+                .find_map(|r| r.result_type(scope)),
+            Expr::Param(_) => None,
+        }
+    }
+}
+
+/// Maps cast/check failures (InvalidInput) to the SQLSTATEs PostgreSQL uses.
+pub fn to_sql_err(e: Error) -> Error {
+    match e {
+        Error::InvalidInput(m) if m.contains("out of range") => Error::sql("22003", m),
+        Error::InvalidInput(m) if m.contains("too long") => Error::sql("22001", m),
+        Error::InvalidInput(m) if m.starts_with("invalid input syntax") => Error::sql("22P02", m),
+        Error::InvalidInput(m) if m.starts_with("cannot cast") => Error::sql("42846", m),
+        Error::InvalidInput(m) if m.starts_with("operator does not exist") => Error::sql("42883", m),
+        Error::InvalidInput(m) if m.contains("is not supported") => Error::sql("0A000", m),
+        other => other,
+    }
+}

@@ -1,0 +1,39 @@
+//! # SQL: parse, bind, plan and execute over serializable transactions
+//!
+//! ```text
+//!   SQL text ──sqlparser──▶ AST ──Binder──▶ bound expressions (column positions,
+//!                                           parameters) ──exec──▶ rows over mvcc
+//!                                                       │
+//!   catalog (tables as versioned KV entries) ◀──────────┘
+//! ```
+//!
+//! The parser is sqlparser's (PostgreSQL dialect); every semantic check — names, types,
+//! grouping, constraints — is ours, with PostgreSQL's SQLSTATEs. Rows live in the same
+//! versioned key space as everything else, keyed by (table id, primary key), so time
+//! travel and backups see tables exactly as transactions do.
+//!
+//! Invariants:
+//! - A statement either applies completely or not at all (it runs in one transaction;
+//!   inside a block, an error marks the block failed and nothing of it commits).
+//! - A NOT NULL or primary-key violation is detected before the write is buffered.
+//! - A single-table statement whose WHERE fixes the whole primary key reads one key,
+//!   so concurrent transactions on different rows do not conflict.
+
+mod catalog;
+mod describe;
+mod exec;
+mod expr;
+mod session;
+mod types;
+
+pub use catalog::{Catalog, Column, TableDef};
+pub use exec::{OutColumn, Outcome};
+pub use session::{parse, syntax_error, Session, Statement, TxnState};
+pub use describe::describe as describe_statement;
+pub use types::{format_float, DataType, Value};
+
+/// The version string reported to clients (`SELECT version()`, `server_version`).
+pub const SERVER_VERSION: &str = "15.0";
+
+/// The full `version()` text.
+pub const VERSION_TEXT: &str = concat!("PostgreSQL 15.0 (AmberDB ", env!("CARGO_PKG_VERSION"), ")");

@@ -1,0 +1,211 @@
+//! A SQL session: transaction state and statement dispatch.
+//!
+//! ```text
+//!   idle ──BEGIN──▶ in transaction ──error──▶ failed (everything but ROLLBACK/COMMIT → 25P02)
+//!    ▲                  │ COMMIT/ROLLBACK          │ ROLLBACK / COMMIT (= rollback)
+//!    └──────────────────┴──────────────────────────┘
+//! ```
+//! Outside a transaction block every statement runs in its own transaction and commits
+//! at once; a serialization conflict there is retried transparently, because nothing of
+//! it has reached the client yet.
+
+use crate::exec::{self, OutColumn, Outcome};
+use crate::types::{DataType, Value};
+use amberdb_consensus::Node;
+use amberdb_error::{Error, Result};
+use amberdb_mvcc::Transaction;
+use sqlparser::ast;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::{Parser, ParserError};
+use std::sync::Arc;
+
+/// How often an autocommit statement is retried on a serialization conflict.
+const AUTOCOMMIT_RETRIES: usize = 16;
+
+/// A parsed statement, reusable across executions (prepared statements).
+pub type Statement = ast::Statement;
+
+/// A session's transaction state, as reported in ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnState {
+    /// Not in a transaction block.
+    Idle,
+    /// In a transaction block.
+    InBlock,
+    /// In a failed transaction block.
+    Failed,
+}
+
+/// One client's session.
+pub struct Session {
+    node: Arc<Node>,
+    txn: Option<Transaction>,
+    failed: bool,
+}
+
+/// Converts a parser error to a syntax error with a 1-based character position.
+pub fn syntax_error(sql: &str, e: ParserError) -> Error {
+    let msg = e.to_string();
+    let msg = msg.strip_prefix("sql parser error: ").unwrap_or(&msg).to_string();
+    // sqlparser reports "... at Line: L, Column: C"; PostgreSQL reports a character offset.
+    let position = msg.rfind("Line: ").and_then(|i| {
+        let rest = &msg[i + 6..];
+        let (line, rest) = rest.split_once(", Column: ")?;
+        let line: usize = line.trim().parse().ok()?;
+        let col: usize = rest.trim().trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok()?;
+        let before: usize = sql.split('\n').take(line.saturating_sub(1)).map(|l| l.chars().count() + 1).sum();
+        u32::try_from(before + col).ok()
+    });
+    let text = match msg.find(" at Line: ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    Error::Sql { code: "42601", message: format!("syntax error: {text}"), position }
+}
+
+/// Parses SQL text into statements.
+pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| syntax_error(sql, e))
+}
+
+fn show_value(name: &str) -> Option<String> {
+    Some(
+        match name {
+            "transaction_isolation" | "transaction isolation level" | "default_transaction_isolation" => "serializable",
+            "server_version" => crate::SERVER_VERSION,
+            "server_encoding" | "client_encoding" => "UTF8",
+            "datestyle" => "ISO, MDY",
+            "timezone" => "UTC",
+            "integer_datetimes" => "on",
+            "standard_conforming_strings" => "on",
+            "search_path" => "\"$user\", public",
+            "max_identifier_length" => "63",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+impl Session {
+    /// A new idle session.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node, txn: None, failed: false }
+    }
+
+    /// The transaction state.
+    pub fn state(&self) -> TxnState {
+        match (&self.txn, self.failed) {
+            (_, true) => TxnState::Failed,
+            (Some(_), false) => TxnState::InBlock,
+            (None, false) => TxnState::Idle,
+        }
+    }
+
+    /// Abandons any open transaction (connection closed).
+    pub fn reset(&mut self) {
+        self.txn = None;
+        self.failed = false;
+    }
+
+    /// Executes one statement with bind parameters.
+    pub async fn execute(&mut self, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
+        match stmt {
+            ast::Statement::StartTransaction { .. } => {
+                if self.txn.is_none() && !self.failed {
+                    self.txn = Some(self.node.begin()?);
+                }
+                // PostgreSQL warns and carries on if a block is already open.
+                return Ok(Outcome::Command("BEGIN".into()));
+            }
+            ast::Statement::Commit { .. } => {
+                let txn = self.txn.take();
+                if std::mem::take(&mut self.failed) {
+                    return Ok(Outcome::Command("ROLLBACK".into()));
+                }
+                if let Some(txn) = txn {
+                    self.node.commit(txn).await.map_err(map_commit_error)?;
+                }
+                return Ok(Outcome::Command("COMMIT".into()));
+            }
+            ast::Statement::Rollback { savepoint: None, .. } => {
+                self.txn = None;
+                self.failed = false;
+                return Ok(Outcome::Command("ROLLBACK".into()));
+            }
+            _ => {}
+        }
+        if self.failed {
+            return Err(Error::sql(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        if let Some(txn) = self.txn.as_mut() {
+            let r = run(txn, stmt, params);
+            if r.is_err() {
+                self.failed = true;
+            }
+            return r;
+        }
+        // Autocommit.
+        let mut attempt = 0;
+        loop {
+            let mut txn = self.node.begin()?;
+            let outcome = run(&mut txn, stmt, params)?;
+            match self.node.commit(txn).await {
+                Ok(_) => return Ok(outcome),
+                Err(e) if e.is_retryable() && attempt < AUTOCOMMIT_RETRIES => attempt += 1,
+                Err(e) => return Err(map_commit_error(e)),
+            }
+        }
+    }
+
+    /// The parameter types and result columns of a statement, without running it (for
+    /// the extended protocol's Describe). Parameter types are inferred where a parameter
+    /// is compared with or assigned to a column; otherwise unknown (text).
+    pub fn describe(&mut self, stmt: &Statement) -> Result<(Vec<Option<DataType>>, Option<Vec<OutColumn>>)> {
+        crate::describe::describe(&self.node, stmt)
+    }
+}
+
+fn map_commit_error(e: Error) -> Error {
+    match e {
+        Error::Serialization(m) => Error::sql("40001", format!("could not serialize access due to concurrent update: {m}")),
+        other => other,
+    }
+}
+
+/// Runs a statement inside `txn`.
+pub fn run(txn: &mut Transaction, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
+    match stmt {
+        ast::Statement::Query(q) => {
+            let (columns, rows) = exec::query(txn, q, params)?;
+            Ok(Outcome::Rows { columns, rows, tag: "SELECT".into() })
+        }
+        ast::Statement::Insert(i) => exec::insert(txn, i, params),
+        ast::Statement::Update(u) => exec::update(txn, u, params),
+        ast::Statement::Delete(d) => exec::delete(txn, d, params),
+        ast::Statement::CreateTable(ct) => exec::create_table(txn, ct),
+        ast::Statement::Drop { object_type: ast::ObjectType::Table, if_exists, names, .. } => {
+            exec::drop_tables(txn, names, *if_exists)
+        }
+        ast::Statement::Set(_) => Ok(Outcome::Command("SET".into())),
+        ast::Statement::ShowVariable { variable } => {
+            let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
+            let value = show_value(&name)
+                .ok_or_else(|| Error::sql("42704", format!("unrecognized configuration parameter \"{name}\"")))?;
+            let col = variable.last().map(|i| i.value.to_lowercase()).unwrap_or_default();
+            let col = if name == "transaction isolation level" { "transaction_isolation".to_string() } else { col };
+            Ok(Outcome::Rows {
+                columns: vec![OutColumn { name: col, ty: Some(DataType::Text) }],
+                rows: vec![vec![Value::Text(value)]],
+                tag: "SHOW".into(),
+            })
+        }
+        other => Err(Error::sql("0A000", format!("statement is not supported: {}", first_words(&other.to_string())))),
+    }
+}
+
+fn first_words(s: &str) -> String {
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}

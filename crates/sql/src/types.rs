@@ -1,0 +1,404 @@
+//! SQL types and values, with PostgreSQL's comparison, casting and text output rules
+//! for the types supported so far.
+
+use amberdb_encoding::codec::{Reader, Writer};
+use amberdb_encoding::keycode::{KeyDecoder, KeyEncoder};
+use amberdb_error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::fmt;
+
+/// A column type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataType {
+    /// `BOOLEAN`
+    Bool,
+    /// `SMALLINT` (int2)
+    Int2,
+    /// `INTEGER` (int4)
+    Int4,
+    /// `BIGINT` (int8)
+    Int8,
+    /// `REAL` (float4)
+    Float4,
+    /// `DOUBLE PRECISION` (float8)
+    Float8,
+    /// `TEXT`
+    Text,
+    /// `VARCHAR(n)`; `None` is unlimited.
+    Varchar(Option<u32>),
+    /// `CHAR(n)`, blank-padded.
+    Char(u32),
+}
+
+impl DataType {
+    /// Parses a type as sqlparser prints it (e.g. `INT`, `VARCHAR(100)`, `DOUBLE PRECISION`).
+    pub fn parse(spelled: &str) -> Result<Self> {
+        let s = spelled.trim().to_ascii_lowercase();
+        let (base, arg) = match s.find('(') {
+            Some(i) => {
+                let inner = s[i + 1..].trim_end_matches(')').trim();
+                (s[..i].trim().to_string(), Some(inner.to_string()))
+            }
+            None => (s.clone(), None),
+        };
+        let len = |arg: &Option<String>| -> Result<Option<u32>> {
+            match arg {
+                None => Ok(None),
+                Some(a) => a
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Some)
+                    .ok_or_else(|| Error::InvalidInput(format!("length for type {base} must be at least 1: {a}"))),
+            }
+        };
+        Ok(match base.as_str() {
+            "bool" | "boolean" => DataType::Bool,
+            "smallint" | "int2" => DataType::Int2,
+            "int" | "integer" | "int4" => DataType::Int4,
+            "bigint" | "int8" => DataType::Int8,
+            "real" | "float4" => DataType::Float4,
+            "double precision" | "double" | "float8" | "float" => DataType::Float8,
+            "text" | "string" => DataType::Text,
+            "varchar" | "character varying" => DataType::Varchar(len(&arg)?),
+            "char" | "character" | "bpchar" => DataType::Char(len(&arg)?.unwrap_or(1)),
+            _ => return Err(Error::InvalidInput(format!("type \"{}\" is not supported", spelled.trim()))),
+        })
+    }
+
+    /// PostgreSQL's name for the type (as `format_type` prints it).
+    pub fn pg_name(&self) -> String {
+        match self {
+            DataType::Bool => "boolean".into(),
+            DataType::Int2 => "smallint".into(),
+            DataType::Int4 => "integer".into(),
+            DataType::Int8 => "bigint".into(),
+            DataType::Float4 => "real".into(),
+            DataType::Float8 => "double precision".into(),
+            DataType::Text => "text".into(),
+            DataType::Varchar(None) => "character varying".into(),
+            DataType::Varchar(Some(n)) => format!("character varying({n})"),
+            DataType::Char(n) => format!("character({n})"),
+        }
+    }
+
+    /// The PostgreSQL type OID.
+    pub fn oid(&self) -> u32 {
+        match self {
+            DataType::Bool => 16,
+            DataType::Int2 => 21,
+            DataType::Int4 => 23,
+            DataType::Int8 => 20,
+            DataType::Float4 => 700,
+            DataType::Float8 => 701,
+            DataType::Text => 25,
+            DataType::Varchar(_) => 1043,
+            DataType::Char(_) => 1042,
+        }
+    }
+
+    fn is_integer(&self) -> bool {
+        matches!(self, DataType::Int2 | DataType::Int4 | DataType::Int8)
+    }
+
+    fn is_text(&self) -> bool {
+        matches!(self, DataType::Text | DataType::Varchar(_) | DataType::Char(_))
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.pg_name())
+    }
+}
+
+/// A value. Integers of every width are `Int`, floats `Float`, strings `Text`; the
+/// column type decides range and formatting.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Text(String),
+}
+
+impl Value {
+    /// Whether this is NULL.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// The type PostgreSQL would infer for a literal or expression result.
+    pub fn natural_type(&self) -> Option<DataType> {
+        match self {
+            Value::Null => None,
+            Value::Bool(_) => Some(DataType::Bool),
+            Value::Int(i) if i32::try_from(*i).is_ok() => Some(DataType::Int4),
+            Value::Int(_) => Some(DataType::Int8),
+            Value::Float(_) => Some(DataType::Float8),
+            Value::Text(_) => Some(DataType::Text),
+        }
+    }
+
+    /// Text output, as PostgreSQL prints the value of a column of type `ty`.
+    pub fn to_pg_text(&self, ty: Option<DataType>) -> Option<String> {
+        Some(match self {
+            Value::Null => return None,
+            Value::Bool(b) => if *b { "t" } else { "f" }.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => format_float(*f, ty == Some(DataType::Float4)),
+            Value::Text(s) => s.clone(),
+        })
+    }
+
+    /// Casts to `ty` with PostgreSQL's rules (assignment and explicit casts).
+    pub fn cast(self, ty: DataType) -> Result<Value> {
+        let v = match (self, ty) {
+            (Value::Null, _) => Value::Null,
+            (Value::Bool(b), DataType::Bool) => Value::Bool(b),
+            (Value::Bool(b), t) if t.is_integer() => Value::Int(i64::from(b)),
+            (Value::Bool(b), t) if t.is_text() => Value::Text(if b { "true" } else { "false" }.into()),
+            (Value::Int(i), t) if t.is_integer() => Value::Int(i),
+            (Value::Int(i), DataType::Float4 | DataType::Float8) => Value::Float(i as f64),
+            (Value::Int(i), DataType::Bool) => Value::Bool(i != 0),
+            (Value::Int(i), t) if t.is_text() => Value::Text(i.to_string()),
+            (Value::Float(f), DataType::Float4) => Value::Float(f64::from(f as f32)),
+            (Value::Float(f), DataType::Float8) => Value::Float(f),
+            (Value::Float(f), t) if t.is_integer() => {
+                if !f.is_finite() || f.round() < i64::MIN as f64 || f.round() > i64::MAX as f64 {
+                    return Err(out_of_range(t));
+                }
+                Value::Int(f.round_ties_even() as i64)
+            }
+            (Value::Float(f), t) if t.is_text() => Value::Text(format_float(f, false)),
+            (Value::Text(s), t) if t.is_text() => Value::Text(s),
+            (Value::Text(s), DataType::Bool) => Value::Bool(parse_bool(&s)?),
+            (Value::Text(s), t) if t.is_integer() => Value::Int(s.trim().parse::<i64>().map_err(|_| {
+                Error::InvalidInput(format!("invalid input syntax for type {}: \"{s}\"", t.pg_name()))
+            })?),
+            (Value::Text(s), DataType::Float4 | DataType::Float8) => Value::Float(parse_float(&s, ty)?),
+            (v, t) => return Err(Error::InvalidInput(format!("cannot cast {} to {}", v.type_name(), t.pg_name()))),
+        };
+        v.check(ty)
+    }
+
+    /// Checks range and length for storing into a column of type `ty`.
+    pub fn check(self, ty: DataType) -> Result<Value> {
+        match (&self, ty) {
+            (Value::Int(i), DataType::Int2) if i16::try_from(*i).is_err() => Err(out_of_range(ty)),
+            (Value::Int(i), DataType::Int4) if i32::try_from(*i).is_err() => Err(out_of_range(ty)),
+            (Value::Text(s), DataType::Varchar(Some(n))) if s.chars().count() > n as usize => {
+                let trimmed = s.trim_end_matches(' ');
+                if trimmed.chars().count() <= n as usize {
+                    Ok(Value::Text(trimmed.to_string()))
+                } else {
+                    Err(Error::InvalidInput(format!("value too long for type character varying({n})")))
+                }
+            }
+            (Value::Text(s), DataType::Char(n)) => {
+                let len = s.chars().count();
+                if len > n as usize {
+                    let trimmed = s.trim_end_matches(' ');
+                    if trimmed.chars().count() > n as usize {
+                        return Err(Error::InvalidInput(format!("value too long for type character({n})")));
+                    }
+                    return Ok(Value::Text(format!("{trimmed:<width$}", width = n as usize)));
+                }
+                Ok(Value::Text(format!("{s:<width$}", width = n as usize)))
+            }
+            _ => Ok(self),
+        }
+    }
+
+    /// A short name of the value's kind, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Int(_) => "integer",
+            Value::Float(_) => "double precision",
+            Value::Text(_) => "text",
+        }
+    }
+
+    /// SQL comparison: `None` if either side is NULL; numbers compare across kinds.
+    pub fn sql_cmp(&self, other: &Value) -> Result<Option<Ordering>> {
+        Ok(Some(match (self, other) {
+            (Value::Null, _) | (_, Value::Null) => return Ok(None),
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::Int(a), Value::Int(b)) => a.cmp(b),
+            (Value::Int(a), Value::Float(b)) => float_cmp(*a as f64, *b),
+            (Value::Float(a), Value::Int(b)) => float_cmp(*a, *b as f64),
+            (Value::Float(a), Value::Float(b)) => float_cmp(*a, *b),
+            (Value::Text(a), Value::Text(b)) => a.cmp(b),
+            // Unknown-typed literals compare as the other side's type, as in PostgreSQL.
+            (Value::Text(s), v @ (Value::Int(_) | Value::Float(_) | Value::Bool(_))) => {
+                let parsed = Value::Text(s.clone()).cast(v.natural_type().unwrap_or(DataType::Text))?;
+                return parsed.sql_cmp(v);
+            }
+            (v @ (Value::Int(_) | Value::Float(_) | Value::Bool(_)), Value::Text(s)) => {
+                let parsed = Value::Text(s.clone()).cast(v.natural_type().unwrap_or(DataType::Text))?;
+                return v.sql_cmp(&parsed);
+            }
+            (a, b) => {
+                return Err(Error::InvalidInput(format!(
+                    "operator does not exist: {} = {}",
+                    a.type_name(),
+                    b.type_name()
+                )))
+            }
+        }))
+    }
+
+    /// Total order used by ORDER BY, DISTINCT and GROUP BY: NULLs last (ascending).
+    pub fn sort_cmp(&self, other: &Value) -> Ordering {
+        match (self, other) {
+            (Value::Null, Value::Null) => Ordering::Equal,
+            (Value::Null, _) => Ordering::Greater,
+            (_, Value::Null) => Ordering::Less,
+            _ => self.sql_cmp(other).ok().flatten().unwrap_or_else(|| self.type_name().cmp(other.type_name())),
+        }
+    }
+
+    /// Encodes into an order-preserving key component (primary keys).
+    pub fn encode_key(&self, enc: KeyEncoder) -> KeyEncoder {
+        match self {
+            Value::Null => enc.bool(false),
+            Value::Bool(b) => enc.bool(true).bool(*b),
+            Value::Int(i) => enc.bool(true).i64(*i),
+            Value::Float(f) => enc.bool(true).f64(*f),
+            Value::Text(s) => enc.bool(true).str(s),
+        }
+    }
+
+    /// Decodes a key component written by `encode_key` for a column of type `ty`.
+    pub fn decode_key(dec: &mut KeyDecoder<'_>, ty: DataType) -> Result<Value> {
+        if !dec.bool()? {
+            return Ok(Value::Null);
+        }
+        Ok(match ty {
+            DataType::Bool => Value::Bool(dec.bool()?),
+            DataType::Int2 | DataType::Int4 | DataType::Int8 => Value::Int(dec.i64()?),
+            DataType::Float4 | DataType::Float8 => Value::Float(dec.f64()?),
+            DataType::Text | DataType::Varchar(_) | DataType::Char(_) => Value::Text(dec.string()?),
+        })
+    }
+
+    /// Appends the value to a row encoding.
+    pub fn encode(&self, w: &mut Writer) {
+        match self {
+            Value::Null => {
+                w.u8(0);
+            }
+            Value::Bool(b) => {
+                w.u8(1).u8(u8::from(*b));
+            }
+            Value::Int(i) => {
+                w.u8(2).u64(*i as u64);
+            }
+            Value::Float(f) => {
+                w.u8(3).u64(f.to_bits());
+            }
+            Value::Text(s) => {
+                w.u8(4).bytes(s.as_bytes());
+            }
+        }
+    }
+
+    /// Reads a value written by `encode`.
+    pub fn decode(r: &mut Reader<'_>) -> Result<Value> {
+        Ok(match r.u8()? {
+            0 => Value::Null,
+            1 => Value::Bool(r.u8()? != 0),
+            2 => Value::Int(r.u64()? as i64),
+            3 => Value::Float(f64::from_bits(r.u64()?)),
+            4 => Value::Text(
+                String::from_utf8(r.bytes()?.to_vec())
+                    .map_err(|e| Error::InvalidData(format!("row value is not UTF-8: {e}")))?,
+            ),
+            t => return Err(Error::InvalidData(format!("unknown value tag {t} in row"))),
+        })
+    }
+}
+
+fn float_cmp(a: f64, b: f64) -> Ordering {
+    // PostgreSQL sorts NaN above every other value and treats NaN = NaN.
+    a.partial_cmp(&b).unwrap_or_else(|| a.is_nan().cmp(&b.is_nan()))
+}
+
+fn out_of_range(ty: DataType) -> Error {
+    Error::InvalidInput(format!("{} out of range", ty.pg_name()))
+}
+
+fn parse_bool(s: &str) -> Result<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "t" | "true" | "y" | "yes" | "on" | "1" => Ok(true),
+        "f" | "false" | "n" | "no" | "off" | "0" => Ok(false),
+        _ => Err(Error::InvalidInput(format!("invalid input syntax for type boolean: \"{s}\""))),
+    }
+}
+
+fn parse_float(s: &str, ty: DataType) -> Result<f64> {
+    let t = s.trim().to_ascii_lowercase();
+    match t.as_str() {
+        "nan" => Ok(f64::NAN),
+        "infinity" | "inf" | "+infinity" => Ok(f64::INFINITY),
+        "-infinity" | "-inf" => Ok(f64::NEG_INFINITY),
+        _ => t.parse::<f64>().map_err(|_| Error::InvalidInput(format!("invalid input syntax for type {}: \"{s}\"", ty.pg_name()))),
+    }
+}
+
+/// Formats a float the way PostgreSQL 12+ does (shortest round-trip representation).
+pub fn format_float(f: f64, single: bool) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+    }
+    let s = if single { format!("{}", f as f32) } else { format!("{f}") };
+    // Rust prints 1e20 as "100000000000000000000"; PostgreSQL switches to exponent
+    // notation at 1e15 (float8) / 1e6 (float4) magnitude — keep it simple and close.
+    let limit = if single { 1e6 } else { 1e15 };
+    if f.abs() >= limit || (f != 0.0 && f.abs() < 1e-4) {
+        let e = if single { format!("{:e}", f as f32) } else { format!("{f:e}") };
+        // "1.5e20" → "1.5e+20"
+        if let Some((m, exp)) = e.split_once('e') {
+            let (sign, digits) = exp.strip_prefix('-').map_or(("+", exp), |d| ("-", d));
+            return format!("{m}e{sign}{digits:0>2}");
+        }
+        return e;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_types() {
+        assert_eq!(DataType::parse("INT").unwrap(), DataType::Int4);
+        assert_eq!(DataType::parse("VARCHAR(100)").unwrap(), DataType::Varchar(Some(100)));
+        assert_eq!(DataType::parse("DOUBLE PRECISION").unwrap(), DataType::Float8);
+        assert!(DataType::parse("GEOMETRY").is_err());
+    }
+
+    #[test]
+    fn casts_and_checks() {
+        assert_eq!(Value::Text("42".into()).cast(DataType::Int4).unwrap(), Value::Int(42));
+        assert!(Value::Int(70000).cast(DataType::Int2).is_err());
+        assert_eq!(Value::Float(2.5).cast(DataType::Int4).unwrap(), Value::Int(2));
+        assert!(Value::Text("abcd".into()).cast(DataType::Varchar(Some(3))).is_err());
+        assert_eq!(Value::Text("ab".into()).cast(DataType::Char(4)).unwrap(), Value::Text("ab  ".into()));
+        assert_eq!(format_float(0.1, false), "0.1");
+        assert_eq!(format_float(1e20, false), "1e+20");
+    }
+}
