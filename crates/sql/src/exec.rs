@@ -369,7 +369,7 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
         ast::SetExpr::Values(v) => {
             let mut rows = Vec::new();
             for r in &v.rows {
-                let mut b = Binder::new(&[]);
+                let mut b = Binder::with_txn(&[], txn, params);
                 rows.push(r.content.iter().map(|e| b.bind(e)?.eval(&[], params)).collect::<Result<Row>>()?);
             }
             let width = rows.first().map_or(0, Vec::len);
@@ -384,7 +384,7 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
     let source = from_clause(txn, &select.from, select.selection.as_ref(), params)?;
     let mut rows = source.rows;
     if let Some(w) = &select.selection {
-        let pred = Binder::new(&source.scope).bind(w)?;
+        let pred = Binder::with_txn(&source.scope, txn, params).bind(w)?;
         let mut kept = Vec::with_capacity(rows.len());
         for r in rows {
             if pred.matches(&r, params)? {
@@ -438,13 +438,13 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
         let mut names = Vec::new();
         for it in &items {
             if let Item::Ast(e, name) = it {
-                let mut b = Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0 };
+                let mut b = Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0, txn: None };
                 exprs.push(b.bind(e)?);
                 names.push(name.clone());
             }
         }
         let having = match &select.having {
-            Some(h) => Some(Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0 }.bind(h)?),
+            Some(h) => Some(Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0, txn: None }.bind(h)?),
             None => None,
         };
         // The scope after aggregation: group keys then aggregates.
@@ -494,7 +494,7 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
     } else {
         let mut exprs = Vec::new();
         let mut columns = Vec::new();
-        let mut b = Binder::new(&source.scope);
+        let mut b = Binder::with_txn(&source.scope, txn, params);
         for it in &items {
             match it {
                 Item::Ast(e, name) => {
@@ -545,7 +545,7 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
                 Some(p) => p,
                 None => {
                     let bound = if aggregate {
-                        Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0 }.bind(&o.expr)?
+                        Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0, txn: None }.bind(&o.expr)?
                     } else {
                         Binder::new(&in_scope).bind(&o.expr)?
                     };
@@ -825,7 +825,7 @@ fn target_table(txn: &mut Transaction, twj: &ast::TableWithJoins) -> Result<(Tab
 }
 
 fn matching_rows(txn: &mut Transaction, def: &TableDef, scope: &[ScopeCol], selection: &Option<ast::Expr>, params: &[Value]) -> Result<Vec<StoredRow>> {
-    let pred = selection.as_ref().map(|s| Binder::new(scope).bind(s)).transpose()?;
+    let pred = selection.as_ref().map(|s| Binder::with_txn(scope, txn, params).bind(s)).transpose()?;
     let lookup = pk_lookup(def, pred.as_ref(), params)?;
     let mut out = Vec::new();
     for r in read_rows(txn, def, lookup)? {

@@ -161,6 +161,9 @@ pub struct Binder<'a> {
     pub aggs: Option<&'a mut AggBinding>,
     /// Number of bind parameters seen (highest `$n`).
     pub params: usize,
+    /// The transaction and parameters, for evaluating uncorrelated subqueries while
+    /// binding (their result is a constant of the outer query).
+    pub txn: Option<(&'a mut amberdb_mvcc::Transaction, &'a [Value])>,
 }
 
 fn err_feature(what: impl std::fmt::Display) -> Error {
@@ -179,7 +182,28 @@ pub fn ident(i: &ast::Ident) -> String {
 impl<'a> Binder<'a> {
     /// A binder over `scope` with no aggregation.
     pub fn new(scope: &'a [ScopeCol]) -> Self {
-        Self { scope, aggs: None, params: 0 }
+        Self { scope, aggs: None, params: 0, txn: None }
+    }
+
+    /// A binder that can evaluate subqueries in `txn`.
+    pub fn with_txn(scope: &'a [ScopeCol], txn: &'a mut amberdb_mvcc::Transaction, params: &'a [Value]) -> Self {
+        Self { scope, aggs: None, params: 0, txn: Some((txn, params)) }
+    }
+
+    fn subquery(&mut self, q: &ast::Query) -> Result<Vec<Vec<Value>>> {
+        let Some((txn, params)) = self.txn.as_mut() else {
+            return Err(err_feature("a subquery in this position"));
+        };
+        let (cols, rows) = crate::exec::query(txn, q, params).map_err(|e| match e {
+            Error::Sql { code: "42703", message, .. } => {
+                Error::sql("0A000", format!("correlated subqueries are not supported yet ({message})"))
+            }
+            other => other,
+        })?;
+        if cols.len() != 1 {
+            return Err(Error::sql("42601", "subquery must return only one column"));
+        }
+        Ok(rows)
     }
 
     fn resolve(&self, table: Option<&str>, name: &str) -> Result<usize> {
@@ -308,6 +332,25 @@ impl<'a> Binder<'a> {
                 Expr::Cast(Box::new(self.bind(expr)?), DataType::parse(&data_type.to_string())?)
             }
             ast::Expr::Function(f) => self.bind_function(f)?,
+            ast::Expr::Subquery(q) => {
+                let rows = self.subquery(q)?;
+                if rows.len() > 1 {
+                    return Err(Error::sql("21000", "more than one row returned by a subquery used as an expression"));
+                }
+                Expr::Const(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
+            }
+            ast::Expr::InSubquery { expr, subquery, negated } => {
+                let rows = self.subquery(subquery)?;
+                let list = rows.into_iter().filter_map(|r| r.into_iter().next()).map(Expr::Const).collect();
+                Expr::InList(Box::new(self.bind(expr)?), list, *negated)
+            }
+            ast::Expr::Exists { subquery, negated } => {
+                let Some((txn, params)) = self.txn.as_mut() else {
+                    return Err(err_feature("EXISTS in this position"));
+                };
+                let (_, rows) = crate::exec::query(txn, subquery, params)?;
+                Expr::Const(Value::Bool(rows.is_empty() == *negated))
+            }
             other => return Err(err_feature(format!("expression {other}"))),
         })
     }
@@ -358,7 +401,7 @@ impl<'a> Binder<'a> {
 
     fn bind_aggregate(&mut self, f: &ast::Function, func: AggFunc, text: String) -> Result<Expr> {
         let (args, distinct) = self.function_args(f)?;
-        let mut inner = Binder { scope: self.scope, aggs: None, params: self.params };
+        let mut inner = Binder { scope: self.scope, aggs: None, params: self.params, txn: None };
         let (func, arg) = match (func, args.as_slice()) {
             (AggFunc::Count, [ast::FunctionArgExpr::Wildcard]) => (AggFunc::CountStar, None),
             (_, [ast::FunctionArgExpr::Expr(e)]) => (func, Some(inner.bind(e)?)),

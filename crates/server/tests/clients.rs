@@ -1,0 +1,116 @@
+//! End-to-end tests with real PostgreSQL clients (psql, pgbench) against the real server.
+
+mod common;
+
+use common::Server;
+use std::process::Command;
+
+fn psql(server: &Server, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("psql")
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "amberdb", "-d", "amberdb"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql is installed (scripts/test installs it)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn psql_script() {
+    let server = Server::start();
+    let script = "\
+CREATE TABLE mytable (id INT PRIMARY KEY, name VARCHAR(100));
+INSERT INTO mytable VALUES (1, 'John');
+SELECT * FROM mytable;
+BEGIN;
+INSERT INTO mytable VALUES (2, 'Jane');
+SELECT count(*) FROM mytable;
+ROLLBACK;
+SELECT count(*) FROM mytable;
+SELECT version();
+";
+    let (ok, out, err) = psql(&server, &["-At", "-v", "ON_ERROR_STOP=1"], script);
+    assert!(ok, "psql failed: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, vec!["1|John", "2", "1", "PostgreSQL 15.0 (AmberDB 0.1.0)"], "stderr: {err}");
+    // An error is reported with its position and the connection stays usable.
+    let (ok, out, err) = psql(&server, &["-At"], "SELEC 1;\nSELECT 41 + 1;\n");
+    assert!(ok);
+    assert!(err.contains("syntax error") && err.contains("LINE 1: SELEC 1;"), "{err}");
+    assert_eq!(out.trim(), "42");
+}
+
+#[test]
+fn pgbench_tpcb_like_has_no_errors_and_keeps_balances() {
+    let server = Server::start();
+    let mut setup = String::from(
+        "CREATE TABLE pgbench_branches (bid INT PRIMARY KEY, bbalance INT, filler CHAR(88));
+CREATE TABLE pgbench_tellers (tid INT PRIMARY KEY, bid INT, tbalance INT, filler CHAR(84));
+CREATE TABLE pgbench_accounts (aid INT PRIMARY KEY, bid INT, abalance INT, filler CHAR(84));
+CREATE TABLE pgbench_history (tid INT, bid INT, aid INT, delta INT, filler CHAR(22));
+INSERT INTO pgbench_branches VALUES (1, 0, '');
+",
+    );
+    setup.push_str("INSERT INTO pgbench_tellers VALUES ");
+    setup.push_str(&(1..=10).map(|t| format!("({t}, 1, 0, '')")).collect::<Vec<_>>().join(", "));
+    setup.push_str(";\nINSERT INTO pgbench_accounts VALUES ");
+    setup.push_str(&(1..=1000).map(|a| format!("({a}, 1, 0, '')")).collect::<Vec<_>>().join(", "));
+    setup.push_str(";\n");
+    let (ok, _, err) = psql(&server, &["-v", "ON_ERROR_STOP=1"], &setup);
+    assert!(ok, "setup failed: {err}");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("tpcb.sql");
+    std::fs::write(
+        &script,
+        "\\set aid random(1, 1000)
+\\set tid random(1, 10)
+\\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = 1;
+INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (:tid, 1, :aid, :delta);
+END;
+",
+    )
+    .unwrap();
+    let out = Command::new("pgbench")
+        .args(["-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "3", "--max-tries=1000", "-h", "127.0.0.1"])
+        .args(["-p", &server.port.to_string(), "-U", "amberdb", "-f"])
+        .arg(&script)
+        .arg("amberdb")
+        .output()
+        .expect("pgbench is installed (scripts/test installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench failed:\n{stdout}\n{stderr}");
+    let processed: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in:\n{stdout}"));
+    assert!(processed > 0, "{stdout}");
+    assert!(stdout.contains("number of failed transactions: 0 "), "failed transactions:\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    // Balance-sum invariant: every delta was applied to exactly one account, one teller,
+    // the branch, and recorded once in the history.
+    let (ok, out, err) = psql(
+        &server,
+        &["-At"],
+        "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), \
+         (SELECT sum(bbalance) FROM pgbench_branches), (SELECT sum(delta) FROM pgbench_history), \
+         (SELECT count(*) FROM pgbench_history);",
+    );
+    assert!(ok, "{err}");
+    let v: Vec<&str> = out.trim().split('|').collect();
+    assert_eq!(v.len(), 5, "{out} {err}");
+    assert!(v[0] == v[1] && v[1] == v[2] && v[2] == v[3], "balances disagree: {out}");
+    assert_eq!(v[4].parse::<u64>().unwrap(), processed, "history rows != transactions processed");
+}
