@@ -51,10 +51,28 @@ def core(rows):
     return out
 
 
+def pgbench(rows):
+    a = [r for r in rows if r["bench"] == "amber_pgbench"]
+    p = [r for r in rows if r["bench"] == "pg_pgbench"]
+    rss = [r["peak_rss_kb"] for r in rows if r["bench"] == "amber_rss"]
+    at, pt = med(a, "tps"), med(p, "tps")
+    a99, p99 = med(a, "p99_ms"), med(p, "p99_ms")
+    return [
+        "| measurement | AmberDB (median) | PostgreSQL 15 (median) | AmberDB / PG |",
+        "|---|---|---|---|",
+        f"| tps (4 clients, TPC-B-like, -M prepared) | {at:,.0f} | {pt:,.0f} | {at / pt if pt else float('nan'):.2f}× |",
+        f"| p50 latency | {med(a, 'p50_ms'):.2f} ms | {med(p, 'p50_ms'):.2f} ms | {med(a, 'p50_ms') / med(p, 'p50_ms'):.2f}× |",
+        f"| p99 latency | {a99:.2f} ms | {p99:.2f} ms | {a99 / p99 if p99 else float('nan'):.2f}× |",
+        f"| failed transactions (after retries) | {sum(r['failed'] for r in a)} | {sum(r['failed'] for r in p)} | |",
+        "",
+        f"AmberDB server peak RSS: {max(rss) / 1024 if rss else float('nan'):.0f} MiB.",
+    ]
+
+
 def main():
     what, results, doc, command = sys.argv[1:5]
     rows = [json.loads(l) for l in open(results) if l.strip()]
-    body = core(rows) if what == "core" else []
+    body = core(rows) if what == "core" else pgbench(rows) if what == "pgbench" else []
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = [

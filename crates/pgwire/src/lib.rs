@@ -180,7 +180,12 @@ fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWir
     }
 }
 
-fn rows_response(columns: &[OutColumn], rows: Vec<Vec<Value>>, format: Option<&Format>, tag: &str) -> PgWireResult<Response> {
+fn rows_response(
+    columns: &[OutColumn],
+    rows: Vec<Vec<Value>>,
+    format: Option<&Format>,
+    tag: &str,
+) -> PgWireResult<Response> {
     let schema = Arc::new(fields(columns, format));
     let mut enc = DataRowEncoder::new(schema.clone());
     let mut out = Vec::with_capacity(rows.len());
@@ -342,7 +347,11 @@ impl ExtendedQueryHandler for Query {
         outcome_response(outcome, Some(&portal.result_column_format))
     }
 
-    async fn do_describe_statement<C>(&self, _client: &mut C, target: &StoredStatement<Prepared>) -> PgWireResult<DescribeStatementResponse>
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Prepared>,
+    ) -> PgWireResult<DescribeStatementResponse>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Prepared>,
@@ -354,7 +363,11 @@ impl ExtendedQueryHandler for Query {
         Ok(DescribeStatementResponse::new(params, fields))
     }
 
-    async fn do_describe_portal<C>(&self, _client: &mut C, portal: &Portal<Prepared>) -> PgWireResult<DescribePortalResponse>
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Prepared>,
+    ) -> PgWireResult<DescribePortalResponse>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Prepared>,

@@ -19,14 +19,58 @@ const SEEDS: &[&str] = &[
     "DELETE FROM f WHERE id IN (SELECT id FROM f WHERE x > 100)",
     "SELECT CASE WHEN id > 1 THEN 'big' ELSE s END, coalesce(s, 'z') || '!' FROM f a JOIN f b ON a.id = b.id",
     "SELECT CAST('12' AS INT) + 1, 3 / 0, -9223372036854775808 - 1, 'x'::int",
-    "BEGIN", "COMMIT", "ROLLBACK", "SELECT (SELECT 1), EXISTS (SELECT * FROM f)",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SELECT (SELECT 1), EXISTS (SELECT * FROM f)",
     "INSERT INTO f (id, s) VALUES (3, repeat('z', 10)) ON CONFLICT (id) DO UPDATE SET s = excluded.s",
 ];
 
 const TOKENS: &[&str] = &[
-    "SELECT", "FROM", "WHERE", "(", ")", ",", "'", "\"", "*", "+", "-", "/", "%", "=", "<>", "NULL", "AND", "OR",
-    "NOT", "f", "id", "s", "1", "1e309", "-0", "''", "$1", "::", "INT", "TEXT", "GROUP BY", "ORDER BY", "LIMIT",
-    "JOIN", "ON", "IN", "CASE", "WHEN", "END", ";", "\\", "\u{0}", "é", "99999999999999999999",
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "(",
+    ")",
+    ",",
+    "'",
+    "\"",
+    "*",
+    "+",
+    "-",
+    "/",
+    "%",
+    "=",
+    "<>",
+    "NULL",
+    "AND",
+    "OR",
+    "NOT",
+    "f",
+    "id",
+    "s",
+    "1",
+    "1e309",
+    "-0",
+    "''",
+    "$1",
+    "::",
+    "INT",
+    "TEXT",
+    "GROUP BY",
+    "ORDER BY",
+    "LIMIT",
+    "JOIN",
+    "ON",
+    "IN",
+    "CASE",
+    "WHEN",
+    "END",
+    ";",
+    "\\",
+    "\u{0}",
+    "é",
+    "99999999999999999999",
 ];
 
 fn mangle(rng: &mut StdRng) -> String {
@@ -86,7 +130,9 @@ async fn random_sql_never_breaks_the_server() {
             // Leave any transaction block and check the connection still answers.
             client.simple_query("ROLLBACK").await.unwrap();
             let rows = client.simple_query("SELECT 1 + 1").await.unwrap();
-            assert!(rows.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("2"))));
+            assert!(rows
+                .iter()
+                .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("2"))));
         }
     }
     eprintln!("{n} statements: {ok} ok, {errors} errors");
@@ -112,7 +158,20 @@ fn random_wire_bytes_never_break_the_server() {
     assert!(server_alive(&server), "server died on random bytes");
     // And it still serves real clients.
     let out = std::process::Command::new("psql")
-        .args(["-X", "-At", "-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "amberdb", "-d", "amberdb", "-c", "SELECT 6 * 7"])
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "amberdb",
+            "-d",
+            "amberdb",
+            "-c",
+            "SELECT 6 * 7",
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{}", String::from_utf8_lossy(&out.stderr));

@@ -10,9 +10,13 @@ use amberdb_consensus::Node;
 use amberdb_error::Result;
 use sqlparser::ast;
 
+/// What Describe reports: each parameter's type (None: unknown) and the result
+/// columns (None: the statement returns no rows).
+pub type Description = (Vec<Option<DataType>>, Option<Vec<OutColumn>>);
+
 /// Infers parameter types from `column = $n`, `$n = column`, and INSERT value positions;
 /// result columns by executing the query with NULL parameters on an empty snapshot.
-pub fn describe(node: &Node, stmt: &ast::Statement) -> Result<(Vec<Option<DataType>>, Option<Vec<OutColumn>>)> {
+pub fn describe(node: &Node, stmt: &ast::Statement) -> Result<Description> {
     let mut txn = node.begin_read_only()?;
     let params_cell: std::cell::RefCell<Vec<Option<DataType>>> = std::cell::RefCell::new(Vec::new());
     let note = |n: usize, ty: Option<DataType>| {

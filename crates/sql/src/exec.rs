@@ -52,9 +52,7 @@ fn feature(what: impl std::fmt::Display) -> Error {
 fn table_name(name: &ast::ObjectName) -> Result<String> {
     match name.0.as_slice() {
         [ast::ObjectNamePart::Identifier(i)] => Ok(ident(i)),
-        [ast::ObjectNamePart::Identifier(schema), ast::ObjectNamePart::Identifier(i)]
-            if ident(schema) == "public" =>
-        {
+        [ast::ObjectNamePart::Identifier(schema), ast::ObjectNamePart::Identifier(i)] if ident(schema) == "public" => {
             Ok(ident(i))
         }
         _ => Err(Error::sql("42P01", format!("relation \"{name}\" does not exist"))),
@@ -62,7 +60,10 @@ fn table_name(name: &ast::ObjectName) -> Result<String> {
 }
 
 fn scope_of(def: &TableDef, alias: &str) -> Vec<ScopeCol> {
-    def.columns.iter().map(|c| ScopeCol { table: Some(alias.to_string()), name: c.name.clone(), ty: Some(c.ty) }).collect()
+    def.columns
+        .iter()
+        .map(|c| ScopeCol { table: Some(alias.to_string()), name: c.name.clone(), ty: Some(c.ty) })
+        .collect()
 }
 
 fn row_identity(row: &[Value]) -> Vec<u8> {
@@ -140,7 +141,12 @@ struct Source {
     rows: Vec<Row>,
 }
 
-fn table_factor(txn: &mut Transaction, tf: &ast::TableFactor, filter_hint: Option<&ast::Expr>, params: &[Value]) -> Result<Source> {
+fn table_factor(
+    txn: &mut Transaction,
+    tf: &ast::TableFactor,
+    filter_hint: Option<&ast::Expr>,
+    params: &[Value],
+) -> Result<Source> {
     match tf {
         ast::TableFactor::Table { name, alias, args: None, .. } => {
             let tname = table_name(name)?;
@@ -216,7 +222,12 @@ fn join(left: Source, right: Source, kind: &ast::JoinOperator, params: &[Value])
     Ok(Source { scope, rows })
 }
 
-fn from_clause(txn: &mut Transaction, from: &[ast::TableWithJoins], filter: Option<&ast::Expr>, params: &[Value]) -> Result<Source> {
+fn from_clause(
+    txn: &mut Transaction,
+    from: &[ast::TableWithJoins],
+    filter: Option<&ast::Expr>,
+    params: &[Value],
+) -> Result<Source> {
     let mut acc: Option<Source> = None;
     let single = from.len() == 1 && from[0].joins.is_empty();
     for twj in from {
@@ -260,6 +271,10 @@ fn contains_aggregate(e: &ast::Expr) -> bool {
     }
 }
 
+/// Per group: the key values, one accumulator per aggregate, and the values seen by
+/// each DISTINCT aggregate.
+type Group = (Row, Vec<Acc>, Vec<HashSet<Vec<u8>>>);
+
 #[derive(Debug)]
 enum Acc {
     CountStar(i64),
@@ -297,7 +312,9 @@ impl Acc {
                     (Some(Value::Int(a)), Value::Float(b)) => Value::Float(a as f64 + b),
                     (Some(Value::Float(a)), Value::Int(b)) => Value::Float(a + b as f64),
                     (Some(Value::Float(a)), Value::Float(b)) => Value::Float(a + b),
-                    (_, v) => return Err(Error::sql("42883", format!("function sum({}) does not exist", v.type_name()))),
+                    (_, v) => {
+                        return Err(Error::sql("42883", format!("function sum({}) does not exist", v.type_name())))
+                    }
                 })
             }
             Acc::Avg(s, n) => {
@@ -419,7 +436,12 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
                 let t = kind.to_string().to_lowercase();
                 let before = items.len();
                 items.extend(
-                    source.scope.iter().enumerate().filter(|(_, c)| c.table.as_deref() == Some(t.as_str())).map(|(i, _)| Item::Col(i)),
+                    source
+                        .scope
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.table.as_deref() == Some(t.as_str()))
+                        .map(|(i, _)| Item::Col(i)),
                 );
                 if items.len() == before {
                     return Err(Error::sql("42P01", format!("missing FROM-clause entry for table \"{t}\"")));
@@ -432,7 +454,8 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
         return Err(Error::sql("42601", "SELECT list is empty"));
     }
 
-    let mut agg_binding = AggBinding { group_texts: group_exprs.iter().map(|e| e.to_string()).collect(), calls: vec![] };
+    let mut agg_binding =
+        AggBinding { group_texts: group_exprs.iter().map(|e| e.to_string()).collect(), calls: vec![] };
     let (in_scope, mut exprs, mut columns, having) = if aggregate {
         let mut exprs = Vec::new();
         let mut names = Vec::new();
@@ -444,7 +467,9 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
             }
         }
         let having = match &select.having {
-            Some(h) => Some(Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0, txn: None }.bind(h)?),
+            Some(h) => {
+                Some(Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0, txn: None }.bind(h)?)
+            }
             None => None,
         };
         // The scope after aggregation: group keys then aggregates.
@@ -455,9 +480,13 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
             .zip(&agg_binding.group_texts)
             .map(|(g, t)| ScopeCol { table: None, name: t.clone(), ty: g.result_type(&source.scope) })
             .collect();
-        agg_scope.extend(agg_binding.calls.iter().map(|c| ScopeCol { table: None, name: c.text.clone(), ty: agg_type(c, &source.scope) }));
+        agg_scope.extend(agg_binding.calls.iter().map(|c| ScopeCol {
+            table: None,
+            name: c.text.clone(),
+            ty: agg_type(c, &source.scope),
+        }));
         // Group.
-        let mut groups: BTreeMap<Vec<u8>, (Row, Vec<Acc>, Vec<HashSet<Vec<u8>>>)> = BTreeMap::new();
+        let mut groups: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
         for r in &rows {
             let key_vals: Row = group_bound.iter().map(|g| g.eval(r, params)).collect::<Result<_>>()?;
             let entry = groups.entry(row_identity(&key_vals)).or_insert_with(|| {
@@ -530,7 +559,8 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
             let pos = match &o.expr {
                 ast::Expr::Value(v) => match &v.value {
                     ast::Value::Number(n, _) => {
-                        let k: usize = n.parse().map_err(|_| Error::sql("42601", format!("invalid ORDER BY position {n}")))?;
+                        let k: usize =
+                            n.parse().map_err(|_| Error::sql("42601", format!("invalid ORDER BY position {n}")))?;
                         if k == 0 || k > visible {
                             return Err(Error::sql("42P10", format!("ORDER BY position {k} is not in select list")));
                         }
@@ -545,7 +575,8 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
                 Some(p) => p,
                 None => {
                     let bound = if aggregate {
-                        Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0, txn: None }.bind(&o.expr)?
+                        Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0, txn: None }
+                            .bind(&o.expr)?
                     } else {
                         Binder::new(&in_scope).bind(&o.expr)?
                     };
@@ -578,11 +609,27 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
             for &(c, desc, nulls_first) in &order_keys {
                 let ord = match (a[c].is_null(), b[c].is_null()) {
                     (true, true) => Ordering::Equal,
-                    (true, false) => if nulls_first { Ordering::Less } else { Ordering::Greater },
-                    (false, true) => if nulls_first { Ordering::Greater } else { Ordering::Less },
+                    (true, false) => {
+                        if nulls_first {
+                            Ordering::Less
+                        } else {
+                            Ordering::Greater
+                        }
+                    }
+                    (false, true) => {
+                        if nulls_first {
+                            Ordering::Greater
+                        } else {
+                            Ordering::Less
+                        }
+                    }
                     _ => {
                         let o = a[c].sort_cmp(&b[c]);
-                        if desc { o.reverse() } else { o }
+                        if desc {
+                            o.reverse()
+                        } else {
+                            o
+                        }
                     }
                 };
                 if ord != Ordering::Equal {
@@ -600,7 +647,13 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
 }
 
 /// Applies OFFSET/LIMIT (and, for VALUES bodies, ORDER BY on output columns).
-fn finish_order_limit(q: &ast::Query, columns: Vec<OutColumn>, mut rows: Vec<Row>, _stage: u8, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+fn finish_order_limit(
+    q: &ast::Query,
+    columns: Vec<OutColumn>,
+    mut rows: Vec<Row>,
+    _stage: u8,
+    params: &[Value],
+) -> Result<(Vec<OutColumn>, Vec<Row>)> {
     let eval_count = |e: &ast::Expr| -> Result<Option<usize>> {
         let v = Binder::new(&[]).bind(e)?.eval(&[], params)?;
         match v {
@@ -611,9 +664,10 @@ fn finish_order_limit(q: &ast::Query, columns: Vec<OutColumn>, mut rows: Vec<Row
     };
     if let Some(lc) = &q.limit_clause {
         let (limit, offset) = match lc {
-            ast::LimitClause::LimitOffset { limit, offset, limit_by } if limit_by.is_empty() => {
-                (limit.as_ref().map(eval_count).transpose()?.flatten(), offset.as_ref().map(|o| eval_count(&o.value)).transpose()?.flatten())
-            }
+            ast::LimitClause::LimitOffset { limit, offset, limit_by } if limit_by.is_empty() => (
+                limit.as_ref().map(eval_count).transpose()?.flatten(),
+                offset.as_ref().map(|o| eval_count(&o.value)).transpose()?.flatten(),
+            ),
             ast::LimitClause::OffsetCommaLimit { offset, limit } => (eval_count(limit)?, eval_count(offset)?),
             other => return Err(feature(format!("{other}"))),
         };
@@ -649,7 +703,10 @@ fn conform(def: &TableDef, row: Row) -> Result<Row> {
             if v.is_null() && !c.nullable {
                 return Err(Error::sql(
                     "23502",
-                    format!("null value in column \"{}\" of relation \"{}\" violates not-null constraint", c.name, def.name),
+                    format!(
+                        "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                        c.name, def.name
+                    ),
                 ));
             }
             Ok(v)
@@ -657,7 +714,13 @@ fn conform(def: &TableDef, row: Row) -> Result<Row> {
         .collect()
 }
 
-fn returning(def: &TableDef, items: &Option<Vec<ast::SelectItem>>, rows: &[Row], params: &[Value], tag: String) -> Result<Outcome> {
+fn returning(
+    def: &TableDef,
+    items: &Option<Vec<ast::SelectItem>>,
+    rows: &[Row],
+    params: &[Value],
+    tag: String,
+) -> Result<Outcome> {
     let Some(items) = items else { return Ok(Outcome::Command(tag)) };
     let scope = scope_of(def, &def.name);
     let mut exprs = Vec::new();
@@ -684,7 +747,8 @@ fn returning(def: &TableDef, items: &Option<Vec<ast::SelectItem>>, rows: &[Row],
             other => return Err(feature(format!("RETURNING {other}"))),
         }
     }
-    let out = rows.iter().map(|r| exprs.iter().map(|e| e.eval(r, params)).collect::<Result<Row>>()).collect::<Result<_>>()?;
+    let out =
+        rows.iter().map(|r| exprs.iter().map(|e| e.eval(r, params)).collect::<Result<Row>>()).collect::<Result<_>>()?;
     Ok(Outcome::Rows { columns, rows: out, tag })
 }
 
@@ -694,7 +758,8 @@ fn pkey_name(def: &TableDef) -> String {
 
 fn duplicate_key(def: &TableDef, row: &[Value]) -> Error {
     let cols: Vec<&str> = def.primary_key.iter().map(|&i| def.columns[i].name.as_str()).collect();
-    let vals: Vec<String> = def.primary_key.iter().map(|&i| row[i].to_pg_text(None).unwrap_or_else(|| "null".into())).collect();
+    let vals: Vec<String> =
+        def.primary_key.iter().map(|&i| row[i].to_pg_text(None).unwrap_or_else(|| "null".into())).collect();
     Error::sql(
         "23505",
         format!(
@@ -739,7 +804,7 @@ pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Res
         if vals.len() > targets.len() {
             return Err(Error::sql("42601", "INSERT has more expressions than target columns"));
         }
-        if vals.len() < targets.len() && ins.columns.is_empty().not() {
+        if vals.len() < targets.len() && !ins.columns.is_empty() {
             return Err(Error::sql("42601", "INSERT has more target columns than expressions"));
         }
         let mut row: Row = def.columns.iter().map(default_value).collect::<Result<_>>()?;
@@ -758,7 +823,11 @@ pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Res
                 // ON CONFLICT DO UPDATE: `excluded` refers to the proposed row.
                 let old = def.decode_row(&existing)?;
                 let mut scope = scope_of(&def, &def.name);
-                scope.extend(def.columns.iter().map(|c| ScopeCol { table: Some("excluded".into()), name: c.name.clone(), ty: Some(c.ty) }));
+                scope.extend(def.columns.iter().map(|c| ScopeCol {
+                    table: Some("excluded".into()),
+                    name: c.name.clone(),
+                    ty: Some(c.ty),
+                }));
                 let mut both = old.clone();
                 both.extend(row.iter().cloned());
                 if let Some(sel) = &u.selection {
@@ -784,16 +853,14 @@ pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Res
     returning(&def, &ins.returning, &written, params, tag)
 }
 
-trait Not {
-    fn not(self) -> bool;
-}
-impl Not for bool {
-    fn not(self) -> bool {
-        !self
-    }
-}
-
-fn apply_assignments(def: &TableDef, scope: &[ScopeCol], assignments: &[ast::Assignment], input: &[Value], out: &mut Row, params: &[Value]) -> Result<()> {
+fn apply_assignments(
+    def: &TableDef,
+    scope: &[ScopeCol],
+    assignments: &[ast::Assignment],
+    input: &[Value],
+    out: &mut Row,
+    params: &[Value],
+) -> Result<()> {
     let mut b = Binder::new(scope);
     for a in assignments {
         let ast::AssignmentTarget::ColumnName(col) = &a.target else { return Err(feature("tuple assignment")) };
@@ -801,9 +868,9 @@ fn apply_assignments(def: &TableDef, scope: &[ScopeCol], assignments: &[ast::Ass
             Some(ast::ObjectNamePart::Identifier(i)) => ident(i),
             _ => return Err(Error::sql("42703", format!("column \"{col}\" does not exist"))),
         };
-        let idx = def
-            .column_index(&name)
-            .ok_or_else(|| Error::sql("42703", format!("column \"{name}\" of relation \"{}\" does not exist", def.name)))?;
+        let idx = def.column_index(&name).ok_or_else(|| {
+            Error::sql("42703", format!("column \"{name}\" of relation \"{}\" does not exist", def.name))
+        })?;
         out[idx] = b.bind(&a.value)?.eval(input, params)?;
     }
     Ok(())
@@ -824,7 +891,13 @@ fn target_table(txn: &mut Transaction, twj: &ast::TableWithJoins) -> Result<(Tab
     }
 }
 
-fn matching_rows(txn: &mut Transaction, def: &TableDef, scope: &[ScopeCol], selection: &Option<ast::Expr>, params: &[Value]) -> Result<Vec<StoredRow>> {
+fn matching_rows(
+    txn: &mut Transaction,
+    def: &TableDef,
+    scope: &[ScopeCol],
+    selection: &Option<ast::Expr>,
+    params: &[Value],
+) -> Result<Vec<StoredRow>> {
     let pred = selection.as_ref().map(|s| Binder::with_txn(scope, txn, params).bind(s)).transpose()?;
     let lookup = pk_lookup(def, pred.as_ref(), params)?;
     let mut out = Vec::new();
@@ -916,7 +989,10 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
                 }
                 ast::ColumnOption::PrimaryKey(_) => {
                     if !pk.is_empty() {
-                        return Err(Error::sql("42P16", format!("multiple primary keys for table \"{name}\" are not allowed")));
+                        return Err(Error::sql(
+                            "42P16",
+                            format!("multiple primary keys for table \"{name}\" are not allowed"),
+                        ));
                     }
                     pk.push(columns.len());
                     col.nullable = false;
@@ -930,10 +1006,15 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
         match tc {
             ast::TableConstraint::PrimaryKey(p) => {
                 if !pk.is_empty() {
-                    return Err(Error::sql("42P16", format!("multiple primary keys for table \"{name}\" are not allowed")));
+                    return Err(Error::sql(
+                        "42P16",
+                        format!("multiple primary keys for table \"{name}\" are not allowed"),
+                    ));
                 }
                 for ic in &p.columns {
-                    let ast::Expr::Identifier(i) = &ic.column.expr else { return Err(feature("expression in PRIMARY KEY")) };
+                    let ast::Expr::Identifier(i) = &ic.column.expr else {
+                        return Err(feature("expression in PRIMARY KEY"));
+                    };
                     let n = ident(i);
                     let idx = columns
                         .iter()

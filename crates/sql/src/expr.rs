@@ -288,8 +288,12 @@ impl<'a> Binder<'a> {
             }
             ast::Expr::IsNull(inner) => Expr::IsNull(Box::new(self.bind(inner)?), false),
             ast::Expr::IsNotNull(inner) => Expr::IsNull(Box::new(self.bind(inner)?), true),
-            ast::Expr::IsTrue(inner) => Expr::Binary(BinOp::Eq, Box::new(self.bind(inner)?), Box::new(Expr::Const(Value::Bool(true)))),
-            ast::Expr::IsFalse(inner) => Expr::Binary(BinOp::Eq, Box::new(self.bind(inner)?), Box::new(Expr::Const(Value::Bool(false)))),
+            ast::Expr::IsTrue(inner) => {
+                Expr::Binary(BinOp::Eq, Box::new(self.bind(inner)?), Box::new(Expr::Const(Value::Bool(true))))
+            }
+            ast::Expr::IsFalse(inner) => {
+                Expr::Binary(BinOp::Eq, Box::new(self.bind(inner)?), Box::new(Expr::Const(Value::Bool(false))))
+            }
             ast::Expr::InList { expr, list, negated } => Expr::InList(
                 Box::new(self.bind(expr)?),
                 list.iter().map(|x| self.bind(x)).collect::<Result<_>>()?,
@@ -564,18 +568,24 @@ impl Expr {
     pub fn eval(&self, row: &[Value], params: &[Value]) -> Result<Value> {
         Ok(match self {
             Expr::Const(v) => v.clone(),
-            Expr::Column(i) => row.get(*i).cloned().ok_or_else(|| Error::Internal(format!("column {i} out of range")))?,
-            Expr::Param(i) => params
-                .get(*i)
-                .cloned()
-                .ok_or_else(|| Error::sql("08P01", format!("bind message supplies {} parameters, but the statement needs more", params.len())))?,
+            Expr::Column(i) => {
+                row.get(*i).cloned().ok_or_else(|| Error::Internal(format!("column {i} out of range")))?
+            }
+            Expr::Param(i) => params.get(*i).cloned().ok_or_else(|| {
+                Error::sql(
+                    "08P01",
+                    format!("bind message supplies {} parameters, but the statement needs more", params.len()),
+                )
+            })?,
             Expr::Not(e) => match truth(&e.eval(row, params)?)? {
                 None => Value::Null,
                 Some(b) => Value::Bool(!b),
             },
             Expr::Neg(e) => match numeric(e.eval(row, params)?)? {
                 Value::Null => Value::Null,
-                Value::Int(i) => Value::Int(i.checked_neg().ok_or_else(|| Error::sql("22003", "integer out of range"))?),
+                Value::Int(i) => {
+                    Value::Int(i.checked_neg().ok_or_else(|| Error::sql("22003", "integer out of range"))?)
+                }
                 Value::Float(f) => Value::Float(-f),
                 other => return Err(Error::sql("42883", format!("operator does not exist: - {}", other.type_name()))),
             },
@@ -647,7 +657,8 @@ impl Expr {
                 match (expr.eval(row, params)?, pattern.eval(row, params)?) {
                     (Value::Null, _) | (_, Value::Null) => Value::Null,
                     (t, p) => {
-                        let (mut t, mut p) = (t.to_pg_text(None).unwrap_or_default(), p.to_pg_text(None).unwrap_or_default());
+                        let (mut t, mut p) =
+                            (t.to_pg_text(None).unwrap_or_default(), p.to_pg_text(None).unwrap_or_default());
                         if *case_insensitive {
                             t = t.to_lowercase();
                             p = p.to_lowercase();
@@ -715,7 +726,10 @@ impl Expr {
                                 Value::Text(s.repeat(n))
                             }
                             (_, other) => {
-                                return Err(Error::sql("42883", format!("function repeat(text, {}) does not exist", other.type_name())))
+                                return Err(Error::sql(
+                                    "42883",
+                                    format!("function repeat(text, {}) does not exist", other.type_name()),
+                                ))
                             }
                         }
                     }
@@ -732,9 +746,16 @@ impl Expr {
                     },
                     Func::Abs => match numeric(vals.next().transpose()?.unwrap_or(Value::Null))? {
                         Value::Null => Value::Null,
-                        Value::Int(i) => Value::Int(i.checked_abs().ok_or_else(|| Error::sql("22003", "integer out of range"))?),
+                        Value::Int(i) => {
+                            Value::Int(i.checked_abs().ok_or_else(|| Error::sql("22003", "integer out of range"))?)
+                        }
                         Value::Float(x) => Value::Float(x.abs()),
-                        other => return Err(Error::sql("42883", format!("function abs({}) does not exist", other.type_name()))),
+                        other => {
+                            return Err(Error::sql(
+                                "42883",
+                                format!("function abs({}) does not exist", other.type_name()),
+                            ))
+                        }
                     },
                 }
             }
@@ -754,9 +775,14 @@ impl Expr {
             Expr::Cast(_, t) => Some(*t),
             Expr::Not(_) | Expr::IsNull(..) | Expr::InList(..) | Expr::Like { .. } => Some(DataType::Bool),
             Expr::Binary(op, a, b) => match op {
-                BinOp::And | BinOp::Or | BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq => {
-                    Some(DataType::Bool)
-                }
+                BinOp::And
+                | BinOp::Or
+                | BinOp::Eq
+                | BinOp::NotEq
+                | BinOp::Lt
+                | BinOp::LtEq
+                | BinOp::Gt
+                | BinOp::GtEq => Some(DataType::Bool),
                 BinOp::Concat => Some(DataType::Text),
                 _ => match (a.result_type(scope), b.result_type(scope)) {
                     (Some(DataType::Float4 | DataType::Float8), _) | (_, Some(DataType::Float4 | DataType::Float8)) => {
@@ -764,19 +790,21 @@ impl Expr {
                     }
                     (Some(DataType::Int8), _) | (_, Some(DataType::Int8)) => Some(DataType::Int8),
                     (Some(x), Some(y)) if x == y => Some(x),
-                    (Some(DataType::Int4 | DataType::Int2), Some(DataType::Int4 | DataType::Int2)) => Some(DataType::Int4),
+                    (Some(DataType::Int4 | DataType::Int2), Some(DataType::Int4 | DataType::Int2)) => {
+                        Some(DataType::Int4)
+                    }
                     _ => None,
                 },
             },
             Expr::Neg(e) => e.result_type(scope),
             Expr::Func(Func::Length, _) => Some(DataType::Int4),
             Expr::Func(Func::Lower | Func::Upper | Func::Concat | Func::Repeat, _) => Some(DataType::Text),
-            Expr::Func(Func::Coalesce | Func::NullIf | Func::Abs, args) => args.iter().find_map(|a| a.result_type(scope)),
-            Expr::Case { whens, otherwise, .. } => whens
-                .iter()
-                .map(|(_, r)| r)
-                .chain(otherwise.as_deref())
-                .find_map(|r| r.result_type(scope)),
+            Expr::Func(Func::Coalesce | Func::NullIf | Func::Abs, args) => {
+                args.iter().find_map(|a| a.result_type(scope))
+            }
+            Expr::Case { whens, otherwise, .. } => {
+                whens.iter().map(|(_, r)| r).chain(otherwise.as_deref()).find_map(|r| r.result_type(scope))
+            }
             Expr::Param(_) => None,
         }
     }

@@ -27,9 +27,9 @@ mod session;
 mod types;
 
 pub use catalog::{Catalog, Column, TableDef};
+pub use describe::describe as describe_statement;
 pub use exec::{OutColumn, Outcome};
 pub use session::{parse, syntax_error, Session, Statement, TxnState};
-pub use describe::describe as describe_statement;
 pub use types::{format_float, DataType, Value};
 
 /// The version string reported to clients (`SELECT version()`, `server_version`).

@@ -163,14 +163,16 @@ impl Session {
     /// The parameter types and result columns of a statement, without running it (for
     /// the extended protocol's Describe). Parameter types are inferred where a parameter
     /// is compared with or assigned to a column; otherwise unknown (text).
-    pub fn describe(&mut self, stmt: &Statement) -> Result<(Vec<Option<DataType>>, Option<Vec<OutColumn>>)> {
+    pub fn describe(&mut self, stmt: &Statement) -> Result<crate::describe::Description> {
         crate::describe::describe(&self.node, stmt)
     }
 }
 
 fn map_commit_error(e: Error) -> Error {
     match e {
-        Error::Serialization(m) => Error::sql("40001", format!("could not serialize access due to concurrent update: {m}")),
+        Error::Serialization(m) => {
+            Error::sql("40001", format!("could not serialize access due to concurrent update: {m}"))
+        }
         other => other,
     }
 }

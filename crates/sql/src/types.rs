@@ -160,32 +160,33 @@ impl Value {
 
     /// Casts to `ty` with PostgreSQL's rules (assignment and explicit casts).
     pub fn cast(self, ty: DataType) -> Result<Value> {
-        let v = match (self, ty) {
-            (Value::Null, _) => Value::Null,
-            (Value::Bool(b), DataType::Bool) => Value::Bool(b),
-            (Value::Bool(b), t) if t.is_integer() => Value::Int(i64::from(b)),
-            (Value::Bool(b), t) if t.is_text() => Value::Text(if b { "true" } else { "false" }.into()),
-            (Value::Int(i), t) if t.is_integer() => Value::Int(i),
-            (Value::Int(i), DataType::Float4 | DataType::Float8) => Value::Float(i as f64),
-            (Value::Int(i), DataType::Bool) => Value::Bool(i != 0),
-            (Value::Int(i), t) if t.is_text() => Value::Text(i.to_string()),
-            (Value::Float(f), DataType::Float4) => Value::Float(f64::from(f as f32)),
-            (Value::Float(f), DataType::Float8) => Value::Float(f),
-            (Value::Float(f), t) if t.is_integer() => {
-                if !f.is_finite() || f.round() < i64::MIN as f64 || f.round() > i64::MAX as f64 {
-                    return Err(out_of_range(t));
+        let v =
+            match (self, ty) {
+                (Value::Null, _) => Value::Null,
+                (Value::Bool(b), DataType::Bool) => Value::Bool(b),
+                (Value::Bool(b), t) if t.is_integer() => Value::Int(i64::from(b)),
+                (Value::Bool(b), t) if t.is_text() => Value::Text(if b { "true" } else { "false" }.into()),
+                (Value::Int(i), t) if t.is_integer() => Value::Int(i),
+                (Value::Int(i), DataType::Float4 | DataType::Float8) => Value::Float(i as f64),
+                (Value::Int(i), DataType::Bool) => Value::Bool(i != 0),
+                (Value::Int(i), t) if t.is_text() => Value::Text(i.to_string()),
+                (Value::Float(f), DataType::Float4) => Value::Float(f64::from(f as f32)),
+                (Value::Float(f), DataType::Float8) => Value::Float(f),
+                (Value::Float(f), t) if t.is_integer() => {
+                    if !f.is_finite() || f.round() < i64::MIN as f64 || f.round() > i64::MAX as f64 {
+                        return Err(out_of_range(t));
+                    }
+                    Value::Int(f.round_ties_even() as i64)
                 }
-                Value::Int(f.round_ties_even() as i64)
-            }
-            (Value::Float(f), t) if t.is_text() => Value::Text(format_float(f, false)),
-            (Value::Text(s), t) if t.is_text() => Value::Text(s),
-            (Value::Text(s), DataType::Bool) => Value::Bool(parse_bool(&s)?),
-            (Value::Text(s), t) if t.is_integer() => Value::Int(s.trim().parse::<i64>().map_err(|_| {
-                Error::InvalidInput(format!("invalid input syntax for type {}: \"{s}\"", t.pg_name()))
-            })?),
-            (Value::Text(s), DataType::Float4 | DataType::Float8) => Value::Float(parse_float(&s, ty)?),
-            (v, t) => return Err(Error::InvalidInput(format!("cannot cast {} to {}", v.type_name(), t.pg_name()))),
-        };
+                (Value::Float(f), t) if t.is_text() => Value::Text(format_float(f, false)),
+                (Value::Text(s), t) if t.is_text() => Value::Text(s),
+                (Value::Text(s), DataType::Bool) => Value::Bool(parse_bool(&s)?),
+                (Value::Text(s), t) if t.is_integer() => Value::Int(s.trim().parse::<i64>().map_err(|_| {
+                    Error::InvalidInput(format!("invalid input syntax for type {}: \"{s}\"", t.pg_name()))
+                })?),
+                (Value::Text(s), DataType::Float4 | DataType::Float8) => Value::Float(parse_float(&s, ty)?),
+                (v, t) => return Err(Error::InvalidInput(format!("cannot cast {} to {}", v.type_name(), t.pg_name()))),
+            };
         v.check(ty)
     }
 
@@ -351,7 +352,9 @@ fn parse_float(s: &str, ty: DataType) -> Result<f64> {
         "nan" => Ok(f64::NAN),
         "infinity" | "inf" | "+infinity" => Ok(f64::INFINITY),
         "-infinity" | "-inf" => Ok(f64::NEG_INFINITY),
-        _ => t.parse::<f64>().map_err(|_| Error::InvalidInput(format!("invalid input syntax for type {}: \"{s}\"", ty.pg_name()))),
+        _ => t
+            .parse::<f64>()
+            .map_err(|_| Error::InvalidInput(format!("invalid input syntax for type {}: \"{s}\"", ty.pg_name()))),
     }
 }
 
