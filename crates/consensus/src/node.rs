@@ -227,15 +227,18 @@ impl Node {
     /// an entry is in flight go into the next one, all at that entry's version.
     pub async fn commit(&self, txn: Transaction) -> Result<CommitInfo> {
         let read_version = txn.read_version();
-        let Some(req) = txn.into_request() else {
+        // The read view stays registered until the request is checked (see
+        // `Transaction::into_request_with_view`).
+        let Some((req, _view)) = txn.into_request_with_view() else {
             return Ok(CommitInfo { version: read_version, time: self.mvcc.applied().time });
         };
         let (reply, rx) = oneshot::channel();
         let accepted = {
             let mut seq = self.sequencer.lock().expect("sequencer lock poisoned");
             let applied = self.mvcc.applied().version;
+            let oldest = self.mvcc.oldest_reader();
             seq.window
-                .check_and_accept(&req, Instant::now(), applied)
+                .check_and_accept(&req, Instant::now(), applied, oldest)
                 .map(|ticket| seq.queue.push_back(Pending { mutations: req.writes, ticket, reply }))
         };
         if let Err(e) = accepted {

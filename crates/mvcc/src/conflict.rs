@@ -78,8 +78,17 @@ impl ConflictWindow {
 
     /// Checks `req` against the window; on success remembers its writes as pending and
     /// returns a ticket to resolve once the commit's fate is known.
-    pub fn check_and_accept(&mut self, req: &CommitRequest, now: Instant, applied: Version) -> Result<Ticket> {
-        self.prune(now, applied);
+    ///
+    /// `oldest_reader` is the oldest read version of any live transaction (None: none):
+    /// writes at or below it can conflict with nobody and are forgotten at once.
+    pub fn check_and_accept(
+        &mut self,
+        req: &CommitRequest,
+        now: Instant,
+        applied: Version,
+        oldest_reader: Option<Version>,
+    ) -> Result<Ticket> {
+        self.prune(now, applied, oldest_reader);
         if req.read_version < self.floor {
             return Err(Error::Serialization(format!(
                 "transaction read at version {} which is older than the conflict window (floor {}); \
@@ -142,13 +151,19 @@ impl ConflictWindow {
         }
     }
 
-    /// Drops entries older than `max_age` (or beyond `max_keys`), raising the floor.
-    pub fn prune(&mut self, now: Instant, applied: Version) {
+    /// Drops entries no live transaction can conflict with (version at or below the
+    /// oldest live read version), and entries older than `max_age` (or beyond
+    /// `max_keys`), raising the floor.
+    pub fn prune(&mut self, now: Instant, applied: Version, oldest_reader: Option<Version>) {
+        // Every future transaction reads at or above `applied`; every live one at or
+        // above `oldest_reader`. Only writes newer than that can still conflict.
+        let needed_above = oldest_reader.unwrap_or(applied).min(applied);
         while let Some(front) = self.log.front() {
             let expired = now.duration_since(front.accepted_at) > self.config.max_age;
             let overflow = self.key_count > self.config.max_keys;
+            let unneeded = front.version.is_some_and(|v| v <= needed_above);
             // A pending entry is kept until it expires: its version is still unknown.
-            if !(expired || (overflow && front.version.is_some())) {
+            if !(unneeded || expired || (overflow && front.version.is_some())) {
                 break;
             }
             let Some(entry) = self.log.pop_front() else { break };

@@ -146,6 +146,11 @@ impl Mvcc {
         self.readers.lock().expect("readers lock poisoned").watermark
     }
 
+    /// The oldest version any live reader holds, if any.
+    pub fn oldest_reader(&self) -> Option<Version> {
+        self.readers.lock().expect("readers lock poisoned").active.keys().next().copied()
+    }
+
     /// Reads a metadata record written by `apply`'s `meta` argument.
     pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.engine.get(&keys::meta(name))

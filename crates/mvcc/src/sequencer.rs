@@ -46,9 +46,13 @@ impl LocalSequencer {
     /// Commits a transaction. Read-only transactions commit at their read version.
     pub fn commit(&self, txn: Transaction) -> Result<CommitInfo> {
         let read_version = txn.read_version();
-        match txn.into_request() {
+        match txn.into_request_with_view() {
             None => Ok(CommitInfo { version: read_version, time: self.mvcc.applied().time }),
-            Some(req) => self.commit_request(&req),
+            Some((req, view)) => {
+                let r = self.commit_request(&req);
+                drop(view);
+                r
+            }
         }
     }
 
@@ -56,7 +60,7 @@ impl LocalSequencer {
     pub fn commit_request(&self, req: &CommitRequest) -> Result<CommitInfo> {
         let mut window = self.window.lock().expect("conflict window lock poisoned");
         let applied = self.mvcc.applied().version;
-        let ticket = window.check_and_accept(req, Instant::now(), applied)?;
+        let ticket = window.check_and_accept(req, Instant::now(), applied, self.mvcc.oldest_reader())?;
         let version = applied + 1;
         let batch = CommitBatch { commit_time: self.mvcc.clock().now(), mutations: req.writes.clone() };
         match self.mvcc.apply(&[ApplyItem::Commit(version, &batch)], &[], self.durability) {

@@ -132,14 +132,22 @@ impl Transaction {
     /// Turns the transaction into a commit request, or `None` if it wrote nothing (a
     /// read-only transaction commits trivially at its read version).
     pub fn into_request(self) -> Option<CommitRequest> {
+        self.into_request_with_view().map(|(req, _)| req)
+    }
+
+    /// Like [`Transaction::into_request`], but hands back the read view too: a
+    /// sequencer keeps it alive until the request is checked, so that the transaction
+    /// still counts as a live reader (and the conflict window keeps what it needs).
+    pub fn into_request_with_view(self) -> Option<(CommitRequest, ReadView)> {
         if self.writes.is_empty() {
             return None;
         }
-        Some(CommitRequest {
+        let req = CommitRequest {
             read_version: self.view.version(),
             read_ranges: self.reads,
             writes: self.writes.into_iter().map(|(key, value)| Mutation { key, value }).collect(),
-        })
+        };
+        Some((req, self.view))
     }
 }
 

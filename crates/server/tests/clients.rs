@@ -118,3 +118,58 @@ END;
     assert!(v[0] == v[1] && v[1] == v[2] && v[2] == v[3], "balances disagree: {out}");
     assert_eq!(v[4].parse::<u64>().unwrap(), processed, "history rows != transactions processed");
 }
+
+#[test]
+fn as_of_system_time_reads_the_past() {
+    let server = Server::start();
+    let (ok, _, err) = psql(
+        &server,
+        &["-v", "ON_ERROR_STOP=1"],
+        "CREATE TABLE t (k INT PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'old');",
+    );
+    assert!(ok, "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let then = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let (ok, _, err) = psql(
+        &server,
+        &["-v", "ON_ERROR_STOP=1"],
+        "UPDATE t SET v = 'new' WHERE k = 1; INSERT INTO t VALUES (2, 'later');",
+    );
+    assert!(ok, "{err}");
+    // RFC 3339 UTC from µs since the epoch (no date crate needed in tests).
+    let secs = then / 1_000_000;
+    let days = (secs / 86_400) as i64;
+    let (y, m, d) = {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        (yoe + era * 400 + i64::from(m <= 2), m, d)
+    };
+    let ts = format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
+        (secs % 86_400) / 3600,
+        (secs % 3600) / 60,
+        secs % 60,
+        then % 1_000_000
+    );
+    let (ok, out, err) = psql(
+        &server,
+        &["-At"],
+        &format!("SELECT k, v FROM t AS OF SYSTEM TIME '{ts}' ORDER BY k;\nSELECT k, v FROM t ORDER BY k;\n"),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["1|old", "1|new", "2|later"], "{err}");
+    // Outside the retention window, in the future, or inside a block: clear errors.
+    let (_, _, err) = psql(&server, &["-At"], "SELECT * FROM t AS OF SYSTEM TIME '2001-01-01 00:00:00';");
+    assert!(err.contains("older than the retention window"), "{err}");
+    let (_, _, err) = psql(&server, &["-At"], "SELECT * FROM t AS OF SYSTEM TIME 999999999;");
+    assert!(err.contains("newer than the newest committed version"), "{err}");
+    let (_, _, err) = psql(&server, &["-At"], "BEGIN; SELECT * FROM t AS OF SYSTEM TIME '-1s';");
+    assert!(err.contains("inside a transaction block"), "{err}");
+}

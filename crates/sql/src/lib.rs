@@ -19,6 +19,7 @@
 //! - A single-table statement whose WHERE fixes the whole primary key reads one key,
 //!   so concurrent transactions on different rows do not conflict.
 
+mod asof;
 mod catalog;
 mod describe;
 mod exec;
@@ -26,8 +27,16 @@ mod expr;
 mod session;
 mod types;
 
+pub use asof::AsOf;
 pub use catalog::{Catalog, Column, TableDef};
-pub use describe::describe as describe_statement;
+
+/// Describes a statement (parameter types, result columns) without running it.
+pub fn describe_statement(
+    node: &amberdb_consensus::Node,
+    stmt: &Statement,
+) -> amberdb_error::Result<describe::Description> {
+    describe::describe(node, &stmt.ast)
+}
 pub use exec::{OutColumn, Outcome};
 pub use session::{parse, syntax_error, Session, Statement, TxnState};
 pub use types::{format_float, DataType, Value};

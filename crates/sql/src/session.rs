@@ -9,6 +9,7 @@
 //! at once; a serialization conflict there is retried transparently, because nothing of
 //! it has reached the client yet.
 
+use crate::asof::{self, AsOf};
 use crate::exec::{self, OutColumn, Outcome};
 use crate::types::{DataType, Value};
 use amberdb_consensus::Node;
@@ -23,7 +24,13 @@ use std::sync::Arc;
 const AUTOCOMMIT_RETRIES: usize = 16;
 
 /// A parsed statement, reusable across executions (prepared statements).
-pub type Statement = ast::Statement;
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// The statement.
+    pub ast: ast::Statement,
+    /// `AS OF SYSTEM TIME`, lifted out of the text before parsing.
+    pub as_of: Option<AsOf>,
+}
 
 /// A session's transaction state, as reported in ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +72,15 @@ pub fn syntax_error(sql: &str, e: ParserError) -> Error {
 
 /// Parses SQL text into statements.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
-    Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| syntax_error(sql, e))
+    let Some((rest, point)) = asof::extract(sql)? else {
+        let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| syntax_error(sql, e))?;
+        return Ok(stmts.into_iter().map(|ast| Statement { ast, as_of: None }).collect());
+    };
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, &rest).map_err(|e| syntax_error(&rest, e))?;
+    match (stmts.pop(), stmts.is_empty()) {
+        (Some(ast @ ast::Statement::Query(_)), true) => Ok(vec![Statement { ast, as_of: Some(point) }]),
+        _ => Err(Error::sql("0A000", "AS OF SYSTEM TIME is supported on a single SELECT statement")),
+    }
 }
 
 fn show_value(name: &str) -> Option<String> {
@@ -109,6 +124,22 @@ impl Session {
 
     /// Executes one statement with bind parameters.
     pub async fn execute(&mut self, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
+        if let Some(point) = stmt.as_of {
+            if self.txn.is_some() || self.failed {
+                return Err(Error::sql("25001", "AS OF SYSTEM TIME cannot be used inside a transaction block"));
+            }
+            let mut txn = match point {
+                AsOf::Version(v) => self.node.begin_as_of_version(v),
+                AsOf::Time(t) => self.node.begin_as_of_time(t),
+                AsOf::Ago(us) => self.node.begin_as_of_time(self.node.mvcc().clock().now().saturating_sub(us)),
+            }
+            .map_err(|e| match e {
+                Error::InvalidInput(m) => Error::sql("22023", m),
+                other => other,
+            })?;
+            return run(&mut txn, &stmt.ast, params);
+        }
+        let stmt = &stmt.ast;
         match stmt {
             ast::Statement::StartTransaction { .. } => {
                 if self.txn.is_none() && !self.failed {
@@ -164,7 +195,7 @@ impl Session {
     /// the extended protocol's Describe). Parameter types are inferred where a parameter
     /// is compared with or assigned to a column; otherwise unknown (text).
     pub fn describe(&mut self, stmt: &Statement) -> Result<crate::describe::Description> {
-        crate::describe::describe(&self.node, stmt)
+        crate::describe::describe(&self.node, &stmt.ast)
     }
 }
 
@@ -178,7 +209,7 @@ fn map_commit_error(e: Error) -> Error {
 }
 
 /// Runs a statement inside `txn`.
-pub fn run(txn: &mut Transaction, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
+pub fn run(txn: &mut Transaction, stmt: &ast::Statement, params: &[Value]) -> Result<Outcome> {
     match stmt {
         ast::Statement::Query(q) => {
             let (columns, rows) = exec::query(txn, q, params)?;

@@ -1,0 +1,166 @@
+//! `AS OF SYSTEM TIME`: reading the database as of an older commit.
+//!
+//! sqlparser does not know CockroachDB's clause, so it is lifted out of the statement
+//! text before parsing: `SELECT … FROM t AS OF SYSTEM TIME '<timestamp>'` (or a commit
+//! version number, or a negative interval such as `'-10s'`) runs the statement in a
+//! read-only transaction at that point, within the retention window.
+
+use amberdb_error::{Error, Result};
+use amberdb_mvcc::{Timestamp, Version};
+
+/// The point in time a statement reads at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// A commit version.
+    Version(Version),
+    /// A wall-clock time, µs since the Unix epoch (UTC).
+    Time(Timestamp),
+    /// That many µs before now.
+    Ago(u64),
+}
+
+const CLAUSE: &str = "as of system time";
+
+/// Removes one `AS OF SYSTEM TIME <literal>` clause from `sql`, returning the rest and
+/// the parsed point. `None` if the text has no such clause.
+pub fn extract(sql: &str) -> Result<Option<(String, AsOf)>> {
+    let lower = sql.to_ascii_lowercase();
+    let Some(start) = find_outside_quotes(&lower, CLAUSE) else { return Ok(None) };
+    let after = &sql[start + CLAUSE.len()..];
+    let trimmed = after.trim_start();
+    let lead = after.len() - trimmed.len();
+    let (literal, len) = if let Some(rest) = trimmed.strip_prefix('\'') {
+        let end = rest.find('\'').ok_or_else(|| Error::sql("42601", "unterminated AS OF SYSTEM TIME literal"))?;
+        (&rest[..end], end + 2)
+    } else {
+        let end = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '-')).unwrap_or(trimmed.len());
+        (&trimmed[..end], end)
+    };
+    if literal.is_empty() {
+        return Err(Error::sql(
+            "42601",
+            "AS OF SYSTEM TIME needs a timestamp, an interval such as '-10s', or a version",
+        ));
+    }
+    let point = parse_point(literal)?;
+    let rest = format!("{}{}", &sql[..start], &sql[start + CLAUSE.len() + lead + len..]);
+    if find_outside_quotes(&rest.to_ascii_lowercase(), CLAUSE).is_some() {
+        return Err(Error::sql("0A000", "only one AS OF SYSTEM TIME clause per statement is supported"));
+    }
+    Ok(Some((rest, point)))
+}
+
+fn find_outside_quotes(hay: &str, needle: &str) -> Option<usize> {
+    let mut in_quote = false;
+    let bytes = hay.as_bytes();
+    for i in 0..bytes.len() {
+        if bytes[i] == b'\'' {
+            in_quote = !in_quote;
+        }
+        if !in_quote && hay[i..].starts_with(needle) && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Parses a version number, a negative interval (`-10s`, `-500ms`, `-2m`, `-1h`), or a
+/// timestamp `YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|±HH[:MM]]` (no zone means UTC).
+pub fn parse_point(s: &str) -> Result<AsOf> {
+    let s = s.trim();
+    let bad = || Error::sql("22007", format!("invalid AS OF SYSTEM TIME value: \"{s}\""));
+    if let Ok(v) = s.parse::<u64>() {
+        return Ok(AsOf::Version(v));
+    }
+    if let Some(rest) = s.strip_prefix('-') {
+        let split = rest.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(bad)?;
+        let (num, unit) = rest.split_at(split);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let scale = match unit {
+            "us" => 1.0,
+            "ms" => 1e3,
+            "s" => 1e6,
+            "m" | "min" => 60e6,
+            "h" => 3600e6,
+            _ => return Err(bad()),
+        };
+        return Ok(AsOf::Ago((n * scale) as u64));
+    }
+    parse_timestamp(s).map(AsOf::Time).ok_or_else(bad)
+}
+
+fn parse_timestamp(s: &str) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b' ' || b[10] == b'T')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut micros = 0i64;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        let mut end = start;
+        while end < b.len() && b[end].is_ascii_digit() {
+            end += 1;
+        }
+        let frac = s.get(start..end)?;
+        let padded = format!("{frac:0<6}");
+        micros = padded.get(..6)?.parse().ok()?;
+        i = end;
+    }
+    let offset_secs = match s.get(i..)? {
+        "" | "Z" | "z" | "+00" | "+00:00" => 0,
+        tz => {
+            let sign = match tz.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let hh: i64 = tz.get(1..3)?.parse().ok()?;
+            let mm: i64 = tz
+                .get(3..)
+                .map(|r| r.trim_start_matches(':'))
+                .filter(|r| !r.is_empty())
+                .map_or(Some(0), |r| r.parse().ok())?;
+            sign * (hh * 3600 + mm * 60)
+        }
+    };
+    // Days from civil (Howard Hinnant).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_secs;
+    u64::try_from(secs * 1_000_000 + micros).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_and_parses() {
+        let (rest, p) =
+            extract("SELECT * FROM t AS OF SYSTEM TIME '2023-11-14 22:13:20' WHERE a = 1").unwrap().unwrap();
+        assert_eq!(rest, "SELECT * FROM t  WHERE a = 1");
+        assert_eq!(p, AsOf::Time(1_700_000_000_000_000));
+        assert_eq!(extract("select 1 as of system time 42").unwrap().unwrap().1, AsOf::Version(42));
+        assert_eq!(parse_point("-10s").unwrap(), AsOf::Ago(10_000_000));
+        assert_eq!(parse_point("2023-11-14T23:13:20.5+01:00").unwrap(), AsOf::Time(1_700_000_000_500_000));
+        assert!(extract("SELECT 'as of system time 1'").unwrap().is_none());
+        assert!(parse_point("yesterday").is_err());
+    }
+}
