@@ -381,23 +381,173 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
     if q.with.is_some() {
         return Err(feature("WITH"));
     }
-    let select = match q.body.as_ref() {
-        ast::SetExpr::Select(s) => s,
-        ast::SetExpr::Values(v) => {
-            let mut rows = Vec::new();
-            for r in &v.rows {
-                let mut b = Binder::with_txn(&[], txn, params);
-                rows.push(r.content.iter().map(|e| b.bind(e)?.eval(&[], params)).collect::<Result<Row>>()?);
-            }
-            let width = rows.first().map_or(0, Vec::len);
-            let columns = (0..width)
-                .map(|i| OutColumn { name: format!("column{}", i + 1), ty: rows[0][i].natural_type() })
-                .collect();
-            return finish_order_limit(q, columns, rows, 0, params);
+    let (columns, rows) = match q.body.as_ref() {
+        // A plain SELECT sorts inside its own pipeline (ORDER BY may use input columns).
+        ast::SetExpr::Select(s) => select_rows(txn, s, q.order_by.as_ref(), params)?,
+        other => {
+            let (columns, rows) = set_expr_rows(txn, other, params)?;
+            let rows = order_output(q.order_by.as_ref(), &columns, rows)?;
+            (columns, rows)
         }
-        ast::SetExpr::Query(inner) => return query(txn, inner, params),
-        other => return Err(feature(format!("query {other}"))),
     };
+    finish_limit(q, columns, rows, params)
+}
+
+fn values_rows(txn: &mut Transaction, v: &ast::Values, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+    let mut rows = Vec::new();
+    for r in &v.rows {
+        let mut b = Binder::with_txn(&[], txn, params);
+        rows.push(r.content.iter().map(|e| b.bind(e)?.eval(&[], params)).collect::<Result<Row>>()?);
+    }
+    let width = rows.first().map_or(0, Vec::len);
+    if rows.iter().any(|r| r.len() != width) {
+        return Err(Error::sql("42601", "VALUES lists must all be the same length"));
+    }
+    let columns = (0..width)
+        .map(|i| OutColumn { name: format!("column{}", i + 1), ty: rows.iter().find_map(|r| r[i].natural_type()) })
+        .collect();
+    Ok((columns, rows))
+}
+
+/// Evaluates a query body without the query-level ORDER BY / LIMIT.
+fn set_expr_rows(txn: &mut Transaction, e: &ast::SetExpr, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+    match e {
+        ast::SetExpr::Select(s) => select_rows(txn, s, None, params),
+        ast::SetExpr::Query(q) => query(txn, q, params),
+        ast::SetExpr::Values(v) => values_rows(txn, v, params),
+        ast::SetExpr::SetOperation { left, op, set_quantifier, right } => {
+            let (mut columns, left) = set_expr_rows(txn, left, params)?;
+            let (rcols, right) = set_expr_rows(txn, right, params)?;
+            let name = match op {
+                ast::SetOperator::Union => "UNION",
+                ast::SetOperator::Intersect => "INTERSECT",
+                ast::SetOperator::Except | ast::SetOperator::Minus => "EXCEPT",
+            };
+            if columns.len() != rcols.len() {
+                return Err(Error::sql("42601", format!("each {name} query must have the same number of columns")));
+            }
+            for (c, r) in columns.iter_mut().zip(&rcols) {
+                if c.ty.is_none() {
+                    c.ty = r.ty;
+                }
+            }
+            let all = match set_quantifier {
+                ast::SetQuantifier::All => true,
+                ast::SetQuantifier::Distinct | ast::SetQuantifier::None => false,
+                other => return Err(feature(format!("{name} {other}"))),
+            };
+            let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+            let rows = match op {
+                ast::SetOperator::Union => left.into_iter().chain(right).collect::<Vec<_>>(),
+                ast::SetOperator::Intersect => {
+                    for r in &right {
+                        *counts.entry(row_identity(r)).or_insert(0) += 1;
+                    }
+                    left.into_iter()
+                        .filter(|r| match counts.get_mut(&row_identity(r)) {
+                            Some(n) if *n > 0 => {
+                                *n -= 1;
+                                true
+                            }
+                            _ => false,
+                        })
+                        .collect()
+                }
+                ast::SetOperator::Except | ast::SetOperator::Minus => {
+                    for r in &right {
+                        *counts.entry(row_identity(r)).or_insert(0) += 1;
+                    }
+                    left.into_iter()
+                        .filter(|r| match counts.get_mut(&row_identity(r)) {
+                            Some(n) if *n > 0 => {
+                                if all {
+                                    *n -= 1;
+                                }
+                                false
+                            }
+                            _ => true,
+                        })
+                        .collect()
+                }
+            };
+            let rows = if all {
+                rows
+            } else {
+                let mut seen = HashSet::new();
+                rows.into_iter().filter(|r| seen.insert(row_identity(r))).collect()
+            };
+            Ok((columns, rows))
+        }
+        other => Err(feature(format!("query {other}"))),
+    }
+}
+
+/// ORDER BY over output columns only (set operations, VALUES).
+fn order_output(order_by: Option<&ast::OrderBy>, columns: &[OutColumn], mut rows: Vec<Row>) -> Result<Vec<Row>> {
+    let Some(ob) = order_by else { return Ok(rows) };
+    let ast::OrderByKind::Expressions(list) = &ob.kind else { return Err(feature("ORDER BY ALL")) };
+    let mut keys = Vec::new();
+    for o in list {
+        let pos = match &o.expr {
+            ast::Expr::Value(v) => match &v.value {
+                ast::Value::Number(n, _) => n.parse::<usize>().ok().filter(|k| *k >= 1 && *k <= columns.len()).map(|k| k - 1),
+                _ => None,
+            },
+            ast::Expr::Identifier(i) => columns.iter().position(|c| c.name == ident(i)),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            Error::sql("0A000", format!("ORDER BY \"{}\" must name an output column of this query", o.expr))
+        })?;
+        let desc = matches!(o.options.sort, Some(ast::OrderBySort::Desc));
+        keys.push((pos, desc, o.options.nulls_first.unwrap_or(desc)));
+    }
+    sort_rows(&mut rows, &keys);
+    Ok(rows)
+}
+
+fn sort_rows(rows: &mut [Row], keys: &[(usize, bool, bool)]) {
+    rows.sort_by(|a, b| {
+        for &(c, desc, nulls_first) in keys {
+            let ord = match (a[c].is_null(), b[c].is_null()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => {
+                    if nulls_first {
+                        Ordering::Less
+                    } else {
+                        Ordering::Greater
+                    }
+                }
+                (false, true) => {
+                    if nulls_first {
+                        Ordering::Greater
+                    } else {
+                        Ordering::Less
+                    }
+                }
+                _ => {
+                    let o = a[c].sort_cmp(&b[c]);
+                    if desc {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                }
+            };
+            if ord != Ordering::Equal {
+                return ord;
+            }
+        }
+        Ordering::Equal
+    });
+}
+
+fn select_rows(
+    txn: &mut Transaction,
+    select: &ast::Select,
+    order_by: Option<&ast::OrderBy>,
+    params: &[Value],
+) -> Result<(Vec<OutColumn>, Vec<Row>)> {
     let source = from_clause(txn, &select.from, select.selection.as_ref(), params)?;
     let mut rows = source.rows;
     if let Some(w) = &select.selection {
@@ -551,7 +701,7 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
     // ORDER BY keys that are not output columns are computed as hidden columns.
     let visible = exprs.len();
     let mut order_keys: Vec<(usize, bool, bool)> = Vec::new(); // (column, descending, nulls_first)
-    if let Some(ob) = &q.order_by {
+    if let Some(ob) = order_by {
         let ast::OrderByKind::Expressions(list) = &ob.kind else { return Err(feature("ORDER BY ALL")) };
         for o in list {
             let desc = matches!(o.options.sort, Some(ast::OrderBySort::Desc));
@@ -604,56 +754,16 @@ pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<
             ast::Distinct::On(_) => return Err(feature("DISTINCT ON")),
         }
     }
-    if !order_keys.is_empty() {
-        out.sort_by(|a, b| {
-            for &(c, desc, nulls_first) in &order_keys {
-                let ord = match (a[c].is_null(), b[c].is_null()) {
-                    (true, true) => Ordering::Equal,
-                    (true, false) => {
-                        if nulls_first {
-                            Ordering::Less
-                        } else {
-                            Ordering::Greater
-                        }
-                    }
-                    (false, true) => {
-                        if nulls_first {
-                            Ordering::Greater
-                        } else {
-                            Ordering::Less
-                        }
-                    }
-                    _ => {
-                        let o = a[c].sort_cmp(&b[c]);
-                        if desc {
-                            o.reverse()
-                        } else {
-                            o
-                        }
-                    }
-                };
-                if ord != Ordering::Equal {
-                    return ord;
-                }
-            }
-            Ordering::Equal
-        });
-    }
+    sort_rows(&mut out, &order_keys);
     for r in &mut out {
         r.truncate(visible);
     }
     columns.truncate(visible);
-    finish_order_limit(q, columns, out, 1, params)
+    Ok((columns, out))
 }
 
-/// Applies OFFSET/LIMIT (and, for VALUES bodies, ORDER BY on output columns).
-fn finish_order_limit(
-    q: &ast::Query,
-    columns: Vec<OutColumn>,
-    mut rows: Vec<Row>,
-    _stage: u8,
-    params: &[Value],
-) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+/// Applies OFFSET/LIMIT.
+fn finish_limit(q: &ast::Query, columns: Vec<OutColumn>, mut rows: Vec<Row>, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
     let eval_count = |e: &ast::Expr| -> Result<Option<usize>> {
         let v = Binder::new(&[]).bind(e)?.eval(&[], params)?;
         match v {
