@@ -29,24 +29,36 @@ use pgwire::api::results::{
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, NoopHandler, PgWireServerHandlers, Type};
+use pgwire::api::auth::{
+    protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, DefaultServerParameterProvider,
+    StartupHandler,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type, METADATA_DATABASE, METADATA_USER,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use std::fmt::Debug;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
+/// The only database a server has (PostgreSQL's default database is named after the
+/// default user, `amberdb`).
+pub const DATABASE: &str = "amberdb";
+
 /// Serves connections from `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let connections = Arc::new(ConnectionManager::new());
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    let handlers = Handlers::new(node.clone());
+                    let handlers = Handlers::new(node.clone(), connections.clone());
                     tokio::spawn(async move {
                         if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -79,12 +91,56 @@ struct Conn {
 pub struct Handlers {
     conn: Arc<Conn>,
     parser: Arc<Parser>,
+    connections: Arc<ConnectionManager>,
 }
 
 impl Handlers {
-    fn new(node: Arc<Node>) -> Self {
+    fn new(node: Arc<Node>, connections: Arc<ConnectionManager>) -> Self {
         let conn = Arc::new(Conn { session: Mutex::new(Session::new(node.clone())), node });
-        Self { parser: Arc::new(Parser { conn: conn.clone() }), conn }
+        Self { parser: Arc::new(Parser { conn: conn.clone() }), conn, connections }
+    }
+}
+
+/// Startup: checks the database name and trusts loopback clients (no password is
+/// configured yet); reports PostgreSQL 15 parameters.
+struct Startup {
+    driver: AuthDriver<DefaultServerParameterProvider>,
+}
+
+impl Startup {
+    fn new(connections: Arc<ConnectionManager>) -> Self {
+        let mut params = DefaultServerParameterProvider::default();
+        params.server_version = amberdb_sql::SERVER_VERSION.to_string();
+        params.time_zone = "UTC".to_string();
+        params.date_style = "ISO, MDY".to_string();
+        Self { driver: AuthDriver::new(params).with_connection_manager(connections) }
+    }
+}
+
+fn fatal(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".to_string(), code.to_string(), message)))
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            protocol_negotiation(client, startup).await?;
+            save_startup_parameters_to_metadata(client, startup);
+            let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+            // Like PostgreSQL, the database defaults to the user name.
+            let database = client.metadata().get(METADATA_DATABASE).cloned().unwrap_or_else(|| user.clone());
+            if database != DATABASE {
+                return Err(fatal("3D000", format!("database \"{database}\" does not exist")));
+            }
+            self.driver.complete_authentication(client, None).await?;
+        }
+        Ok(())
     }
 }
 
@@ -97,8 +153,12 @@ impl PgWireServerHandlers for Handlers {
         Arc::new(Query { conn: self.conn.clone(), parser: self.parser.clone() })
     }
 
-    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
-        Arc::new(NoopHandler)
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::new(Startup::new(self.connections.clone()))
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.connections.clone()))
     }
 }
 

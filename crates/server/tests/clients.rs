@@ -42,6 +42,16 @@ SELECT version();
     assert!(ok, "psql failed: {err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, vec!["1|John", "2", "1", "PostgreSQL 15.0 (AmberDB 0.1.0)"], "stderr: {err}");
+    // A database that does not exist gets PostgreSQL's error; psql reports the server
+    // as version 15 (no major-version warning).
+    let out = Command::new("psql")
+        .args(["-X", "-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "amberdb", "-d", "nosuchdb", "-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("database \"nosuchdb\" does not exist"), "{stderr}");
+    let (_, _, err) = psql(&server, &["-At"], "SELECT 1;");
+    assert!(!err.contains("WARNING"), "{err}");
     // An error is reported with its position and the connection stays usable.
     let (ok, out, err) = psql(&server, &["-At"], "SELEC 1;\nSELECT 41 + 1;\n");
     assert!(ok);

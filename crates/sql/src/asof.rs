@@ -52,14 +52,15 @@ pub fn extract(sql: &str) -> Result<Option<(String, AsOf)>> {
 
 fn find_outside_quotes(hay: &str, needle: &str) -> Option<usize> {
     let mut in_quote = false;
-    let bytes = hay.as_bytes();
-    for i in 0..bytes.len() {
-        if bytes[i] == b'\'' {
+    let mut prev: Option<char> = None;
+    for (i, c) in hay.char_indices() {
+        if c == '\'' {
             in_quote = !in_quote;
         }
-        if !in_quote && hay[i..].starts_with(needle) && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) {
+        if !in_quote && hay[i..].starts_with(needle) && !prev.is_some_and(|p| p.is_alphanumeric() || p == '_') {
             return Some(i);
         }
+        prev = Some(c);
     }
     None
 }
@@ -162,5 +163,8 @@ mod tests {
         assert_eq!(parse_point("2023-11-14T23:13:20.5+01:00").unwrap(), AsOf::Time(1_700_000_000_500_000));
         assert!(extract("SELECT 'as of system time 1'").unwrap().is_none());
         assert!(parse_point("yesterday").is_err());
+        // Found by the fuzz test: multi-byte characters must not break the scan.
+        assert!(extract("+ ORDER BY é NULL - <> )").unwrap().is_none());
+        assert!(extract("SELECT 'é' AS OF SYSTEM TIME 'é'").is_err());
     }
 }
