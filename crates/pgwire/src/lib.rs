@@ -21,23 +21,25 @@ use amberdb_sql::{DataType, OutColumn, Outcome, Session, Value};
 use async_trait::async_trait;
 use futures::stream;
 use futures::Sink;
-use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{
-    DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse, Response,
-    Tag,
-};
-use pgwire::api::stmt::{QueryParser, StoredStatement};
-use pgwire::api::store::PortalStore;
 use pgwire::api::auth::{
     protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, DefaultServerParameterProvider,
     StartupHandler,
 };
 use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::copy::CopyHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    CopyResponse, DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo,
+    QueryResponse, Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type, METADATA_DATABASE, METADATA_USER,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -155,6 +157,10 @@ impl PgWireServerHandlers for Handlers {
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         Arc::new(Startup::new(self.connections.clone()))
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        Arc::new(Query { conn: self.conn.clone(), parser: self.parser.clone() })
     }
 
     fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
@@ -288,6 +294,11 @@ fn outcome_response(o: Outcome, format: Option<&Format>) -> PgWireResult<Respons
     match o {
         Outcome::Rows { columns, rows, tag } => rows_response(&columns, rows, format, &tag),
         Outcome::Command(tag) => Ok(tag_response(&tag)),
+        Outcome::CopyIn { columns } => Ok(Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))),
+        Outcome::CopyOut { columns, records } => {
+            let data = records.into_iter().map(|r| Ok(CopyData::new(bytes::Bytes::from(r))));
+            Ok(Response::CopyOut(CopyResponse::new(0, columns, stream::iter(data))))
+        }
     }
 }
 
@@ -321,6 +332,41 @@ impl SimpleQueryHandler for Query {
             }
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl CopyHandler for Query {
+    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.conn.session.lock().await.copy_data(&copy_data.data);
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        let rows = self.conn.session.lock().await.copy_done().await.map_err(user_error)?;
+        client.send(PgWireBackendMessage::CommandComplete(Tag::new("COPY").with_rows(rows as usize).into())).await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.conn.session.lock().await.copy_fail();
+        user_error(Error::sql("57014", format!("COPY from stdin failed: {}", fail.message)))
     }
 }
 

@@ -45,7 +45,19 @@ SELECT version();
     // A database that does not exist gets PostgreSQL's error; psql reports the server
     // as version 15 (no major-version warning).
     let out = Command::new("psql")
-        .args(["-X", "-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "amberdb", "-d", "nosuchdb", "-c", "SELECT 1"])
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "amberdb",
+            "-d",
+            "nosuchdb",
+            "-c",
+            "SELECT 1",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -182,4 +194,39 @@ fn as_of_system_time_reads_the_past() {
     assert!(err.contains("newer than the newest committed version"), "{err}");
     let (_, _, err) = psql(&server, &["-At"], "BEGIN; SELECT * FROM t AS OF SYSTEM TIME '-1s';");
     assert!(err.contains("inside a transaction block"), "{err}");
+}
+
+#[test]
+fn psql_copy_in_and_out() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    std::fs::write(&csv, "1,alice,\"x, y\"\n2,bob,\n3,\"quote \"\"q\"\"\",z\n").unwrap();
+    let txt = dir.path().join("in.txt");
+    std::fs::write(&txt, "10\tten\t\\N\n11\tel\\teven\tq\n").unwrap();
+    let out = dir.path().join("out.csv");
+    let script = format!(
+        "CREATE TABLE c (id INT PRIMARY KEY, name TEXT, note TEXT);\n\\copy c FROM '{}' CSV\n\\copy c FROM '{}'\nSELECT id, name, coalesce(note, '<null>') FROM c ORDER BY id;\n\\copy c TO '{}' CSV HEADER\n",
+        csv.display(),
+        txt.display(),
+        out.display()
+    );
+    let (ok, stdout, err) = psql(&server, &["-At", "-v", "ON_ERROR_STOP=1"], &script);
+    assert!(ok, "{err}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        vec!["1|alice|x, y", "2|bob|<null>", "3|quote \"q\"|z", "10|ten|<null>", "11|el\teven|q"],
+        "{err}"
+    );
+    let exported = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(exported.lines().next(), Some("id,name,note"));
+    assert_eq!(exported.lines().count(), 6);
+    // A bad row fails the whole COPY and names the line; nothing of it is visible.
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, "20\ttwenty\tx\nnot-a-number\ty\tz\n").unwrap();
+    let (ok, _, err) = psql(&server, &["-At"], &format!("\\copy c FROM '{}'\n", bad.display()));
+    assert!(!ok || err.contains("ERROR"), "{err}");
+    assert!(err.contains("invalid input syntax for type integer") && err.contains("line 2"), "{err}");
+    let (_, stdout, _) = psql(&server, &["-At"], "SELECT count(*) FROM c;");
+    assert_eq!(stdout.trim(), "5");
 }

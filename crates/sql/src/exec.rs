@@ -35,6 +35,10 @@ pub enum Outcome {
     Rows { columns: Vec<OutColumn>, rows: Vec<Vec<Value>>, tag: String },
     /// A command tag such as `INSERT 0 1`, `CREATE TABLE`.
     Command(String),
+    /// COPY FROM STDIN started: the client now sends data for this many columns.
+    CopyIn { columns: usize },
+    /// COPY TO STDOUT: the encoded records (each with its newline).
+    CopyOut { columns: usize, records: Vec<String> },
 }
 
 type Row = Vec<Value>;
@@ -490,7 +494,9 @@ fn order_output(order_by: Option<&ast::OrderBy>, columns: &[OutColumn], mut rows
     for o in list {
         let pos = match &o.expr {
             ast::Expr::Value(v) => match &v.value {
-                ast::Value::Number(n, _) => n.parse::<usize>().ok().filter(|k| *k >= 1 && *k <= columns.len()).map(|k| k - 1),
+                ast::Value::Number(n, _) => {
+                    n.parse::<usize>().ok().filter(|k| *k >= 1 && *k <= columns.len()).map(|k| k - 1)
+                }
                 _ => None,
             },
             ast::Expr::Identifier(i) => columns.iter().position(|c| c.name == ident(i)),
@@ -763,7 +769,12 @@ fn select_rows(
 }
 
 /// Applies OFFSET/LIMIT.
-fn finish_limit(q: &ast::Query, columns: Vec<OutColumn>, mut rows: Vec<Row>, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+fn finish_limit(
+    q: &ast::Query,
+    columns: Vec<OutColumn>,
+    mut rows: Vec<Row>,
+    params: &[Value],
+) -> Result<(Vec<OutColumn>, Vec<Row>)> {
     let eval_count = |e: &ast::Expr| -> Result<Option<usize>> {
         let v = Binder::new(&[]).bind(e)?.eval(&[], params)?;
         match v {
@@ -788,6 +799,46 @@ fn finish_limit(q: &ast::Query, columns: Vec<OutColumn>, mut rows: Vec<Row>, par
         }
     }
     Ok((columns, rows))
+}
+
+/// Stores a new row (COPY): fills NULL-valued non-target columns with their defaults,
+/// checks types, NOT NULL and the primary key, and buffers the write.
+pub(crate) fn store_new_row(txn: &mut Transaction, def: &TableDef, targets: &[usize], mut row: Row) -> Result<()> {
+    for (i, c) in def.columns.iter().enumerate() {
+        if !targets.contains(&i) {
+            row[i] = default_value(c)?;
+        }
+    }
+    let row = conform(def, row)?;
+    let rowid = if def.primary_key.is_empty() { Some(Catalog::next_rowid(txn, def)?) } else { None };
+    let key = def.row_key(&row, rowid);
+    if rowid.is_none() && txn.get(&key)?.is_some() {
+        return Err(duplicate_key(def, &row));
+    }
+    txn.put(key, def.encode_row(&row))
+}
+
+/// Resolves COPY's table and column list.
+pub(crate) fn copy_target(
+    txn: &mut Transaction,
+    name: &ast::ObjectName,
+    columns: &[ast::Ident],
+) -> Result<(TableDef, Vec<usize>)> {
+    let def = Catalog::must_get(txn, &table_name(name)?)?;
+    let targets = if columns.is_empty() {
+        (0..def.columns.len()).collect()
+    } else {
+        columns
+            .iter()
+            .map(|c| {
+                let n = ident(c);
+                def.column_index(&n).ok_or_else(|| {
+                    Error::sql("42703", format!("column \"{n}\" of relation \"{}\" does not exist", def.name))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    Ok((def, targets))
 }
 
 /// Evaluates a column's DEFAULT expression.

@@ -21,6 +21,7 @@
 
 mod asof;
 mod catalog;
+mod copy;
 mod describe;
 mod exec;
 mod expr;

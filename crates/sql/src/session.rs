@@ -10,6 +10,7 @@
 //! it has reached the client yet.
 
 use crate::asof::{self, AsOf};
+use crate::copy::{fields_to_row, CopyFormat};
 use crate::exec::{self, OutColumn, Outcome};
 use crate::types::{DataType, Value};
 use amberdb_consensus::Node;
@@ -48,6 +49,21 @@ pub struct Session {
     node: Arc<Node>,
     txn: Option<Transaction>,
     failed: bool,
+    copy: Option<CopyIn>,
+}
+
+/// A COPY FROM STDIN in progress.
+struct CopyIn {
+    def: crate::catalog::TableDef,
+    targets: Vec<usize>,
+    format: CopyFormat,
+    buf: Vec<u8>,
+    line: u64,
+    rows: u64,
+    error: Option<Error>,
+    done: bool,
+    /// The statement's own transaction when not in a block.
+    own: Option<Transaction>,
 }
 
 /// Converts a parser error to a syntax error with a 1-based character position.
@@ -104,7 +120,7 @@ fn show_value(name: &str) -> Option<String> {
 impl Session {
     /// A new idle session.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node, txn: None, failed: false }
+        Self { node, txn: None, failed: false, copy: None }
     }
 
     /// The transaction state.
@@ -120,6 +136,146 @@ impl Session {
     pub fn reset(&mut self) {
         self.txn = None;
         self.failed = false;
+        self.copy = None;
+    }
+
+    fn start_copy(&mut self, stmt: &ast::Statement) -> Result<Outcome> {
+        let ast::Statement::Copy { source, to, target, options, legacy_options, .. } = stmt else {
+            return Err(Error::Internal("start_copy on a non-COPY statement".into()));
+        };
+        let format = CopyFormat::from_options(options, legacy_options)?;
+        let mut own = None;
+        let txn = match self.txn.as_mut() {
+            Some(t) => t,
+            None => own.insert(self.node.begin()?),
+        };
+        match (to, target, source) {
+            (false, ast::CopyTarget::Stdin, ast::CopySource::Table { table_name, columns }) => {
+                let (def, targets) = exec::copy_target(txn, table_name, columns)?;
+                let columns = targets.len();
+                self.copy = Some(CopyIn {
+                    def,
+                    targets,
+                    format,
+                    buf: Vec::new(),
+                    line: 0,
+                    rows: 0,
+                    error: None,
+                    done: false,
+                    own,
+                });
+                Ok(Outcome::CopyIn { columns })
+            }
+            (true, ast::CopyTarget::Stdout, source) => {
+                let (cols, rows) = match source {
+                    ast::CopySource::Query(q) => exec::query(txn, q, &[])?,
+                    ast::CopySource::Table { table_name, columns } => {
+                        let (def, targets) = exec::copy_target(txn, table_name, columns)?;
+                        let rows = txn
+                            .scan(def.rows_range())
+                            .map(|kv| {
+                                let row = def.decode_row(&kv?.1)?;
+                                Ok(targets.iter().map(|&i| row[i].clone()).collect::<Vec<_>>())
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        let cols = targets
+                            .iter()
+                            .map(|&i| OutColumn { name: def.columns[i].name.clone(), ty: Some(def.columns[i].ty) })
+                            .collect();
+                        (cols, rows)
+                    }
+                };
+                let types: Vec<_> = cols.iter().map(|c| c.ty).collect();
+                let mut records: Vec<String> = rows.iter().map(|r| format.encode_row(r, &types)).collect();
+                if format.header {
+                    // Sent in the same message as the first row: clients count messages
+                    // as rows, and PostgreSQL does not count the header.
+                    let names: Vec<Value> = cols.iter().map(|c| Value::Text(c.name.clone())).collect();
+                    let header = format.encode_row(&names, &[]);
+                    match records.first_mut() {
+                        Some(first) => first.insert_str(0, &header),
+                        None => records.push(header),
+                    }
+                }
+                Ok(Outcome::CopyOut { columns: cols.len(), records })
+            }
+            _ => Err(Error::sql("0A000", "COPY supports only FROM STDIN and TO STDOUT (use psql's \\copy for files)")),
+        }
+    }
+
+    /// Feeds COPY FROM STDIN data. Errors are kept and reported at the end of the copy.
+    pub fn copy_data(&mut self, data: &[u8]) {
+        let Some(copy) = self.copy.as_mut() else { return };
+        if copy.error.is_some() || copy.done {
+            return;
+        }
+        copy.buf.extend_from_slice(data);
+        let txn = match (self.txn.as_mut(), copy.own.as_mut()) {
+            (Some(t), _) | (None, Some(t)) => t,
+            (None, None) => return,
+        };
+        while let Some(rec) = copy.format.next_record(&mut copy.buf) {
+            copy.line += 1;
+            if copy.line == 1 && copy.format.header {
+                continue;
+            }
+            if rec == b"\\." {
+                copy.done = true;
+                break;
+            }
+            let result = std::str::from_utf8(&rec)
+                .map_err(|_| Error::sql("22021", format!("invalid UTF-8 in COPY data, line {}", copy.line)))
+                .and_then(|text| copy.format.parse_record(text))
+                .and_then(|fields| fields_to_row(&copy.def, &copy.targets, fields, copy.line))
+                .and_then(|row| exec::store_new_row(txn, &copy.def, &copy.targets, row));
+            match result {
+                Ok(()) => copy.rows += 1,
+                Err(e) => {
+                    copy.error = Some(match e {
+                        Error::Sql { code, message, position } => Error::Sql {
+                            code,
+                            message: format!("{message} (COPY {}, line {})", copy.def.name, copy.line),
+                            position,
+                        },
+                        other => other,
+                    });
+                    copy.buf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Ends COPY FROM STDIN: commits (outside a block) and returns the number of rows.
+    pub async fn copy_done(&mut self) -> Result<u64> {
+        let Some(mut copy) = self.copy.take() else {
+            return Err(Error::sql("08P01", "no COPY in progress"));
+        };
+        if copy.error.is_none() && !copy.buf.is_empty() && !copy.done {
+            // A final record without a newline.
+            copy.buf.push(b'\n');
+            let rest = std::mem::take(&mut copy.buf);
+            self.copy = Some(copy);
+            self.copy_data(&rest);
+            copy = self.copy.take().ok_or_else(|| Error::Internal("copy state vanished".into()))?;
+        }
+        if let Some(e) = copy.error {
+            if self.txn.is_some() {
+                self.failed = true;
+            }
+            return Err(e);
+        }
+        if let Some(txn) = copy.own {
+            self.node.commit(txn).await.map_err(map_commit_error)?;
+        }
+        Ok(copy.rows)
+    }
+
+    /// The client aborted COPY FROM STDIN.
+    pub fn copy_fail(&mut self) {
+        if self.copy.take().is_some() && self.txn.is_some() {
+            self.failed = true;
+        }
     }
 
     /// Executes one statement with bind parameters.
@@ -140,6 +296,19 @@ impl Session {
             return run(&mut txn, &stmt.ast, params);
         }
         let stmt = &stmt.ast;
+        if matches!(stmt, ast::Statement::Copy { .. }) {
+            if self.failed {
+                return Err(Error::sql(
+                    "25P02",
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ));
+            }
+            let r = self.start_copy(stmt);
+            if r.is_err() && self.txn.is_some() {
+                self.failed = true;
+            }
+            return r;
+        }
         match stmt {
             ast::Statement::StartTransaction { .. } => {
                 if self.txn.is_none() && !self.failed {
