@@ -86,9 +86,7 @@ impl CopyFormat {
             match v.to_pg_text(ty) {
                 None => out.push_str(&self.null),
                 Some(s) if self.csv => {
-                    let needs = s.is_empty()
-                        || s == self.null
-                        || s.contains(|c: char| c == self.delimiter || c == self.quote || c == '\n' || c == '\r');
+                    let needs = s.is_empty() || s == self.null || s.contains([self.delimiter, self.quote, '\n', '\r']);
                     if needs {
                         out.push(self.quote);
                         for c in s.chars() {
