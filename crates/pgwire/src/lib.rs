@@ -179,6 +179,9 @@ fn pg_type(ty: Option<DataType>) -> Type {
         Some(DataType::Text) => Type::TEXT,
         Some(DataType::Varchar(_)) => Type::VARCHAR,
         Some(DataType::Char(_)) => Type::BPCHAR,
+        Some(DataType::Date) => Type::DATE,
+        Some(DataType::Timestamp) => Type::TIMESTAMP,
+        Some(DataType::TimestampTz) => Type::TIMESTAMPTZ,
         None => Type::TEXT,
     }
 }
@@ -242,9 +245,22 @@ fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWir
             Value::Float(f) => enc.encode_field(&Some(f)),
             _ => enc.encode_field(&None::<f64>),
         },
+        // PostgreSQL's binary date is days since 2000-01-01 (i32); timestamps are µs
+        // since 2000-01-01 (i64).
+        Type::DATE => match cast(DataType::Date)? {
+            Value::Date(d) => enc.encode_field(&Some((d - PG_EPOCH_DAYS) as i32)),
+            _ => enc.encode_field(&None::<i32>),
+        },
+        Type::TIMESTAMP | Type::TIMESTAMPTZ => match cast(DataType::Timestamp)? {
+            Value::Timestamp(t) => enc.encode_field(&Some(t - PG_EPOCH_DAYS * 86_400_000_000)),
+            _ => enc.encode_field(&None::<i64>),
+        },
         _ => enc.encode_field(&v.to_pg_text(None)),
     }
 }
+
+/// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_DAYS: i64 = 10_957;
 
 fn rows_response(
     columns: &[OutColumn],

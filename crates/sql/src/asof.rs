@@ -90,7 +90,8 @@ pub fn parse_point(s: &str) -> Result<AsOf> {
     parse_timestamp(s).map(AsOf::Time).ok_or_else(bad)
 }
 
-fn parse_timestamp(s: &str) -> Option<Timestamp> {
+/// Parses `YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|±HH[:MM]]` into µs since the epoch (UTC).
+pub(crate) fn parse_timestamp(s: &str) -> Option<Timestamp> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
     if b.len() < 19

@@ -434,6 +434,27 @@ impl<'a> Binder<'a> {
             ("version", true) => return Ok(Expr::Const(Value::Text(crate::VERSION_TEXT.into()))),
             ("current_database", true) => return Ok(Expr::Const(Value::Text("amberdb".into()))),
             ("current_schema", true) => return Ok(Expr::Const(Value::Text("public".into()))),
+            (
+                "now" | "current_timestamp" | "transaction_timestamp" | "statement_timestamp" | "localtimestamp",
+                true,
+            ) => {
+                let us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as i64)
+                    .unwrap_or(0);
+                return Ok(Expr::Const(if name == "localtimestamp" {
+                    Value::Timestamp(us)
+                } else {
+                    Value::TimestampTz(us)
+                }));
+            }
+            ("current_date", true) => {
+                let us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as i64)
+                    .unwrap_or(0);
+                return Ok(Expr::Const(Value::Date(us.div_euclid(86_400_000_000))));
+            }
             _ => {}
         }
         let args: Vec<Expr> = args
@@ -488,6 +509,16 @@ fn numeric(v: Value) -> Result<Value> {
 
 fn arith(op: BinOp, a: Value, b: Value) -> Result<Value> {
     let overflow = || Error::sql("22003", "integer out of range");
+    match (op, &a, &b) {
+        (BinOp::Add, Value::Date(d), Value::Int(n)) | (BinOp::Add, Value::Int(n), Value::Date(d)) => {
+            return Ok(Value::Date(d.checked_add(*n).ok_or_else(|| Error::sql("22008", "date out of range"))?))
+        }
+        (BinOp::Sub, Value::Date(d), Value::Int(n)) => {
+            return Ok(Value::Date(d.checked_sub(*n).ok_or_else(|| Error::sql("22008", "date out of range"))?))
+        }
+        (BinOp::Sub, Value::Date(x), Value::Date(y)) => return Ok(Value::Int(x - y)),
+        _ => {}
+    }
     let (a, b) = (numeric(a)?, numeric(b)?);
     Ok(match (a, b) {
         (Value::Null, _) | (_, Value::Null) => Value::Null,

@@ -26,6 +26,7 @@ mod describe;
 mod exec;
 mod expr;
 mod session;
+mod time;
 mod types;
 
 pub use asof::AsOf;

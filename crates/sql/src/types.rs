@@ -29,12 +29,32 @@ pub enum DataType {
     Varchar(Option<u32>),
     /// `CHAR(n)`, blank-padded.
     Char(u32),
+    /// `DATE`
+    Date,
+    /// `TIMESTAMP` (without time zone)
+    Timestamp,
+    /// `TIMESTAMP WITH TIME ZONE`
+    TimestampTz,
 }
 
 impl DataType {
     /// Parses a type as sqlparser prints it (e.g. `INT`, `VARCHAR(100)`, `DOUBLE PRECISION`).
     pub fn parse(spelled: &str) -> Result<Self> {
         let s = spelled.trim().to_ascii_lowercase();
+        // Temporal types may carry a precision in the middle: TIMESTAMP(3) WITH TIME ZONE.
+        if s.starts_with("timestamp") || s == "date" {
+            let plain: String = match (s.find('('), s.find(')')) {
+                (Some(a), Some(b)) if b > a => format!("{}{}", &s[..a], &s[b + 1..]),
+                _ => s.clone(),
+            };
+            let plain = plain.split_whitespace().collect::<Vec<_>>().join(" ");
+            return match plain.as_str() {
+                "date" => Ok(DataType::Date),
+                "timestamp" | "timestamp without time zone" => Ok(DataType::Timestamp),
+                "timestamptz" | "timestamp with time zone" => Ok(DataType::TimestampTz),
+                _ => Err(Error::InvalidInput(format!("type \"{}\" is not supported", spelled.trim()))),
+            };
+        }
         let (base, arg) = match s.find('(') {
             Some(i) => {
                 let inner = s[i + 1..].trim_end_matches(')').trim();
@@ -80,6 +100,9 @@ impl DataType {
             DataType::Varchar(None) => "character varying".into(),
             DataType::Varchar(Some(n)) => format!("character varying({n})"),
             DataType::Char(n) => format!("character({n})"),
+            DataType::Date => "date".into(),
+            DataType::Timestamp => "timestamp without time zone".into(),
+            DataType::TimestampTz => "timestamp with time zone".into(),
         }
     }
 
@@ -95,6 +118,9 @@ impl DataType {
             DataType::Text => 25,
             DataType::Varchar(_) => 1043,
             DataType::Char(_) => 1042,
+            DataType::Date => 1082,
+            DataType::Timestamp => 1114,
+            DataType::TimestampTz => 1184,
         }
     }
 
@@ -127,6 +153,12 @@ pub enum Value {
     Float(f64),
     /// A string.
     Text(String),
+    /// A date: days since 1970-01-01.
+    Date(i64),
+    /// A timestamp without time zone: µs since 1970-01-01 00:00:00.
+    Timestamp(i64),
+    /// A timestamp with time zone: µs since the Unix epoch (UTC).
+    TimestampTz(i64),
 }
 
 impl Value {
@@ -144,6 +176,9 @@ impl Value {
             Value::Int(_) => Some(DataType::Int8),
             Value::Float(_) => Some(DataType::Float8),
             Value::Text(_) => Some(DataType::Text),
+            Value::Date(_) => Some(DataType::Date),
+            Value::Timestamp(_) => Some(DataType::Timestamp),
+            Value::TimestampTz(_) => Some(DataType::TimestampTz),
         }
     }
 
@@ -155,38 +190,65 @@ impl Value {
             Value::Int(i) => i.to_string(),
             Value::Float(f) => format_float(*f, ty == Some(DataType::Float4)),
             Value::Text(s) => s.clone(),
+            Value::Date(d) => crate::time::format_date(*d),
+            Value::Timestamp(t) => crate::time::format_timestamp(*t, false),
+            Value::TimestampTz(t) => crate::time::format_timestamp(*t, true),
         })
     }
 
     /// Casts to `ty` with PostgreSQL's rules (assignment and explicit casts).
     pub fn cast(self, ty: DataType) -> Result<Value> {
-        let v =
-            match (self, ty) {
-                (Value::Null, _) => Value::Null,
-                (Value::Bool(b), DataType::Bool) => Value::Bool(b),
-                (Value::Bool(b), t) if t.is_integer() => Value::Int(i64::from(b)),
-                (Value::Bool(b), t) if t.is_text() => Value::Text(if b { "true" } else { "false" }.into()),
-                (Value::Int(i), t) if t.is_integer() => Value::Int(i),
-                (Value::Int(i), DataType::Float4 | DataType::Float8) => Value::Float(i as f64),
-                (Value::Int(i), DataType::Bool) => Value::Bool(i != 0),
-                (Value::Int(i), t) if t.is_text() => Value::Text(i.to_string()),
-                (Value::Float(f), DataType::Float4) => Value::Float(f64::from(f as f32)),
-                (Value::Float(f), DataType::Float8) => Value::Float(f),
-                (Value::Float(f), t) if t.is_integer() => {
-                    if !f.is_finite() || f.round() < i64::MIN as f64 || f.round() > i64::MAX as f64 {
-                        return Err(out_of_range(t));
-                    }
-                    Value::Int(f.round_ties_even() as i64)
+        let v = match (self, ty) {
+            (Value::Null, _) => Value::Null,
+            (Value::Bool(b), DataType::Bool) => Value::Bool(b),
+            (Value::Bool(b), t) if t.is_integer() => Value::Int(i64::from(b)),
+            (Value::Bool(b), t) if t.is_text() => Value::Text(if b { "true" } else { "false" }.into()),
+            (Value::Int(i), t) if t.is_integer() => Value::Int(i),
+            (Value::Int(i), DataType::Float4 | DataType::Float8) => Value::Float(i as f64),
+            (Value::Int(i), DataType::Bool) => Value::Bool(i != 0),
+            (Value::Int(i), t) if t.is_text() => Value::Text(i.to_string()),
+            (Value::Float(f), DataType::Float4) => Value::Float(f64::from(f as f32)),
+            (Value::Float(f), DataType::Float8) => Value::Float(f),
+            (Value::Float(f), t) if t.is_integer() => {
+                if !f.is_finite() || f.round() < i64::MIN as f64 || f.round() > i64::MAX as f64 {
+                    return Err(out_of_range(t));
                 }
-                (Value::Float(f), t) if t.is_text() => Value::Text(format_float(f, false)),
-                (Value::Text(s), t) if t.is_text() => Value::Text(s),
-                (Value::Text(s), DataType::Bool) => Value::Bool(parse_bool(&s)?),
-                (Value::Text(s), t) if t.is_integer() => Value::Int(s.trim().parse::<i64>().map_err(|_| {
+                Value::Int(f.round_ties_even() as i64)
+            }
+            (Value::Float(f), t) if t.is_text() => Value::Text(format_float(f, false)),
+            (Value::Text(s), t) if t.is_text() => Value::Text(s),
+            (Value::Text(s), DataType::Bool) => Value::Bool(parse_bool(&s)?),
+            (Value::Text(s), t) if t.is_integer() => {
+                Value::Int(s.trim().parse::<i64>().map_err(|_| {
                     Error::InvalidInput(format!("invalid input syntax for type {}: \"{s}\"", t.pg_name()))
-                })?),
-                (Value::Text(s), DataType::Float4 | DataType::Float8) => Value::Float(parse_float(&s, ty)?),
-                (v, t) => return Err(Error::InvalidInput(format!("cannot cast {} to {}", v.type_name(), t.pg_name()))),
-            };
+                })?)
+            }
+            (Value::Text(s), DataType::Float4 | DataType::Float8) => Value::Float(parse_float(&s, ty)?),
+            (Value::Text(s), DataType::Date) => Value::Date(
+                crate::time::parse_date(&s)
+                    .or_else(|| crate::time::parse_timestamp(&s, false).map(|t| t.div_euclid(86_400_000_000)))
+                    .ok_or_else(|| Error::InvalidInput(format!("invalid input syntax for type date: \"{s}\"")))?,
+            ),
+            (Value::Text(s), DataType::Timestamp) => Value::Timestamp(
+                crate::time::parse_timestamp(&s, false)
+                    .ok_or_else(|| Error::InvalidInput(format!("invalid input syntax for type timestamp: \"{s}\"")))?,
+            ),
+            (Value::Text(s), DataType::TimestampTz) => {
+                Value::TimestampTz(crate::time::parse_timestamp(&s, true).ok_or_else(|| {
+                    Error::InvalidInput(format!("invalid input syntax for type timestamp with time zone: \"{s}\""))
+                })?)
+            }
+            (Value::Date(d), DataType::Date) => Value::Date(d),
+            (Value::Date(d), DataType::Timestamp) => Value::Timestamp(d * 86_400_000_000),
+            (Value::Date(d), DataType::TimestampTz) => Value::TimestampTz(d * 86_400_000_000),
+            (Value::Timestamp(t) | Value::TimestampTz(t), DataType::Date) => Value::Date(t.div_euclid(86_400_000_000)),
+            (Value::Timestamp(t) | Value::TimestampTz(t), DataType::Timestamp) => Value::Timestamp(t),
+            (Value::Timestamp(t) | Value::TimestampTz(t), DataType::TimestampTz) => Value::TimestampTz(t),
+            (v @ (Value::Date(_) | Value::Timestamp(_) | Value::TimestampTz(_)), t) if t.is_text() => {
+                Value::Text(v.to_pg_text(None).unwrap_or_default())
+            }
+            (v, t) => return Err(Error::InvalidInput(format!("cannot cast {} to {}", v.type_name(), t.pg_name()))),
+        };
         v.check(ty)
     }
 
@@ -226,6 +288,9 @@ impl Value {
             Value::Int(_) => "integer",
             Value::Float(_) => "double precision",
             Value::Text(_) => "text",
+            Value::Date(_) => "date",
+            Value::Timestamp(_) => "timestamp without time zone",
+            Value::TimestampTz(_) => "timestamp with time zone",
         }
     }
 
@@ -239,12 +304,32 @@ impl Value {
             (Value::Float(a), Value::Int(b)) => float_cmp(*a, *b as f64),
             (Value::Float(a), Value::Float(b)) => float_cmp(*a, *b),
             (Value::Text(a), Value::Text(b)) => a.cmp(b),
+            (Value::Date(a), Value::Date(b)) => a.cmp(b),
+            (Value::Timestamp(a) | Value::TimestampTz(a), Value::Timestamp(b) | Value::TimestampTz(b)) => a.cmp(b),
+            (Value::Date(a), Value::Timestamp(b) | Value::TimestampTz(b)) => (a * 86_400_000_000).cmp(b),
+            (Value::Timestamp(a) | Value::TimestampTz(a), Value::Date(b)) => a.cmp(&(b * 86_400_000_000)),
             // Unknown-typed literals compare as the other side's type, as in PostgreSQL.
-            (Value::Text(s), v @ (Value::Int(_) | Value::Float(_) | Value::Bool(_))) => {
+            (
+                Value::Text(s),
+                v @ (Value::Int(_)
+                | Value::Float(_)
+                | Value::Bool(_)
+                | Value::Date(_)
+                | Value::Timestamp(_)
+                | Value::TimestampTz(_)),
+            ) => {
                 let parsed = Value::Text(s.clone()).cast(v.natural_type().unwrap_or(DataType::Text))?;
                 return parsed.sql_cmp(v);
             }
-            (v @ (Value::Int(_) | Value::Float(_) | Value::Bool(_)), Value::Text(s)) => {
+            (
+                v @ (Value::Int(_)
+                | Value::Float(_)
+                | Value::Bool(_)
+                | Value::Date(_)
+                | Value::Timestamp(_)
+                | Value::TimestampTz(_)),
+                Value::Text(s),
+            ) => {
                 let parsed = Value::Text(s.clone()).cast(v.natural_type().unwrap_or(DataType::Text))?;
                 return v.sql_cmp(&parsed);
             }
@@ -276,6 +361,7 @@ impl Value {
             Value::Int(i) => enc.bool(true).i64(*i),
             Value::Float(f) => enc.bool(true).f64(*f),
             Value::Text(s) => enc.bool(true).str(s),
+            Value::Date(t) | Value::Timestamp(t) | Value::TimestampTz(t) => enc.bool(true).i64(*t),
         }
     }
 
@@ -289,6 +375,9 @@ impl Value {
             DataType::Int2 | DataType::Int4 | DataType::Int8 => Value::Int(dec.i64()?),
             DataType::Float4 | DataType::Float8 => Value::Float(dec.f64()?),
             DataType::Text | DataType::Varchar(_) | DataType::Char(_) => Value::Text(dec.string()?),
+            DataType::Date => Value::Date(dec.i64()?),
+            DataType::Timestamp => Value::Timestamp(dec.i64()?),
+            DataType::TimestampTz => Value::TimestampTz(dec.i64()?),
         })
     }
 
@@ -310,6 +399,15 @@ impl Value {
             Value::Text(s) => {
                 w.u8(4).bytes(s.as_bytes());
             }
+            Value::Date(d) => {
+                w.u8(5).u64(*d as u64);
+            }
+            Value::Timestamp(t) => {
+                w.u8(6).u64(*t as u64);
+            }
+            Value::TimestampTz(t) => {
+                w.u8(7).u64(*t as u64);
+            }
         }
     }
 
@@ -324,6 +422,9 @@ impl Value {
                 String::from_utf8(r.bytes()?.to_vec())
                     .map_err(|e| Error::InvalidData(format!("row value is not UTF-8: {e}")))?,
             ),
+            5 => Value::Date(r.u64()? as i64),
+            6 => Value::Timestamp(r.u64()? as i64),
+            7 => Value::TimestampTz(r.u64()? as i64),
             t => return Err(Error::InvalidData(format!("unknown value tag {t} in row"))),
         })
     }
