@@ -61,7 +61,7 @@ pub fn parse_timestamp(s: &str, use_zone: bool) -> Option<i64> {
         return None;
     }
     let days = parse_date(date)?;
-    let zone_at = rest.find(|c: char| c == '+' || c == '-' || c == 'Z' || c == 'z').unwrap_or(rest.len());
+    let zone_at = rest.find(['+', '-', 'Z', 'z']).unwrap_or(rest.len());
     let (clock, zone) = rest.split_at(zone_at);
     let mut hms = clock.trim().split(':');
     let h: i64 = hms.next()?.parse().ok()?;
