@@ -325,7 +325,7 @@ struct Query {
 
 #[async_trait]
 impl SimpleQueryHandler for Query {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -339,6 +339,16 @@ impl SimpleQueryHandler for Query {
         let mut session = self.conn.session.lock().await;
         let mut out = Vec::new();
         for stmt in &stmts {
+            // Prepared statements live in the protocol layer's store, not in the session.
+            if let amberdb_sql::ast::Statement::Deallocate { name, .. } = &stmt.ast {
+                if !name.value.eq_ignore_ascii_case("all") || name.quote_style.is_some() {
+                    client.portal_store().rm_statement(&name.value);
+                }
+                // DEALLOCATE ALL: statements left in the store are replaced when a name
+                // is reused, which is what drivers do after deallocating everything.
+                out.push(Response::Execution(Tag::new("DEALLOCATE")));
+                continue;
+            }
             match session.execute(stmt, &[]).await {
                 Ok(o) => out.push(outcome_response(o, None)?),
                 Err(e) => {

@@ -230,3 +230,25 @@ fn psql_copy_in_and_out() {
     let (_, stdout, _) = psql(&server, &["-At"], "SELECT count(*) FROM c;");
     assert_eq!(stdout.trim(), "5");
 }
+
+/// psycopg 3 (parameters, transactions, a serialization-failure retry loop, COPY).
+/// `scripts/test` installs psycopg into `.venv` and sets `AMBERDB_REQUIRE_PSYCOPG=1`;
+/// a bare `cargo test` without the venv skips this test with a message.
+#[test]
+fn psycopg_script() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".venv/bin/python");
+    let required = std::env::var("AMBERDB_REQUIRE_PSYCOPG").is_ok_and(|v| v == "1");
+    if !python.exists() {
+        assert!(!required, "{} is missing: run ./scripts/test to install psycopg", python.display());
+        eprintln!("SKIPPED psycopg_script: no {} (./scripts/test installs it)", python.display());
+        return;
+    }
+    let server = Server::start();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/psycopg_e2e.py");
+    let out = Command::new(&python).arg(&script).arg(server.port.to_string()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "psycopg script failed:\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+}

@@ -31,6 +31,8 @@ mod types;
 
 pub use asof::AsOf;
 pub use catalog::{Catalog, Column, TableDef};
+/// The SQL syntax tree (sqlparser's), for front ends that inspect statements.
+pub use sqlparser::ast;
 
 /// Describes a statement (parameter types, result columns) without running it.
 pub fn describe_statement(
