@@ -21,6 +21,20 @@ const TAG_TABLE: u8 = 0x10;
 const TAG_TABLE_SEQ: u8 = 0x11;
 const TAG_ROWID: u8 = 0x12;
 const TAG_ROW: u8 = 0x20;
+const TAG_INDEX: u8 = 0x21;
+
+/// A secondary index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexDef {
+    /// Id, unique within the table (entries embed it).
+    pub id: u64,
+    /// Name, unique within the database.
+    pub name: String,
+    /// Indexed column positions, in order.
+    pub columns: Vec<usize>,
+    /// Whether two rows may not share non-NULL values.
+    pub unique: bool,
+}
 
 /// A column definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +61,9 @@ pub struct TableDef {
     pub columns: Vec<Column>,
     /// Primary key column indexes; empty means a hidden row id is the key.
     pub primary_key: Vec<usize>,
+    /// Secondary indexes (UNIQUE constraints are unique indexes).
+    #[serde(default)]
+    pub indexes: Vec<IndexDef>,
 }
 
 impl TableDef {
@@ -71,6 +88,43 @@ impl TableDef {
     /// The key range holding every row of the table.
     pub fn rows_range(&self) -> KeyRange {
         KeyRange::prefix(&KeyEncoder::with_tag(TAG_ROW).u64(self.id).finish())
+    }
+
+    /// The prefix of every entry of `index` whose indexed values are `values` (a prefix
+    /// of the index's columns).
+    pub fn index_prefix(&self, index: &IndexDef, values: &[Value]) -> Vec<u8> {
+        let enc = KeyEncoder::with_tag(TAG_INDEX).u64(self.id).u64(index.id);
+        values.iter().fold(enc, |e, v| v.encode_key(e)).finish()
+    }
+
+    /// The entry of `index` for the row stored under `row_key`.
+    pub fn index_key(&self, index: &IndexDef, row: &[Value], row_key: &[u8]) -> Vec<u8> {
+        let values: Vec<Value> = index.columns.iter().map(|&c| row[c].clone()).collect();
+        let mut k = self.index_prefix(index, &values);
+        k.extend_from_slice(row_key);
+        k
+    }
+
+    /// The row key an index entry points at.
+    pub fn row_key_of_entry(&self, index: &IndexDef, entry: &[u8]) -> Result<Vec<u8>> {
+        let mut d = KeyDecoder::new(entry);
+        d.tag()?;
+        d.u64()?;
+        d.u64()?;
+        for &c in &index.columns {
+            Value::decode_key(&mut d, self.columns[c].ty)?;
+        }
+        Ok(d.remaining().to_vec())
+    }
+
+    /// Every entry of every index of the table.
+    pub fn indexes_range(&self) -> KeyRange {
+        KeyRange::prefix(&KeyEncoder::with_tag(TAG_INDEX).u64(self.id).finish())
+    }
+
+    /// Every entry of one index.
+    pub fn index_range(&self, index: &IndexDef) -> KeyRange {
+        KeyRange::prefix(&KeyEncoder::with_tag(TAG_INDEX).u64(self.id).u64(index.id).finish())
     }
 
     /// Encodes a row's values.
@@ -165,9 +219,11 @@ impl Catalog {
 
     /// Drops a table and deletes its rows.
     pub fn drop_table(txn: &mut Transaction, def: &TableDef) -> Result<()> {
-        let keys: Vec<Vec<u8>> = txn.scan(def.rows_range()).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
-        for k in keys {
-            txn.delete(k)?;
+        for range in [def.rows_range(), def.indexes_range()] {
+            let keys: Vec<Vec<u8>> = txn.scan(range).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
+            for k in keys {
+                txn.delete(k)?;
+            }
         }
         txn.delete(KeyEncoder::with_tag(TAG_ROWID).u64(def.id).finish())?;
         txn.delete(table_key(&def.name))

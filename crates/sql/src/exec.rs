@@ -9,7 +9,7 @@
 //! A single-table WHERE that fixes every primary-key column to a constant or parameter
 //! becomes a point read: it reads (and so conflicts on) one key, not the whole table.
 
-use crate::catalog::{Catalog, Column, TableDef};
+use crate::catalog::{Catalog, Column, IndexDef, TableDef};
 use crate::expr::{ident, AggBinding, AggCall, AggFunc, BinOp, Binder, Expr, ScopeCol};
 use crate::types::{DataType, Value};
 use amberdb_encoding::keycode::KeyEncoder;
@@ -74,25 +74,55 @@ fn row_identity(row: &[Value]) -> Vec<u8> {
     row.iter().fold(KeyEncoder::new(), |e, v| v.encode_key(e)).finish()
 }
 
-/// Reads every row of a table, or just the rows a primary-key predicate allows.
-fn read_rows(txn: &mut Transaction, def: &TableDef, lookup: Option<Vec<Value>>) -> Result<Vec<StoredRow>> {
-    if let Some(pk) = lookup {
-        let mut probe = vec![Value::Null; def.columns.len()];
-        for (&i, v) in def.primary_key.iter().zip(pk) {
-            probe[i] = v;
+/// How a single-table statement reads its rows.
+enum Access {
+    /// Every row.
+    Scan,
+    /// One row, by primary key.
+    Key(Vec<Value>),
+    /// The rows an index maps the given values to (index position in `def.indexes`).
+    Index(usize, Vec<Value>),
+}
+
+/// Reads the rows an access path selects.
+fn read_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<Vec<StoredRow>> {
+    match access {
+        Access::Key(pk) => {
+            let mut probe = vec![Value::Null; def.columns.len()];
+            for (&i, v) in def.primary_key.iter().zip(pk) {
+                probe[i] = v;
+            }
+            let key = def.row_key(&probe, None);
+            Ok(match txn.get(&key)? {
+                Some(raw) => vec![StoredRow { row: def.decode_row(&raw)?, key }],
+                None => vec![],
+            })
         }
-        let key = def.row_key(&probe, None);
-        return Ok(match txn.get(&key)? {
-            Some(raw) => vec![StoredRow { row: def.decode_row(&raw)?, key }],
-            None => vec![],
-        });
+        Access::Index(i, values) => {
+            let index = &def.indexes[i];
+            let prefix = def.index_prefix(index, &values);
+            let entries: Vec<Vec<u8>> = txn
+                .scan(amberdb_storage::KeyRange::prefix(&prefix))
+                .map(|kv| kv.map(|(k, _)| k))
+                .collect::<Result<_>>()?;
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                let key = def.row_key_of_entry(index, &e)?;
+                let raw = txn.get(&key)?.ok_or_else(|| {
+                    Error::InvalidData(format!("index {} points at a missing row of table {}", index.name, def.name))
+                })?;
+                out.push(StoredRow { row: def.decode_row(&raw)?, key });
+            }
+            Ok(out)
+        }
+        Access::Scan => txn
+            .scan(def.rows_range())
+            .map(|kv| {
+                let (key, raw) = kv?;
+                Ok(StoredRow { row: def.decode_row(&raw)?, key })
+            })
+            .collect(),
     }
-    txn.scan(def.rows_range())
-        .map(|kv| {
-            let (key, raw) = kv?;
-            Ok(StoredRow { row: def.decode_row(&raw)?, key })
-        })
-        .collect()
 }
 
 /// Splits a predicate into AND-ed conjuncts.
@@ -105,38 +135,53 @@ fn conjuncts(e: &Expr, out: &mut Vec<Expr>) {
     }
 }
 
-/// If `filter` pins every primary-key column to a row-independent value, returns them.
-fn pk_lookup(def: &TableDef, filter: Option<&Expr>, params: &[Value]) -> Result<Option<Vec<Value>>> {
-    let Some(filter) = filter else { return Ok(None) };
-    if def.primary_key.is_empty() {
-        return Ok(None);
-    }
-    let mut parts = Vec::new();
-    conjuncts(filter, &mut parts);
-    let mut values = Vec::new();
-    for &pk in &def.primary_key {
-        let found = parts.iter().find_map(|p| match p {
-            Expr::Binary(BinOp::Eq, a, b) => match (a.as_ref(), b.as_ref()) {
-                (Expr::Column(c), v @ (Expr::Const(_) | Expr::Param(_)))
-                | (v @ (Expr::Const(_) | Expr::Param(_)), Expr::Column(c))
-                    if *c == pk =>
-                {
-                    Some(v.clone())
-                }
-                _ => None,
-            },
+/// The value a conjunct `column = constant-or-parameter` pins `col` to, if any.
+fn pinned(parts: &[Expr], col: usize) -> Option<Expr> {
+    parts.iter().find_map(|p| match p {
+        Expr::Binary(BinOp::Eq, a, b) => match (a.as_ref(), b.as_ref()) {
+            (Expr::Column(c), v @ (Expr::Const(_) | Expr::Param(_)))
+            | (v @ (Expr::Const(_) | Expr::Param(_)), Expr::Column(c))
+                if *c == col =>
+            {
+                Some(v.clone())
+            }
             _ => None,
-        });
-        let Some(v) = found else { return Ok(None) };
-        let v = v.eval(&[], params)?;
-        // A value that does not fit the column type cannot match any row; fall back to
-        // the scan (which evaluates the predicate and reports type errors faithfully).
-        match v.cast(def.columns[pk].ty) {
+        },
+        _ => None,
+    })
+}
+
+/// Evaluates the values `filter` pins `cols` to, cast to their column types; None if
+/// some column is not pinned or its value cannot match (the scan then decides).
+fn pinned_values(def: &TableDef, parts: &[Expr], cols: &[usize], params: &[Value]) -> Result<Option<Vec<Value>>> {
+    let mut values = Vec::new();
+    for &c in cols {
+        let Some(v) = pinned(parts, c) else { return Ok(None) };
+        match v.eval(&[], params)?.cast(def.columns[c].ty) {
             Ok(Value::Null) | Err(_) => return Ok(None),
             Ok(v) => values.push(v),
         }
     }
     Ok(Some(values))
+}
+
+/// Picks the cheapest access path for `filter`: the primary key, then an index whose
+/// columns are all pinned by equality, else a scan.
+fn choose_access(def: &TableDef, filter: Option<&Expr>, params: &[Value]) -> Result<Access> {
+    let Some(filter) = filter else { return Ok(Access::Scan) };
+    let mut parts = Vec::new();
+    conjuncts(filter, &mut parts);
+    if !def.primary_key.is_empty() {
+        if let Some(v) = pinned_values(def, &parts, &def.primary_key, params)? {
+            return Ok(Access::Key(v));
+        }
+    }
+    for (i, index) in def.indexes.iter().enumerate() {
+        if let Some(v) = pinned_values(def, &parts, &index.columns, params)? {
+            return Ok(Access::Index(i, v));
+        }
+    }
+    Ok(Access::Scan)
 }
 
 /// The FROM clause: rows and their scope.
@@ -157,14 +202,14 @@ fn table_factor(
             let def = Catalog::must_get(txn, &tname)?;
             let alias = alias.as_ref().map(|a| ident(&a.name)).unwrap_or(tname);
             let scope = scope_of(&def, &alias);
-            let lookup = match filter_hint {
+            let access = match filter_hint {
                 Some(f) => match Binder::new(&scope).bind(f) {
-                    Ok(bound) => pk_lookup(&def, Some(&bound), params)?,
-                    Err(_) => None,
+                    Ok(bound) => choose_access(&def, Some(&bound), params)?,
+                    Err(_) => Access::Scan,
                 },
-                None => None,
+                None => Access::Scan,
             };
-            let rows = read_rows(txn, &def, lookup)?.into_iter().map(|r| r.row).collect();
+            let rows = read_rows(txn, &def, access)?.into_iter().map(|r| r.row).collect();
             Ok(Source { scope, rows })
         }
         ast::TableFactor::Derived { subquery, alias, .. } => {
@@ -815,7 +860,7 @@ pub(crate) fn store_new_row(txn: &mut Transaction, def: &TableDef, targets: &[us
     if rowid.is_none() && txn.get(&key)?.is_some() {
         return Err(duplicate_key(def, &row));
     }
-    txn.put(key, def.encode_row(&row))
+    write_row(txn, def, None, Some((&key, &row)))
 }
 
 /// Resolves COPY's table and column list.
@@ -839,6 +884,64 @@ pub(crate) fn copy_target(
             .collect::<Result<_>>()?
     };
     Ok((def, targets))
+}
+
+/// Writes a row change and keeps every index in step: `old` is the row currently
+/// stored under `old_key` (None for an insert), `new` the row to store under `new_key`
+/// (None for a delete). Unique indexes are checked before anything is buffered.
+fn write_row(
+    txn: &mut Transaction,
+    def: &TableDef,
+    old: Option<(&[u8], &[Value])>,
+    new: Option<(&[u8], &[Value])>,
+) -> Result<()> {
+    for index in &def.indexes {
+        let old_entry = old.map(|(k, r)| def.index_key(index, r, k));
+        let new_entry = new.map(|(k, r)| def.index_key(index, r, k));
+        if old_entry == new_entry {
+            continue;
+        }
+        if let (Some((_, row)), true) = (new, index.unique) {
+            let values: Vec<Value> = index.columns.iter().map(|&c| row[c].clone()).collect();
+            // NULLs are distinct from each other, as in PostgreSQL.
+            if !values.iter().any(Value::is_null) {
+                let prefix = def.index_prefix(index, &values);
+                let clash = txn
+                    .scan(amberdb_storage::KeyRange::prefix(&prefix))
+                    .map(|kv| kv.map(|(k, _)| k))
+                    .find(|k| !matches!(k, Ok(k) if Some(k) == old_entry.as_ref()));
+                if let Some(k) = clash {
+                    k?;
+                    let cols: Vec<&str> = index.columns.iter().map(|&c| def.columns[c].name.as_str()).collect();
+                    let vals: Vec<String> = values.iter().map(|v| v.to_pg_text(None).unwrap_or_default()).collect();
+                    return Err(Error::sql(
+                        "23505",
+                        format!(
+                            "duplicate key value violates unique constraint \"{}\": Key ({})=({}) already exists.",
+                            index.name,
+                            cols.join(", "),
+                            vals.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(e) = old_entry {
+            txn.delete(e)?;
+        }
+        if let Some(e) = new_entry {
+            txn.put(e, Vec::new())?;
+        }
+    }
+    match (old, new) {
+        (Some((ok, _)), Some((nk, _))) if ok != nk => txn.delete(ok.to_vec())?,
+        (Some((ok, _)), None) => txn.delete(ok.to_vec())?,
+        _ => {}
+    }
+    if let Some((nk, row)) = new {
+        txn.put(nk.to_vec(), def.encode_row(row))?;
+    }
+    Ok(())
 }
 
 /// Evaluates a column's DEFAULT expression.
@@ -1002,12 +1105,12 @@ pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Res
                 if def.row_key(&new, None) != key {
                     return Err(feature("ON CONFLICT DO UPDATE that changes the primary key"));
                 }
-                txn.put(key, def.encode_row(&new))?;
+                write_row(txn, &def, Some((&key, &old)), Some((&key, &new)))?;
                 written.push(new);
                 continue;
             }
         }
-        txn.put(key, def.encode_row(&row))?;
+        write_row(txn, &def, None, Some((&key, &row)))?;
         written.push(row);
     }
     let tag = format!("INSERT 0 {}", written.len());
@@ -1060,9 +1163,9 @@ fn matching_rows(
     params: &[Value],
 ) -> Result<Vec<StoredRow>> {
     let pred = selection.as_ref().map(|s| Binder::with_txn(scope, txn, params).bind(s)).transpose()?;
-    let lookup = pk_lookup(def, pred.as_ref(), params)?;
+    let access = choose_access(def, pred.as_ref(), params)?;
     let mut out = Vec::new();
-    for r in read_rows(txn, def, lookup)? {
+    for r in read_rows(txn, def, access)? {
         if pred.as_ref().map_or(Ok(true), |p| p.matches(&r.row, params))? {
             out.push(r);
         }
@@ -1084,13 +1187,10 @@ pub fn update(txn: &mut Transaction, up: &ast::Update, params: &[Value]) -> Resu
         apply_assignments(&def, &scope, &up.assignments, &r.row, &mut new, params)?;
         let new = conform(&def, new)?;
         let key = if def.primary_key.is_empty() { r.key.clone() } else { def.row_key(&new, None) };
-        if key != r.key {
-            if txn.get(&key)?.is_some() {
-                return Err(duplicate_key(&def, &new));
-            }
-            txn.delete(r.key)?;
+        if key != r.key && txn.get(&key)?.is_some() {
+            return Err(duplicate_key(&def, &new));
         }
-        txn.put(key, def.encode_row(&new))?;
+        write_row(txn, &def, Some((&r.key, &r.row)), Some((&key, &new)))?;
         written.push(new);
     }
     let tag = format!("UPDATE {}", written.len());
@@ -1111,7 +1211,7 @@ pub fn delete(txn: &mut Transaction, del: &ast::Delete, params: &[Value]) -> Res
     let rows = matching_rows(txn, &def, &scope, &del.selection, params)?;
     let mut deleted = Vec::new();
     for r in rows {
-        txn.delete(r.key)?;
+        write_row(txn, &def, Some((&r.key, &r.row)), None)?;
         deleted.push(r.row);
     }
     let tag = format!("DELETE {}", deleted.len());
@@ -1132,6 +1232,7 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
     }
     let mut columns: Vec<Column> = Vec::new();
     let mut pk: Vec<usize> = Vec::new();
+    let mut unique_sets: Vec<Vec<usize>> = Vec::new();
     for c in &ct.columns {
         let cname = ident(&c.name);
         if columns.iter().any(|x| x.name == cname) {
@@ -1148,6 +1249,7 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
                     Binder::new(&[]).bind(e)?.eval(&[], &[])?.cast(ty).map_err(crate::expr::to_sql_err)?;
                     col.default = Some(e.to_string());
                 }
+                ast::ColumnOption::Unique(_) => unique_sets.push(vec![columns.len()]),
                 ast::ColumnOption::PrimaryKey(_) => {
                     if !pk.is_empty() {
                         return Err(Error::sql(
@@ -1185,14 +1287,124 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
                     pk.push(idx);
                 }
             }
+            ast::TableConstraint::Unique(u) => {
+                let cols =
+                    u.columns
+                        .iter()
+                        .map(|ic| {
+                            let ast::Expr::Identifier(i) = &ic.column.expr else {
+                                return Err(feature("expression in UNIQUE"));
+                            };
+                            let n = ident(i);
+                            columns.iter().position(|c| c.name == n).ok_or_else(|| {
+                                Error::sql("42703", format!("column \"{n}\" named in key does not exist"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                unique_sets.push(cols);
+            }
             other => return Err(feature(format!("table constraint {other}"))),
         }
     }
     if columns.is_empty() {
         return Err(feature("a table without columns"));
     }
-    Catalog::create(txn, TableDef { id: 0, name, columns, primary_key: pk })?;
+    let mut def = TableDef { id: 0, name, columns, primary_key: pk, indexes: vec![] };
+    for cols in unique_sets {
+        let iname = format!(
+            "{}_{}_key",
+            def.name,
+            cols.iter().map(|&c| def.columns[c].name.as_str()).collect::<Vec<_>>().join("_")
+        );
+        ensure_relation_name_free(txn, &iname, Some(&def))?;
+        let id = def.indexes.len() as u64 + 1;
+        def.indexes.push(IndexDef { id, name: iname, columns: cols, unique: true });
+    }
+    Catalog::create(txn, def)?;
     Ok(Outcome::Command("CREATE TABLE".into()))
+}
+
+/// Fails if a table or index named `name` exists (they share one namespace).
+fn ensure_relation_name_free(txn: &mut Transaction, name: &str, pending: Option<&TableDef>) -> Result<()> {
+    let taken = Catalog::get(txn, name)?.is_some()
+        || Catalog::list(txn)?.iter().chain(pending).any(|t| t.indexes.iter().any(|i| i.name == name));
+    if taken {
+        return Err(Error::sql("42P07", format!("relation \"{name}\" already exists")));
+    }
+    Ok(())
+}
+
+/// CREATE [UNIQUE] INDEX: adds the index and fills it from the existing rows.
+pub fn create_index(txn: &mut Transaction, ci: &ast::CreateIndex) -> Result<Outcome> {
+    let mut def = Catalog::must_get(txn, &table_name(&ci.table_name)?)?;
+    if ci.predicate.is_some() || !ci.include.is_empty() {
+        return Err(feature("partial or covering indexes"));
+    }
+    let columns = ci
+        .columns
+        .iter()
+        .map(|ic| match &ic.column.expr {
+            ast::Expr::Identifier(i) => {
+                let n = ident(i);
+                def.column_index(&n).ok_or_else(|| Error::sql("42703", format!("column \"{n}\" does not exist")))
+            }
+            other => Err(feature(format!("index on expression {other}"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let name = match &ci.name {
+        Some(n) => table_name(n)?,
+        None => format!(
+            "{}_{}_idx",
+            def.name,
+            columns.iter().map(|&c| def.columns[c].name.as_str()).collect::<Vec<_>>().join("_")
+        ),
+    };
+    if let Err(e) = ensure_relation_name_free(txn, &name, None) {
+        if ci.if_not_exists {
+            return Ok(Outcome::Command("CREATE INDEX".into()));
+        }
+        return Err(e);
+    }
+    let id = def.indexes.iter().map(|i| i.id).max().unwrap_or(0) + 1;
+    let index = IndexDef { id, name, columns, unique: ci.unique };
+    let mut seen = HashSet::new();
+    for r in read_rows(txn, &def, Access::Scan)? {
+        let values: Vec<Value> = index.columns.iter().map(|&c| r.row[c].clone()).collect();
+        if index.unique && !values.iter().any(Value::is_null) && !seen.insert(row_identity(&values)) {
+            return Err(Error::sql(
+                "23505",
+                format!("could not create unique index \"{}\": duplicate values exist", index.name),
+            ));
+        }
+        txn.put(def.index_key(&index, &r.row, &r.key), Vec::new())?;
+    }
+    def.indexes.push(index);
+    Catalog::put(txn, &def)?;
+    Ok(Outcome::Command("CREATE INDEX".into()))
+}
+
+/// DROP INDEX.
+pub fn drop_indexes(txn: &mut Transaction, names: &[ast::ObjectName], if_exists: bool) -> Result<Outcome> {
+    for n in names {
+        let name = table_name(n)?;
+        let owner = Catalog::list(txn)?.into_iter().find(|t| t.indexes.iter().any(|i| i.name == name));
+        let Some(mut def) = owner else {
+            if if_exists {
+                continue;
+            }
+            return Err(Error::sql("42704", format!("index \"{name}\" does not exist")));
+        };
+        let pos =
+            def.indexes.iter().position(|i| i.name == name).ok_or_else(|| Error::Internal("index vanished".into()))?;
+        let index = def.indexes.remove(pos);
+        let keys: Vec<Vec<u8>> =
+            txn.scan(def.index_range(&index)).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
+        for k in keys {
+            txn.delete(k)?;
+        }
+        Catalog::put(txn, &def)?;
+    }
+    Ok(Outcome::Command("DROP INDEX".into()))
 }
 
 /// DROP TABLE.

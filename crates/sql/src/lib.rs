@@ -30,7 +30,7 @@ mod time;
 mod types;
 
 pub use asof::AsOf;
-pub use catalog::{Catalog, Column, TableDef};
+pub use catalog::{Catalog, Column, IndexDef, TableDef};
 /// The SQL syntax tree (sqlparser's), for front ends that inspect statements.
 pub use sqlparser::ast;
 

@@ -391,6 +391,10 @@ pub fn run(txn: &mut Transaction, stmt: &ast::Statement, params: &[Value]) -> Re
         ast::Statement::Drop { object_type: ast::ObjectType::Table, if_exists, names, .. } => {
             exec::drop_tables(txn, names, *if_exists)
         }
+        ast::Statement::CreateIndex(ci) => exec::create_index(txn, ci),
+        ast::Statement::Drop { object_type: ast::ObjectType::Index, if_exists, names, .. } => {
+            exec::drop_indexes(txn, names, *if_exists)
+        }
         ast::Statement::Set(_) => Ok(Outcome::Command("SET".into())),
         ast::Statement::ShowVariable { variable } => {
             let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
