@@ -1407,6 +1407,130 @@ pub fn drop_indexes(txn: &mut Transaction, names: &[ast::ObjectName], if_exists:
     Ok(Outcome::Command("DROP INDEX".into()))
 }
 
+/// Builds a column from its definition (types, NULL/NOT NULL, DEFAULT only).
+fn plain_column(c: &ast::ColumnDef) -> Result<Column> {
+    let ty = DataType::parse(&c.data_type.to_string()).map_err(crate::expr::to_sql_err)?;
+    let mut col = Column { name: ident(&c.name), ty, nullable: true, default: None };
+    for o in &c.options {
+        match &o.option {
+            ast::ColumnOption::NotNull => col.nullable = false,
+            ast::ColumnOption::Null => col.nullable = true,
+            ast::ColumnOption::Default(e) => {
+                Binder::new(&[]).bind(e)?.eval(&[], &[])?.cast(ty).map_err(crate::expr::to_sql_err)?;
+                col.default = Some(e.to_string());
+            }
+            other => return Err(feature(format!("column option {other} in ALTER TABLE ADD COLUMN"))),
+        }
+    }
+    Ok(col)
+}
+
+/// ALTER TABLE: ADD COLUMN, DROP COLUMN, RENAME COLUMN. Existing rows are rewritten in
+/// the same transaction where their encoding changes.
+pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcome> {
+    let name = table_name(&at.name)?;
+    let Some(mut def) = Catalog::get(txn, &name)? else {
+        if at.if_exists {
+            return Ok(Outcome::Command("ALTER TABLE".into()));
+        }
+        return Err(Error::sql("42P01", format!("relation \"{name}\" does not exist")));
+    };
+    for op in &at.operations {
+        match op {
+            ast::AlterTableOperation::AddColumn { if_not_exists, column_def, column_position: None, .. } => {
+                let col = plain_column(column_def)?;
+                if def.column_index(&col.name).is_some() {
+                    if *if_not_exists {
+                        continue;
+                    }
+                    return Err(Error::sql(
+                        "42701",
+                        format!("column \"{}\" of relation \"{}\" already exists", col.name, def.name),
+                    ));
+                }
+                let value = default_value(&col)?.cast(col.ty).map_err(crate::expr::to_sql_err)?;
+                let rows = read_rows(txn, &def, Access::Scan)?;
+                if value.is_null() && !col.nullable && !rows.is_empty() {
+                    return Err(Error::sql(
+                        "23502",
+                        format!("column \"{}\" of relation \"{}\" contains null values", col.name, def.name),
+                    ));
+                }
+                def.columns.push(col);
+                if !value.is_null() {
+                    for r in rows {
+                        // Rows were read before the column existed: append its value.
+                        let mut row = r.row;
+                        row.resize(def.columns.len() - 1, Value::Null);
+                        row.push(value.clone());
+                        txn.put(r.key, def.encode_row(&row))?;
+                    }
+                }
+            }
+            ast::AlterTableOperation::DropColumn { column_names, if_exists, .. } => {
+                for cname in column_names {
+                    let cname = ident(cname);
+                    let Some(pos) = def.column_index(&cname) else {
+                        if *if_exists {
+                            continue;
+                        }
+                        return Err(Error::sql(
+                            "42703",
+                            format!("column \"{cname}\" of relation \"{}\" does not exist", def.name),
+                        ));
+                    };
+                    if def.primary_key.contains(&pos) {
+                        return Err(feature("dropping a primary-key column"));
+                    }
+                    if def.columns.len() == 1 {
+                        return Err(feature("dropping the last column of a table"));
+                    }
+                    // Indexes on the column go with it, as in PostgreSQL.
+                    let (gone, kept): (Vec<_>, Vec<_>) = def.indexes.drain(..).partition(|i| i.columns.contains(&pos));
+                    for index in gone {
+                        let keys: Vec<Vec<u8>> =
+                            txn.scan(def.index_range(&index)).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
+                        for k in keys {
+                            txn.delete(k)?;
+                        }
+                    }
+                    def.indexes = kept;
+                    let rows = read_rows(txn, &def, Access::Scan)?;
+                    def.columns.remove(pos);
+                    let shift = |c: &mut usize| {
+                        if *c > pos {
+                            *c -= 1;
+                        }
+                    };
+                    def.primary_key.iter_mut().for_each(shift);
+                    def.indexes.iter_mut().for_each(|i| i.columns.iter_mut().for_each(shift));
+                    for r in rows {
+                        let mut row = r.row;
+                        row.remove(pos);
+                        txn.put(r.key, def.encode_row(&row))?;
+                    }
+                }
+            }
+            ast::AlterTableOperation::RenameColumn { old_column_name, new_column_name } => {
+                let (old, new) = (ident(old_column_name), ident(new_column_name));
+                let pos = def
+                    .column_index(&old)
+                    .ok_or_else(|| Error::sql("42703", format!("column \"{old}\" does not exist")))?;
+                if def.column_index(&new).is_some() {
+                    return Err(Error::sql(
+                        "42701",
+                        format!("column \"{new}\" of relation \"{}\" already exists", def.name),
+                    ));
+                }
+                def.columns[pos].name = new;
+            }
+            other => return Err(feature(format!("ALTER TABLE {other}"))),
+        }
+    }
+    Catalog::put(txn, &def)?;
+    Ok(Outcome::Command("ALTER TABLE".into()))
+}
+
 /// DROP TABLE.
 pub fn drop_tables(txn: &mut Transaction, names: &[ast::ObjectName], if_exists: bool) -> Result<Outcome> {
     for n in names {
