@@ -212,6 +212,54 @@ fn table_factor(
             let rows = read_rows(txn, &def, access)?.into_iter().map(|r| r.row).collect();
             Ok(Source { scope, rows })
         }
+        ast::TableFactor::Table { name, alias, args: Some(targs), .. } => {
+            let fname = table_name(name)?;
+            if fname != "generate_series" {
+                return Err(Error::sql("42883", format!("function {fname}() does not exist")));
+            }
+            let mut b = Binder::with_txn(&[], txn, params);
+            let args = targs
+                .args
+                .iter()
+                .map(|a| match a {
+                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => b.bind(e)?.eval(&[], params),
+                    other => Err(feature(format!("argument {other}"))),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let int = |v: &Value| match v.clone().cast(DataType::Int8) {
+                Ok(Value::Int(i)) => Ok(Some(i)),
+                Ok(_) => Ok(None),
+                Err(e) => Err(crate::expr::to_sql_err(e)),
+            };
+            let (start, stop, step) = match args.as_slice() {
+                [a, b] => (int(a)?, int(b)?, Some(1)),
+                [a, b, c] => (int(a)?, int(b)?, int(c)?),
+                _ => return Err(Error::sql("42883", "function generate_series needs 2 or 3 integer arguments")),
+            };
+            let mut rows = Vec::new();
+            if let (Some(start), Some(stop), Some(step)) = (start, stop, step) {
+                if step == 0 {
+                    return Err(Error::sql("22023", "step size cannot equal zero"));
+                }
+                let count = if (step > 0 && start > stop) || (step < 0 && start < stop) {
+                    0
+                } else {
+                    ((i128::from(stop) - i128::from(start)) / i128::from(step) + 1) as u128
+                };
+                // Rows are materialized until results stream; refuse rather than exhaust memory.
+                if count > 50_000_000 {
+                    return Err(Error::sql("54000", format!("generate_series would produce {count} rows; at most 50000000 are supported until results stream")));
+                }
+                let mut v = i128::from(start);
+                for _ in 0..count {
+                    rows.push(vec![Value::Int(v as i64)]);
+                    v += i128::from(step);
+                }
+            }
+            let table = alias.as_ref().map(|a| ident(&a.name)).unwrap_or_else(|| fname.clone());
+            let col = alias.as_ref().and_then(|a| a.columns.first()).map(|c| ident(&c.name)).unwrap_or(fname);
+            Ok(Source { scope: vec![ScopeCol { table: Some(table), name: col, ty: Some(DataType::Int8) }], rows })
+        }
         ast::TableFactor::Derived { subquery, alias, .. } => {
             let (cols, rows) = query(txn, subquery, params)?;
             let alias = alias.as_ref().map(|a| ident(&a.name));
