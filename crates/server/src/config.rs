@@ -1,25 +1,47 @@
 //! Configuration: one typed struct, every field documented, defaults in one place.
-//! Command-line flags override `AMBERDB_*` environment variables, which override the
-//! defaults.
+//!
+//! Precedence, highest first: command-line flags, `AMBERDB_*` environment variables,
+//! the TOML file named by `--config`, the defaults below. Unknown keys in the file are
+//! an error (a typo must not silently fall back to a default).
 
 use amberdb_consensus::NodeConfig;
 use amberdb_error::{Error, Result};
 use amberdb_mvcc::{ConflictWindowConfig, MvccConfig};
-use std::path::PathBuf;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Flags of `amberdb server`.
-#[derive(Debug, Clone, clap::Args)]
+/// Flags of `amberdb server`. Every flag also reads its `AMBERDB_*` variable.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServerArgs {
-    /// Directory holding the engine and the commit log.
-    #[arg(long, env = "AMBERDB_DATA_DIR", default_value = Config::DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
-    /// Address for PostgreSQL clients.
-    #[arg(long, env = "AMBERDB_LISTEN", default_value = Config::DEFAULT_LISTEN)]
-    pub listen: String,
-    /// How long old versions stay readable, in seconds (AS OF SYSTEM TIME, backups).
-    #[arg(long, env = "AMBERDB_RETENTION_SECS", default_value_t = Config::DEFAULT_RETENTION_SECS)]
-    pub retention_secs: u64,
+    /// TOML configuration file (keys as in `Config`, e.g. `listen = "127.0.0.1:5433"`).
+    #[arg(long, env = "AMBERDB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the engine and the commit log [default: ./amberdb-data].
+    #[arg(long, env = "AMBERDB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address for PostgreSQL clients [default: 127.0.0.1:5433].
+    #[arg(long, env = "AMBERDB_LISTEN")]
+    pub listen: Option<String>,
+    /// Address of the admin HTTP endpoint (/health, /status) [default: 127.0.0.1:9433].
+    #[arg(long, env = "AMBERDB_HTTP")]
+    pub http: Option<String>,
+    /// How long old versions stay readable, in seconds [default: 3600].
+    #[arg(long, env = "AMBERDB_RETENTION_SECS")]
+    pub retention_secs: Option<u64>,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    http: Option<String>,
+    retention_secs: Option<u64>,
+    conflict_window_secs: Option<u64>,
+    checkpoint_every: Option<u64>,
+    gc_interval_secs: Option<u64>,
 }
 
 /// The server's configuration.
@@ -29,6 +51,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address the PostgreSQL protocol listens on.
     pub listen: String,
+    /// Address the admin HTTP endpoint listens on.
+    pub http: String,
     /// Retention window of old versions.
     pub retention: Duration,
     /// Longest a read-write transaction may run and still commit.
@@ -39,25 +63,62 @@ pub struct Config {
     pub gc_interval: Duration,
 }
 
-impl Config {
-    /// Default data directory, relative to the working directory.
-    pub const DEFAULT_DATA_DIR: &'static str = "./amberdb-data";
-    /// Default PostgreSQL protocol address.
-    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:5433";
-    /// Default retention: one hour.
-    pub const DEFAULT_RETENTION_SECS: u64 = 3600;
+fn positive(name: &str, v: u64) -> Result<u64> {
+    if v == 0 {
+        return Err(Error::InvalidInput(format!("{name} must be at least 1")));
+    }
+    Ok(v)
+}
 
-    /// Builds the configuration from flags (which already folded in the environment).
+impl Config {
+    /// Builds the configuration: defaults, then the file, then environment and flags.
     pub fn load(args: &ServerArgs) -> Result<Self> {
-        if args.retention_secs == 0 {
-            return Err(Error::InvalidInput("--retention-secs must be at least 1".into()));
+        let mut c = Self::default();
+        if let Some(path) = &args.config {
+            c.apply_file(path)?;
         }
-        Ok(Self {
-            data_dir: args.data_dir.clone(),
-            listen: args.listen.clone(),
-            retention: Duration::from_secs(args.retention_secs),
-            ..Self::default()
-        })
+        if let Some(v) = &args.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = &args.listen {
+            c.listen = v.clone();
+        }
+        if let Some(v) = &args.http {
+            c.http = v.clone();
+        }
+        if let Some(v) = args.retention_secs {
+            c.retention = Duration::from_secs(positive("--retention-secs", v)?);
+        }
+        Ok(c)
+    }
+
+    fn apply_file(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), format!("read config: {e}")))?;
+        let f: FileConfig = toml::from_str(&text)
+            .map_err(|e| Error::InvalidInput(format!("config file {}: {}", path.display(), e.to_string().trim())))?;
+        let secs = |name: &str, v: u64| positive(&format!("{name} in {}", path.display()), v).map(Duration::from_secs);
+        if let Some(v) = f.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = f.listen {
+            self.listen = v;
+        }
+        if let Some(v) = f.http {
+            self.http = v;
+        }
+        if let Some(v) = f.retention_secs {
+            self.retention = secs("retention_secs", v)?;
+        }
+        if let Some(v) = f.conflict_window_secs {
+            self.conflict_window = secs("conflict_window_secs", v)?;
+        }
+        if let Some(v) = f.checkpoint_every {
+            self.checkpoint_every = positive("checkpoint_every", v)?;
+        }
+        if let Some(v) = f.gc_interval_secs {
+            self.gc_interval = secs("gc_interval_secs", v)?;
+        }
+        Ok(())
     }
 
     /// The node configuration this implies.
@@ -75,12 +136,36 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from(Self::DEFAULT_DATA_DIR),
-            listen: Self::DEFAULT_LISTEN.into(),
-            retention: Duration::from_secs(Self::DEFAULT_RETENTION_SECS),
+            data_dir: PathBuf::from("./amberdb-data"),
+            listen: "127.0.0.1:5433".into(),
+            http: "127.0.0.1:9433".into(),
+            retention: Duration::from_secs(3600),
             conflict_window: Duration::from_secs(60),
             checkpoint_every: 20_000,
             gc_interval: Duration::from_secs(60),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("amberdb.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:7000\"\nretention_secs = 60\n").unwrap();
+        let args = ServerArgs { config: Some(file.clone()), retention_secs: Some(120), ..ServerArgs::default() };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7000");
+        assert_eq!(c.retention, Duration::from_secs(120), "flag beats file");
+        assert_eq!(c.http, "127.0.0.1:9433", "default kept");
+        std::fs::write(&file, "listn = \"x\"\n").unwrap();
+        let err = Config::load(&args).unwrap_err().to_string();
+        assert!(err.contains("listn") && err.contains("amberdb.toml"), "{err}");
+        let missing = ServerArgs { config: Some(dir.path().join("nope.toml")), ..ServerArgs::default() };
+        assert!(Config::load(&missing).unwrap_err().to_string().contains("nope.toml"));
+        assert!(Config::load(&ServerArgs { retention_secs: Some(0), ..ServerArgs::default() }).is_err());
     }
 }

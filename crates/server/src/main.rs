@@ -9,6 +9,7 @@
 //! Every subcommand opens the same [`amberdb_consensus::Node`] over the fjall engine, so
 //! what the tests and benchmarks exercise is exactly what the server runs.
 
+mod admin;
 mod bench;
 mod config;
 mod workload;
@@ -65,17 +66,28 @@ async fn run_server(args: config::ServerArgs) -> Result<()> {
         .await
         .map_err(|e| Error::io(&config.listen, format!("cannot listen for PostgreSQL clients: {e}")))?;
     let addr = listener.local_addr().map_err(|e| Error::io(&config.listen, e))?;
+    let http = tokio::net::TcpListener::bind(&config.http)
+        .await
+        .map_err(|e| Error::io(&config.http, format!("cannot listen for admin HTTP: {e}")))?;
+    let http_addr = http.local_addr().map_err(|e| Error::io(&config.http, e))?;
     let status = node.status();
     tracing::info!(
         data_dir = %config.data_dir.display(),
         version = status.applied_version,
         %addr,
-        "amberdb ready: PostgreSQL protocol on {addr}; Ctrl-C or SIGTERM stops it"
+        %http_addr,
+        "amberdb ready: PostgreSQL protocol on {addr}, admin HTTP on {http_addr}; Ctrl-C or SIGTERM stops it"
     );
-    // Scripts and tests read this line to learn the port (with --listen 127.0.0.1:0).
+    // Scripts and tests read these lines to learn the ports (with port 0).
     println!("LISTENING {addr}");
+    println!("HTTP {http_addr}");
     use std::io::Write;
     std::io::stdout().flush()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut admin_stop = stop_rx.clone();
+    let admin = tokio::spawn(admin::serve(http, node.clone(), async move {
+        let _ = admin_stop.changed().await;
+    }));
     amberdb_pgwire::serve(listener, node.clone(), async {
         if let Err(e) = wait_for_shutdown_signal().await {
             tracing::error!(error = %e, "signal handling failed; shutting down");
@@ -83,6 +95,12 @@ async fn run_server(args: config::ServerArgs) -> Result<()> {
     })
     .await;
     tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    match admin.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin HTTP ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "admin HTTP task failed"),
+        Ok(Ok(())) => {}
+    }
     node.shutdown().await?;
     tracing::info!("stopped cleanly");
     Ok(())

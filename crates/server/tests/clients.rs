@@ -252,3 +252,32 @@ fn psycopg_script() {
     assert!(out.status.success(), "psycopg script failed:\n{stdout}\n{stderr}");
     eprintln!("{stdout}");
 }
+
+#[test]
+fn admin_http_health_and_status() {
+    let server = Server::start();
+    let (code, body) = common::http_get(server.http_port, "/health");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"ok\""), "{body}");
+    let (code, body) = common::http_get(server.http_port, "/status");
+    assert_eq!(code, 200);
+    assert!(body.contains("applied_version") && body.contains("\"leader\":1"), "{body}");
+    let (code, _) = common::http_get(server.http_port, "/nope");
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn config_file_and_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("amberdb.toml");
+    std::fs::write(&cfg, "retention_secs = 0\n").unwrap();
+    let out = Command::new(common::bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("retention_secs") && stderr.contains("amberdb.toml"), "{stderr}");
+}

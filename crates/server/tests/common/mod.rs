@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    pub http_port: u16,
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -39,7 +40,7 @@ impl Server {
     /// Starts a server on `data_dir` and waits until it listens.
     pub fn start_on(data_dir: &Path) -> Server {
         let mut child = Command::new(bin())
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["server", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("AMBERDB_LOG", "warn")
             .stdout(Stdio::piped())
@@ -49,14 +50,18 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut pg = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("LISTENING ") {
-                    let _ = tx.send(addr.to_string());
+                    pg = Some(addr.to_string());
+                }
+                if let (Some(http), Some(pg)) = (line.strip_prefix("HTTP "), pg.as_ref()) {
+                    let _ = tx.send((pg.clone(), http.to_string()));
                 }
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
+        let (addr, http) = loop {
             if let Ok(a) = rx.recv_timeout(Duration::from_millis(100)) {
                 break a;
             }
@@ -66,10 +71,23 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not start listening within 60 s");
         };
         let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in LISTENING line");
-        Server { child, port, data_dir: data_dir.to_path_buf(), _dir: None }
+        let http_port = http.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in HTTP line");
+        Server { child, port, http_port, data_dir: data_dir.to_path_buf(), _dir: None }
     }
 
     pub fn conn_string(&self) -> String {
         format!("host=127.0.0.1 port={} user=amberdb dbname=amberdb", self.port)
     }
+}
+
+/// A bare HTTP/1.1 GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to admin HTTP");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
 }
