@@ -42,6 +42,10 @@ SELECT version();
     assert!(ok, "psql failed: {err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, vec!["1|John", "2", "1", "PostgreSQL 15.0 (AmberDB 0.1.0)"], "stderr: {err}");
+    // psql's \dt lists tables from pg_catalog.
+    let (ok, out, err) = psql(&server, &["-At"], "\\dt\n");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "public|mytable|table|amberdb", "{err}");
     // A database that does not exist gets PostgreSQL's error; psql reports the server
     // as version 15 (no major-version warning).
     let out = Command::new("psql")

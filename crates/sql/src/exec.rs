@@ -184,6 +184,24 @@ fn choose_access(def: &TableDef, filter: Option<&Expr>, params: &[Value]) -> Res
     Ok(Access::Scan)
 }
 
+/// If `name` is a `pg_catalog` table (qualified, or unqualified and not shadowed by a
+/// user table), its unqualified name.
+fn catalog_name(txn: &mut Transaction, name: &ast::ObjectName) -> Result<Option<String>> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p {
+            ast::ObjectNamePart::Identifier(i) => ident(i),
+            other => other.to_string(),
+        })
+        .collect();
+    Ok(match parts.as_slice() {
+        [schema, t] if schema == "pg_catalog" && crate::pg_catalog::is_catalog_table(t) => Some(t.clone()),
+        [t] if crate::pg_catalog::is_catalog_table(t) && Catalog::get(txn, t)?.is_none() => Some(t.clone()),
+        _ => None,
+    })
+}
+
 /// The FROM clause: rows and their scope.
 struct Source {
     scope: Vec<ScopeCol>,
@@ -197,6 +215,12 @@ fn table_factor(
     params: &[Value],
 ) -> Result<Source> {
     match tf {
+        ast::TableFactor::Table { name, alias, args: None, .. } if catalog_name(txn, name)?.is_some() => {
+            let cname = catalog_name(txn, name)?.unwrap_or_default();
+            let alias = alias.as_ref().map(|a| ident(&a.name)).unwrap_or_else(|| cname.clone());
+            let (scope, rows) = crate::pg_catalog::catalog_table(txn, &cname, &alias)?;
+            Ok(Source { scope, rows })
+        }
         ast::TableFactor::Table { name, alias, args: None, .. } => {
             let tname = table_name(name)?;
             let def = Catalog::must_get(txn, &tname)?;
@@ -344,7 +368,7 @@ fn from_clause(
 fn contains_aggregate(e: &ast::Expr) -> bool {
     match e {
         ast::Expr::Function(f) => {
-            AggFunc::from_name(&f.name.to_string().to_lowercase()).is_some()
+            AggFunc::from_name(f.name.to_string().to_lowercase().trim_start_matches("pg_catalog.")).is_some()
                 || match &f.args {
                     ast::FunctionArguments::List(l) => l.args.iter().any(|a| match a {
                         ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(x)) => contains_aggregate(x),

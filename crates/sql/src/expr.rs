@@ -48,6 +48,8 @@ pub enum BinOp {
     And,
     /// `OR`
     Or,
+    /// `~`, `~*`, `!~`, `!~*`: (negated, case-insensitive)
+    Regex(bool, bool),
 }
 
 /// A bound expression.
@@ -98,6 +100,12 @@ pub enum Func {
     Concat,
     /// `repeat(s, n)`
     Repeat,
+    /// `pg_table_is_visible(oid)`: every table is in `public`, which is on the path.
+    TableIsVisible,
+    /// `pg_get_userbyid(oid)`: the one role.
+    UserById,
+    /// `format_type(type oid, typmod)`
+    FormatType,
 }
 
 /// Aggregate functions.
@@ -253,6 +261,8 @@ impl<'a> Binder<'a> {
             },
             ast::Expr::Value(v) => self.bind_value(&v.value)?,
             ast::Expr::Nested(inner) => self.bind(inner)?,
+            // Collations: UTF-8 byte order is the only one; the clause is accepted.
+            ast::Expr::Collate { expr, .. } => self.bind(expr)?,
             ast::Expr::UnaryOp { op, expr } => {
                 let inner = self.bind(expr)?;
                 match op {
@@ -282,6 +292,25 @@ impl<'a> Binder<'a> {
                     ast::BinaryOperator::GtEq => BinOp::GtEq,
                     ast::BinaryOperator::And => BinOp::And,
                     ast::BinaryOperator::Or => BinOp::Or,
+                    ast::BinaryOperator::PGRegexMatch => BinOp::Regex(false, false),
+                    ast::BinaryOperator::PGRegexIMatch => BinOp::Regex(false, true),
+                    ast::BinaryOperator::PGRegexNotMatch => BinOp::Regex(true, false),
+                    ast::BinaryOperator::PGRegexNotIMatch => BinOp::Regex(true, true),
+                    ast::BinaryOperator::PGCustomBinaryOperator(parts)
+                        if parts.len() == 2 && parts[0] == "pg_catalog" =>
+                    {
+                        match parts[1].as_str() {
+                            "~" => BinOp::Regex(false, false),
+                            "~*" => BinOp::Regex(false, true),
+                            "!~" => BinOp::Regex(true, false),
+                            "!~*" => BinOp::Regex(true, true),
+                            "=" => BinOp::Eq,
+                            "<>" => BinOp::NotEq,
+                            "<" => BinOp::Lt,
+                            ">" => BinOp::Gt,
+                            other => return Err(Error::sql("42883", format!("operator does not exist: {other}"))),
+                        }
+                    }
                     other => return Err(Error::sql("42883", format!("operator does not exist: {other}"))),
                 };
                 Expr::Binary(op, Box::new(self.bind(left)?), Box::new(self.bind(right)?))
@@ -425,7 +454,8 @@ impl<'a> Binder<'a> {
     }
 
     fn bind_function(&mut self, f: &ast::Function) -> Result<Expr> {
-        let name = f.name.to_string().to_lowercase();
+        let full = f.name.to_string().to_lowercase();
+        let name = full.strip_prefix("pg_catalog.").unwrap_or(&full).to_string();
         if AggFunc::from_name(&name).is_some() {
             return Err(Error::sql("42803", format!("aggregate functions are not allowed here: {f}")));
         }
@@ -433,6 +463,7 @@ impl<'a> Binder<'a> {
         match (name.as_str(), args.is_empty()) {
             ("version", true) => return Ok(Expr::Const(Value::Text(crate::VERSION_TEXT.into()))),
             ("current_database", true) => return Ok(Expr::Const(Value::Text("amberdb".into()))),
+            ("current_user" | "session_user" | "user", true) => return Ok(Expr::Const(Value::Text("amberdb".into()))),
             ("current_schema", true) => return Ok(Expr::Const(Value::Text("public".into()))),
             (
                 "now" | "current_timestamp" | "transaction_timestamp" | "statement_timestamp" | "localtimestamp",
@@ -473,6 +504,9 @@ impl<'a> Binder<'a> {
             "abs" => (Func::Abs, Some(1)),
             "concat" => (Func::Concat, None),
             "repeat" => (Func::Repeat, Some(2)),
+            "pg_table_is_visible" => (Func::TableIsVisible, Some(1)),
+            "pg_get_userbyid" => (Func::UserById, Some(1)),
+            "format_type" => (Func::FormatType, Some(2)),
             _ => return Err(Error::sql("42883", format!("function {name}() does not exist"))),
         };
         if arity.is_some_and(|n| n != args.len()) || args.is_empty() {
@@ -575,6 +609,7 @@ fn op_symbol(op: BinOp) -> &'static str {
         BinOp::GtEq => ">=",
         BinOp::And => "AND",
         BinOp::Or => "OR",
+        BinOp::Regex(..) => "~",
     }
 }
 
@@ -663,6 +698,16 @@ impl Expr {
                     }),
                 }
             }
+            Expr::Binary(BinOp::Regex(negated, ci), a, b) => match (a.eval(row, params)?, b.eval(row, params)?) {
+                (Value::Null, _) | (_, Value::Null) => Value::Null,
+                (t, p) => {
+                    let pattern = p.to_pg_text(None).unwrap_or_default();
+                    let pattern = if *ci { format!("(?i){pattern}") } else { pattern };
+                    let re = regex_lite::Regex::new(&pattern)
+                        .map_err(|e| Error::sql("2201B", format!("invalid regular expression: {e}")))?;
+                    Value::Bool(re.is_match(&t.to_pg_text(None).unwrap_or_default()) != *negated)
+                }
+            },
             Expr::Binary(op, a, b) => arith(*op, a.eval(row, params)?, b.eval(row, params)?)?,
             Expr::IsNull(e, negated) => Value::Bool(e.eval(row, params)?.is_null() != *negated),
             Expr::InList(e, list, negated) => {
@@ -764,6 +809,44 @@ impl Expr {
                             }
                         }
                     }
+                    Func::TableIsVisible => match vals.next().transpose()? {
+                        Some(Value::Null) | None => Value::Null,
+                        Some(_) => Value::Bool(true),
+                    },
+                    Func::UserById => match vals.next().transpose()? {
+                        Some(Value::Int(crate::pg_catalog::OWNER_OID)) => Value::Text("amberdb".into()),
+                        Some(Value::Null) | None => Value::Null,
+                        Some(_) => Value::Text("unknown".into()),
+                    },
+                    Func::FormatType => {
+                        let oid = vals.next().transpose()?.unwrap_or(Value::Null);
+                        let typmod = vals.next().transpose()?.unwrap_or(Value::Null);
+                        match oid {
+                            Value::Int(o) => {
+                                let n = match typmod {
+                                    Value::Int(m) if m > 4 => Some((m - 4) as u32),
+                                    _ => None,
+                                };
+                                let ty = match o {
+                                    16 => Some(DataType::Bool),
+                                    20 => Some(DataType::Int8),
+                                    21 => Some(DataType::Int2),
+                                    23 => Some(DataType::Int4),
+                                    25 => Some(DataType::Text),
+                                    700 => Some(DataType::Float4),
+                                    701 => Some(DataType::Float8),
+                                    1042 => Some(DataType::Char(n.unwrap_or(1))),
+                                    1043 => Some(DataType::Varchar(n)),
+                                    1082 => Some(DataType::Date),
+                                    1114 => Some(DataType::Timestamp),
+                                    1184 => Some(DataType::TimestampTz),
+                                    _ => None,
+                                };
+                                Value::Text(ty.map_or_else(|| "???".to_string(), |t| t.pg_name()))
+                            }
+                            _ => Value::Null,
+                        }
+                    }
                     Func::Lower | Func::Upper | Func::Length => match vals.next().transpose()?.unwrap_or(Value::Null) {
                         Value::Null => Value::Null,
                         v => {
@@ -829,7 +912,11 @@ impl Expr {
             },
             Expr::Neg(e) => e.result_type(scope),
             Expr::Func(Func::Length, _) => Some(DataType::Int4),
-            Expr::Func(Func::Lower | Func::Upper | Func::Concat | Func::Repeat, _) => Some(DataType::Text),
+            Expr::Func(
+                Func::Lower | Func::Upper | Func::Concat | Func::Repeat | Func::UserById | Func::FormatType,
+                _,
+            ) => Some(DataType::Text),
+            Expr::Func(Func::TableIsVisible, _) => Some(DataType::Bool),
             Expr::Func(Func::Coalesce | Func::NullIf | Func::Abs, args) => {
                 args.iter().find_map(|a| a.result_type(scope))
             }

@@ -25,6 +25,7 @@ mod copy;
 mod describe;
 mod exec;
 mod expr;
+mod pg_catalog;
 mod session;
 mod time;
 mod types;

@@ -41,6 +41,11 @@ impl DataType {
     /// Parses a type as sqlparser prints it (e.g. `INT`, `VARCHAR(100)`, `DOUBLE PRECISION`).
     pub fn parse(spelled: &str) -> Result<Self> {
         let s = spelled.trim().to_ascii_lowercase();
+        let s = s.strip_prefix("pg_catalog.").map(str::to_string).unwrap_or(s);
+        // Object identifiers are plain integers here.
+        if matches!(s.as_str(), "oid" | "regtype" | "regclass" | "regproc" | "regnamespace") {
+            return Ok(DataType::Int8);
+        }
         // Temporal types may carry a precision in the middle: TIMESTAMP(3) WITH TIME ZONE.
         if s.starts_with("timestamp") || s == "date" {
             let plain: String = match (s.find('('), s.find(')')) {
