@@ -46,6 +46,23 @@ SELECT version();
     let (ok, out, err) = psql(&server, &["-At"], "\\dt\n");
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "public|mytable|table|amberdb", "{err}");
+    // psql's \d describes a table from pg_catalog, indexes and constraints included.
+    let (ok, out, err) = psql(
+        &server,
+        &["-v", "ON_ERROR_STOP=1"],
+        "CREATE TABLE described (id INT PRIMARY KEY, name VARCHAR(100) NOT NULL DEFAULT 'x', email TEXT UNIQUE);\nCREATE INDEX described_name ON described (name);\n\\d described\n",
+    );
+    assert!(ok, "{err}");
+    for expected in [
+        "Table \"public.described\"",
+        "id     | integer                |           | not null |",
+        "name   | character varying(100) |           | not null | 'x'",
+        "\"described_pkey\" PRIMARY KEY, btree (id)",
+        "\"described_email_key\" UNIQUE CONSTRAINT, btree (email)",
+        "\"described_name\" btree (name)",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}\n{err}");
+    }
     // A database that does not exist gets PostgreSQL's error; psql reports the server
     // as version 15 (no major-version warning).
     let out = Command::new("psql")

@@ -674,10 +674,19 @@ fn select_rows(
     let source = from_clause(txn, &select.from, select.selection.as_ref(), params)?;
     let mut rows = source.rows;
     if let Some(w) = &select.selection {
-        let pred = Binder::with_txn(&source.scope, txn, params).bind(w)?;
+        let mut b = Binder::with_txn(&source.scope, txn, params);
+        let pred = b.bind(w)?;
+        let correlated = std::mem::take(&mut b.correlated);
         let mut kept = Vec::with_capacity(rows.len());
         for r in rows {
-            if pred.matches(&r, params)? {
+            let keep = if correlated.is_empty() {
+                pred.matches(&r, params)?
+            } else {
+                let mut extended = r.clone();
+                extended.extend(crate::expr::eval_correlated(txn, &correlated, &source.scope, &r, params)?);
+                pred.matches(&extended, params)?
+            };
+            if keep {
                 kept.push(r);
             }
         }
@@ -727,6 +736,7 @@ fn select_rows(
         return Err(Error::sql("42601", "SELECT list is empty"));
     }
 
+    let mut projection_correlated: Vec<crate::expr::Correlated> = Vec::new();
     let mut agg_binding =
         AggBinding { group_texts: group_exprs.iter().map(|e| e.to_string()).collect(), calls: vec![] };
     let (in_scope, mut exprs, mut columns, having) = if aggregate {
@@ -734,15 +744,28 @@ fn select_rows(
         let mut names = Vec::new();
         for it in &items {
             if let Item::Ast(e, name) = it {
-                let mut b = Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0, txn: None };
+                let mut b = Binder {
+                    scope: &source.scope,
+                    aggs: Some(&mut agg_binding),
+                    params: 0,
+                    txn: None,
+                    correlated: Vec::new(),
+                };
                 exprs.push(b.bind(e)?);
                 names.push(name.clone());
             }
         }
         let having = match &select.having {
-            Some(h) => {
-                Some(Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0, txn: None }.bind(h)?)
-            }
+            Some(h) => Some(
+                Binder {
+                    scope: &source.scope,
+                    aggs: Some(&mut agg_binding),
+                    params: 0,
+                    txn: None,
+                    correlated: Vec::new(),
+                }
+                .bind(h)?,
+            ),
             None => None,
         };
         // The scope after aggregation: group keys then aggregates.
@@ -797,6 +820,7 @@ fn select_rows(
         let mut exprs = Vec::new();
         let mut columns = Vec::new();
         let mut b = Binder::with_txn(&source.scope, txn, params);
+        b.correlated = std::mem::take(&mut projection_correlated);
         for it in &items {
             match it {
                 Item::Ast(e, name) => {
@@ -810,6 +834,7 @@ fn select_rows(
                 }
             }
         }
+        projection_correlated = std::mem::take(&mut b.correlated);
         (source.scope.clone(), exprs, columns, None)
     };
     if let Some(h) = having {
@@ -848,8 +873,14 @@ fn select_rows(
                 Some(p) => p,
                 None => {
                     let bound = if aggregate {
-                        Binder { scope: &source.scope, aggs: Some(&mut agg_binding), params: 0, txn: None }
-                            .bind(&o.expr)?
+                        Binder {
+                            scope: &source.scope,
+                            aggs: Some(&mut agg_binding),
+                            params: 0,
+                            txn: None,
+                            correlated: Vec::new(),
+                        }
+                        .bind(&o.expr)?
                     } else {
                         Binder::new(&in_scope).bind(&o.expr)?
                     };
@@ -865,7 +896,13 @@ fn select_rows(
     }
     let mut out: Vec<Row> = Vec::with_capacity(rows.len());
     for r in &rows {
-        out.push(exprs.iter().map(|e| e.eval(r, params)).collect::<Result<_>>()?);
+        if projection_correlated.is_empty() {
+            out.push(exprs.iter().map(|e| e.eval(r, params)).collect::<Result<_>>()?);
+        } else {
+            let mut extended = r.clone();
+            extended.extend(crate::expr::eval_correlated(txn, &projection_correlated, &in_scope, r, params)?);
+            out.push(exprs.iter().map(|e| e.eval(&extended, params)).collect::<Result<_>>()?);
+        }
     }
     if let Some(d) = &select.distinct {
         match d {

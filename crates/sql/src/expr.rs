@@ -106,6 +106,12 @@ pub enum Func {
     UserById,
     /// `format_type(type oid, typmod)`
     FormatType,
+    /// `pg_get_indexdef(oid, ...)` / `pg_get_constraintdef(oid, ...)`
+    Definition,
+    /// `array_to_string(array, separator)` over text arrays.
+    ArrayToString,
+    /// `x = ANY(array)` over text arrays.
+    AnyEq,
 }
 
 /// Aggregate functions.
@@ -172,6 +178,119 @@ pub struct Binder<'a> {
     /// The transaction and parameters, for evaluating uncorrelated subqueries while
     /// binding (their result is a constant of the outer query).
     pub txn: Option<(&'a mut amberdb_mvcc::Transaction, &'a [Value])>,
+    /// Correlated subqueries found while binding. Each becomes a hidden column
+    /// (`scope.len() + i`) that the executor computes per input row.
+    pub correlated: Vec<Correlated>,
+}
+
+/// A subquery that refers to columns of the row being evaluated.
+#[derive(Debug, Clone)]
+pub struct Correlated {
+    /// The subquery.
+    pub query: Box<ast::Query>,
+    /// What the hidden column holds.
+    pub kind: CorrelatedKind,
+}
+
+/// How a correlated subquery's rows become one value.
+#[derive(Debug, Clone)]
+pub enum CorrelatedKind {
+    /// `(SELECT …)`: its single value, or NULL.
+    Scalar,
+    /// `[NOT] EXISTS (SELECT …)`.
+    Exists(bool),
+    /// `lhs [NOT] IN (SELECT …)`, lhs bound against the outer row.
+    In(Expr, bool),
+    /// `ARRAY(SELECT …)`, as a text array literal.
+    Array,
+}
+
+/// Formats values as a PostgreSQL text array literal (`{a,b}`); arrays are carried as
+/// text until AmberDB has an array type.
+pub fn text_array(values: impl IntoIterator<Item = Value>) -> Value {
+    let items: Vec<String> = values
+        .into_iter()
+        .map(|v| match v.to_pg_text(None) {
+            None => "NULL".to_string(),
+            Some(s) if s.is_empty() || s.contains([',', '{', '}', '"', ' ', '\\']) => {
+                format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+            }
+            Some(s) => s,
+        })
+        .collect();
+    Value::Text(format!("{{{}}}", items.join(",")))
+}
+
+/// Parses a text array literal (`{a,"b c",NULL}`) into its elements.
+pub fn parse_text_array(s: &str) -> Result<Vec<Value>> {
+    let inner = s
+        .trim()
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .ok_or_else(|| Error::sql("22P02", format!("malformed array literal: \"{s}\"")))?;
+    let mut out = Vec::new();
+    if inner.is_empty() {
+        return Ok(out);
+    }
+    let mut cur = String::new();
+    let (mut quoted, mut was_quoted, mut escape) = (false, false, false);
+    for c in inner.chars() {
+        if escape {
+            cur.push(c);
+            escape = false;
+        } else if c == '\\' {
+            escape = true;
+        } else if c == '"' {
+            quoted = !quoted;
+            was_quoted = true;
+        } else if c == ',' && !quoted {
+            out.push(if !was_quoted && cur == "NULL" { Value::Null } else { Value::Text(std::mem::take(&mut cur)) });
+            cur.clear();
+            was_quoted = false;
+        } else {
+            cur.push(c);
+        }
+    }
+    out.push(if !was_quoted && cur == "NULL" { Value::Null } else { Value::Text(cur) });
+    Ok(out)
+}
+
+thread_local! {
+    /// The rows of enclosing queries while a correlated subquery runs (innermost last),
+    /// with their scopes: names a subquery cannot resolve itself are looked up here and
+    /// bound as constants. Query execution is synchronous (no await inside), so the
+    /// stack always belongs to the query running on this thread.
+    static OUTER: std::cell::RefCell<Vec<(Vec<ScopeCol>, Vec<Value>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `(scope, row)` pushed as the innermost enclosing row.
+pub fn with_outer_row<T>(scope: &[ScopeCol], row: &[Value], f: impl FnOnce() -> T) -> T {
+    OUTER.with(|o| o.borrow_mut().push((scope.to_vec(), row.to_vec())));
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            OUTER.with(|o| {
+                o.borrow_mut().pop();
+            });
+        }
+    }
+    let _pop = Pop;
+    f()
+}
+
+fn outer_value(table: Option<&str>, name: &str) -> Option<Value> {
+    OUTER.with(|o| {
+        o.borrow().iter().rev().find_map(|(scope, row)| {
+            scope
+                .iter()
+                .position(|c| c.name == name && (table.is_none() || c.table.as_deref() == table))
+                .and_then(|i| row.get(i).cloned())
+        })
+    })
+}
+
+fn is_missing_name(e: &Error) -> bool {
+    matches!(e, Error::Sql { code: "42703" | "42P01", .. })
 }
 
 fn err_feature(what: impl std::fmt::Display) -> Error {
@@ -190,28 +309,45 @@ pub fn ident(i: &ast::Ident) -> String {
 impl<'a> Binder<'a> {
     /// A binder over `scope` with no aggregation.
     pub fn new(scope: &'a [ScopeCol]) -> Self {
-        Self { scope, aggs: None, params: 0, txn: None }
+        Self { scope, aggs: None, params: 0, txn: None, correlated: Vec::new() }
     }
 
     /// A binder that can evaluate subqueries in `txn`.
     pub fn with_txn(scope: &'a [ScopeCol], txn: &'a mut amberdb_mvcc::Transaction, params: &'a [Value]) -> Self {
-        Self { scope, aggs: None, params: 0, txn: Some((txn, params)) }
+        Self { scope, aggs: None, params: 0, txn: Some((txn, params)), correlated: Vec::new() }
     }
 
-    fn subquery(&mut self, q: &ast::Query) -> Result<Vec<Vec<Value>>> {
+    /// Runs an uncorrelated subquery now; `Ok(None)` if it refers to outer columns (it
+    /// is then correlated and must run per row).
+    fn subquery(&mut self, q: &ast::Query) -> Result<Option<Vec<Vec<Value>>>> {
         let Some((txn, params)) = self.txn.as_mut() else {
             return Err(err_feature("a subquery in this position"));
         };
-        let (cols, rows) = crate::exec::query(txn, q, params).map_err(|e| match e {
-            Error::Sql { code: "42703", message, .. } => {
-                Error::sql("0A000", format!("correlated subqueries are not supported yet ({message})"))
+        match crate::exec::query(txn, q, params) {
+            Ok((cols, rows)) => {
+                if cols.len() != 1 {
+                    return Err(Error::sql("42601", "subquery must return only one column"));
+                }
+                Ok(Some(rows))
             }
-            other => other,
-        })?;
-        if cols.len() != 1 {
-            return Err(Error::sql("42601", "subquery must return only one column"));
+            Err(e) if is_missing_name(&e) && !self.scope.is_empty() => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(rows)
+    }
+
+    fn correlate(&mut self, query: &ast::Query, kind: CorrelatedKind) -> Expr {
+        self.correlated.push(Correlated { query: Box::new(query.clone()), kind });
+        Expr::Column(self.scope.len() + self.correlated.len() - 1)
+    }
+
+    /// Binds a column reference; a name this scope lacks may belong to an enclosing
+    /// query's row (correlation), in which case it is that row's value.
+    fn column(&self, table: Option<&str>, name: &str) -> Result<Expr> {
+        match self.resolve(table, name) {
+            Ok(i) => Ok(Expr::Column(i)),
+            Err(e) if is_missing_name(&e) => outer_value(table, name).map(Expr::Const).ok_or(e),
+            Err(e) => Err(e),
+        }
     }
 
     fn resolve(&self, table: Option<&str>, name: &str) -> Result<usize> {
@@ -254,9 +390,9 @@ impl<'a> Binder<'a> {
             }
         }
         Ok(match e {
-            ast::Expr::Identifier(i) => Expr::Column(self.resolve(None, &ident(i))?),
+            ast::Expr::Identifier(i) => self.column(None, &ident(i))?,
             ast::Expr::CompoundIdentifier(parts) => match parts.as_slice() {
-                [t, c] => Expr::Column(self.resolve(Some(&ident(t)), &ident(c))?),
+                [t, c] => self.column(Some(&ident(t)), &ident(c))?,
                 _ => return Err(err_feature(format!("identifier {e}"))),
             },
             ast::Expr::Value(v) => self.bind_value(&v.value)?,
@@ -364,25 +500,62 @@ impl<'a> Binder<'a> {
             ast::Expr::Cast { expr, data_type, .. } => {
                 Expr::Cast(Box::new(self.bind(expr)?), DataType::parse(&data_type.to_string())?)
             }
-            ast::Expr::Function(f) => self.bind_function(f)?,
-            ast::Expr::Subquery(q) => {
-                let rows = self.subquery(q)?;
-                if rows.len() > 1 {
-                    return Err(Error::sql("21000", "more than one row returned by a subquery used as an expression"));
+            ast::Expr::Function(f)
+                if f.name.to_string().eq_ignore_ascii_case("array")
+                    && matches!(f.args, ast::FunctionArguments::Subquery(_)) =>
+            {
+                let ast::FunctionArguments::Subquery(q) = &f.args else {
+                    return Err(Error::Internal("ARRAY subquery vanished".into()));
+                };
+                match self.subquery(q)? {
+                    Some(rows) => Expr::Const(text_array(rows.into_iter().filter_map(|r| r.into_iter().next()))),
+                    None => self.correlate(q, CorrelatedKind::Array),
                 }
-                Expr::Const(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
             }
-            ast::Expr::InSubquery { expr, subquery, negated } => {
-                let rows = self.subquery(subquery)?;
-                let list = rows.into_iter().filter_map(|r| r.into_iter().next()).map(Expr::Const).collect();
-                Expr::InList(Box::new(self.bind(expr)?), list, *negated)
+            ast::Expr::Array(a) => {
+                let mut items = Vec::new();
+                for e in &a.elem {
+                    items.push(self.bind(e)?.eval(&[], &[])?);
+                }
+                Expr::Const(text_array(items))
             }
+            ast::Expr::AnyOp { left, compare_op: ast::BinaryOperator::Eq, right, .. } => {
+                Expr::Func(Func::AnyEq, vec![self.bind(left)?, self.bind(right)?])
+            }
+            ast::Expr::Function(f) => self.bind_function(f)?,
+            ast::Expr::Subquery(q) => match self.subquery(q)? {
+                Some(rows) => {
+                    if rows.len() > 1 {
+                        return Err(Error::sql(
+                            "21000",
+                            "more than one row returned by a subquery used as an expression",
+                        ));
+                    }
+                    Expr::Const(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
+                }
+                None => self.correlate(q, CorrelatedKind::Scalar),
+            },
+            ast::Expr::InSubquery { expr, subquery, negated } => match self.subquery(subquery)? {
+                Some(rows) => {
+                    let list = rows.into_iter().filter_map(|r| r.into_iter().next()).map(Expr::Const).collect();
+                    Expr::InList(Box::new(self.bind(expr)?), list, *negated)
+                }
+                None => {
+                    let lhs = self.bind(expr)?;
+                    self.correlate(subquery, CorrelatedKind::In(lhs, *negated))
+                }
+            },
             ast::Expr::Exists { subquery, negated } => {
                 let Some((txn, params)) = self.txn.as_mut() else {
                     return Err(err_feature("EXISTS in this position"));
                 };
-                let (_, rows) = crate::exec::query(txn, subquery, params)?;
-                Expr::Const(Value::Bool(rows.is_empty() == *negated))
+                match crate::exec::query(txn, subquery, params) {
+                    Ok((_, rows)) => Expr::Const(Value::Bool(rows.is_empty() == *negated)),
+                    Err(e) if is_missing_name(&e) && !self.scope.is_empty() => {
+                        self.correlate(subquery, CorrelatedKind::Exists(*negated))
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             other => return Err(err_feature(format!("expression {other}"))),
         })
@@ -434,7 +607,8 @@ impl<'a> Binder<'a> {
 
     fn bind_aggregate(&mut self, f: &ast::Function, func: AggFunc, text: String) -> Result<Expr> {
         let (args, distinct) = self.function_args(f)?;
-        let mut inner = Binder { scope: self.scope, aggs: None, params: self.params, txn: None };
+        let mut inner =
+            Binder { scope: self.scope, aggs: None, params: self.params, txn: None, correlated: Vec::new() };
         let (func, arg) = match (func, args.as_slice()) {
             (AggFunc::Count, [ast::FunctionArgExpr::Wildcard]) => (AggFunc::CountStar, None),
             (_, [ast::FunctionArgExpr::Expr(e)]) => (func, Some(inner.bind(e)?)),
@@ -507,6 +681,13 @@ impl<'a> Binder<'a> {
             "pg_table_is_visible" => (Func::TableIsVisible, Some(1)),
             "pg_get_userbyid" => (Func::UserById, Some(1)),
             "format_type" => (Func::FormatType, Some(2)),
+            "array_to_string" => (Func::ArrayToString, Some(2)),
+            "pg_get_indexdef" | "pg_get_constraintdef" => (Func::Definition, None),
+            // Objects AmberDB does not have: statistics objects, publications.
+            "pg_get_statisticsobjdef_columns" => return Ok(Expr::Const(Value::Null)),
+            "pg_relation_is_publishable" => return Ok(Expr::Const(Value::Bool(false))),
+            // Defaults are stored as their SQL text, which is what pg_get_expr returns.
+            "pg_get_expr" if args.len() >= 2 => return Ok(args.into_iter().next().unwrap_or(Expr::Const(Value::Null))),
             _ => return Err(Error::sql("42883", format!("function {name}() does not exist"))),
         };
         if arity.is_some_and(|n| n != args.len()) || args.is_empty() {
@@ -809,6 +990,49 @@ impl Expr {
                             }
                         }
                     }
+                    Func::ArrayToString => {
+                        let arr = vals.next().transpose()?.unwrap_or(Value::Null);
+                        let sep = vals.next().transpose()?.unwrap_or(Value::Null);
+                        match (arr, sep) {
+                            (Value::Null, _) | (_, Value::Null) => Value::Null,
+                            (a, sep) => {
+                                let items = parse_text_array(&a.to_pg_text(None).unwrap_or_default())?;
+                                let parts: Vec<String> = items.into_iter().filter_map(|v| v.to_pg_text(None)).collect();
+                                Value::Text(parts.join(&sep.to_pg_text(None).unwrap_or_default()))
+                            }
+                        }
+                    }
+                    Func::AnyEq => {
+                        let x = vals.next().transpose()?.unwrap_or(Value::Null);
+                        match vals.next().transpose()?.unwrap_or(Value::Null) {
+                            Value::Null => Value::Null,
+                            arr => {
+                                let items = parse_text_array(&arr.to_pg_text(None).unwrap_or_default())?;
+                                let mut saw_null = false;
+                                let mut hit = false;
+                                for it in items {
+                                    match x.sql_cmp(&it)? {
+                                        Some(std::cmp::Ordering::Equal) => hit = true,
+                                        None => saw_null = true,
+                                        _ => {}
+                                    }
+                                }
+                                if hit {
+                                    Value::Bool(true)
+                                } else if saw_null || x.is_null() {
+                                    Value::Null
+                                } else {
+                                    Value::Bool(false)
+                                }
+                            }
+                        }
+                    }
+                    Func::Definition => match vals.next().transpose()? {
+                        Some(Value::Int(oid)) => {
+                            crate::pg_catalog::definition(oid).map(Value::Text).unwrap_or(Value::Null)
+                        }
+                        _ => Value::Null,
+                    },
                     Func::TableIsVisible => match vals.next().transpose()? {
                         Some(Value::Null) | None => Value::Null,
                         Some(_) => Value::Bool(true),
@@ -913,10 +1137,17 @@ impl Expr {
             Expr::Neg(e) => e.result_type(scope),
             Expr::Func(Func::Length, _) => Some(DataType::Int4),
             Expr::Func(
-                Func::Lower | Func::Upper | Func::Concat | Func::Repeat | Func::UserById | Func::FormatType,
+                Func::Lower
+                | Func::Upper
+                | Func::Concat
+                | Func::Repeat
+                | Func::UserById
+                | Func::FormatType
+                | Func::Definition
+                | Func::ArrayToString,
                 _,
             ) => Some(DataType::Text),
-            Expr::Func(Func::TableIsVisible, _) => Some(DataType::Bool),
+            Expr::Func(Func::TableIsVisible | Func::AnyEq, _) => Some(DataType::Bool),
             Expr::Func(Func::Coalesce | Func::NullIf | Func::Abs, args) => {
                 args.iter().find_map(|a| a.result_type(scope))
             }
@@ -939,4 +1170,40 @@ pub fn to_sql_err(e: Error) -> Error {
         Error::InvalidInput(m) if m.contains("is not supported") => Error::sql("0A000", m),
         other => other,
     }
+}
+
+/// Computes the hidden columns of `correlated` for one input row.
+pub fn eval_correlated(
+    txn: &mut amberdb_mvcc::Transaction,
+    correlated: &[Correlated],
+    scope: &[ScopeCol],
+    row: &[Value],
+    params: &[Value],
+) -> Result<Vec<Value>> {
+    correlated
+        .iter()
+        .map(|c| {
+            let (cols, rows) = with_outer_row(scope, row, || crate::exec::query(txn, &c.query, params))?;
+            Ok(match &c.kind {
+                CorrelatedKind::Exists(negated) => Value::Bool(rows.is_empty() == *negated),
+                CorrelatedKind::Scalar | CorrelatedKind::In(..) | CorrelatedKind::Array if cols.len() != 1 => {
+                    return Err(Error::sql("42601", "subquery must return only one column"))
+                }
+                CorrelatedKind::Scalar => {
+                    if rows.len() > 1 {
+                        return Err(Error::sql(
+                            "21000",
+                            "more than one row returned by a subquery used as an expression",
+                        ));
+                    }
+                    rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null)
+                }
+                CorrelatedKind::Array => text_array(rows.into_iter().filter_map(|r| r.into_iter().next())),
+                CorrelatedKind::In(lhs, negated) => {
+                    let list = rows.into_iter().filter_map(|r| r.into_iter().next()).map(Expr::Const).collect();
+                    Expr::InList(Box::new(lhs.clone()), list, *negated).eval(row, params)?
+                }
+            })
+        })
+        .collect()
 }

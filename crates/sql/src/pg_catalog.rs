@@ -44,14 +44,76 @@ fn class_extras() -> Vec<Value> {
         Value::Int(0),
         Value::Text("d".into()),
         Value::Int(0),
+        Value::Null,
     ]
+}
+
+thread_local! {
+    /// Definitions (`CREATE INDEX …`, `PRIMARY KEY (…)`) by OID, filled whenever the
+    /// catalog tables are generated, for `pg_get_indexdef`/`pg_get_constraintdef`,
+    /// which are evaluated row by row during the same (synchronous) query.
+    static DEFINITIONS: std::cell::RefCell<std::collections::HashMap<i64, String>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The definition text of the index or constraint with `oid`, if known.
+pub fn definition(oid: i64) -> Option<String> {
+    DEFINITIONS.with(|d| d.borrow().get(&oid).cloned())
+}
+
+fn remember_definitions(tables: &[TableDef]) {
+    DEFINITIONS.with(|d| {
+        let mut d = d.borrow_mut();
+        d.clear();
+        for t in tables {
+            let oid = table_oid(t);
+            let names =
+                |cols: &[usize]| cols.iter().map(|&c| t.columns[c].name.as_str()).collect::<Vec<_>>().join(", ");
+            if !t.primary_key.is_empty() {
+                let cols = names(&t.primary_key);
+                d.insert(
+                    oid + 99,
+                    format!("CREATE UNIQUE INDEX {}_pkey ON public.{} USING btree ({cols})", t.name, t.name),
+                );
+                d.insert(-(oid + 99), format!("PRIMARY KEY ({cols})"));
+            }
+            for i in &t.indexes {
+                let cols = names(&i.columns);
+                let unique = if i.unique { "UNIQUE " } else { "" };
+                d.insert(
+                    oid + i.id as i64,
+                    format!("CREATE {unique}INDEX {} ON public.{} USING btree ({cols})", i.name, t.name),
+                );
+                d.insert(-(oid + i.id as i64), format!("UNIQUE ({cols})"));
+            }
+        }
+    });
 }
 
 /// Whether `name` (unqualified) is one of the catalog tables served here.
 pub fn is_catalog_table(name: &str) -> bool {
     matches!(
         name,
-        "pg_namespace" | "pg_class" | "pg_attribute" | "pg_type" | "pg_index" | "pg_am" | "pg_roles" | "pg_database"
+        "pg_namespace"
+            | "pg_class"
+            | "pg_attribute"
+            | "pg_type"
+            | "pg_index"
+            | "pg_am"
+            | "pg_roles"
+            | "pg_database"
+            | "pg_attrdef"
+            | "pg_collation"
+            | "pg_constraint"
+            | "pg_policy"
+            | "pg_statistic_ext"
+            | "pg_publication"
+            | "pg_publication_rel"
+            | "pg_publication_namespace"
+            | "pg_inherits"
+            | "pg_trigger"
+            | "pg_rewrite"
+            | "pg_partitioned_table"
     )
 }
 
@@ -59,6 +121,7 @@ pub fn is_catalog_table(name: &str) -> bool {
 pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(Vec<ScopeCol>, Vec<Vec<Value>>)> {
     use DataType::{Bool, Int2, Int4, Int8, Text};
     let tables = Catalog::list(txn)?;
+    remember_definitions(&tables);
     Ok(match name {
         "pg_namespace" => (
             cols(alias, &[("oid", Int8), ("nspname", Text), ("nspowner", Int8)]),
@@ -151,6 +214,7 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                         ("reloftype", Int8),
                         ("relreplident", Text),
                         ("reltoastrelid", Int8),
+                        ("relpartbound", Text),
                     ],
                 ),
                 rows,
@@ -173,6 +237,9 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                         Value::Bool(!c.nullable),
                         Value::Bool(c.default.is_some()),
                         Value::Bool(false),
+                        Value::Int(0),
+                        text(""),
+                        text(""),
                     ]);
                 }
             }
@@ -188,6 +255,9 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                         ("attnotnull", Bool),
                         ("atthasdef", Bool),
                         ("attisdropped", Bool),
+                        ("attcollation", Int8),
+                        ("attidentity", Text),
+                        ("attgenerated", Text),
                     ],
                 ),
                 rows,
@@ -209,8 +279,11 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                 (1184, "timestamptz"),
             ];
             (
-                cols(alias, &[("oid", Int8), ("typname", Text), ("typnamespace", Int8)]),
-                types.iter().map(|(o, n)| vec![Value::Int(*o), text(n), Value::Int(PG_CATALOG)]).collect(),
+                cols(alias, &[("oid", Int8), ("typname", Text), ("typnamespace", Int8), ("typcollation", Int8)]),
+                types
+                    .iter()
+                    .map(|(o, n)| vec![Value::Int(*o), text(n), Value::Int(PG_CATALOG), Value::Int(0)])
+                    .collect(),
             )
         }
         "pg_index" => {
@@ -229,10 +302,136 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                     ]);
                 }
             }
+            for r in &mut rows {
+                r.extend([Value::Bool(false), Value::Bool(true), Value::Bool(false), Value::Bool(true)]);
+            }
             (
-                cols(alias, &[("indexrelid", Int8), ("indrelid", Int8), ("indisunique", Bool), ("indisprimary", Bool)]),
+                cols(
+                    alias,
+                    &[
+                        ("indexrelid", Int8),
+                        ("indrelid", Int8),
+                        ("indisunique", Bool),
+                        ("indisprimary", Bool),
+                        ("indisclustered", Bool),
+                        ("indisvalid", Bool),
+                        ("indisreplident", Bool),
+                        ("indislive", Bool),
+                    ],
+                ),
                 rows,
             )
+        }
+        "pg_attrdef" => {
+            let mut rows = Vec::new();
+            for t in &tables {
+                for (i, c) in t.columns.iter().enumerate() {
+                    if let Some(d) = &c.default {
+                        rows.push(vec![Value::Int(table_oid(t)), Value::Int(i as i64 + 1), text(d)]);
+                    }
+                }
+            }
+            (cols(alias, &[("adrelid", Int8), ("adnum", Int2), ("adbin", Text)]), rows)
+        }
+        "pg_constraint" => {
+            // Primary keys and UNIQUE constraints; a constraint's OID is minus its index's.
+            let mut rows = Vec::new();
+            for t in &tables {
+                let oid = table_oid(t);
+                if !t.primary_key.is_empty() {
+                    rows.push(vec![
+                        Value::Int(-(oid + 99)),
+                        text(&format!("{}_pkey", t.name)),
+                        Value::Int(oid),
+                        Value::Int(oid + 99),
+                        text("p"),
+                    ]);
+                }
+                for i in t.indexes.iter().filter(|i| i.unique) {
+                    rows.push(vec![
+                        Value::Int(-(oid + i.id as i64)),
+                        text(&i.name),
+                        Value::Int(oid),
+                        Value::Int(oid + i.id as i64),
+                        text("u"),
+                    ]);
+                }
+            }
+            for r in &mut rows {
+                r.extend([
+                    Value::Bool(false),
+                    Value::Bool(false),
+                    Value::Int(0),
+                    Value::Bool(true),
+                    Value::Int(PUBLIC),
+                ]);
+            }
+            (
+                cols(
+                    alias,
+                    &[
+                        ("oid", Int8),
+                        ("conname", Text),
+                        ("conrelid", Int8),
+                        ("conindid", Int8),
+                        ("contype", Text),
+                        ("condeferrable", Bool),
+                        ("condeferred", Bool),
+                        ("confrelid", Int8),
+                        ("convalidated", Bool),
+                        ("connamespace", Int8),
+                    ],
+                ),
+                rows,
+            )
+        }
+        // Catalogs of features AmberDB does not have: present, empty, so that
+        // introspection queries joining them work.
+        "pg_policy" => (
+            cols(
+                alias,
+                &[
+                    ("oid", Int8),
+                    ("polname", Text),
+                    ("polrelid", Int8),
+                    ("polpermissive", Bool),
+                    ("polroles", Text),
+                    ("polqual", Text),
+                    ("polwithcheck", Text),
+                    ("polcmd", Text),
+                ],
+            ),
+            vec![],
+        ),
+        "pg_statistic_ext" => (
+            cols(
+                alias,
+                &[
+                    ("oid", Int8),
+                    ("stxname", Text),
+                    ("stxrelid", Int8),
+                    ("stxnamespace", Int8),
+                    ("stxkind", Text),
+                    ("stxstattarget", Int4),
+                ],
+            ),
+            vec![],
+        ),
+        "pg_publication" => (cols(alias, &[("oid", Int8), ("pubname", Text), ("puballtables", Bool)]), vec![]),
+        "pg_publication_rel" => (
+            cols(alias, &[("oid", Int8), ("prpubid", Int8), ("prrelid", Int8), ("prqual", Text), ("prattrs", Text)]),
+            vec![],
+        ),
+        "pg_publication_namespace" => (cols(alias, &[("oid", Int8), ("pnpubid", Int8), ("pnnspid", Int8)]), vec![]),
+        "pg_inherits" => (
+            cols(alias, &[("inhrelid", Int8), ("inhparent", Int8), ("inhseqno", Int4), ("inhdetachpending", Bool)]),
+            vec![],
+        ),
+        "pg_trigger" => (cols(alias, &[("oid", Int8), ("tgname", Text), ("tgrelid", Int8)]), vec![]),
+        "pg_rewrite" => (cols(alias, &[("oid", Int8), ("rulename", Text), ("ev_class", Int8)]), vec![]),
+        "pg_partitioned_table" => (cols(alias, &[("partrelid", Int8)]), vec![]),
+        "pg_collation" => {
+            (cols(alias, &[("oid", Int8), ("collname", Text)]), vec![vec![Value::Int(100), text("default")]])
         }
         _ => (vec![], vec![]),
     })
