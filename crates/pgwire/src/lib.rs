@@ -182,6 +182,7 @@ fn pg_type(ty: Option<DataType>) -> Type {
         Some(DataType::Date) => Type::DATE,
         Some(DataType::Timestamp) => Type::TIMESTAMP,
         Some(DataType::TimestampTz) => Type::TIMESTAMPTZ,
+        Some(DataType::Bytea) => Type::BYTEA,
         None => Type::TEXT,
     }
 }
@@ -254,6 +255,10 @@ fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWir
         Type::TIMESTAMP | Type::TIMESTAMPTZ => match cast(DataType::Timestamp)? {
             Value::Timestamp(t) => enc.encode_field(&Some(t - PG_EPOCH_DAYS * 86_400_000_000)),
             _ => enc.encode_field(&None::<i64>),
+        },
+        Type::BYTEA => match cast(DataType::Bytea)? {
+            Value::Bytes(b) => enc.encode_field(&Some(b)),
+            _ => enc.encode_field(&None::<Vec<u8>>),
         },
         _ => enc.encode_field(&v.to_pg_text(None)),
     }
@@ -449,6 +454,7 @@ fn decode_params(portal: &Portal<Prepared>) -> PgWireResult<Vec<Value>> {
             Type::INT8 => portal.parameter::<i64>(i, &ty)?.map(Value::Int),
             Type::FLOAT4 => portal.parameter::<f32>(i, &ty)?.map(|x| Value::Float(x.into())),
             Type::FLOAT8 => portal.parameter::<f64>(i, &ty)?.map(Value::Float),
+            Type::BYTEA => portal.parameter::<Vec<u8>>(i, &ty)?.map(Value::Bytes),
             _ => portal.parameter::<String>(i, &Type::TEXT)?.map(Value::Text),
         };
         out.push(v.unwrap_or(Value::Null));

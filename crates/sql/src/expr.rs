@@ -1053,6 +1053,7 @@ impl Expr {
                                 };
                                 let ty = match o {
                                     16 => Some(DataType::Bool),
+                                    17 => Some(DataType::Bytea),
                                     20 => Some(DataType::Int8),
                                     21 => Some(DataType::Int2),
                                     23 => Some(DataType::Int4),
@@ -1073,6 +1074,7 @@ impl Expr {
                     }
                     Func::Lower | Func::Upper | Func::Length => match vals.next().transpose()?.unwrap_or(Value::Null) {
                         Value::Null => Value::Null,
+                        Value::Bytes(b) if *f == Func::Length => Value::Int(b.len() as i64),
                         v => {
                             let s = v.to_pg_text(None).unwrap_or_default();
                             match f {

@@ -266,6 +266,7 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
         "pg_type" => {
             let types = [
                 (16, "bool"),
+                (17, "bytea"),
                 (20, "int8"),
                 (21, "int2"),
                 (23, "int4"),

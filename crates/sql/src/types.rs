@@ -35,6 +35,8 @@ pub enum DataType {
     Timestamp,
     /// `TIMESTAMP WITH TIME ZONE`
     TimestampTz,
+    /// `BYTEA`
+    Bytea,
 }
 
 impl DataType {
@@ -86,6 +88,7 @@ impl DataType {
             "real" | "float4" => DataType::Float4,
             "double precision" | "double" | "float8" | "float" => DataType::Float8,
             "text" | "string" => DataType::Text,
+            "bytea" => DataType::Bytea,
             "varchar" | "character varying" => DataType::Varchar(len(&arg)?),
             "char" | "character" | "bpchar" => DataType::Char(len(&arg)?.unwrap_or(1)),
             _ => return Err(Error::InvalidInput(format!("type \"{}\" is not supported", spelled.trim()))),
@@ -108,6 +111,7 @@ impl DataType {
             DataType::Date => "date".into(),
             DataType::Timestamp => "timestamp without time zone".into(),
             DataType::TimestampTz => "timestamp with time zone".into(),
+            DataType::Bytea => "bytea".into(),
         }
     }
 
@@ -126,6 +130,7 @@ impl DataType {
             DataType::Date => 1082,
             DataType::Timestamp => 1114,
             DataType::TimestampTz => 1184,
+            DataType::Bytea => 17,
         }
     }
 
@@ -164,6 +169,8 @@ pub enum Value {
     Timestamp(i64),
     /// A timestamp with time zone: µs since the Unix epoch (UTC).
     TimestampTz(i64),
+    /// A byte string.
+    Bytes(Vec<u8>),
 }
 
 impl Value {
@@ -184,6 +191,7 @@ impl Value {
             Value::Date(_) => Some(DataType::Date),
             Value::Timestamp(_) => Some(DataType::Timestamp),
             Value::TimestampTz(_) => Some(DataType::TimestampTz),
+            Value::Bytes(_) => Some(DataType::Bytea),
         }
     }
 
@@ -198,6 +206,14 @@ impl Value {
             Value::Date(d) => crate::time::format_date(*d),
             Value::Timestamp(t) => crate::time::format_timestamp(*t, false),
             Value::TimestampTz(t) => crate::time::format_timestamp(*t, true),
+            Value::Bytes(b) => {
+                let mut out = String::with_capacity(2 + 2 * b.len());
+                out.push_str("\\x");
+                for byte in b {
+                    out.push_str(&format!("{byte:02x}"));
+                }
+                out
+            }
         })
     }
 
@@ -243,6 +259,9 @@ impl Value {
                     Error::InvalidInput(format!("invalid input syntax for type timestamp with time zone: \"{s}\""))
                 })?)
             }
+            (Value::Bytes(b), DataType::Bytea) => Value::Bytes(b),
+            (Value::Text(s), DataType::Bytea) => Value::Bytes(parse_bytea(&s)?),
+            (v @ Value::Bytes(_), t) if t.is_text() => Value::Text(v.to_pg_text(None).unwrap_or_default()),
             (Value::Date(d), DataType::Date) => Value::Date(d),
             (Value::Date(d), DataType::Timestamp) => Value::Timestamp(d * 86_400_000_000),
             (Value::Date(d), DataType::TimestampTz) => Value::TimestampTz(d * 86_400_000_000),
@@ -296,6 +315,7 @@ impl Value {
             Value::Date(_) => "date",
             Value::Timestamp(_) => "timestamp without time zone",
             Value::TimestampTz(_) => "timestamp with time zone",
+            Value::Bytes(_) => "bytea",
         }
     }
 
@@ -310,6 +330,9 @@ impl Value {
             (Value::Float(a), Value::Float(b)) => float_cmp(*a, *b),
             (Value::Text(a), Value::Text(b)) => a.cmp(b),
             (Value::Date(a), Value::Date(b)) => a.cmp(b),
+            (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
+            (Value::Bytes(a), Value::Text(t)) => a.cmp(&parse_bytea(t)?),
+            (Value::Text(t), Value::Bytes(b)) => parse_bytea(t)?.cmp(b),
             (Value::Timestamp(a) | Value::TimestampTz(a), Value::Timestamp(b) | Value::TimestampTz(b)) => a.cmp(b),
             (Value::Date(a), Value::Timestamp(b) | Value::TimestampTz(b)) => (a * 86_400_000_000).cmp(b),
             (Value::Timestamp(a) | Value::TimestampTz(a), Value::Date(b)) => a.cmp(&(b * 86_400_000_000)),
@@ -367,6 +390,7 @@ impl Value {
             Value::Float(f) => enc.bool(true).f64(*f),
             Value::Text(s) => enc.bool(true).str(s),
             Value::Date(t) | Value::Timestamp(t) | Value::TimestampTz(t) => enc.bool(true).i64(*t),
+            Value::Bytes(b) => enc.bool(true).bytes(b),
         }
     }
 
@@ -383,6 +407,7 @@ impl Value {
             DataType::Date => Value::Date(dec.i64()?),
             DataType::Timestamp => Value::Timestamp(dec.i64()?),
             DataType::TimestampTz => Value::TimestampTz(dec.i64()?),
+            DataType::Bytea => Value::Bytes(dec.bytes()?),
         })
     }
 
@@ -413,6 +438,9 @@ impl Value {
             Value::TimestampTz(t) => {
                 w.u8(7).u64(*t as u64);
             }
+            Value::Bytes(b) => {
+                w.u8(8).bytes(b);
+            }
         }
     }
 
@@ -430,9 +458,42 @@ impl Value {
             5 => Value::Date(r.u64()? as i64),
             6 => Value::Timestamp(r.u64()? as i64),
             7 => Value::TimestampTz(r.u64()? as i64),
+            8 => Value::Bytes(r.bytes()?.to_vec()),
             t => return Err(Error::InvalidData(format!("unknown value tag {t} in row"))),
         })
     }
+}
+
+/// Parses bytea input: hex (`\\x0a1b`) or PostgreSQL's escape format.
+pub fn parse_bytea(s: &str) -> Result<Vec<u8>> {
+    let bad = || Error::InvalidInput(format!("invalid input syntax for type bytea: \"{s}\""));
+    if let Some(hex) = s.strip_prefix("\\x").or_else(|| s.strip_prefix("\\X")) {
+        let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        if digits.len() % 2 != 0 {
+            return Err(bad());
+        }
+        return digits
+            .chunks(2)
+            .map(|p| std::str::from_utf8(p).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(bad))
+            .collect();
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+        } else if b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let oct = s.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok()).ok_or_else(bad)?;
+            out.push(oct);
+            i += 4;
+        }
+    }
+    Ok(out)
 }
 
 fn float_cmp(a: f64, b: f64) -> Ordering {
