@@ -183,6 +183,7 @@ fn pg_type(ty: Option<DataType>) -> Type {
         Some(DataType::Timestamp) => Type::TIMESTAMP,
         Some(DataType::TimestampTz) => Type::TIMESTAMPTZ,
         Some(DataType::Bytea) => Type::BYTEA,
+        Some(DataType::Numeric(_)) => Type::NUMERIC,
         None => Type::TEXT,
     }
 }
@@ -255,6 +256,10 @@ fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWir
         Type::TIMESTAMP | Type::TIMESTAMPTZ => match cast(DataType::Timestamp)? {
             Value::Timestamp(t) => enc.encode_field(&Some(t - PG_EPOCH_DAYS * 86_400_000_000)),
             _ => enc.encode_field(&None::<i64>),
+        },
+        Type::NUMERIC => match cast(DataType::Numeric(None))? {
+            Value::Numeric(d) => enc.encode_field(&Some(d)),
+            _ => enc.encode_field(&None::<rust_decimal::Decimal>),
         },
         Type::BYTEA => match cast(DataType::Bytea)? {
             Value::Bytes(b) => enc.encode_field(&Some(b)),
@@ -455,6 +460,7 @@ fn decode_params(portal: &Portal<Prepared>) -> PgWireResult<Vec<Value>> {
             Type::FLOAT4 => portal.parameter::<f32>(i, &ty)?.map(|x| Value::Float(x.into())),
             Type::FLOAT8 => portal.parameter::<f64>(i, &ty)?.map(Value::Float),
             Type::BYTEA => portal.parameter::<Vec<u8>>(i, &ty)?.map(Value::Bytes),
+            Type::NUMERIC => portal.parameter::<rust_decimal::Decimal>(i, &ty)?.map(Value::Numeric),
             _ => portal.parameter::<String>(i, &Type::TEXT)?.map(Value::Text),
         };
         out.push(v.unwrap_or(Value::Null));

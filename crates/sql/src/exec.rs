@@ -402,6 +402,8 @@ enum Acc {
     Count(i64),
     Sum(Option<Value>),
     Avg(f64, i64),
+    /// avg over integers and numerics is exact, as in PostgreSQL.
+    AvgExact(rust_decimal::Decimal, i64, bool),
     Min(Option<Value>),
     Max(Option<Value>),
 }
@@ -412,7 +414,7 @@ impl Acc {
             AggFunc::CountStar => Acc::CountStar(0),
             AggFunc::Count => Acc::Count(0),
             AggFunc::Sum => Acc::Sum(None),
-            AggFunc::Avg => Acc::Avg(0.0, 0),
+            AggFunc::Avg => Acc::AvgExact(rust_decimal::Decimal::ZERO, 0, false),
             AggFunc::Min => Acc::Min(None),
             AggFunc::Max => Acc::Max(None),
         }
@@ -433,11 +435,36 @@ impl Acc {
                     (Some(Value::Int(a)), Value::Float(b)) => Value::Float(a as f64 + b),
                     (Some(Value::Float(a)), Value::Int(b)) => Value::Float(a + b as f64),
                     (Some(Value::Float(a)), Value::Float(b)) => Value::Float(a + b),
+                    (None, Value::Numeric(d)) => Value::Numeric(d),
+                    (Some(Value::Numeric(a)), Value::Numeric(b)) => Value::Numeric(
+                        a.checked_add(b).ok_or_else(|| Error::sql("22003", "value overflows numeric format"))?,
+                    ),
+                    (Some(Value::Numeric(a)), Value::Int(b)) | (Some(Value::Int(b)), Value::Numeric(a)) => {
+                        Value::Numeric(a + rust_decimal::Decimal::from(b))
+                    }
                     (_, v) => {
                         return Err(Error::sql("42883", format!("function sum({}) does not exist", v.type_name())))
                     }
                 })
             }
+            Acc::AvgExact(sum, n, inexact) if !*inexact => match v {
+                Value::Int(i) => {
+                    *sum += rust_decimal::Decimal::from(i);
+                    *n += 1;
+                }
+                Value::Numeric(d) => {
+                    *sum += d;
+                    *n += 1;
+                }
+                other => {
+                    // A float input makes the average a float.
+                    let f = rust_decimal::prelude::ToPrimitive::to_f64(sum).unwrap_or(0.0);
+                    let count = *n;
+                    *self = Acc::Avg(f, count);
+                    return self.add(other);
+                }
+            },
+            Acc::AvgExact(..) => {}
             Acc::Avg(s, n) => {
                 *s += match v {
                     Value::Int(i) => i as f64,
@@ -464,8 +491,14 @@ impl Acc {
         match self {
             Acc::CountStar(n) | Acc::Count(n) => Value::Int(n),
             Acc::Sum(s) | Acc::Min(s) | Acc::Max(s) => s.unwrap_or(Value::Null),
-            Acc::Avg(_, 0) => Value::Null,
+            Acc::Avg(_, 0) | Acc::AvgExact(_, 0, _) => Value::Null,
             Acc::Avg(s, n) => Value::Float(s / n as f64),
+            Acc::AvgExact(sum, n, _) => {
+                let q = sum / rust_decimal::Decimal::from(n);
+                let mut q = q.round_dp(16);
+                q.rescale(16);
+                Value::Numeric(q)
+            }
         }
     }
 }
@@ -473,9 +506,13 @@ impl Acc {
 fn agg_type(call: &AggCall, scope: &[ScopeCol]) -> Option<DataType> {
     match call.func {
         AggFunc::CountStar | AggFunc::Count => Some(DataType::Int8),
-        AggFunc::Avg => Some(DataType::Float8),
+        AggFunc::Avg => match call.arg.as_ref().and_then(|a| a.result_type(scope)) {
+            Some(DataType::Float4 | DataType::Float8) => Some(DataType::Float8),
+            _ => Some(DataType::Numeric(None)),
+        },
         AggFunc::Sum => match call.arg.as_ref().and_then(|a| a.result_type(scope)) {
             Some(DataType::Float4 | DataType::Float8) => Some(DataType::Float8),
+            Some(DataType::Numeric(_)) => Some(DataType::Numeric(None)),
             _ => Some(DataType::Int8),
         },
         AggFunc::Min | AggFunc::Max => call.arg.as_ref().and_then(|a| a.result_type(scope)),

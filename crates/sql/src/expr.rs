@@ -406,6 +406,7 @@ impl<'a> Binder<'a> {
                     ast::UnaryOperator::Minus => match inner {
                         Expr::Const(Value::Int(i)) => Expr::Const(Value::Int(-i)),
                         Expr::Const(Value::Float(f)) => Expr::Const(Value::Float(-f)),
+                        Expr::Const(Value::Numeric(d)) => Expr::Const(Value::Numeric(-d)),
                         other => Expr::Neg(Box::new(other)),
                     },
                     ast::UnaryOperator::Plus => inner,
@@ -566,6 +567,9 @@ impl<'a> Binder<'a> {
             ast::Value::Number(n, _) => {
                 if let Ok(i) = n.parse::<i64>() {
                     Value::Int(i)
+                } else if let Ok(d) = crate::types::parse_decimal(n) {
+                    // Like PostgreSQL, a literal with a point or exponent is numeric.
+                    Value::Numeric(d)
                 } else {
                     Value::Float(n.parse::<f64>().map_err(|_| Error::sql("22P02", format!("invalid number {n}")))?)
                 }
@@ -711,6 +715,8 @@ fn numeric(v: Value) -> Result<Value> {
         Value::Text(s) => {
             if let Ok(i) = s.trim().parse::<i64>() {
                 Ok(Value::Int(i))
+            } else if let Ok(d) = crate::types::parse_decimal(&s) {
+                Ok(Value::Numeric(d))
             } else {
                 s.trim()
                     .parse::<f64>()
@@ -735,6 +741,36 @@ fn arith(op: BinOp, a: Value, b: Value) -> Result<Value> {
         _ => {}
     }
     let (a, b) = (numeric(a)?, numeric(b)?);
+    let as_dec = |v: &Value| match v {
+        Value::Int(i) => Some(rust_decimal::Decimal::from(*i)),
+        Value::Numeric(d) => Some(*d),
+        _ => None,
+    };
+    if matches!((&a, &b), (Value::Numeric(_), Value::Int(_) | Value::Numeric(_)) | (Value::Int(_), Value::Numeric(_))) {
+        let (x, y) = (as_dec(&a).unwrap_or_default(), as_dec(&b).unwrap_or_default());
+        let overflow = || Error::sql("22003", "value overflows numeric format");
+        return Ok(Value::Numeric(match op {
+            BinOp::Add => x.checked_add(y).ok_or_else(overflow)?,
+            BinOp::Sub => x.checked_sub(y).ok_or_else(overflow)?,
+            BinOp::Mul => x.checked_mul(y).ok_or_else(overflow)?,
+            BinOp::Div | BinOp::Mod if y.is_zero() => return Err(Error::sql("22012", "division by zero")),
+            BinOp::Div => {
+                // PostgreSQL keeps at least 16 fractional digits in a quotient.
+                let q = x.checked_div(y).ok_or_else(overflow)?;
+                let scale = x.scale().max(y.scale()).clamp(16, 28);
+                let mut q = q.round_dp(scale);
+                q.rescale(scale.min(q.scale().max(16)));
+                q
+            }
+            BinOp::Mod => x.checked_rem(y).ok_or_else(overflow)?,
+            _ => return Err(Error::Internal(format!("{op:?} is not arithmetic"))),
+        }));
+    }
+    let to_f = |v: Value| match v {
+        Value::Numeric(d) => rust_decimal::prelude::ToPrimitive::to_f64(&d).map_or(Value::Null, Value::Float),
+        other => other,
+    };
+    let (a, b) = (to_f(a), to_f(b));
     Ok(match (a, b) {
         (Value::Null, _) | (_, Value::Null) => Value::Null,
         (Value::Int(x), Value::Int(y)) => Value::Int(match op {
@@ -834,6 +870,7 @@ impl Expr {
                     Value::Int(i.checked_neg().ok_or_else(|| Error::sql("22003", "integer out of range"))?)
                 }
                 Value::Float(f) => Value::Float(-f),
+                Value::Numeric(d) => Value::Numeric(-d),
                 other => return Err(Error::sql("42883", format!("operator does not exist: - {}", other.type_name()))),
             },
             Expr::Binary(BinOp::And, a, b) => {
@@ -1065,6 +1102,12 @@ impl Expr {
                                     1082 => Some(DataType::Date),
                                     1114 => Some(DataType::Timestamp),
                                     1184 => Some(DataType::TimestampTz),
+                                    1700 => Some(DataType::Numeric(match typmod {
+                                        Value::Int(m) if m >= 4 => {
+                                            Some((((m - 4) >> 16) as u32, ((m - 4) & 0xffff) as u32))
+                                        }
+                                        _ => None,
+                                    })),
                                     _ => None,
                                 };
                                 Value::Text(ty.map_or_else(|| "???".to_string(), |t| t.pg_name()))
@@ -1128,6 +1171,7 @@ impl Expr {
                     (Some(DataType::Float4 | DataType::Float8), _) | (_, Some(DataType::Float4 | DataType::Float8)) => {
                         Some(DataType::Float8)
                     }
+                    (Some(DataType::Numeric(_)), _) | (_, Some(DataType::Numeric(_))) => Some(DataType::Numeric(None)),
                     (Some(DataType::Int8), _) | (_, Some(DataType::Int8)) => Some(DataType::Int8),
                     (Some(x), Some(y)) if x == y => Some(x),
                     (Some(DataType::Int4 | DataType::Int2), Some(DataType::Int4 | DataType::Int2)) => {
@@ -1164,7 +1208,7 @@ impl Expr {
 /// Maps cast/check failures (InvalidInput) to the SQLSTATEs PostgreSQL uses.
 pub fn to_sql_err(e: Error) -> Error {
     match e {
-        Error::InvalidInput(m) if m.contains("out of range") => Error::sql("22003", m),
+        Error::InvalidInput(m) if m.contains("out of range") || m.contains("overflow") => Error::sql("22003", m),
         Error::InvalidInput(m) if m.contains("too long") => Error::sql("22001", m),
         Error::InvalidInput(m) if m.starts_with("invalid input syntax") => Error::sql("22P02", m),
         Error::InvalidInput(m) if m.starts_with("cannot cast") => Error::sql("42846", m),

@@ -226,6 +226,7 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                 for (i, c) in t.columns.iter().enumerate() {
                     let typmod = match c.ty {
                         DataType::Varchar(Some(n)) | DataType::Char(n) => i64::from(n) + 4,
+                        DataType::Numeric(Some((p, sc))) => (i64::from(p) << 16) + i64::from(sc) + 4,
                         _ => -1,
                     };
                     rows.push(vec![
@@ -278,6 +279,7 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                 (1082, "date"),
                 (1114, "timestamp"),
                 (1184, "timestamptz"),
+                (1700, "numeric"),
             ];
             (
                 cols(alias, &[("oid", Int8), ("typname", Text), ("typnamespace", Int8), ("typcollation", Int8)]),

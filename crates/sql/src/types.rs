@@ -4,6 +4,8 @@
 use amberdb_encoding::codec::{Reader, Writer};
 use amberdb_encoding::keycode::{KeyDecoder, KeyEncoder};
 use amberdb_error::{Error, Result};
+use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::fmt;
@@ -37,6 +39,8 @@ pub enum DataType {
     TimestampTz,
     /// `BYTEA`
     Bytea,
+    /// `NUMERIC(precision, scale)`; `None` is unconstrained.
+    Numeric(Option<(u32, u32)>),
 }
 
 impl DataType {
@@ -89,6 +93,19 @@ impl DataType {
             "double precision" | "double" | "float8" | "float" => DataType::Float8,
             "text" | "string" => DataType::Text,
             "bytea" => DataType::Bytea,
+            "numeric" | "decimal" | "dec" => DataType::Numeric(match &arg {
+                None => None,
+                Some(a) => {
+                    let mut parts = a.split(',').map(|p| p.trim().parse::<u32>());
+                    let bad = || Error::InvalidInput(format!("invalid NUMERIC type modifier: ({a})"));
+                    let p = parts.next().and_then(|r| r.ok()).filter(|p| (1..=28).contains(p)).ok_or_else(bad)?;
+                    let sc = match parts.next() {
+                        None => 0,
+                        Some(r) => r.ok().filter(|sc| *sc <= p).ok_or_else(bad)?,
+                    };
+                    Some((p, sc))
+                }
+            }),
             "varchar" | "character varying" => DataType::Varchar(len(&arg)?),
             "char" | "character" | "bpchar" => DataType::Char(len(&arg)?.unwrap_or(1)),
             _ => return Err(Error::InvalidInput(format!("type \"{}\" is not supported", spelled.trim()))),
@@ -112,6 +129,8 @@ impl DataType {
             DataType::Timestamp => "timestamp without time zone".into(),
             DataType::TimestampTz => "timestamp with time zone".into(),
             DataType::Bytea => "bytea".into(),
+            DataType::Numeric(None) => "numeric".into(),
+            DataType::Numeric(Some((p, sc))) => format!("numeric({p},{sc})"),
         }
     }
 
@@ -131,6 +150,7 @@ impl DataType {
             DataType::Timestamp => 1114,
             DataType::TimestampTz => 1184,
             DataType::Bytea => 17,
+            DataType::Numeric(_) => 1700,
         }
     }
 
@@ -171,6 +191,8 @@ pub enum Value {
     TimestampTz(i64),
     /// A byte string.
     Bytes(Vec<u8>),
+    /// An exact decimal (up to 28 significant digits).
+    Numeric(Decimal),
 }
 
 impl Value {
@@ -192,6 +214,7 @@ impl Value {
             Value::Timestamp(_) => Some(DataType::Timestamp),
             Value::TimestampTz(_) => Some(DataType::TimestampTz),
             Value::Bytes(_) => Some(DataType::Bytea),
+            Value::Numeric(_) => Some(DataType::Numeric(None)),
         }
     }
 
@@ -206,6 +229,7 @@ impl Value {
             Value::Date(d) => crate::time::format_date(*d),
             Value::Timestamp(t) => crate::time::format_timestamp(*t, false),
             Value::TimestampTz(t) => crate::time::format_timestamp(*t, true),
+            Value::Numeric(d) => d.to_string(),
             Value::Bytes(b) => {
                 let mut out = String::with_capacity(2 + 2 * b.len());
                 out.push_str("\\x");
@@ -259,6 +283,22 @@ impl Value {
                     Error::InvalidInput(format!("invalid input syntax for type timestamp with time zone: \"{s}\""))
                 })?)
             }
+            (Value::Numeric(d), DataType::Numeric(_)) => Value::Numeric(d),
+            (Value::Int(i), DataType::Numeric(_)) => Value::Numeric(Decimal::from(i)),
+            (Value::Float(f), DataType::Numeric(_)) => Value::Numeric(
+                Decimal::from_f64(f)
+                    .ok_or_else(|| Error::InvalidInput(format!("cannot convert {f} to numeric: out of range")))?,
+            ),
+            (Value::Text(s), DataType::Numeric(_)) => Value::Numeric(parse_decimal(&s)?),
+            (Value::Numeric(d), t) if t.is_integer() => Value::Int(
+                d.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+                    .to_i64()
+                    .ok_or_else(|| out_of_range(t))?,
+            ),
+            (Value::Numeric(d), DataType::Float4 | DataType::Float8) => {
+                Value::Float(d.to_f64().ok_or_else(|| Error::InvalidInput("numeric out of range for float".into()))?)
+            }
+            (Value::Numeric(d), t) if t.is_text() => Value::Text(d.to_string()),
             (Value::Bytes(b), DataType::Bytea) => Value::Bytes(b),
             (Value::Text(s), DataType::Bytea) => Value::Bytes(parse_bytea(&s)?),
             (v @ Value::Bytes(_), t) if t.is_text() => Value::Text(v.to_pg_text(None).unwrap_or_default()),
@@ -279,6 +319,19 @@ impl Value {
     /// Checks range and length for storing into a column of type `ty`.
     pub fn check(self, ty: DataType) -> Result<Value> {
         match (&self, ty) {
+            (Value::Numeric(d), DataType::Numeric(Some((p, sc)))) => {
+                let r = d.round_dp_with_strategy(sc, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+                let int_digits = r.trunc().abs().to_string().trim_start_matches('0').len() as u32;
+                if int_digits > p - sc {
+                    return Err(Error::InvalidInput(format!(
+                        "numeric field overflow: a field with precision {p}, scale {sc} must round to an absolute value less than 10^{}",
+                        p - sc
+                    )));
+                }
+                let mut r = r;
+                r.rescale(sc);
+                Ok(Value::Numeric(r))
+            }
             (Value::Int(i), DataType::Int2) if i16::try_from(*i).is_err() => Err(out_of_range(ty)),
             (Value::Int(i), DataType::Int4) if i32::try_from(*i).is_err() => Err(out_of_range(ty)),
             (Value::Text(s), DataType::Varchar(Some(n))) if s.chars().count() > n as usize => {
@@ -316,6 +369,7 @@ impl Value {
             Value::Timestamp(_) => "timestamp without time zone",
             Value::TimestampTz(_) => "timestamp with time zone",
             Value::Bytes(_) => "bytea",
+            Value::Numeric(_) => "numeric",
         }
     }
 
@@ -329,6 +383,11 @@ impl Value {
             (Value::Float(a), Value::Int(b)) => float_cmp(*a, *b as f64),
             (Value::Float(a), Value::Float(b)) => float_cmp(*a, *b),
             (Value::Text(a), Value::Text(b)) => a.cmp(b),
+            (Value::Numeric(a), Value::Numeric(b)) => a.cmp(b),
+            (Value::Numeric(a), Value::Int(b)) => a.cmp(&Decimal::from(*b)),
+            (Value::Int(a), Value::Numeric(b)) => Decimal::from(*a).cmp(b),
+            (Value::Numeric(a), Value::Float(b)) => float_cmp(a.to_f64().unwrap_or(f64::NAN), *b),
+            (Value::Float(a), Value::Numeric(b)) => float_cmp(*a, b.to_f64().unwrap_or(f64::NAN)),
             (Value::Date(a), Value::Date(b)) => a.cmp(b),
             (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
             (Value::Bytes(a), Value::Text(t)) => a.cmp(&parse_bytea(t)?),
@@ -340,6 +399,7 @@ impl Value {
             (
                 Value::Text(s),
                 v @ (Value::Int(_)
+                | Value::Numeric(_)
                 | Value::Float(_)
                 | Value::Bool(_)
                 | Value::Date(_)
@@ -351,6 +411,7 @@ impl Value {
             }
             (
                 v @ (Value::Int(_)
+                | Value::Numeric(_)
                 | Value::Float(_)
                 | Value::Bool(_)
                 | Value::Date(_)
@@ -391,6 +452,7 @@ impl Value {
             Value::Text(s) => enc.bool(true).str(s),
             Value::Date(t) | Value::Timestamp(t) | Value::TimestampTz(t) => enc.bool(true).i64(*t),
             Value::Bytes(b) => enc.bool(true).bytes(b),
+            Value::Numeric(d) => encode_decimal_key(enc.bool(true), d),
         }
     }
 
@@ -408,6 +470,7 @@ impl Value {
             DataType::Timestamp => Value::Timestamp(dec.i64()?),
             DataType::TimestampTz => Value::TimestampTz(dec.i64()?),
             DataType::Bytea => Value::Bytes(dec.bytes()?),
+            DataType::Numeric(_) => Value::Numeric(decode_decimal_key(dec)?),
         })
     }
 
@@ -441,6 +504,9 @@ impl Value {
             Value::Bytes(b) => {
                 w.u8(8).bytes(b);
             }
+            Value::Numeric(d) => {
+                w.u8(9).bytes(&d.serialize());
+            }
         }
     }
 
@@ -459,9 +525,78 @@ impl Value {
             6 => Value::Timestamp(r.u64()? as i64),
             7 => Value::TimestampTz(r.u64()? as i64),
             8 => Value::Bytes(r.bytes()?.to_vec()),
+            9 => {
+                let raw: [u8; 16] =
+                    r.bytes()?.try_into().map_err(|_| Error::InvalidData("numeric value is not 16 bytes".into()))?;
+                Value::Numeric(Decimal::deserialize(raw))
+            }
             t => return Err(Error::InvalidData(format!("unknown value tag {t} in row"))),
         })
     }
+}
+
+/// Parses a decimal literal (`12.50`, `-3`, `1e3`).
+pub fn parse_decimal(s: &str) -> Result<Decimal> {
+    let t = s.trim();
+    t.parse::<Decimal>()
+        .or_else(|_| Decimal::from_scientific(t))
+        .map_err(|_| Error::InvalidInput(format!("invalid input syntax for type numeric: \"{s}\"")))
+}
+
+/// Order-preserving key encoding of a decimal: sign class, then (for non-zero values)
+/// the decimal exponent and the significant digits; for negatives both are inverted and
+/// the digits end in 0xFF so that a longer digit string sorts first.
+fn encode_decimal_key(
+    enc: amberdb_encoding::keycode::KeyEncoder,
+    d: &Decimal,
+) -> amberdb_encoding::keycode::KeyEncoder {
+    let n = d.normalize();
+    if n.is_zero() {
+        return enc.raw(&[1]);
+    }
+    let mantissa = n.mantissa().unsigned_abs().to_string();
+    let exponent = mantissa.len() as i64 - i64::from(n.scale());
+    if n.is_sign_positive() {
+        let mut digits = mantissa.into_bytes();
+        digits.push(0x00);
+        enc.raw(&[2]).i64(exponent).raw(&digits)
+    } else {
+        let mut digits: Vec<u8> = mantissa.bytes().map(|b| b'9' - b + b'0').collect();
+        digits.push(0xff);
+        enc.raw(&[0]).i64(-exponent).raw(&digits)
+    }
+}
+
+fn decode_decimal_key(dec: &mut KeyDecoder<'_>) -> Result<Decimal> {
+    let class = dec.tag()?;
+    if class == 1 {
+        return Ok(Decimal::ZERO);
+    }
+    let negative = class == 0;
+    let e = dec.i64()?;
+    let exponent = if negative { -e } else { e };
+    let end = if negative { 0xff } else { 0x00 };
+    let mut digits = String::new();
+    loop {
+        let b = dec.tag()?;
+        if b == end {
+            break;
+        }
+        let d = if negative { b'9' - b + b'0' } else { b };
+        if !d.is_ascii_digit() {
+            return Err(Error::InvalidData(format!("bad digit {b:#x} in numeric key")));
+        }
+        digits.push(d as char);
+    }
+    let scale = digits.len() as i64 - exponent;
+    let mantissa: i128 = digits.parse().map_err(|_| Error::InvalidData("bad numeric key".into()))?;
+    let mantissa = if negative { -mantissa } else { mantissa };
+    if scale < 0 {
+        let factor = Decimal::from_i128_with_scale(10i128.pow(u32::try_from(-scale).unwrap_or(0)), 0);
+        return Ok(Decimal::from_i128_with_scale(mantissa, 0) * factor);
+    }
+    Decimal::try_from_i128_with_scale(mantissa, u32::try_from(scale).unwrap_or(0))
+        .map_err(|e| Error::InvalidData(format!("bad numeric key: {e}")))
 }
 
 /// Parses bytea input: hex (`\\x0a1b`) or PostgreSQL's escape format.
@@ -559,6 +694,30 @@ mod tests {
         assert_eq!(DataType::parse("VARCHAR(100)").unwrap(), DataType::Varchar(Some(100)));
         assert_eq!(DataType::parse("DOUBLE PRECISION").unwrap(), DataType::Float8);
         assert!(DataType::parse("GEOMETRY").is_err());
+    }
+
+    #[test]
+    fn numeric_keys_sort_like_numbers() {
+        let vals = [
+            "-1000", "-12.5", "-12.25", "-1", "-0.123", "-0.12", "0", "0.0012", "0.12", "0.123", "1", "12.25", "12.5",
+            "1000",
+        ];
+        let keys: Vec<Vec<u8>> = vals
+            .iter()
+            .map(|v| Value::Numeric(parse_decimal(v).unwrap()).encode_key(KeyEncoder::new()).finish())
+            .collect();
+        for w in keys.windows(2) {
+            assert!(w[0] < w[1]);
+        }
+        for (v, k) in vals.iter().zip(&keys) {
+            let back = Value::decode_key(&mut KeyDecoder::new(k), DataType::Numeric(None)).unwrap();
+            assert_eq!(back, Value::Numeric(parse_decimal(v).unwrap().normalize()), "{v}");
+        }
+        assert_eq!(
+            Value::Text("3.14159".into()).cast(DataType::Numeric(Some((5, 2)))).unwrap(),
+            Value::Numeric(parse_decimal("3.14").unwrap())
+        );
+        assert!(Value::Int(1000).cast(DataType::Numeric(Some((4, 2)))).is_err());
     }
 
     #[test]
