@@ -90,63 +90,9 @@ pub fn parse_point(s: &str) -> Result<AsOf> {
     parse_timestamp(s).map(AsOf::Time).ok_or_else(bad)
 }
 
-/// Parses `YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|±HH[:MM]]` into µs since the epoch (UTC).
+/// Parses a timestamp (zone offsets applied, UTC if none) into µs since the epoch.
 pub(crate) fn parse_timestamp(s: &str) -> Option<Timestamp> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    if b.len() < 19
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !(b[10] == b' ' || b[10] == b'T')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut micros = 0i64;
-    if b.get(i) == Some(&b'.') {
-        let start = i + 1;
-        let mut end = start;
-        while end < b.len() && b[end].is_ascii_digit() {
-            end += 1;
-        }
-        let frac = s.get(start..end)?;
-        let padded = format!("{frac:0<6}");
-        micros = padded.get(..6)?.parse().ok()?;
-        i = end;
-    }
-    let offset_secs = match s.get(i..)? {
-        "" | "Z" | "z" | "+00" | "+00:00" => 0,
-        tz => {
-            let sign = match tz.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let hh: i64 = tz.get(1..3)?.parse().ok()?;
-            let mm: i64 = tz
-                .get(3..)
-                .map(|r| r.trim_start_matches(':'))
-                .filter(|r| !r.is_empty())
-                .map_or(Some(0), |r| r.parse().ok())?;
-            sign * (hh * 3600 + mm * 60)
-        }
-    };
-    // Days from civil (Howard Hinnant).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_secs;
-    u64::try_from(secs * 1_000_000 + micros).ok()
+    crate::time::parse_timestamp(s, true).and_then(|t| u64::try_from(t).ok())
 }
 
 #[cfg(test)]

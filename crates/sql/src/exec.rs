@@ -1529,6 +1529,15 @@ pub fn create_index(txn: &mut Transaction, ci: &ast::CreateIndex) -> Result<Outc
     Ok(Outcome::Command("CREATE INDEX".into()))
 }
 
+/// Deletes every key in `range` (the entries of a dropped index).
+fn delete_range(txn: &mut Transaction, range: amberdb_storage::KeyRange) -> Result<()> {
+    let keys: Vec<Vec<u8>> = txn.scan(range).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
+    for k in keys {
+        txn.delete(k)?;
+    }
+    Ok(())
+}
+
 /// DROP INDEX.
 pub fn drop_indexes(txn: &mut Transaction, names: &[ast::ObjectName], if_exists: bool) -> Result<Outcome> {
     for n in names {
@@ -1543,11 +1552,7 @@ pub fn drop_indexes(txn: &mut Transaction, names: &[ast::ObjectName], if_exists:
         let pos =
             def.indexes.iter().position(|i| i.name == name).ok_or_else(|| Error::Internal("index vanished".into()))?;
         let index = def.indexes.remove(pos);
-        let keys: Vec<Vec<u8>> =
-            txn.scan(def.index_range(&index)).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
-        for k in keys {
-            txn.delete(k)?;
-        }
+        delete_range(txn, def.index_range(&index))?;
         Catalog::put(txn, &def)?;
     }
     Ok(Outcome::Command("DROP INDEX".into()))
@@ -1634,11 +1639,7 @@ pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcom
                     // Indexes on the column go with it, as in PostgreSQL.
                     let (gone, kept): (Vec<_>, Vec<_>) = def.indexes.drain(..).partition(|i| i.columns.contains(&pos));
                     for index in gone {
-                        let keys: Vec<Vec<u8>> =
-                            txn.scan(def.index_range(&index)).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
-                        for k in keys {
-                            txn.delete(k)?;
-                        }
+                        delete_range(txn, def.index_range(&index))?;
                     }
                     def.indexes = kept;
                     let rows = read_rows(txn, &def, Access::Scan)?;
