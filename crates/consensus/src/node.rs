@@ -76,6 +76,10 @@ struct Sequencer {
     queue: VecDeque<Pending>,
 }
 
+/// Largest write set one transaction may commit: a log entry must stay well below the
+/// commit log's frame limit (256 MiB), and the whole set is held in memory until commit.
+pub const MAX_TXN_BYTES: usize = 64 << 20;
+
 /// Most transactions in one log entry, and most mutation bytes: bounds entry size.
 const MAX_BATCH_TXNS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 16 << 20;
@@ -232,6 +236,14 @@ impl Node {
         let Some((req, _view)) = txn.into_request_with_view() else {
             return Ok(CommitInfo { version: read_version, time: self.mvcc.applied().time });
         };
+        let bytes: usize = req.writes.iter().map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 16).sum();
+        if bytes > MAX_TXN_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "transaction too large: {} MiB of writes, the limit is {} MiB; split it into smaller transactions",
+                bytes >> 20,
+                MAX_TXN_BYTES >> 20
+            )));
+        }
         let (reply, rx) = oneshot::channel();
         let accepted = {
             let mut seq = self.sequencer.lock().expect("sequencer lock poisoned");

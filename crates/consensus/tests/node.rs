@@ -135,3 +135,23 @@ async fn torn_tail_is_repaired_and_corruption_refused() {
     assert!(err.contains(&seg.display().to_string()), "error does not name the file: {err}");
     assert!(err.contains("corrupt"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_transaction_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open(dir.path()).await.unwrap();
+    let mut txn = node.begin().unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for i in 0..(amberdb_consensus::MAX_TXN_BYTES >> 20) + 1 {
+        txn.put(format!("big{i:04}").into_bytes(), chunk.clone()).unwrap();
+    }
+    let err = node.commit(txn).await.unwrap_err();
+    assert!(err.to_string().contains("transaction too large"), "{err}");
+    // The node is unharmed and the log still opens after a restart.
+    put(&node, "after", "ok").await;
+    node.shutdown().await.unwrap();
+    drop(node);
+    let node = open(dir.path()).await.unwrap();
+    assert_eq!(all(&node), vec![("after".to_string(), "ok".to_string())]);
+    node.shutdown().await.unwrap();
+}

@@ -370,6 +370,7 @@ impl Session {
 
 fn map_commit_error(e: Error) -> Error {
     match e {
+        Error::InvalidInput(m) if m.starts_with("transaction too large") => Error::sql("54000", m),
         Error::Serialization(m) => {
             Error::sql("40001", format!("could not serialize access due to concurrent update: {m}"))
         }
