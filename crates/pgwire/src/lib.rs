@@ -50,17 +50,79 @@ use tokio::sync::Mutex;
 /// default user, `amberdb`).
 pub const DATABASE: &str = "amberdb";
 
+/// Who may connect. With no users configured, clients are trusted (the server listens
+/// on loopback by default); with users, every connection must pass SCRAM-SHA-256.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// User name → password.
+    pub users: std::collections::BTreeMap<String, String>,
+}
+
+/// Salted SCRAM secrets of the configured users (salts drawn at start-up).
+#[derive(Debug)]
+struct Users {
+    secrets: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
+}
+
+const SCRAM_ITERATIONS: usize = 4096;
+
+impl Users {
+    fn new(config: &AuthConfig) -> Self {
+        let secrets = config
+            .users
+            .iter()
+            .map(|(u, pw)| {
+                let salt: Vec<u8> = (0..16).map(|_| rand_byte()).collect();
+                let salted = pgwire::api::auth::sasl::scram::gen_salted_password(pw, &salt, SCRAM_ITERATIONS);
+                (u.clone(), (salt, salted))
+            })
+            .collect();
+        Self { secrets }
+    }
+}
+
+/// A random byte from the OS-seeded hasher (no extra dependency for 16 salt bytes).
+fn rand_byte() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.finish() as u8
+}
+
+#[async_trait]
+impl pgwire::api::auth::AuthSource for Users {
+    async fn get_password(&self, login: &pgwire::api::auth::LoginInfo) -> PgWireResult<pgwire::api::auth::Password> {
+        let user = login.user().unwrap_or_default();
+        match self.secrets.get(user) {
+            Some((salt, salted)) => Ok(pgwire::api::auth::Password::new(Some(salt.clone()), salted.clone())),
+            None => Err(fatal("28P01", format!("password authentication failed for user \"{user}\""))),
+        }
+    }
+}
+
 /// Serves connections from `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    auth: AuthConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let connections = Arc::new(ConnectionManager::new());
+    let scram = if auth.users.is_empty() {
+        None
+    } else {
+        let mut s = pgwire::api::auth::sasl::scram::ScramAuth::new(Arc::new(Users::new(&auth)));
+        s.set_iterations(SCRAM_ITERATIONS);
+        Some(Arc::new(s))
+    };
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    let handlers = Handlers::new(node.clone(), connections.clone());
+                    let handlers = Handlers::new(node.clone(), connections.clone(), scram.clone());
                     tokio::spawn(async move {
                         if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -94,12 +156,15 @@ pub struct Handlers {
     conn: Arc<Conn>,
     parser: Arc<Parser>,
     connections: Arc<ConnectionManager>,
+    scram: Option<Arc<ScramAuth>>,
 }
 
+type ScramAuth = pgwire::api::auth::sasl::scram::ScramAuth;
+
 impl Handlers {
-    fn new(node: Arc<Node>, connections: Arc<ConnectionManager>) -> Self {
+    fn new(node: Arc<Node>, connections: Arc<ConnectionManager>, scram: Option<Arc<ScramAuth>>) -> Self {
         let conn = Arc::new(Conn { session: Mutex::new(Session::new(node.clone())), node });
-        Self { parser: Arc::new(Parser { conn: conn.clone() }), conn, connections }
+        Self { parser: Arc::new(Parser { conn: conn.clone() }), conn, connections, scram }
     }
 }
 
@@ -107,15 +172,30 @@ impl Handlers {
 /// configured yet); reports PostgreSQL 15 parameters.
 struct Startup {
     driver: AuthDriver<DefaultServerParameterProvider>,
+    scram: Option<Arc<ScramAuth>>,
 }
 
 impl Startup {
-    fn new(connections: Arc<ConnectionManager>) -> Self {
+    fn new(connections: Arc<ConnectionManager>, scram: Option<Arc<ScramAuth>>) -> Self {
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = amberdb_sql::SERVER_VERSION.to_string();
         params.time_zone = "UTC".to_string();
         params.date_style = "ISO, MDY".to_string();
-        Self { driver: AuthDriver::new(params).with_connection_manager(connections) }
+        Self { driver: AuthDriver::new(params).with_connection_manager(connections), scram }
+    }
+}
+
+impl Startup {
+    async fn finish<C>(&self, client: &mut C, outcome: pgwire::api::auth::driver::AuthOutcome) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let pgwire::api::auth::driver::AuthOutcome::Authenticated { final_message, .. } = outcome {
+            self.driver.complete_authentication(client, final_message).await?;
+        }
+        Ok(())
     }
 }
 
@@ -140,7 +220,17 @@ impl StartupHandler for Startup {
             if database != DATABASE {
                 return Err(fatal("3D000", format!("database \"{database}\" does not exist")));
             }
-            self.driver.complete_authentication(client, None).await?;
+            match &self.scram {
+                None => self.driver.complete_authentication(client, None).await?,
+                Some(scram) => {
+                    use pgwire::api::auth::mechanism::AuthMechanismFactory;
+                    let outcome = self.driver.begin_authentication(client, scram.create()).await?;
+                    self.finish(client, outcome).await?;
+                }
+            }
+        } else if let PgWireFrontendMessage::PasswordMessageFamily(msg) = message {
+            let outcome = self.driver.advance_authentication(client, msg).await?;
+            self.finish(client, outcome).await?;
         }
         Ok(())
     }
@@ -156,7 +246,7 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(Startup::new(self.connections.clone()))
+        Arc::new(Startup::new(self.connections.clone(), self.scram.clone()))
     }
 
     fn copy_handler(&self) -> Arc<impl CopyHandler> {

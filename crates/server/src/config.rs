@@ -42,6 +42,7 @@ struct FileConfig {
     conflict_window_secs: Option<u64>,
     checkpoint_every: Option<u64>,
     gc_interval_secs: Option<u64>,
+    users: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The server's configuration.
@@ -61,6 +62,9 @@ pub struct Config {
     pub checkpoint_every: u64,
     /// How often old versions are garbage-collected.
     pub gc_interval: Duration,
+    /// Users and passwords (file only: `[users]` table). Empty: clients are trusted;
+    /// otherwise every connection authenticates with SCRAM-SHA-256.
+    pub users: std::collections::BTreeMap<String, String>,
 }
 
 fn positive(name: &str, v: u64) -> Result<u64> {
@@ -118,6 +122,15 @@ impl Config {
         if let Some(v) = f.gc_interval_secs {
             self.gc_interval = secs("gc_interval_secs", v)?;
         }
+        if let Some(users) = f.users {
+            if users.iter().any(|(u, p)| u.is_empty() || p.is_empty()) {
+                return Err(Error::InvalidInput(format!(
+                    "{}: users need a non-empty name and password",
+                    path.display()
+                )));
+            }
+            self.users = users;
+        }
         Ok(())
     }
 
@@ -143,6 +156,7 @@ impl Default for Config {
             conflict_window: Duration::from_secs(60),
             checkpoint_every: 20_000,
             gc_interval: Duration::from_secs(60),
+            users: std::collections::BTreeMap::new(),
         }
     }
 }

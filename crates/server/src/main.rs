@@ -78,17 +78,25 @@ async fn run_server(args: config::ServerArgs) -> Result<()> {
         %http_addr,
         "amberdb ready: PostgreSQL protocol on {addr}, admin HTTP on {http_addr}; Ctrl-C or SIGTERM stops it"
     );
-    // Scripts and tests read these lines to learn the ports (with port 0).
-    println!("LISTENING {addr}");
-    println!("HTTP {http_addr}");
-    use std::io::Write;
-    std::io::stdout().flush()?;
+    // Scripts and tests read these lines to learn the ports (with port 0). Nobody may be
+    // reading stdout, so a failed write is not an error.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "LISTENING {addr}")
+            .and_then(|()| writeln!(out, "HTTP {http_addr}"))
+            .and_then(|()| out.flush())
+        {
+            tracing::debug!(error = %e, "could not announce the listening addresses on stdout");
+        }
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(admin::serve(http, node.clone(), async move {
         let _ = admin_stop.changed().await;
     }));
-    amberdb_pgwire::serve(listener, node.clone(), async {
+    let auth = amberdb_pgwire::AuthConfig { users: config.users.clone() };
+    amberdb_pgwire::serve(listener, node.clone(), auth, async {
         if let Err(e) = wait_for_shutdown_signal().await {
             tracing::error!(error = %e, "signal handling failed; shutting down");
         }

@@ -302,3 +302,32 @@ fn config_file_and_bad_config() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("retention_secs") && stderr.contains("amberdb.toml"), "{stderr}");
 }
+
+#[test]
+fn scram_sha_256_when_users_are_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("amberdb.toml");
+    std::fs::write(&cfg, "[users]\namberdb = \"s3cret\"\nalice = \"wonder land\"\n").unwrap();
+    let server = Server::start_with(&dir.path().join("data"), &["--config".as_ref(), cfg.as_os_str()]);
+    let run = |user: &str, password: Option<&str>| {
+        let mut cmd = Command::new("psql");
+        cmd.args(["-X", "-At", "-w", "-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", user, "-d", "amberdb"]);
+        cmd.args(["-c", "SELECT 1"]);
+        match password {
+            Some(p) => cmd.env("PGPASSWORD", p),
+            None => cmd.env_remove("PGPASSWORD"),
+        };
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_lowercase())
+    };
+    let (ok, err) = run("amberdb", Some("s3cret"));
+    assert!(ok, "{err}");
+    let (ok, err) = run("alice", Some("wonder land"));
+    assert!(ok, "{err}");
+    let (ok, err) = run("amberdb", Some("wrong"));
+    assert!(!ok && err.contains("password authentication failed"), "{err}");
+    let (ok, err) = run("mallory", Some("s3cret"));
+    assert!(!ok && err.contains("password authentication failed"), "{err}");
+    let (ok, _) = run("amberdb", None);
+    assert!(!ok, "connected without a password");
+}

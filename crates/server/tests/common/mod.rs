@@ -39,8 +39,15 @@ impl Server {
 
     /// Starts a server on `data_dir` and waits until it listens.
     pub fn start_on(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[])
+    }
+
+    /// Starts a server on `data_dir` with extra flags and waits until it listens.
+    pub fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr]) -> Server {
         let mut child = Command::new(bin())
-            .args(["server", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+            .args(["server", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--data-dir")
             .arg(data_dir)
             .env("AMBERDB_LOG", "warn")
             .stdout(Stdio::piped())
