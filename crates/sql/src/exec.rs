@@ -1387,14 +1387,10 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
         let ty = DataType::parse(&c.data_type.to_string()).map_err(crate::expr::to_sql_err)?;
         let mut col = Column { name: cname, ty, nullable: true, default: None };
         for o in &c.options {
+            if apply_column_option(&mut col, &o.option)? {
+                continue;
+            }
             match &o.option {
-                ast::ColumnOption::NotNull => col.nullable = false,
-                ast::ColumnOption::Null => col.nullable = true,
-                ast::ColumnOption::Default(e) => {
-                    // Validate now: the default must be a constant expression we can evaluate.
-                    Binder::new(&[]).bind(e)?.eval(&[], &[])?.cast(ty).map_err(crate::expr::to_sql_err)?;
-                    col.default = Some(e.to_string());
-                }
                 ast::ColumnOption::Unique(_) => unique_sets.push(vec![columns.len()]),
                 ast::ColumnOption::PrimaryKey(_) => {
                     if !pk.is_empty() {
@@ -1558,19 +1554,28 @@ pub fn drop_indexes(txn: &mut Transaction, names: &[ast::ObjectName], if_exists:
     Ok(Outcome::Command("DROP INDEX".into()))
 }
 
+/// Applies NULL / NOT NULL / DEFAULT to `col`; false for any other option (the caller
+/// decides). A default must be a constant expression of the column's type, checked now.
+fn apply_column_option(col: &mut Column, option: &ast::ColumnOption) -> Result<bool> {
+    match option {
+        ast::ColumnOption::NotNull => col.nullable = false,
+        ast::ColumnOption::Null => col.nullable = true,
+        ast::ColumnOption::Default(e) => {
+            Binder::new(&[]).bind(e)?.eval(&[], &[])?.cast(col.ty).map_err(crate::expr::to_sql_err)?;
+            col.default = Some(e.to_string());
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// Builds a column from its definition (types, NULL/NOT NULL, DEFAULT only).
 fn plain_column(c: &ast::ColumnDef) -> Result<Column> {
     let ty = DataType::parse(&c.data_type.to_string()).map_err(crate::expr::to_sql_err)?;
     let mut col = Column { name: ident(&c.name), ty, nullable: true, default: None };
     for o in &c.options {
-        match &o.option {
-            ast::ColumnOption::NotNull => col.nullable = false,
-            ast::ColumnOption::Null => col.nullable = true,
-            ast::ColumnOption::Default(e) => {
-                Binder::new(&[]).bind(e)?.eval(&[], &[])?.cast(ty).map_err(crate::expr::to_sql_err)?;
-                col.default = Some(e.to_string());
-            }
-            other => return Err(feature(format!("column option {other} in ALTER TABLE ADD COLUMN"))),
+        if !apply_column_option(&mut col, &o.option)? {
+            return Err(feature(format!("column option {} in ALTER TABLE ADD COLUMN", o.option)));
         }
     }
     Ok(col)
