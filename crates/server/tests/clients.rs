@@ -2,27 +2,8 @@
 
 mod common;
 
-use common::Server;
+use common::{psql, Server};
 use std::process::Command;
-
-fn psql(server: &Server, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write;
-    let mut child = Command::new("psql")
-        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "amberdb", "-d", "amberdb"])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("psql is installed (scripts/test installs it)");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn psql_script() {

@@ -157,24 +157,9 @@ fn random_wire_bytes_never_break_the_server() {
     }
     assert!(server_alive(&server), "server died on random bytes");
     // And it still serves real clients.
-    let out = std::process::Command::new("psql")
-        .args([
-            "-X",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.port.to_string(),
-            "-U",
-            "amberdb",
-            "-d",
-            "amberdb",
-            "-c",
-            "SELECT 6 * 7",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, out, err) = common::psql(&server, &["-At", "-c", "SELECT 6 * 7"], "");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "42", "{err}");
 }
 
 fn server_alive(server: &Server) -> bool {

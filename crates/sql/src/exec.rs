@@ -781,28 +781,13 @@ fn select_rows(
         let mut names = Vec::new();
         for it in &items {
             if let Item::Ast(e, name) = it {
-                let mut b = Binder {
-                    scope: &source.scope,
-                    aggs: Some(&mut agg_binding),
-                    params: 0,
-                    txn: None,
-                    correlated: Vec::new(),
-                };
+                let mut b = Binder::aggregating(&source.scope, &mut agg_binding);
                 exprs.push(b.bind(e)?);
                 names.push(name.clone());
             }
         }
         let having = match &select.having {
-            Some(h) => Some(
-                Binder {
-                    scope: &source.scope,
-                    aggs: Some(&mut agg_binding),
-                    params: 0,
-                    txn: None,
-                    correlated: Vec::new(),
-                }
-                .bind(h)?,
-            ),
+            Some(h) => Some(Binder::aggregating(&source.scope, &mut agg_binding).bind(h)?),
             None => None,
         };
         // The scope after aggregation: group keys then aggregates.
@@ -910,14 +895,7 @@ fn select_rows(
                 Some(p) => p,
                 None => {
                     let bound = if aggregate {
-                        Binder {
-                            scope: &source.scope,
-                            aggs: Some(&mut agg_binding),
-                            params: 0,
-                            txn: None,
-                            correlated: Vec::new(),
-                        }
-                        .bind(&o.expr)?
+                        Binder::aggregating(&source.scope, &mut agg_binding).bind(&o.expr)?
                     } else {
                         Binder::new(&in_scope).bind(&o.expr)?
                     };

@@ -312,6 +312,12 @@ impl<'a> Binder<'a> {
         Self { scope, aggs: None, params: 0, txn: None, correlated: Vec::new() }
     }
 
+    /// A binder for expressions evaluated after grouping: group keys and aggregate calls
+    /// become columns of the grouped rows, registered in `aggs`.
+    pub fn aggregating(scope: &'a [ScopeCol], aggs: &'a mut AggBinding) -> Self {
+        Self { scope, aggs: Some(aggs), params: 0, txn: None, correlated: Vec::new() }
+    }
+
     /// A binder that can evaluate subqueries in `txn`.
     pub fn with_txn(scope: &'a [ScopeCol], txn: &'a mut amberdb_mvcc::Transaction, params: &'a [Value]) -> Self {
         Self { scope, aggs: None, params: 0, txn: Some((txn, params)), correlated: Vec::new() }

@@ -98,3 +98,24 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
     (code, body)
 }
+
+/// Runs psql against `server` with extra arguments and standard input: (success, stdout,
+/// stderr).
+pub fn psql(server: &Server, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("psql")
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "amberdb", "-d", "amberdb"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql is installed (scripts/test installs it)");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write to psql");
+    let out = child.wait_with_output().expect("psql output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
