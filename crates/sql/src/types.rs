@@ -409,19 +409,7 @@ impl Value {
                 let parsed = Value::Text(s.clone()).cast(v.natural_type().unwrap_or(DataType::Text))?;
                 return parsed.sql_cmp(v);
             }
-            (
-                v @ (Value::Int(_)
-                | Value::Numeric(_)
-                | Value::Float(_)
-                | Value::Bool(_)
-                | Value::Date(_)
-                | Value::Timestamp(_)
-                | Value::TimestampTz(_)),
-                Value::Text(s),
-            ) => {
-                let parsed = Value::Text(s.clone()).cast(v.natural_type().unwrap_or(DataType::Text))?;
-                return v.sql_cmp(&parsed);
-            }
+            (_, Value::Text(_)) => return Ok(other.sql_cmp(self)?.map(Ordering::reverse)),
             (a, b) => {
                 return Err(Error::InvalidInput(format!(
                     "operator does not exist: {} = {}",
