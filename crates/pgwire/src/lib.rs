@@ -104,6 +104,7 @@ impl pgwire::api::auth::AuthSource for Users {
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
+    env: Arc<amberdb_sql::Env>,
     auth: AuthConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -122,7 +123,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    let handlers = Handlers::new(node.clone(), connections.clone(), scram.clone());
+                    let handlers = Handlers::new(node.clone(), env.clone(), connections.clone(), scram.clone());
                     tokio::spawn(async move {
                         if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -162,8 +163,13 @@ pub struct Handlers {
 type ScramAuth = pgwire::api::auth::sasl::scram::ScramAuth;
 
 impl Handlers {
-    fn new(node: Arc<Node>, connections: Arc<ConnectionManager>, scram: Option<Arc<ScramAuth>>) -> Self {
-        let conn = Arc::new(Conn { session: Mutex::new(Session::new(node.clone())), node });
+    fn new(
+        node: Arc<Node>,
+        env: Arc<amberdb_sql::Env>,
+        connections: Arc<ConnectionManager>,
+        scram: Option<Arc<ScramAuth>>,
+    ) -> Self {
+        let conn = Arc::new(Conn { session: Mutex::new(Session::new(node.clone(), env)), node });
         Self { parser: Arc::new(Parser { conn: conn.clone() }), conn, connections, scram }
     }
 }
@@ -440,7 +446,7 @@ impl SimpleQueryHandler for Query {
         let mut out = Vec::new();
         for stmt in &stmts {
             // Prepared statements live in the protocol layer's store, not in the session.
-            if let amberdb_sql::ast::Statement::Deallocate { name, .. } = &stmt.ast {
+            if let Some(amberdb_sql::ast::Statement::Deallocate { name, .. }) = stmt.ast() {
                 if !name.value.eq_ignore_ascii_case("all") || name.quote_style.is_some() {
                     client.portal_store().rm_statement(&name.value);
                 }

@@ -4,6 +4,7 @@
 //! the TOML file named by `--config`, the defaults below. Unknown keys in the file are
 //! an error (a typo must not silently fall back to a default).
 
+use amberdb_backup::{DestConfig, S3Config};
 use amberdb_consensus::NodeConfig;
 use amberdb_error::{Error, Result};
 use amberdb_mvcc::{ConflictWindowConfig, MvccConfig};
@@ -29,6 +30,59 @@ pub struct ServerArgs {
     /// How long old versions stay readable, in seconds [default: 3600].
     #[arg(long, env = "AMBERDB_RETENTION_SECS")]
     pub retention_secs: Option<u64>,
+    /// Backup destinations.
+    #[command(flatten)]
+    pub backup: BackupArgs,
+}
+
+/// Where backups go: shared by `amberdb server` and the `backup`/`restore` commands.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BackupArgs {
+    /// Directory that bare and relative backup destinations resolve under
+    /// [default: ./amberdb-backups].
+    #[arg(long, env = "AMBERDB_BACKUP_ROOT")]
+    pub backup_root: Option<PathBuf>,
+    /// Endpoint of an S3-compatible server for s3:// destinations (path-style requests).
+    #[arg(long, env = "AMBERDB_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: us-east-1].
+    #[arg(long, env = "AMBERDB_S3_REGION")]
+    pub s3_region: Option<String>,
+}
+
+impl BackupArgs {
+    /// Applies the flags and the credential variables (`AMBERDB_S3_ACCESS_KEY_ID` /
+    /// `AMBERDB_S3_SECRET_ACCESS_KEY`, else `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`;
+    /// secrets never go on a command line) over `cfg`.
+    pub fn apply(&self, cfg: &mut DestConfig) {
+        if let Some(v) = &self.backup_root {
+            cfg.backup_root = v.clone();
+        }
+        if let Some(v) = &self.s3_endpoint {
+            cfg.s3.endpoint = Some(v.clone());
+        }
+        if let Some(v) = &self.s3_region {
+            cfg.s3.region = Some(v.clone());
+        }
+        let env = |a: &str, b: &str| std::env::var(a).or_else(|_| std::env::var(b)).ok();
+        if let Some(v) = env("AMBERDB_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID") {
+            cfg.s3.access_key_id = Some(v);
+        }
+        if let Some(v) = env("AMBERDB_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY") {
+            cfg.s3.secret_access_key = Some(v);
+        }
+    }
+
+    /// The destination configuration from defaults and these flags alone (CLI commands).
+    pub fn dest_config(&self) -> DestConfig {
+        let mut cfg = default_dest_config();
+        self.apply(&mut cfg);
+        cfg
+    }
+}
+
+fn default_dest_config() -> DestConfig {
+    DestConfig { backup_root: PathBuf::from("./amberdb-backups"), s3: S3Config::default() }
 }
 
 /// The `--config` file.
@@ -43,6 +97,8 @@ struct FileConfig {
     checkpoint_every: Option<u64>,
     gc_interval_secs: Option<u64>,
     users: Option<std::collections::BTreeMap<String, String>>,
+    backup_root: Option<PathBuf>,
+    s3: Option<S3Config>,
 }
 
 /// The server's configuration.
@@ -65,6 +121,9 @@ pub struct Config {
     /// Users and passwords (file only: `[users]` table). Empty: clients are trusted;
     /// otherwise every connection authenticates with SCRAM-SHA-256.
     pub users: std::collections::BTreeMap<String, String>,
+    /// Backup destinations: the root that relative paths resolve under (`backup_root`)
+    /// and the `[s3]` table (endpoint, region, access_key_id, secret_access_key).
+    pub backup: DestConfig,
 }
 
 fn positive(name: &str, v: u64) -> Result<u64> {
@@ -93,6 +152,7 @@ impl Config {
         if let Some(v) = args.retention_secs {
             c.retention = Duration::from_secs(positive("--retention-secs", v)?);
         }
+        args.backup.apply(&mut c.backup);
         Ok(c)
     }
 
@@ -121,6 +181,12 @@ impl Config {
         }
         if let Some(v) = f.gc_interval_secs {
             self.gc_interval = secs("gc_interval_secs", v)?;
+        }
+        if let Some(v) = f.backup_root {
+            self.backup.backup_root = v;
+        }
+        if let Some(v) = f.s3 {
+            self.backup.s3 = v;
         }
         if let Some(users) = f.users {
             if users.iter().any(|(u, p)| u.is_empty() || p.is_empty()) {
@@ -157,6 +223,7 @@ impl Default for Config {
             checkpoint_every: 20_000,
             gc_interval: Duration::from_secs(60),
             users: std::collections::BTreeMap::new(),
+            backup: default_dest_config(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //!   amberdb server                 run a node (data in ./amberdb-data by default)
+//!   amberdb backup create|list|show|verify|delete   manage backups (see docs/formats/backup.md)
+//!   amberdb restore                restore into a running server or an empty data directory
 //!   amberdb bench commits|reads|scan   measure the core (see docs/BENCHMARKS.md)
 //!   amberdb debug workload|check   crash-test workload and its checker (tests use these)
 //! ```
@@ -10,6 +12,7 @@
 //! what the tests and benchmarks exercise is exactly what the server runs.
 
 mod admin;
+mod backup_cli;
 mod bench;
 mod config;
 mod workload;
@@ -38,6 +41,11 @@ struct Cli {
 enum Command {
     /// Run a node.
     Server(config::ServerArgs),
+    /// Create, list, show, verify and delete backups.
+    Backup(backup_cli::BackupCommand),
+    /// Restore a backup into a running server (--server) or an empty data directory
+    /// (--data-dir, with no server running).
+    Restore(backup_cli::RestoreArgs),
     /// Benchmarks of the core (commits, point reads, scans).
     Bench(bench::BenchArgs),
     /// Tools used by the crash tests.
@@ -62,6 +70,7 @@ fn init_tracing() {
 async fn run_server(args: config::ServerArgs) -> Result<()> {
     let config = Config::load(&args)?;
     let node = open_node(&config.data_dir, &config).await?;
+    amberdb_sql::cleanup_pending_restores(&node).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| Error::io(&config.listen, format!("cannot listen for PostgreSQL clients: {e}")))?;
@@ -92,11 +101,12 @@ async fn run_server(args: config::ServerArgs) -> Result<()> {
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut admin_stop = stop_rx.clone();
-    let admin = tokio::spawn(admin::serve(http, node.clone(), async move {
+    let env = Arc::new(amberdb_sql::Env { backup: config.backup.clone() });
+    let admin = tokio::spawn(admin::serve(http, node.clone(), env.clone(), async move {
         let _ = admin_stop.changed().await;
     }));
     let auth = amberdb_pgwire::AuthConfig { users: config.users.clone() };
-    amberdb_pgwire::serve(listener, node.clone(), auth, async {
+    amberdb_pgwire::serve(listener, node.clone(), env, auth, async {
         if let Err(e) = wait_for_shutdown_signal().await {
             tracing::error!(error = %e, "signal handling failed; shutting down");
         }
@@ -127,6 +137,7 @@ async fn wait_for_shutdown_signal() -> Result<()> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    amberdb_backup::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -137,6 +148,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => run_server(args).await,
+            Command::Backup(cmd) => backup_cli::run_backup(cmd).await,
+            Command::Restore(args) => backup_cli::run_restore(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Debug(args) => workload::run(args).await,
         }

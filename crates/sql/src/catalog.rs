@@ -4,6 +4,7 @@
 //!   0x10 str(table name)            → JSON TableDef
 //!   0x11                            → u64 LE: last table id handed out
 //!   0x12 u64(table id)              → u64 LE: last hidden row id handed out
+//!   0x13 u64(table id)              → table name: a restore in progress loads this id
 //!   0x20 u64(table id) key(pk...)   → row: encoded values of every column
 //! ```
 //! Because catalog entries are ordinary versioned keys read through the transaction,
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 const TAG_TABLE: u8 = 0x10;
 const TAG_TABLE_SEQ: u8 = 0x11;
 const TAG_ROWID: u8 = 0x12;
+const TAG_PENDING_RESTORE: u8 = 0x13;
 const TAG_ROW: u8 = 0x20;
 const TAG_INDEX: u8 = 0x21;
 
@@ -83,6 +85,19 @@ impl TableDef {
             }
         }
         enc.finish()
+    }
+
+    /// Position of the row prefix in [`TableDef::key_prefixes`].
+    pub const ROW_PREFIX: usize = 1;
+
+    /// Every key prefix the table's entries live under, ascending: the hidden row id
+    /// counter, the rows, the index entries. Backups copy exactly these.
+    pub fn key_prefixes(&self) -> Vec<Vec<u8>> {
+        vec![
+            KeyEncoder::with_tag(TAG_ROWID).u64(self.id).finish(),
+            KeyEncoder::with_tag(TAG_ROW).u64(self.id).finish(),
+            KeyEncoder::with_tag(TAG_INDEX).u64(self.id).finish(),
+        ]
     }
 
     /// The key range holding every row of the table.
@@ -202,11 +217,38 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Creates a table, assigning its id.
-    pub fn create(txn: &mut Transaction, mut def: TableDef) -> Result<TableDef> {
+    /// Hands out a new table id.
+    pub fn allocate_id(txn: &mut Transaction) -> Result<u64> {
         let id = read_u64(txn.get(&[TAG_TABLE_SEQ])?)? + 1;
         txn.put(vec![TAG_TABLE_SEQ], id.to_le_bytes().to_vec())?;
-        def.id = id;
+        Ok(id)
+    }
+
+    /// Records that a restore is loading entries under table id `id`.
+    pub fn put_pending_restore(txn: &mut Transaction, id: u64, name: &str) -> Result<()> {
+        txn.put(KeyEncoder::with_tag(TAG_PENDING_RESTORE).u64(id).finish(), name.as_bytes().to_vec())
+    }
+
+    /// Clears a pending-restore marker.
+    pub fn remove_pending_restore(txn: &mut Transaction, id: u64) -> Result<()> {
+        txn.delete(KeyEncoder::with_tag(TAG_PENDING_RESTORE).u64(id).finish())
+    }
+
+    /// Every pending-restore marker: (table id, table name).
+    pub fn pending_restores(txn: &mut Transaction) -> Result<Vec<(u64, String)>> {
+        let mut out = Vec::new();
+        for kv in txn.scan(KeyRange::prefix(&[TAG_PENDING_RESTORE])) {
+            let (k, v) = kv?;
+            let mut d = KeyDecoder::new(&k);
+            d.tag()?;
+            out.push((d.u64()?, String::from_utf8_lossy(&v).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Creates a table, assigning its id.
+    pub fn create(txn: &mut Transaction, mut def: TableDef) -> Result<TableDef> {
+        def.id = Self::allocate_id(txn)?;
         Self::put(txn, &def)?;
         Ok(def)
     }

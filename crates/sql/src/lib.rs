@@ -20,6 +20,7 @@
 //!   so concurrent transactions on different rows do not conflict.
 
 mod asof;
+mod backup_sql;
 mod catalog;
 mod copy;
 mod describe;
@@ -31,6 +32,9 @@ mod time;
 mod types;
 
 pub use asof::AsOf;
+pub use backup_sql::{
+    backup, cleanup_pending_restores, restore, row_check, BackupOptions, BackupStatement, Env, RestoreSummary,
+};
 pub use catalog::{Catalog, Column, IndexDef, TableDef};
 /// The SQL syntax tree (sqlparser's), for front ends that inspect statements.
 pub use sqlparser::ast;
@@ -40,7 +44,10 @@ pub fn describe_statement(
     node: &amberdb_consensus::Node,
     stmt: &Statement,
 ) -> amberdb_error::Result<describe::Description> {
-    describe::describe(node, &stmt.ast)
+    match stmt {
+        Statement::Sql { ast, .. } => describe::describe(node, ast),
+        Statement::Backup(b) => Ok((Vec::new(), Some(b.columns()))),
+    }
 }
 pub use exec::{OutColumn, Outcome};
 pub use session::{parse, syntax_error, Session, Statement, TxnState};

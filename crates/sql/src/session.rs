@@ -10,6 +10,7 @@
 //! it has reached the client yet.
 
 use crate::asof::{self, AsOf};
+use crate::backup_sql::{self, BackupStatement, Env};
 use crate::copy::{fields_to_row, CopyFormat};
 use crate::exec::{self, OutColumn, Outcome};
 use crate::types::{DataType, Value};
@@ -25,12 +26,30 @@ use std::sync::Arc;
 const AUTOCOMMIT_RETRIES: usize = 16;
 
 /// A parsed statement, reusable across executions (prepared statements).
+// Statements are parsed once per query or prepared statement; boxing the common
+// variant to save bytes would cost an allocation on every query.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
-pub struct Statement {
-    /// The statement.
-    pub ast: ast::Statement,
-    /// `AS OF SYSTEM TIME`, lifted out of the text before parsing.
-    pub as_of: Option<AsOf>,
+pub enum Statement {
+    /// A statement sqlparser understands.
+    Sql {
+        /// The statement.
+        ast: ast::Statement,
+        /// `AS OF SYSTEM TIME`, lifted out of the text before parsing.
+        as_of: Option<AsOf>,
+    },
+    /// BACKUP, RESTORE, SHOW BACKUP(S).
+    Backup(BackupStatement),
+}
+
+impl Statement {
+    /// The syntax tree, unless it is a backup statement.
+    pub fn ast(&self) -> Option<&ast::Statement> {
+        match self {
+            Statement::Sql { ast, .. } => Some(ast),
+            Statement::Backup(_) => None,
+        }
+    }
 }
 
 /// A session's transaction state, as reported in ReadyForQuery.
@@ -47,6 +66,7 @@ pub enum TxnState {
 /// One client's session.
 pub struct Session {
     node: Arc<Node>,
+    env: Arc<Env>,
     txn: Option<Transaction>,
     failed: bool,
     copy: Option<CopyIn>,
@@ -88,13 +108,16 @@ pub fn syntax_error(sql: &str, e: ParserError) -> Error {
 
 /// Parses SQL text into statements.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    if backup_sql::is_backup_statement(sql) {
+        return Ok(vec![Statement::Backup(backup_sql::parse(sql)?)]);
+    }
     let Some((rest, point)) = asof::extract(sql)? else {
         let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| syntax_error(sql, e))?;
-        return Ok(stmts.into_iter().map(|ast| Statement { ast, as_of: None }).collect());
+        return Ok(stmts.into_iter().map(|ast| Statement::Sql { ast, as_of: None }).collect());
     };
     let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, &rest).map_err(|e| syntax_error(&rest, e))?;
     match (stmts.pop(), stmts.is_empty()) {
-        (Some(ast @ ast::Statement::Query(_)), true) => Ok(vec![Statement { ast, as_of: Some(point) }]),
+        (Some(ast @ ast::Statement::Query(_)), true) => Ok(vec![Statement::Sql { ast, as_of: Some(point) }]),
         _ => Err(Error::sql("0A000", "AS OF SYSTEM TIME is supported on a single SELECT statement")),
     }
 }
@@ -119,8 +142,8 @@ fn show_value(name: &str) -> Option<String> {
 
 impl Session {
     /// A new idle session.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node, txn: None, failed: false, copy: None }
+    pub fn new(node: Arc<Node>, env: Arc<Env>) -> Self {
+        Self { node, env, txn: None, failed: false, copy: None }
     }
 
     /// The transaction state.
@@ -280,7 +303,23 @@ impl Session {
 
     /// Executes one statement with bind parameters.
     pub async fn execute(&mut self, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
-        if let Some(point) = stmt.as_of {
+        let (stmt, as_of) = match stmt {
+            Statement::Sql { ast, as_of } => (ast, as_of),
+            Statement::Backup(b) => {
+                if self.failed {
+                    return Err(Error::sql(
+                        "25P02",
+                        "current transaction is aborted, commands ignored until end of transaction block",
+                    ));
+                }
+                if self.txn.is_some() {
+                    self.failed = true;
+                    return Err(Error::sql("25001", "BACKUP and RESTORE cannot run inside a transaction block"));
+                }
+                return b.execute(&self.node, &self.env).await;
+            }
+        };
+        if let Some(point) = *as_of {
             if self.txn.is_some() || self.failed {
                 return Err(Error::sql("25001", "AS OF SYSTEM TIME cannot be used inside a transaction block"));
             }
@@ -293,9 +332,8 @@ impl Session {
                 Error::InvalidInput(m) => Error::sql("22023", m),
                 other => other,
             })?;
-            return run(&mut txn, &stmt.ast, params);
+            return run(&mut txn, stmt, params);
         }
-        let stmt = &stmt.ast;
         if matches!(stmt, ast::Statement::Copy { .. }) {
             if self.failed {
                 return Err(Error::sql(
@@ -364,7 +402,7 @@ impl Session {
     /// the extended protocol's Describe). Parameter types are inferred where a parameter
     /// is compared with or assigned to a column; otherwise unknown (text).
     pub fn describe(&mut self, stmt: &Statement) -> Result<crate::describe::Description> {
-        crate::describe::describe(&self.node, &stmt.ast)
+        crate::describe_statement(&self.node, stmt)
     }
 }
 

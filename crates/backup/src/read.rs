@@ -1,0 +1,154 @@
+//! Reading a snapshot back: locating the manifest, fetching and checking range files,
+//! and decoding their blocks in parallel — shared by restore and verify.
+
+use crate::dest::Destination;
+use crate::format::{decode_block, entries, read_index};
+use crate::manifest::{from_hex, Descriptor, FileManifest, Manifest, TableManifest, DESCRIPTOR};
+use amberdb_error::{Error, Result};
+use bytes::Bytes;
+use futures::stream::{self, Stream, StreamExt};
+
+/// The complete snapshots in a destination, oldest first.
+pub async fn snapshots(dest: &Destination) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for (p, _) in dest.list("snapshots").await? {
+        let Some(hex) = p.strip_prefix("snapshots/").and_then(|r| r.strip_suffix("/manifest.json")) else {
+            continue;
+        };
+        if let Ok(v) = u64::from_str_radix(hex, 16) {
+            out.push(v);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Reads and checks the descriptor and the newest complete snapshot's manifest.
+pub async fn latest_manifest(dest: &Destination) -> Result<Manifest> {
+    let Some(raw) = dest.get(DESCRIPTOR).await? else {
+        return Err(Error::InvalidInput(format!(
+            "{} holds no AmberDB backup ({} is missing)",
+            dest.url(),
+            dest.name(DESCRIPTOR)
+        )));
+    };
+    Descriptor::decode(&raw, &dest.name(DESCRIPTOR))?;
+    let Some(&version) = snapshots(dest).await?.last() else {
+        return Err(Error::InvalidData(format!(
+            "{} holds no complete backup (no snapshot has a manifest; an interrupted backup leaves none)",
+            dest.url()
+        )));
+    };
+    let path = Manifest::path_of(version);
+    let m = Manifest::decode(&dest.must_get(&path).await?, &dest.name(&path))?;
+    if m.version != version {
+        return Err(Error::InvalidData(format!(
+            "manifest {} claims version {} but lives in the directory of version {version}",
+            dest.name(&path),
+            m.version
+        )));
+    }
+    Ok(m)
+}
+
+/// Fetches a range file and checks it against the manifest (presence, size, blake3).
+pub async fn fetch_file(dest: &Destination, m: &Manifest, f: &FileManifest) -> Result<Bytes> {
+    let rel = format!("{}/{}", Manifest::dir_of(m.version), f.path);
+    let name = dest.name(&rel);
+    let Some(bytes) = dest.get(&rel).await? else {
+        return Err(Error::InvalidData(format!("range file {name} is missing")));
+    };
+    if bytes.len() as u64 != f.size {
+        return Err(Error::InvalidData(format!(
+            "range file {name} is {} bytes, the manifest says {} (truncated or replaced)",
+            bytes.len(),
+            f.size
+        )));
+    }
+    let b = bytes.clone();
+    let hash = tokio::task::spawn_blocking(move || blake3::hash(&b).to_hex().to_string())
+        .await
+        .map_err(|e| Error::Internal(format!("hash worker: {e}")))?;
+    if hash != f.blake3 {
+        return Err(Error::InvalidData(format!("range file {name} does not match its blake3 hash (corrupted)")));
+    }
+    Ok(bytes)
+}
+
+/// One decoded block: entries as (prefix number, key, value).
+pub type Entries = Vec<(usize, Vec<u8>, Vec<u8>)>;
+
+/// Decodes every block of a file, checking that its keys lie under the table's prefixes
+/// and inside the key range the manifest records.
+fn decode_file_blocks(
+    bytes: Bytes,
+    f: &FileManifest,
+    name: String,
+    prefixes: Vec<Vec<u8>>,
+    parallelism: usize,
+) -> Result<impl Stream<Item = Result<Entries>> + use<>> {
+    let index = read_index(&bytes, &name)?;
+    let total: u64 = index.iter().map(|b| u64::from(b.entries)).sum();
+    if index.len() != f.blocks as usize || total != f.entries {
+        return Err(Error::InvalidData(format!(
+            "range file {name} holds {} blocks / {total} entries, the manifest says {} / {}",
+            index.len(),
+            f.blocks,
+            f.entries
+        )));
+    }
+    let (first, last) = (from_hex(&f.first_key)?, from_hex(&f.last_key)?);
+    if index.first().map(|b| &b.first_key) != Some(&first) || index.last().map(|b| &b.last_key) != Some(&last) {
+        return Err(Error::InvalidData(format!("range file {name}: key range disagrees with the manifest")));
+    }
+    Ok(stream::iter(index)
+        .map(move |b| {
+            let bytes = bytes.clone();
+            let name = name.clone();
+            let prefixes = prefixes.clone();
+            async move {
+                tokio::task::spawn_blocking(move || -> Result<Entries> {
+                    let raw = decode_block(&bytes, &b, &name)?;
+                    let mut out = Vec::with_capacity(b.entries as usize);
+                    for e in entries(&raw) {
+                        let (k, v) = e?;
+                        let Some(pi) = prefixes.iter().position(|p| k.starts_with(p)) else {
+                            return Err(Error::InvalidData(format!(
+                                "range file {name}: a key lies outside the table's key prefixes"
+                            )));
+                        };
+                        out.push((pi, k.to_vec(), v.to_vec()));
+                    }
+                    Ok(out)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("decode worker: {e}")))?
+            }
+        })
+        .buffered(parallelism.max(1)))
+}
+
+/// Every entry of one table, in key order, as a stream of decoded blocks. Files are
+/// fetched two at a time and checked against the manifest before any block is decoded;
+/// blocks are decoded by `parallelism` workers.
+pub fn table_blocks<'a>(
+    dest: &'a Destination,
+    m: &'a Manifest,
+    t: &'a TableManifest,
+    parallelism: usize,
+) -> impl Stream<Item = Result<Entries>> + 'a {
+    let prefixes = t.prefix_bytes();
+    stream::iter(t.files.iter().map(move |&i| &m.files[i]))
+        .map(move |f| async move { fetch_file(dest, m, f).await.map(|b| (f, b)) })
+        .buffered(2)
+        .map(move |r| -> Result<_> {
+            let (f, bytes) = r?;
+            let name = dest.name(&format!("{}/{}", Manifest::dir_of(m.version), f.path));
+            let prefixes = prefixes.clone()?;
+            decode_file_blocks(bytes, f, name, prefixes, parallelism)
+        })
+        .flat_map(|r| match r {
+            Ok(s) => s.left_stream(),
+            Err(e) => stream::once(async move { Err(e) }).right_stream(),
+        })
+}

@@ -1,0 +1,380 @@
+//! `amberdb backup …` and `amberdb restore …`.
+//!
+//! `create` and `restore --server` ask a running server (admin HTTP) to do the work,
+//! because only the server may write its data; `list`, `show`, `verify`, `delete` work
+//! on the backup files alone; `restore --data-dir` opens an empty data directory itself
+//! (the cold path, no server running). Every command prints a human summary, or JSON
+//! with `--json`, and exits non-zero on failure.
+
+use crate::admin::{BackupRequest, RestoreRequest};
+use crate::config::{BackupArgs, Config};
+use amberdb_backup::{Destination, Manifest, Origin, Progress};
+use amberdb_error::{Error, Result};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `amberdb backup`.
+#[derive(Debug, clap::Args)]
+pub struct BackupCommand {
+    #[command(subcommand)]
+    action: BackupAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BackupAction {
+    /// Back up the database (or --table …) of a running server to DEST.
+    Create {
+        /// Destination: a path under the server's backup root, or s3://bucket/prefix.
+        dest: String,
+        /// Back up only these tables (repeatable).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// zstd level, 1–19.
+        #[arg(long)]
+        compression_level: Option<i32>,
+        /// Compression workers [default: cores].
+        #[arg(long)]
+        parallelism: Option<usize>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List the backups at or below DEST.
+    List {
+        /// A directory (or S3 prefix) holding backups.
+        dest: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show what the backup at DEST holds.
+    Show {
+        /// The backup.
+        dest: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check every file of the backup at DEST against its manifest, without restoring.
+    Verify {
+        /// The backup.
+        dest: String,
+        /// Also decode every block and row and recompute each table's checksum.
+        #[arg(long)]
+        deep: bool,
+        /// Decoding workers [default: cores].
+        #[arg(long)]
+        parallelism: Option<usize>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Delete the backup at DEST (manifest first, so it is never half-trusted).
+    Delete {
+        /// The backup.
+        dest: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Flags every command shares.
+#[derive(Debug, Clone, clap::Args)]
+struct Common {
+    /// Admin HTTP address of the running server.
+    #[arg(long, env = "AMBERDB_SERVER", default_value = "http://127.0.0.1:9433")]
+    server: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backup: BackupArgs,
+}
+
+/// `amberdb restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup to restore.
+    dest: String,
+    /// Restore only these tables (repeatable); default: the whole database.
+    #[arg(long = "table")]
+    tables: Vec<String>,
+    /// Restore the (single) table under this name.
+    #[arg(long = "as")]
+    rename: Option<String>,
+    /// Replace an existing table of the same name.
+    #[arg(long)]
+    replace: bool,
+    /// Restore into this data directory with no server running (the cold path);
+    /// without it, the running server at --server restores.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Workers [default: cores].
+    #[arg(long)]
+    parallelism: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn tables_opt(t: &[String]) -> Option<Vec<String>> {
+    (!t.is_empty()).then(|| t.to_vec())
+}
+
+/// Shows a progress bar for `p` on a terminal until the returned guard is dropped.
+struct Bar {
+    bar: Option<indicatif::ProgressBar>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Bar {
+    fn start(p: Arc<Progress>, what: &str, json: bool) -> Self {
+        if json || !std::io::stderr().is_terminal() {
+            return Self { bar: None, task: None };
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        let style =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .map(|s| s.progress_chars("=> "))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_message(what.to_string());
+        let b = bar.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (done, total) = p.bytes();
+                if total > 0 {
+                    b.set_length(total);
+                }
+                b.set_position(done);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Self { bar: Some(bar), task: Some(task) }
+    }
+
+    fn spinner(what: &str, json: bool) -> Self {
+        if json || !std::io::stderr().is_terminal() {
+            return Self { bar: None, task: None };
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Self { bar: Some(bar), task: None }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Internal(format!("encode JSON: {e}")))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn print_manifest(m: &Manifest, dest: &str) {
+    println!("backup {dest}");
+    println!("  kind         {:?}", m.kind);
+    println!("  version      {}", m.version);
+    println!("  commit time  {}", m.commit_time);
+    println!("  finished     {}", m.finished_at);
+    println!("  files        {} ({} bytes)", m.files.len(), m.bytes());
+    println!("  {:<30} {:>12} {:>14} {:>6}", "table", "rows", "logical bytes", "files");
+    for t in &m.tables {
+        println!("  {:<30} {:>12} {:>14} {:>6}", t.name, t.rows, t.logical_bytes, t.files.len());
+    }
+}
+
+async fn post(server: &str, path: &str, body: &impl serde::Serialize) -> Result<serde_json::Value> {
+    let url = format!("{}/{path}", server.trim_end_matches('/'));
+    let resp = reqwest::Client::new().post(&url).json(body).send().await.map_err(|e| {
+        Error::Unavailable(format!("cannot reach the server at {url}: {e} (is it running? see --server)"))
+    })?;
+    let ok = resp.status().is_success();
+    let v: serde_json::Value = resp.json().await.map_err(|e| Error::Io(format!("bad reply from {url}: {e}")))?;
+    if !ok {
+        let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error").to_string();
+        return Err(Error::InvalidInput(msg));
+    }
+    Ok(v)
+}
+
+/// Runs `amberdb backup …`.
+pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
+    match cmd.action {
+        BackupAction::Create { dest, tables, compression_level, parallelism, common } => {
+            let req = BackupRequest { dest: dest.clone(), tables: tables_opt(&tables), compression_level, parallelism };
+            let reply = {
+                let _bar = Bar::spinner(&format!("backing up to {dest}"), common.json);
+                post(&common.server, "backup", &req).await?
+            };
+            if common.json {
+                return print_json(&reply);
+            }
+            let m: Manifest = serde_json::from_value(reply["manifest"].clone())
+                .map_err(|e| Error::Io(format!("bad reply from the server: {e}")))?;
+            print_manifest(&m, &dest);
+            Ok(())
+        }
+        BackupAction::List { dest, common } => {
+            let d = Destination::open_listing(&dest, &common.backup.dest_config(), Origin::Cli)?;
+            let all = amberdb_backup::list(&d).await?;
+            if common.json {
+                return print_json(&all);
+            }
+            println!("{:<50} {:>10} {:<28} {:>12} {:>14}  status", "backup", "version", "commit time", "rows", "bytes");
+            for b in &all {
+                match &b.manifest {
+                    Some(m) => println!(
+                        "{:<50} {:>10} {:<28} {:>12} {:>14}  complete",
+                        b.destination,
+                        m.version,
+                        m.commit_time,
+                        m.rows(),
+                        m.bytes()
+                    ),
+                    None => println!(
+                        "{:<50} {:>10} {:<28} {:>12} {:>14}  unusable: {}",
+                        b.destination,
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        b.error.as_deref().unwrap_or("")
+                    ),
+                }
+            }
+            Ok(())
+        }
+        BackupAction::Show { dest, common } => {
+            let d = Destination::open(&dest, &common.backup.dest_config(), Origin::Cli)?;
+            let m = amberdb_backup::latest_manifest(&d).await?;
+            if common.json {
+                return print_json(&m);
+            }
+            print_manifest(&m, d.url());
+            Ok(())
+        }
+        BackupAction::Verify { dest, deep, parallelism, common } => {
+            let d = Destination::open(&dest, &common.backup.dest_config(), Origin::Cli)?;
+            let progress = Arc::new(Progress::default());
+            let report = {
+                let _bar = Bar::start(progress.clone(), "verifying", common.json);
+                let check = deep.then(amberdb_sql::row_check);
+                let workers = parallelism.unwrap_or_else(|| amberdb_backup::Options::default().parallelism);
+                amberdb_backup::verify(&d, deep, check, workers, &progress).await?
+            };
+            if common.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{} verify of {} (version {}): {} files, {} bytes, {} tables, {} rows",
+                    if deep { "deep" } else { "shallow" },
+                    report.destination,
+                    report.version,
+                    report.files,
+                    report.bytes,
+                    report.tables,
+                    report.rows
+                );
+                for p in &report.problems {
+                    println!("PROBLEM: {p}");
+                }
+                if report.problems.is_empty() {
+                    println!("OK");
+                }
+            }
+            if report.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::InvalidData(format!(
+                    "backup {} failed verification: {}",
+                    report.destination, report.problems[0]
+                )))
+            }
+        }
+        BackupAction::Delete { dest, common } => {
+            let d = Destination::open(&dest, &common.backup.dest_config(), Origin::Cli)?;
+            // Refuse to wipe something that is not a backup.
+            if d.get(amberdb_backup::DESCRIPTOR).await?.is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a backup (no {})",
+                    d.url(),
+                    amberdb_backup::DESCRIPTOR
+                )));
+            }
+            let n = amberdb_backup::delete(&d).await?;
+            if common.json {
+                print_json(&serde_json::json!({ "destination": d.url(), "deleted_objects": n }))
+            } else {
+                println!("deleted {} ({n} objects)", d.url());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs `amberdb restore …`.
+pub async fn run_restore(args: RestoreArgs) -> Result<()> {
+    let tables = tables_opt(&args.tables);
+    let summary = match &args.data_dir {
+        Some(dir) => {
+            let config =
+                Config { data_dir: dir.clone(), backup: args.common.backup.dest_config(), ..Config::default() };
+            let node = crate::open_node(dir, &config).await?;
+            amberdb_sql::cleanup_pending_restores(&node).await?;
+            let env = amberdb_sql::Env { backup: config.backup.clone() };
+            let opts = amberdb_sql::BackupOptions {
+                compression_level: None,
+                parallelism: args.parallelism,
+                replace: args.replace,
+            };
+            let progress = Arc::new(Progress::default());
+            let r = {
+                let _bar = Bar::start(progress.clone(), "restoring", args.common.json);
+                amberdb_sql::restore(
+                    &node,
+                    &env,
+                    tables.as_deref(),
+                    &args.dest,
+                    args.rename.as_deref(),
+                    Origin::Cli,
+                    &opts,
+                    &progress,
+                )
+                .await
+            };
+            let closed = node.shutdown().await;
+            let r = r?;
+            closed?;
+            serde_json::to_value(&r).map_err(|e| Error::Internal(format!("encode summary: {e}")))?
+        }
+        None => {
+            let req = RestoreRequest {
+                dest: args.dest.clone(),
+                tables,
+                rename: args.rename.clone(),
+                replace: args.replace,
+                parallelism: args.parallelism,
+            };
+            let _bar = Bar::spinner(&format!("restoring from {}", args.dest), args.common.json);
+            post(&args.common.server, "restore", &req).await?["restored"].clone()
+        }
+    };
+    if args.common.json {
+        return print_json(&summary);
+    }
+    println!("restored from {} (version {})", args.dest, summary["version"]);
+    if let Some(tables) = summary["tables"].as_array() {
+        for t in tables {
+            println!("  {} ({} rows)", t[0].as_str().unwrap_or("?"), t[1]);
+        }
+    }
+    Ok(())
+}
