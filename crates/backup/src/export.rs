@@ -132,8 +132,7 @@ async fn prepare(dest: &Destination) -> Result<()> {
     }
     if dest.get(DESCRIPTOR).await?.is_none() {
         let d = Descriptor::new(now_rfc3339());
-        let raw = serde_json::to_vec_pretty(&d).map_err(|e| Error::Internal(format!("encode descriptor: {e}")))?;
-        dest.put(DESCRIPTOR, Bytes::from(raw)).await?;
+        dest.put(DESCRIPTOR, Bytes::from(d.encode()?)).await?;
     }
     Ok(())
 }

@@ -13,6 +13,28 @@ pub const DESCRIPTOR: &str = "amber-backup.json";
 /// Current format version of descriptors and manifests.
 pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST_HEADER: &str = "AMBERDB-MANIFEST 1 blake3=";
+const DESCRIPTOR_HEADER: &str = "AMBERDB-BACKUP 1 blake3=";
+
+/// Prefixes a JSON body with a header line carrying its blake3 hash, so a flipped byte
+/// anywhere in a metadata object is detected.
+fn seal_json(header: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{header}{}\n", blake3::hash(body).to_hex()).into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Checks the header line of a sealed JSON object and returns the body.
+fn open_json<'a>(header: &str, raw: &'a [u8], what: &str) -> Result<&'a [u8]> {
+    let bad = |why: &str| Error::InvalidData(format!("{what}: {why}"));
+    let nl = raw.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header line (truncated?)"))?;
+    let line = std::str::from_utf8(&raw[..nl]).map_err(|_| bad("header is not text"))?;
+    let hash = line.strip_prefix(header).ok_or_else(|| bad("not an AmberDB backup object (bad header)"))?;
+    let body = &raw[nl + 1..];
+    if blake3::hash(body).to_hex().as_str() != hash {
+        return Err(bad("content does not match its hash (corrupted or truncated)"));
+    }
+    Ok(body)
+}
 
 /// The descriptor: identifies a destination as an AmberDB backup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,10 +53,17 @@ impl Descriptor {
         Self { format: "amberdb-backup".into(), format_version: FORMAT_VERSION, created_at }
     }
 
+    /// Serializes with the self-checking header line.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let body = serde_json::to_vec_pretty(self).map_err(|e| Error::Internal(format!("encode descriptor: {e}")))?;
+        Ok(seal_json(DESCRIPTOR_HEADER, &body))
+    }
+
     /// Parses and checks a descriptor; `name` names the object in errors.
     pub fn decode(raw: &[u8], name: &str) -> Result<Self> {
+        let body = open_json(DESCRIPTOR_HEADER, raw, &format!("backup descriptor {name}"))?;
         let d: Descriptor =
-            serde_json::from_slice(raw).map_err(|e| Error::InvalidData(format!("backup descriptor {name}: {e}")))?;
+            serde_json::from_slice(body).map_err(|e| Error::InvalidData(format!("backup descriptor {name}: {e}")))?;
         if d.format != "amberdb-backup" {
             return Err(Error::InvalidData(format!("{name} is not an AmberDB backup descriptor")));
         }
@@ -144,21 +173,13 @@ impl Manifest {
     /// Serializes with the self-checking header line.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let body = serde_json::to_vec_pretty(self).map_err(|e| Error::Internal(format!("encode manifest: {e}")))?;
-        let mut out = format!("{MANIFEST_HEADER}{}\n", blake3::hash(&body).to_hex()).into_bytes();
-        out.extend_from_slice(&body);
-        Ok(out)
+        Ok(seal_json(MANIFEST_HEADER, &body))
     }
 
     /// Parses and checks a manifest (hash, format version, internal consistency).
     pub fn decode(raw: &[u8], name: &str) -> Result<Self> {
         let bad = |why: String| Error::InvalidData(format!("manifest {name}: {why}"));
-        let nl = raw.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header line".into()))?;
-        let header = std::str::from_utf8(&raw[..nl]).map_err(|_| bad("header is not text".into()))?;
-        let hash = header.strip_prefix(MANIFEST_HEADER).ok_or_else(|| bad("not an AmberDB manifest".into()))?;
-        let body = &raw[nl + 1..];
-        if blake3::hash(body).to_hex().as_str() != hash {
-            return Err(bad("content does not match its hash (corrupted or truncated)".into()));
-        }
+        let body = open_json(MANIFEST_HEADER, raw, &format!("manifest {name}"))?;
         let m: Manifest = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
         if m.format_version > FORMAT_VERSION {
             return Err(bad(format!("format version {} is newer than this build understands", m.format_version)));

@@ -6,6 +6,7 @@
 //!   0x12 u64(table id)              → u64 LE: last hidden row id handed out
 //!   0x13 u64(table id)              → table name: a restore in progress loads this id
 //!   0x20 u64(table id) key(pk...)   → row: encoded values of every column
+//!   0x21 u64(table id) u64(index id) key(indexed values...) key(pk...) → empty
 //! ```
 //! Because catalog entries are ordinary versioned keys read through the transaction,
 //! DDL is transactional and `AS OF SYSTEM TIME` sees the schema of its time.
@@ -112,11 +113,18 @@ impl TableDef {
         values.iter().fold(enc, |e, v| v.encode_key(e)).finish()
     }
 
-    /// The entry of `index` for the row stored under `row_key`.
+    fn row_prefix(&self) -> Vec<u8> {
+        KeyEncoder::with_tag(TAG_ROW).u64(self.id).finish()
+    }
+
+    /// The entry of `index` for the row stored under `row_key`. The entry ends with the
+    /// row key *without* the table's row prefix, so entries do not embed the table id
+    /// and a restore can move a table to a new id by rewriting key prefixes alone.
     pub fn index_key(&self, index: &IndexDef, row: &[Value], row_key: &[u8]) -> Vec<u8> {
         let values: Vec<Value> = index.columns.iter().map(|&c| row[c].clone()).collect();
         let mut k = self.index_prefix(index, &values);
-        k.extend_from_slice(row_key);
+        let prefix = self.row_prefix();
+        k.extend_from_slice(row_key.strip_prefix(prefix.as_slice()).unwrap_or(row_key));
         k
     }
 
@@ -129,7 +137,9 @@ impl TableDef {
         for &c in &index.columns {
             Value::decode_key(&mut d, self.columns[c].ty)?;
         }
-        Ok(d.remaining().to_vec())
+        let mut key = self.row_prefix();
+        key.extend_from_slice(d.remaining());
+        Ok(key)
     }
 
     /// Every entry of every index of the table.

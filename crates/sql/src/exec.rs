@@ -281,7 +281,12 @@ fn table_factor(
                 }
             }
             let table = alias.as_ref().map(|a| ident(&a.name)).unwrap_or_else(|| fname.clone());
-            let col = alias.as_ref().and_then(|a| a.columns.first()).map(|c| ident(&c.name)).unwrap_or(fname);
+            // As in PostgreSQL, a scalar function's column takes the alias's name when no
+            // column alias is given (`FROM generate_series(1, 3) g` has a column g).
+            let col = match alias {
+                Some(a) => a.columns.first().map(|c| ident(&c.name)).unwrap_or_else(|| ident(&a.name)),
+                None => fname,
+            };
             Ok(Source { scope: vec![ScopeCol { table: Some(table), name: col, ty: Some(DataType::Int8) }], rows })
         }
         ast::TableFactor::Derived { subquery, alias, .. } => {

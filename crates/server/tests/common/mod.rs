@@ -44,9 +44,15 @@ impl Server {
 
     /// Starts a server on `data_dir` with extra flags and waits until it listens.
     pub fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr]) -> Server {
+        Server::start_full(data_dir, extra, &[])
+    }
+
+    /// Starts a server on `data_dir` with extra flags and environment variables.
+    pub fn start_full(data_dir: &Path, extra: &[&std::ffi::OsStr], envs: &[(&str, &str)]) -> Server {
         let mut child = Command::new(bin())
             .args(["server", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .args(extra)
+            .envs(envs.iter().copied())
             .arg("--data-dir")
             .arg(data_dir)
             .env("AMBERDB_LOG", "warn")
