@@ -69,10 +69,35 @@ def pgbench(rows):
     ]
 
 
+def backup(rows):
+    load = [r for r in rows if r["bench"] == "load"][0]
+    mb = load["csv_bytes"] / 1e6
+    by = lambda b: [r for r in rows if r["bench"] == b]
+    t = lambda b: med(by(b), "seconds")
+    size = lambda b: med(by(b), "bytes")
+    rss = lambda b: max((r["peak_rss_kb"] for r in by(b)), default=0) / 1024
+    out = [
+        f"{load['rows']:,} rows (`id bigint primary key, name text, balance bigint, ts timestamp`), "
+        f"{mb:,.0f} MB as CSV (the logical size used for MB/s). Loading them into AmberDB with COPY took "
+        f"{load['amber_copy_seconds']:.0f} s.",
+        "",
+        "| operation | time (median) | MB/s of logical data | size | vs PostgreSQL | AmberDB peak RSS |",
+        "|---|---|---|---|---|---|",
+        f"| AmberDB `BACKUP DATABASE` (zstd level 1) | {t('amber_backup'):.1f} s | {mb / t('amber_backup'):,.0f} | {size('amber_backup') / 1e6:,.0f} MB | "
+        f"{t('amber_backup') / t('pg_dump'):.2f}× pg_dump time | {rss('amber_backup'):,.0f} MiB |",
+        f"| `pg_dump -Fc` | {t('pg_dump'):.1f} s | {mb / t('pg_dump'):,.0f} | {size('pg_dump') / 1e6:,.0f} MB | | |",
+        f"| `pg_basebackup -Ft --compress=client-zstd` | {t('pg_basebackup'):.1f} s | {mb / t('pg_basebackup'):,.0f} | {size('pg_basebackup') / 1e6:,.0f} MB | | |",
+        f"| AmberDB `RESTORE DATABASE` (fresh server) | {t('amber_restore'):.1f} s | {mb / t('amber_restore'):,.0f} | | "
+        f"{t('amber_restore') / t('pg_restore'):.2f}× pg_restore time | {rss('amber_restore'):,.0f} MiB |",
+        f"| `pg_restore -j2` | {t('pg_restore'):.1f} s | {mb / t('pg_restore'):,.0f} | | | |",
+    ]
+    return out
+
+
 def main():
     what, results, doc, command = sys.argv[1:5]
     rows = [json.loads(l) for l in open(results) if l.strip()]
-    body = core(rows) if what == "core" else pgbench(rows) if what == "pgbench" else []
+    body = {"core": core, "pgbench": pgbench, "backup": backup}[what](rows)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = [

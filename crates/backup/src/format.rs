@@ -28,13 +28,33 @@ const TRAILER_LEN: usize = 20;
 pub const BLOCK_TARGET: usize = 1 << 20;
 const CODEC_ZSTD: u8 = 1;
 
+/// Appends a LEB128 varint (the codec's encoding) without an intermediate buffer.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// Entries collected for one block, not yet compressed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RawBlock {
     data: Vec<u8>,
     entries: u32,
     first_key: Vec<u8>,
     last_key: Vec<u8>,
+}
+
+impl Default for RawBlock {
+    fn default() -> Self {
+        Self {
+            data: Vec::with_capacity(BLOCK_TARGET + (64 << 10)),
+            entries: 0,
+            first_key: Vec::new(),
+            last_key: Vec::new(),
+        }
+    }
 }
 
 impl RawBlock {
@@ -45,9 +65,10 @@ impl RawBlock {
         }
         self.last_key.clear();
         self.last_key.extend_from_slice(key);
-        let mut w = Writer::with_capacity(key.len() + value.len() + 10);
-        w.bytes(key).bytes(value);
-        self.data.extend_from_slice(&w.finish());
+        put_varint(&mut self.data, key.len() as u64);
+        self.data.extend_from_slice(key);
+        put_varint(&mut self.data, value.len() as u64);
+        self.data.extend_from_slice(value);
         self.entries += 1;
     }
 

@@ -42,8 +42,11 @@ const SEGMENT_MAGIC: &[u8; 8] = b"AMBLOG01";
 const ENTRY_FORMAT: u8 = 1;
 /// A segment is sealed and a new one started past this size.
 const SEGMENT_TARGET: u64 = 64 << 20;
-/// Recently appended entries kept decoded in memory, so applying them needs no read.
+/// Recently appended entries kept decoded in memory, so applying them needs no read —
+/// at most this many, and at most `CACHE_BYTES` of encoded entries (large commits, such
+/// as a restore's bulk loads, must not pin gigabytes).
 const CACHE_ENTRIES: usize = 16_384;
+const CACHE_BYTES: usize = 64 << 20;
 
 /// Where an entry lives on disk.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +71,8 @@ struct State {
     first_index: u64,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
-    cache: BTreeMap<u64, Entry>,
+    cache: BTreeMap<u64, (Entry, usize)>,
+    cache_bytes: usize,
 }
 
 struct Flusher {
@@ -226,6 +230,7 @@ impl LogStore {
             last_purged,
             vote,
             cache: BTreeMap::new(),
+            cache_bytes: 0,
         };
         let n = names.len();
         for (i, (first, path)) in names.into_iter().enumerate() {
@@ -377,7 +382,7 @@ impl State {
     fn read_range(&self, start: u64, end: u64) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         for index in start..end {
-            if let Some(e) = self.cache.get(&index) {
+            if let Some((e, _)) = self.cache.get(&index) {
                 out.push(e.clone());
                 continue;
             }
@@ -432,18 +437,23 @@ impl State {
         }
         (&*seg.file).write_all(&buf).map_err(|e| io_err(&seg.path, "append", e))?;
         seg.len += buf.len() as u64;
+        let n = locs.len();
         self.index.extend(locs);
-        for e in entries {
-            self.cache.insert(e.log_id.index, e);
+        for (e, loc) in entries.into_iter().zip(self.index.iter().rev().take(n).rev()) {
+            self.cache_bytes += loc.len as usize;
+            self.cache.insert(e.log_id.index, (e, loc.len as usize));
         }
-        while self.cache.len() > CACHE_ENTRIES {
-            self.cache.pop_first();
+        while self.cache.len() > CACHE_ENTRIES || (self.cache_bytes > CACHE_BYTES && self.cache.len() > 1) {
+            if let Some((_, (_, size))) = self.cache.pop_first() {
+                self.cache_bytes -= size;
+            }
         }
         Ok(())
     }
 
     fn truncate(&mut self, from: u64) -> Result<()> {
         self.cache.retain(|&i, _| i < from);
+        self.cache_bytes = self.cache.values().map(|(_, n)| n).sum();
         let Some(loc) = self.loc(from) else { return Ok(()) };
         while let Some(back) = self.index.back() {
             if back.log_id.index >= from {
@@ -485,6 +495,7 @@ impl State {
             self.first_index = upto.index + 1;
         }
         self.cache.retain(|&i, _| i > upto.index);
+        self.cache_bytes = self.cache.values().map(|(_, n)| n).sum();
         // Remove whole segments whose every entry is purged; never the active one.
         let firsts: Vec<u64> = self.segments.keys().copied().collect();
         for pair in firsts.windows(2) {

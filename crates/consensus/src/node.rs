@@ -67,7 +67,8 @@ impl Default for NodeConfig {
 /// A transaction accepted by the conflict window, waiting to be put in a log entry.
 struct Pending {
     mutations: Vec<Mutation>,
-    ticket: Ticket,
+    /// The conflict-window ticket; `None` for ingests, which the window never sees.
+    ticket: Option<Ticket>,
     reply: oneshot::Sender<Result<CommitInfo>>,
 }
 
@@ -251,7 +252,7 @@ impl Node {
             let oldest = self.mvcc.oldest_reader();
             seq.window
                 .check_and_accept(&req, Instant::now(), applied, oldest)
-                .map(|ticket| seq.queue.push_back(Pending { mutations: req.writes, ticket, reply }))
+                .map(|ticket| seq.queue.push_back(Pending { mutations: req.writes, ticket: Some(ticket), reply }))
         };
         if let Err(e) = accepted {
             // A conflict is found without awaiting anything; yield so that a client
@@ -267,6 +268,36 @@ impl Node {
                 Err(Error::Unavailable(format!("node {} is shutting down; the commit outcome is unknown", self.id)))
             }
         }
+    }
+
+    /// Writes `mutations` (sorted by key, unique) as one commit WITHOUT conflict
+    /// detection: no transaction's reads are checked against them and they never enter
+    /// the conflict window. This is the bulk-load path of restores, and it is only
+    /// serializable for keys no transaction reads before a later ordinary commit makes
+    /// them reachable (a restore writes under a table id that no catalog entry names,
+    /// then publishes the catalog entry in a normal, conflict-checked commit).
+    pub async fn ingest(&self, mutations: Vec<Mutation>) -> Result<CommitInfo> {
+        if mutations.windows(2).any(|w| w[0].key >= w[1].key) {
+            return Err(Error::Internal("ingest: mutations must be sorted by key and unique".into()));
+        }
+        let bytes: usize = mutations.iter().map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 16).sum();
+        if bytes > MAX_TXN_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "ingest too large: {} MiB, the limit is {} MiB",
+                bytes >> 20,
+                MAX_TXN_BYTES >> 20
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.sequencer.lock().expect("sequencer lock poisoned").queue.push_back(Pending {
+            mutations,
+            ticket: None,
+            reply,
+        });
+        self.wake_batcher.notify_one();
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::Unavailable(format!("node {} is shutting down; the ingest outcome is unknown", self.id)))
+        })
     }
 
     /// Current status.
@@ -335,13 +366,20 @@ impl Batcher {
             let time = self.mvcc.clock().now().max(self.last_time + 1);
             self.last_time = time;
             // Last write per key wins, in acceptance order; sorted keys help the engine.
-            let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-            for p in &batch {
-                for m in &p.mutations {
-                    merged.insert(m.key.clone(), m.value.clone());
+            // Each request's writes are already sorted and unique, so a lone request is
+            // taken as it is; several are merged, moving (not copying) their writes.
+            let mut batch = batch;
+            let mutations = if batch.len() == 1 {
+                std::mem::take(&mut batch[0].mutations)
+            } else {
+                let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+                for p in &mut batch {
+                    for m in std::mem::take(&mut p.mutations) {
+                        merged.insert(m.key, m.value);
+                    }
                 }
-            }
-            let mutations = merged.into_iter().map(|(key, value)| Mutation { key, value }).collect();
+                merged.into_iter().map(|(key, value)| Mutation { key, value }).collect()
+            };
             let encoded = CommitBatch { commit_time: time, mutations }.encode();
             match self.raft.client_write_ff(Request { batch: encoded }).await {
                 Ok(rx) => {
@@ -390,7 +428,9 @@ fn finish(sequencer: &Mutex<Sequencer>, batch: Vec<Pending>, result: Result<Comm
     {
         let mut seq = sequencer.lock().expect("sequencer lock poisoned");
         for p in &batch {
-            seq.window.resolve(p.ticket, version);
+            if let Some(ticket) = p.ticket {
+                seq.window.resolve(ticket, version);
+            }
         }
     }
     for p in batch {

@@ -507,6 +507,13 @@ impl<'a> Binder<'a> {
             ast::Expr::Cast { expr, data_type, .. } => {
                 Expr::Cast(Box::new(self.bind(expr)?), DataType::parse(&data_type.to_string())?)
             }
+            // `TIMESTAMP '2026-01-01'`, `DATE '…'`: a cast of the string literal.
+            ast::Expr::TypedString(ts) => {
+                let Some(text) = ts.value.value.clone().into_string() else {
+                    return Err(err_feature(format!("typed literal {e}")));
+                };
+                Expr::Cast(Box::new(Expr::Const(Value::Text(text))), DataType::parse(&ts.data_type.to_string())?)
+            }
             ast::Expr::Function(f)
                 if f.name.to_string().eq_ignore_ascii_case("array")
                     && matches!(f.args, ast::FunctionArguments::Subquery(_)) =>
