@@ -13,6 +13,7 @@
 //! nothing else is held: writers never wait for a backup. Memory is bounded by the
 //! channel, the workers' blocks and at most three files in flight.
 
+use crate::crypto::{Cipher, Secret};
 use crate::dest::Destination;
 use crate::format::{seal, RangeFileWriter, RawBlock, SealedBlock, BLOCK_TARGET};
 use crate::manifest::{
@@ -51,6 +52,8 @@ pub struct Options {
     pub parallelism: usize,
     /// Size at which a range file is closed.
     pub file_target: usize,
+    /// Encrypt the backup with a key derived from this passphrase.
+    pub encryption: Option<Secret>,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
             compression_level: 1,
             parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             file_target: 32 << 20,
+            encryption: None,
         }
     }
 }
@@ -111,8 +115,9 @@ fn scan_tables(view: ReadView, tables: Vec<(Vec<Vec<u8>>, usize)>, tx: mpsc::Sen
 }
 
 /// Makes sure `dest` can take a new backup: it must not hold a complete one; objects of
-/// an interrupted one (snapshot files without a manifest) are removed.
-async fn prepare(dest: &Destination) -> Result<()> {
+/// an interrupted one (snapshot files without a manifest) are removed. Writes a fresh
+/// descriptor (with new key parameters when encrypting) and returns the cipher.
+async fn prepare(dest: &Destination, encryption: Option<&Secret>) -> Result<Option<Cipher>> {
     if let Some(raw) = dest.get(DESCRIPTOR).await? {
         Descriptor::decode(&raw, &dest.name(DESCRIPTOR))?;
     }
@@ -130,11 +135,18 @@ async fn prepare(dest: &Destination) -> Result<()> {
     if !objects.is_empty() {
         tracing::warn!(destination = dest.url(), objects = objects.len(), "removed the files of an interrupted backup");
     }
-    if dest.get(DESCRIPTOR).await?.is_none() {
-        let d = Descriptor::new(now_rfc3339());
-        dest.put(DESCRIPTOR, Bytes::from(d.encode()?)).await?;
-    }
-    Ok(())
+    let (cipher, params) = match encryption {
+        Some(secret) => {
+            let s = secret.clone();
+            let (c, p) = tokio::task::spawn_blocking(move || Cipher::create(&s)).await.map_err(join_err)??;
+            (Some(c), Some(p))
+        }
+        None => (None, None),
+    };
+    // No complete backup depends on an existing descriptor, so it is replaced.
+    let d = Descriptor::new(now_rfc3339(), params);
+    dest.put(DESCRIPTOR, Bytes::from(d.encode()?)).await?;
+    Ok(cipher)
 }
 
 /// Writes a snapshot of `tables` as seen by `view` to `dest` and returns its manifest.
@@ -153,12 +165,12 @@ pub async fn create(
             return Err(Error::Internal(format!("table {}: prefixes must be ascending", t.name)));
         }
     }
-    prepare(dest).await?;
+    let cipher = prepare(dest, opts.encryption.as_ref()).await?;
     let started_at = now_rfc3339();
     let version = view.version();
     let commit_time_micros = mvcc.time_of_version(version)?.unwrap_or_else(|| mvcc.applied().time);
     let dir = Manifest::dir_of(version);
-    let result = write_snapshot(view, dest, &dir, &tables, opts, progress).await;
+    let result = write_snapshot(view, dest, &dir, &tables, opts, cipher.clone(), progress).await;
     let (mut table_manifests, files) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -189,7 +201,7 @@ pub async fn create(
         tables: table_manifests,
         files,
     };
-    dest.put_new(&Manifest::path_of(version), Bytes::from(manifest.encode()?)).await?;
+    dest.put_new(&Manifest::path_of(version), Bytes::from(manifest.encode(cipher.as_ref())?)).await?;
     Ok(manifest)
 }
 
@@ -201,6 +213,7 @@ async fn write_snapshot(
     dir: &str,
     tables: &[TableSpec],
     opts: &Options,
+    cipher: Option<Cipher>,
     progress: Arc<Progress>,
 ) -> Result<(Vec<TableManifest>, Vec<FileManifest>)> {
     let (tx, rx) = mpsc::channel(4);
@@ -208,14 +221,19 @@ async fn write_snapshot(
     let p = progress.clone();
     let scanner = tokio::task::spawn_blocking(move || scan_tables(view, specs, tx, p));
     let level = opts.compression_level;
+    let block_cipher = cipher.clone();
     let msgs = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut steps = std::pin::pin!(msgs
-        .map(move |m| async move {
-            match m? {
-                Msg::Block(raw) => {
-                    tokio::task::spawn_blocking(move || seal(raw, level)).await.map_err(join_err)?.map(Step::Block)
+        .map(move |m| {
+            let c = block_cipher.clone();
+            async move {
+                match m? {
+                    Msg::Block(raw) => tokio::task::spawn_blocking(move || seal(raw, level, c.as_ref()))
+                        .await
+                        .map_err(join_err)?
+                        .map(Step::Block),
+                    Msg::End(t, sum) => Ok(Step::End(t, sum)),
                 }
-                Msg::End(t, sum) => Ok(Step::End(t, sum)),
             }
         })
         .buffered(opts.parallelism.max(1)));
@@ -236,17 +254,18 @@ async fn write_snapshot(
         let rel = format!("{dir}/{rel_in_snapshot}");
         let dest = dest.clone();
         let progress = progress.clone();
+        let cipher = cipher.clone();
         tokio::spawn(async move {
             let blocks = w.blocks();
             let entries = w.entries();
             let (first, last) = w.key_range();
-            let (bytes, hash, blocks) = tokio::task::spawn_blocking(move || {
-                let bytes = w.finish();
+            let (bytes, hash) = tokio::task::spawn_blocking(move || -> Result<_> {
+                let bytes = w.finish(cipher.as_ref())?;
                 let hash = blake3::hash(&bytes).to_hex().to_string();
-                (bytes, hash, blocks)
+                Ok((bytes, hash))
             })
             .await
-            .map_err(join_err)?;
+            .map_err(join_err)??;
             let size = bytes.len() as u64;
             dest.put(&rel, Bytes::from(bytes)).await?;
             progress.files.fetch_add(1, Ordering::Relaxed);

@@ -3,11 +3,14 @@
 //! ```text
 //!   "AMBRNG01"                                      8-byte magic
 //!   block frame *                                   [len u32][crc32c u32][payload]
-//!       payload = codec u8 (1 = zstd) | raw_len u32 | entries u32 | compressed bytes
+//!       payload = codec u8 | raw_len u32 | entries u32 | body
+//!       codec 1: body = zstd(raw); codec 2: body = XChaCha20-Poly1305(zstd(raw)) with
+//!       the 9 header bytes as associated data (see crypto.rs)
 //!       raw     = (varint klen, key, varint vlen, value) * entries
 //!   index frame                                     [len u32][crc32c u32][payload]
 //!       payload = varint n | n * (offset u64, frame_len u32, raw_len u32, entries u32,
 //!                                 bytes first_key, bytes last_key)
+//!       (encrypted backups: payload = XChaCha20-Poly1305 of that, aad "amr-index")
 //!   trailer: index_offset u64 | index_frame_len u32 | "AMBRNGF1"   (20 bytes)
 //! ```
 //! Integers are little-endian. Because each block carries its own checksum and the index
@@ -15,6 +18,7 @@
 //! only the blocks a key range needs). The whole file's blake3 hash is recorded in the
 //! manifest, so a flipped byte anywhere is caught before a block is even decoded.
 
+use crate::crypto::Cipher;
 use amberdb_encoding::codec::{Reader, Writer};
 use amberdb_encoding::frame;
 use amberdb_error::{Error, Result};
@@ -27,6 +31,8 @@ const TRAILER_LEN: usize = 20;
 /// Uncompressed size at which a block is cut.
 pub const BLOCK_TARGET: usize = 1 << 20;
 const CODEC_ZSTD: u8 = 1;
+const CODEC_ZSTD_XCHACHA: u8 = 2;
+const INDEX_AAD: &[u8] = b"amr-index";
 
 /// Appends a LEB128 varint (the codec's encoding) without an intermediate buffer.
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -100,15 +106,22 @@ impl SealedBlock {
     }
 }
 
-/// Compresses and frames a block (CPU-heavy: run it on a worker).
-pub fn seal(block: RawBlock, level: i32) -> Result<SealedBlock> {
+/// Compresses (and, with a cipher, encrypts) and frames a block (CPU-heavy: run it on
+/// a worker).
+pub fn seal(block: RawBlock, level: i32, cipher: Option<&Cipher>) -> Result<SealedBlock> {
     let raw_len = u32::try_from(block.data.len())
         .map_err(|_| Error::InvalidInput(format!("backup block of {} bytes is too large", block.data.len())))?;
     let compressed = zstd::bulk::compress(&block.data, level).map_err(|e| Error::Internal(format!("zstd: {e}")))?;
     let mut w = Writer::with_capacity(compressed.len() + 9);
-    w.u8(CODEC_ZSTD).u32(raw_len).u32(block.entries);
+    w.u8(if cipher.is_some() { CODEC_ZSTD_XCHACHA } else { CODEC_ZSTD }).u32(raw_len).u32(block.entries);
     let mut payload = w.finish();
-    payload.extend_from_slice(&compressed);
+    match cipher {
+        Some(c) => {
+            let sealed = c.seal(&payload, &compressed)?;
+            payload.extend_from_slice(&sealed);
+        }
+        None => payload.extend_from_slice(&compressed),
+    }
     if payload.len() > frame::MAX_PAYLOAD {
         return Err(Error::InvalidInput(format!("backup block of {} bytes is too large", payload.len())));
     }
@@ -197,26 +210,29 @@ impl RangeFileWriter {
         )
     }
 
-    /// Writes the index and trailer and returns the file's bytes.
-    pub fn finish(mut self) -> Vec<u8> {
+    /// Writes the index (encrypted with a cipher) and trailer; returns the file's bytes.
+    pub fn finish(mut self, cipher: Option<&Cipher>) -> Result<Vec<u8>> {
         let mut w = Writer::new();
         w.varint(self.index.len() as u64);
         for b in &self.index {
             w.u64(b.offset).u32(b.len).u32(b.raw_len).u32(b.entries).bytes(&b.first_key).bytes(&b.last_key);
         }
-        let index = w.finish();
+        let index = match cipher {
+            Some(c) => c.seal(INDEX_AAD, &w.finish())?,
+            None => w.finish(),
+        };
         let offset = self.buf.len() as u64;
         frame::encode_into(&mut self.buf, &index);
         let len = (self.buf.len() as u64 - offset) as u32;
         self.buf.extend_from_slice(&offset.to_le_bytes());
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(TRAILER_MAGIC);
-        self.buf
+        Ok(self.buf)
     }
 }
 
 /// Reads a range file's block index; `name` names the file in errors.
-pub fn read_index(file: &[u8], name: &str) -> Result<Vec<BlockRef>> {
+pub fn read_index(file: &[u8], name: &str, cipher: Option<&Cipher>) -> Result<Vec<BlockRef>> {
     let bad = |why: String| Error::InvalidData(format!("range file {name}: {why}"));
     if file.len() < MAGIC.len() + TRAILER_LEN || &file[..MAGIC.len()] != MAGIC {
         return Err(bad("not a range file (bad magic or too short)".into()));
@@ -231,7 +247,16 @@ pub fn read_index(file: &[u8], name: &str) -> Result<Vec<BlockRef>> {
     if offset < MAGIC.len() || offset.checked_add(len) != Some(end) {
         return Err(bad(format!("index at {offset}+{len} does not end where the trailer starts ({end})")));
     }
-    let payload = frame::decode_exact(&file[offset..end], &format!("range file {name}: block index"))?;
+    let what = format!("range file {name}: block index");
+    let payload = frame::decode_exact(&file[offset..end], &what)?;
+    let plain;
+    let payload = match cipher {
+        Some(c) => {
+            plain = c.open_sealed(INDEX_AAD, payload, &what)?;
+            plain.as_slice()
+        }
+        None => payload,
+    };
     let mut r = Reader::new(payload, "range file block index");
     let n = r.varint()? as usize;
     let mut out = Vec::with_capacity(n.min(1 << 16));
@@ -269,7 +294,7 @@ pub fn read_index(file: &[u8], name: &str) -> Result<Vec<BlockRef>> {
 
 /// Decodes one block (checksum, decompression, entry count, key order and the index's
 /// key bounds are all checked) into its raw entry bytes; iterate them with [`entries`].
-pub fn decode_block(file: &[u8], b: &BlockRef, name: &str) -> Result<Vec<u8>> {
+pub fn decode_block(file: &[u8], b: &BlockRef, name: &str, cipher: Option<&Cipher>) -> Result<Vec<u8>> {
     let what = format!("range file {name}: block at offset {}", b.offset);
     let start = b.offset as usize;
     let end = start.checked_add(b.len as usize).filter(|&e| e <= file.len());
@@ -281,13 +306,25 @@ pub fn decode_block(file: &[u8], b: &BlockRef, name: &str) -> Result<Vec<u8>> {
     let codec = r.u8()?;
     let raw_len = r.u32()?;
     let count = r.u32()?;
-    if codec != CODEC_ZSTD {
-        return Err(Error::InvalidData(format!("{what}: unknown codec {codec}")));
+    let expected = if cipher.is_some() { CODEC_ZSTD_XCHACHA } else { CODEC_ZSTD };
+    if codec != expected {
+        return Err(Error::InvalidData(format!(
+            "{what}: codec {codec}, expected {expected} ({} backup)",
+            if cipher.is_some() { "an encrypted" } else { "an unencrypted" }
+        )));
     }
     if raw_len != b.raw_len || count != b.entries {
         return Err(Error::InvalidData(format!("{what}: header disagrees with the block index")));
     }
-    let raw = zstd::bulk::decompress(&payload[9..], raw_len as usize)
+    let plain;
+    let compressed = match cipher {
+        Some(c) => {
+            plain = c.open_sealed(&payload[..9], &payload[9..], &what)?;
+            plain.as_slice()
+        }
+        None => &payload[9..],
+    };
+    let raw = zstd::bulk::decompress(compressed, raw_len as usize)
         .map_err(|e| Error::InvalidData(format!("{what}: zstd: {e}")))?;
     if raw.len() != raw_len as usize {
         return Err(Error::InvalidData(format!("{what}: decompressed to {} bytes, expected {raw_len}", raw.len())));
@@ -325,25 +362,33 @@ pub fn entries(raw: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8])>> {
 mod tests {
     use super::*;
 
-    fn build(n: usize) -> Vec<u8> {
+    fn build_with(n: usize, c: Option<&Cipher>) -> Vec<u8> {
         let mut w = RangeFileWriter::default();
         let mut block = RawBlock::default();
         for i in 0..n {
             block.push(format!("key{i:06}").as_bytes(), format!("value {i}").as_bytes());
             if block.len() > 200 {
-                w.add(seal(std::mem::take(&mut block), 3).expect("seal"));
+                w.add(seal(std::mem::take(&mut block), 3, c).expect("seal"));
             }
         }
         if !block.is_empty() {
-            w.add(seal(block, 3).expect("seal"));
+            w.add(seal(block, 3, c).expect("seal"));
         }
-        w.finish()
+        w.finish(c).expect("finish")
+    }
+
+    fn build(n: usize) -> Vec<u8> {
+        build_with(n, None)
     }
 
     fn read_all(file: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        read_all_with(file, None)
+    }
+
+    fn read_all_with(file: &[u8], c: Option<&Cipher>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        for b in read_index(file, "t")? {
-            let raw = decode_block(file, &b, "t")?;
+        for b in read_index(file, "t", c)? {
+            let raw = decode_block(file, &b, "t", c)?;
             for e in entries(&raw) {
                 let (k, v) = e?;
                 out.push((k.to_vec(), v.to_vec()));
@@ -358,7 +403,25 @@ mod tests {
         let all = read_all(&file).expect("read");
         assert_eq!(all.len(), 1000);
         assert_eq!(all[999].0, b"key000999");
-        assert!(read_index(&file, "t").expect("index").len() > 10);
+        assert!(read_index(&file, "t", None).expect("index").len() > 10);
+    }
+
+    #[test]
+    fn encrypted_blocks_hide_keys_and_reject_tampering_and_wrong_keys() {
+        let secret = crate::Secret::new("pw").expect("secret");
+        let (c, _) = Cipher::create(&secret).expect("cipher");
+        let file = build_with(40, Some(&c));
+        assert_eq!(read_all_with(&file, Some(&c)).expect("read").len(), 40);
+        assert!(!file.windows(6).any(|w| w == b"key000"), "keys must not appear in clear");
+        assert!(!file.windows(5).any(|w| w == b"value"), "values must not appear in clear");
+        assert!(read_all(&file).is_err(), "an encrypted file needs the key");
+        let (other, _) = Cipher::create(&secret).expect("cipher");
+        assert!(read_all_with(&file, Some(&other)).is_err(), "another key fails authentication");
+        for i in 0..file.len() {
+            let mut bad = file.clone();
+            bad[i] ^= 0x01;
+            assert!(read_all_with(&bad, Some(&c)).is_err(), "flip at {i} went undetected");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //! - Memory is bounded by the pipeline (blocks in flight and at most a few files), not
 //!   by the size of the data.
 
+mod crypto;
 mod dest;
 mod export;
 mod format;
@@ -38,10 +39,11 @@ mod read;
 mod restore;
 mod verify;
 
+pub use crypto::{Cipher, EncryptionParams, Secret};
 pub use dest::{install_crypto_provider, DestConfig, Destination, Origin, S3Config};
 pub use export::{create, Options, TableSpec};
 pub use manifest::{from_hex, to_hex, BackupKind, Descriptor, FileManifest, Manifest, TableManifest, DESCRIPTOR};
-pub use read::{latest_manifest, snapshots};
+pub use read::{latest_manifest, open_latest, snapshots, Snapshot};
 pub use restore::{delete_prefixes, load_table};
 pub use verify::{verify, EntryCheck, RowCheck, VerifyReport};
 

@@ -5,6 +5,7 @@
 //! hash, so no file can be missing, short, or altered without verify noticing. The
 //! manifest protects itself with a blake3 hash of its JSON body in its first line.
 
+use crate::crypto::{Cipher, EncryptionParams};
 use amberdb_error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,7 @@ pub const DESCRIPTOR: &str = "amber-backup.json";
 pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST_HEADER: &str = "AMBERDB-MANIFEST 1 blake3=";
 const DESCRIPTOR_HEADER: &str = "AMBERDB-BACKUP 1 blake3=";
+const MANIFEST_AAD: &[u8] = b"amberdb-manifest";
 
 /// Prefixes a JSON body with a header line carrying its blake3 hash, so a flipped byte
 /// anywhere in a metadata object is detected.
@@ -45,12 +47,15 @@ pub struct Descriptor {
     pub format_version: u32,
     /// When the destination was first written (RFC 3339, UTC).
     pub created_at: String,
+    /// Key derivation parameters if the backup is encrypted (never the key).
+    #[serde(default)]
+    pub encryption: Option<EncryptionParams>,
 }
 
 impl Descriptor {
     /// A descriptor for a new destination.
-    pub fn new(created_at: String) -> Self {
-        Self { format: "amberdb-backup".into(), format_version: FORMAT_VERSION, created_at }
+    pub fn new(created_at: String, encryption: Option<EncryptionParams>) -> Self {
+        Self { format: "amberdb-backup".into(), format_version: FORMAT_VERSION, created_at, encryption }
     }
 
     /// Serializes with the self-checking header line.
@@ -170,16 +175,30 @@ impl Manifest {
         format!("{}/manifest.json", Self::dir_of(version))
     }
 
-    /// Serializes with the self-checking header line.
-    pub fn encode(&self) -> Result<Vec<u8>> {
+    /// Serializes with the self-checking header line; with a cipher the JSON body is
+    /// encrypted (the header's hash then covers the ciphertext).
+    pub fn encode(&self, cipher: Option<&Cipher>) -> Result<Vec<u8>> {
         let body = serde_json::to_vec_pretty(self).map_err(|e| Error::Internal(format!("encode manifest: {e}")))?;
+        let body = match cipher {
+            Some(c) => c.seal(MANIFEST_AAD, &body)?,
+            None => body,
+        };
         Ok(seal_json(MANIFEST_HEADER, &body))
     }
 
     /// Parses and checks a manifest (hash, format version, internal consistency).
-    pub fn decode(raw: &[u8], name: &str) -> Result<Self> {
+    pub fn decode(raw: &[u8], name: &str, cipher: Option<&Cipher>) -> Result<Self> {
         let bad = |why: String| Error::InvalidData(format!("manifest {name}: {why}"));
-        let body = open_json(MANIFEST_HEADER, raw, &format!("manifest {name}"))?;
+        let what = format!("manifest {name}");
+        let body = open_json(MANIFEST_HEADER, raw, &what)?;
+        let plain;
+        let body = match cipher {
+            Some(c) => {
+                plain = c.open_sealed(MANIFEST_AAD, body, &what)?;
+                plain.as_slice()
+            }
+            None => body,
+        };
         let m: Manifest = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
         if m.format_version > FORMAT_VERSION {
             return Err(bad(format!("format version {} is newer than this build understands", m.format_version)));

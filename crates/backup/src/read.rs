@@ -1,6 +1,7 @@
 //! Reading a snapshot back: locating the manifest, fetching and checking range files,
 //! and decoding their blocks in parallel — shared by restore and verify.
 
+use crate::crypto::{Cipher, Secret};
 use crate::dest::Destination;
 use crate::format::{decode_block, entries, read_index};
 use crate::manifest::{from_hex, Descriptor, FileManifest, Manifest, TableManifest, DESCRIPTOR};
@@ -23,8 +24,18 @@ pub async fn snapshots(dest: &Destination) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-/// Reads and checks the descriptor and the newest complete snapshot's manifest.
-pub async fn latest_manifest(dest: &Destination) -> Result<Manifest> {
+/// A complete snapshot, opened: its manifest and, for encrypted backups, the key.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The key of an encrypted backup.
+    pub cipher: Option<Cipher>,
+}
+
+/// Reads and checks the descriptor and the newest complete snapshot's manifest; an
+/// encrypted backup needs `secret`, and a wrong one is a clear error.
+pub async fn open_latest(dest: &Destination, secret: Option<&Secret>) -> Result<Snapshot> {
     let Some(raw) = dest.get(DESCRIPTOR).await? else {
         return Err(Error::InvalidInput(format!(
             "{} holds no AmberDB backup ({} is missing)",
@@ -32,15 +43,32 @@ pub async fn latest_manifest(dest: &Destination) -> Result<Manifest> {
             dest.name(DESCRIPTOR)
         )));
     };
-    Descriptor::decode(&raw, &dest.name(DESCRIPTOR))?;
+    let descriptor = Descriptor::decode(&raw, &dest.name(DESCRIPTOR))?;
     let Some(&version) = snapshots(dest).await?.last() else {
         return Err(Error::InvalidData(format!(
             "{} holds no complete backup (no snapshot has a manifest; an interrupted backup leaves none)",
             dest.url()
         )));
     };
+    let cipher = match (&descriptor.encryption, secret) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Error::InvalidInput(format!(
+                "backup {} is encrypted: give its passphrase (WITH (encryption_passphrase = '…'), or --key-file)",
+                dest.url()
+            )))
+        }
+        (Some(params), Some(secret)) => {
+            let (p, s, url) = (params.clone(), secret.clone(), dest.url().to_string());
+            Some(
+                tokio::task::spawn_blocking(move || Cipher::open(&s, &p, &url))
+                    .await
+                    .map_err(|e| Error::Internal(format!("key derivation: {e}")))??,
+            )
+        }
+    };
     let path = Manifest::path_of(version);
-    let m = Manifest::decode(&dest.must_get(&path).await?, &dest.name(&path))?;
+    let m = Manifest::decode(&dest.must_get(&path).await?, &dest.name(&path), cipher.as_ref())?;
     if m.version != version {
         return Err(Error::InvalidData(format!(
             "manifest {} claims version {} but lives in the directory of version {version}",
@@ -48,7 +76,12 @@ pub async fn latest_manifest(dest: &Destination) -> Result<Manifest> {
             m.version
         )));
     }
-    Ok(m)
+    Ok(Snapshot { manifest: m, cipher })
+}
+
+/// The newest complete snapshot's manifest of an unencrypted backup.
+pub async fn latest_manifest(dest: &Destination) -> Result<Manifest> {
+    Ok(open_latest(dest, None).await?.manifest)
 }
 
 /// Fetches a range file and checks it against the manifest (presence, size, blake3).
@@ -86,8 +119,9 @@ fn decode_file_blocks(
     name: String,
     prefixes: Vec<Vec<u8>>,
     parallelism: usize,
+    cipher: Option<Cipher>,
 ) -> Result<impl Stream<Item = Result<Entries>> + use<>> {
-    let index = read_index(&bytes, &name)?;
+    let index = read_index(&bytes, &name, cipher.as_ref())?;
     let total: u64 = index.iter().map(|b| u64::from(b.entries)).sum();
     if index.len() != f.blocks as usize || total != f.entries {
         return Err(Error::InvalidData(format!(
@@ -106,9 +140,10 @@ fn decode_file_blocks(
             let bytes = bytes.clone();
             let name = name.clone();
             let prefixes = prefixes.clone();
+            let cipher = cipher.clone();
             async move {
                 tokio::task::spawn_blocking(move || -> Result<Entries> {
-                    let raw = decode_block(&bytes, &b, &name)?;
+                    let raw = decode_block(&bytes, &b, &name, cipher.as_ref())?;
                     let mut out = Vec::with_capacity(b.entries as usize);
                     for e in entries(&raw) {
                         let (k, v) = e?;
@@ -133,10 +168,11 @@ fn decode_file_blocks(
 /// blocks are decoded by `parallelism` workers.
 pub fn table_blocks<'a>(
     dest: &'a Destination,
-    m: &'a Manifest,
+    snap: &'a Snapshot,
     t: &'a TableManifest,
     parallelism: usize,
 ) -> impl Stream<Item = Result<Entries>> + 'a {
+    let m = &snap.manifest;
     let prefixes = t.prefix_bytes();
     stream::iter(t.files.iter().map(move |&i| &m.files[i]))
         .map(move |f| async move { fetch_file(dest, m, f).await.map(|b| (f, b)) })
@@ -145,7 +181,7 @@ pub fn table_blocks<'a>(
             let (f, bytes) = r?;
             let name = dest.name(&format!("{}/{}", Manifest::dir_of(m.version), f.path));
             let prefixes = prefixes.clone()?;
-            decode_file_blocks(bytes, f, name, prefixes, parallelism)
+            decode_file_blocks(bytes, f, name, prefixes, parallelism, snap.cipher.clone())
         })
         .flat_map(|r| match r {
             Ok(s) => s.left_stream(),

@@ -12,8 +12,8 @@
 
 use crate::dest::Destination;
 use crate::export::Options;
-use crate::manifest::{Manifest, TableManifest, TableSum};
-use crate::read::table_blocks;
+use crate::manifest::{TableManifest, TableSum};
+use crate::read::{table_blocks, Snapshot};
 use crate::Progress;
 use amberdb_consensus::Node;
 use amberdb_error::{Error, Result};
@@ -32,12 +32,12 @@ async fn commit_chunk(node: &Node, chunk: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>
     node.ingest(mutations).await.map(|_| ())
 }
 
-/// Loads table `t` of snapshot `m` under `new_prefixes` (one per table prefix) and
+/// Loads table `t` of snapshot `snap` under `new_prefixes` (one per table prefix) and
 /// checks the result against the manifest. Nothing is published.
 pub async fn load_table(
     node: &Node,
     dest: &Destination,
-    m: &Manifest,
+    snap: &Snapshot,
     t: &TableManifest,
     new_prefixes: &[Vec<u8>],
     opts: &Options,
@@ -53,7 +53,7 @@ pub async fn load_table(
         )));
     }
     let mut sum = TableSum::new(t.row_prefix);
-    let mut blocks = std::pin::pin!(table_blocks(dest, m, t, opts.parallelism));
+    let mut blocks = std::pin::pin!(table_blocks(dest, snap, t, opts.parallelism));
     let mut inflight = FuturesUnordered::new();
     let mut chunk = Vec::new();
     let mut chunk_bytes = 0usize;

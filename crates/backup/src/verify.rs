@@ -6,9 +6,10 @@
 //! rows against the table's schema), and each table's logical checksum and row count are
 //! recomputed and compared with the manifest. No database is touched.
 
+use crate::crypto::Secret;
 use crate::dest::Destination;
-use crate::manifest::{Manifest, TableSum};
-use crate::read::{fetch_file, latest_manifest, table_blocks};
+use crate::manifest::TableSum;
+use crate::read::{fetch_file, open_latest, table_blocks, Snapshot};
 use crate::Progress;
 use amberdb_error::{Error, Result};
 use serde::Serialize;
@@ -45,11 +46,13 @@ pub struct VerifyReport {
 pub async fn verify(
     dest: &Destination,
     deep: bool,
+    secret: Option<&Secret>,
     check: Option<EntryCheck>,
     parallelism: usize,
     progress: &Progress,
 ) -> Result<VerifyReport> {
-    let m = latest_manifest(dest).await?;
+    let snap = open_latest(dest, secret).await?;
+    let m = &snap.manifest;
     let total = if deep { m.tables.iter().map(|t| t.logical_bytes).sum() } else { m.bytes() };
     progress.total_bytes.store(total, Ordering::Relaxed);
     let mut report = VerifyReport {
@@ -64,7 +67,7 @@ pub async fn verify(
     };
     if !deep {
         for f in &m.files {
-            match fetch_file(dest, &m, f).await {
+            match fetch_file(dest, m, f).await {
                 Ok(b) => {
                     report.files += 1;
                     report.bytes += b.len() as u64;
@@ -76,7 +79,7 @@ pub async fn verify(
         return Ok(report);
     }
     for t in &m.tables {
-        match verify_table(dest, &m, t, check.as_ref(), parallelism, progress).await {
+        match verify_table(dest, &snap, t, check.as_ref(), parallelism, progress).await {
             Ok(rows) => report.rows += rows,
             Err(e) => report.problems.push(e.message()),
         }
@@ -90,7 +93,7 @@ pub async fn verify(
 
 async fn verify_table(
     dest: &Destination,
-    m: &Manifest,
+    m: &Snapshot,
     t: &crate::manifest::TableManifest,
     check: Option<&EntryCheck>,
     parallelism: usize,

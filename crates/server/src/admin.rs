@@ -46,6 +46,9 @@ pub struct BackupRequest {
     pub compression_level: Option<i32>,
     /// Workers.
     pub parallelism: Option<usize>,
+    /// Encrypt with this passphrase.
+    #[serde(default)]
+    pub encryption_passphrase: Option<String>,
 }
 
 /// Body of `POST /restore`.
@@ -61,6 +64,9 @@ pub struct RestoreRequest {
     pub replace: bool,
     /// Workers.
     pub parallelism: Option<usize>,
+    /// The backup's passphrase.
+    #[serde(default)]
+    pub encryption_passphrase: Option<String>,
 }
 
 type Reply = (StatusCode, Json<serde_json::Value>);
@@ -74,7 +80,12 @@ fn failure(e: amberdb_error::Error) -> Reply {
 }
 
 async fn backup(State(app): State<App>, Json(req): Json<BackupRequest>) -> Reply {
-    let opts = BackupOptions { compression_level: req.compression_level, parallelism: req.parallelism, replace: false };
+    let opts = BackupOptions {
+        compression_level: req.compression_level,
+        parallelism: req.parallelism,
+        replace: false,
+        encryption_passphrase: req.encryption_passphrase,
+    };
     let progress = Arc::new(Progress::default());
     match amberdb_sql::backup(&app.node, &app.env, req.tables.as_deref(), &req.dest, Origin::Sql, &opts, progress).await
     {
@@ -84,7 +95,12 @@ async fn backup(State(app): State<App>, Json(req): Json<BackupRequest>) -> Reply
 }
 
 async fn restore(State(app): State<App>, Json(req): Json<RestoreRequest>) -> Reply {
-    let opts = BackupOptions { compression_level: None, parallelism: req.parallelism, replace: req.replace };
+    let opts = BackupOptions {
+        compression_level: None,
+        parallelism: req.parallelism,
+        replace: req.replace,
+        encryption_passphrase: req.encryption_passphrase,
+    };
     let progress = Progress::default();
     let r = amberdb_sql::restore(
         &app.node,

@@ -85,6 +85,10 @@ struct Common {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// File holding the encryption passphrase (encrypts `create`; needed to read an
+    /// encrypted backup).
+    #[arg(long, env = "AMBERDB_BACKUP_KEY_FILE")]
+    key_file: Option<PathBuf>,
     #[command(flatten)]
     backup: BackupArgs,
 }
@@ -112,6 +116,25 @@ pub struct RestoreArgs {
     parallelism: Option<usize>,
     #[command(flatten)]
     common: Common,
+}
+
+impl Common {
+    /// The passphrase from --key-file (trailing newline removed).
+    fn passphrase(&self) -> Result<Option<String>> {
+        let Some(path) = &self.key_file else { return Ok(None) };
+        let raw = std::fs::read(path).map_err(|e| Error::io(path.display(), format!("read key file: {e}")))?;
+        let text = String::from_utf8(raw)
+            .map_err(|_| Error::InvalidInput(format!("key file {} is not UTF-8 text", path.display())))?;
+        let text = text.trim_end_matches(['\n', '\r']).to_string();
+        if text.is_empty() {
+            return Err(Error::InvalidInput(format!("key file {} is empty", path.display())));
+        }
+        Ok(Some(text))
+    }
+
+    fn secret(&self) -> Result<Option<amberdb_backup::Secret>> {
+        self.passphrase()?.map(amberdb_backup::Secret::new).transpose()
+    }
 }
 
 fn tables_opt(t: &[String]) -> Option<Vec<String>> {
@@ -209,7 +232,13 @@ async fn post(server: &str, path: &str, body: &impl serde::Serialize) -> Result<
 pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
     match cmd.action {
         BackupAction::Create { dest, tables, compression_level, parallelism, common } => {
-            let req = BackupRequest { dest: dest.clone(), tables: tables_opt(&tables), compression_level, parallelism };
+            let req = BackupRequest {
+                dest: dest.clone(),
+                tables: tables_opt(&tables),
+                compression_level,
+                parallelism,
+                encryption_passphrase: common.passphrase()?,
+            };
             let reply = {
                 let _bar = Bar::spinner(&format!("backing up to {dest}"), common.json);
                 post(&common.server, "backup", &req).await?
@@ -254,7 +283,7 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
         }
         BackupAction::Show { dest, common } => {
             let d = Destination::open(&dest, &common.backup.dest_config(), Origin::Cli)?;
-            let m = amberdb_backup::latest_manifest(&d).await?;
+            let m = amberdb_backup::open_latest(&d, common.secret()?.as_ref()).await?.manifest;
             if common.json {
                 return print_json(&m);
             }
@@ -268,7 +297,7 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
                 let _bar = Bar::start(progress.clone(), "verifying", common.json);
                 let check = deep.then(amberdb_sql::row_check);
                 let workers = parallelism.unwrap_or_else(|| amberdb_backup::Options::default().parallelism);
-                amberdb_backup::verify(&d, deep, check, workers, &progress).await?
+                amberdb_backup::verify(&d, deep, common.secret()?.as_ref(), check, workers, &progress).await?
             };
             if common.json {
                 print_json(&report)?;
@@ -334,6 +363,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
                 compression_level: None,
                 parallelism: args.parallelism,
                 replace: args.replace,
+                encryption_passphrase: args.common.passphrase()?,
             };
             let progress = Arc::new(Progress::default());
             let r = {
@@ -362,6 +392,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
                 rename: args.rename.clone(),
                 replace: args.replace,
                 parallelism: args.parallelism,
+                encryption_passphrase: args.common.passphrase()?,
             };
             let _bar = Bar::spinner(&format!("restoring from {}", args.dest), args.common.json);
             post(&args.common.server, "restore", &req).await?["restored"].clone()

@@ -52,6 +52,11 @@ impl Moto {
     /// `None` (test skipped) if moto is not installed, unless AMBERDB_REQUIRE_MOTO is
     /// set (scripts/test sets it after installing moto).
     fn start(bucket: &str) -> Option<Moto> {
+        Moto::start_with(bucket, &[])
+    }
+
+    /// Starts moto with extra environment variables.
+    fn start_with(bucket: &str, envs: &[(&str, &str)]) -> Option<Moto> {
         let exe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/moto_server");
         if !exe.exists() {
             assert!(std::env::var_os("AMBERDB_REQUIRE_MOTO").is_none(), "moto_server missing at {}", exe.display());
@@ -60,6 +65,7 @@ impl Moto {
         }
         let mut child = Command::new(exe)
             .args(["-H", "127.0.0.1", "-p", "0"])
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -458,4 +464,181 @@ fn cli_cold_restore_into_an_empty_data_directory() {
     assert!(ok, "{out}");
     let (ok, out) = cli(&["backup", "show", "--backup-root", root_s, "full"], &[]);
     assert!(!ok && out.contains("holds no AmberDB backup"), "{out}");
+}
+
+/// Runs a boto3 snippet against moto (`s3` is a client) with the venv's Python.
+fn boto3(moto: &Moto, code: &str) -> String {
+    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let script = format!(
+        "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='testing', \
+         aws_secret_access_key='testing', region_name='us-east-1')\n{code}",
+        moto.endpoint
+    );
+    let out = Command::new(py).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn damaged_s3_objects_are_named_and_never_restored() {
+    let Some(moto) = Moto::start("dmg") else { return };
+    let envs = moto.envs();
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir.path().join("data"), &dir.path().join("backups"), &envs);
+    sql(
+        &s,
+        "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 5000) g",
+    );
+    for (i, suffix) in [".amr", "manifest.json", "amber-backup.json"].iter().enumerate() {
+        let dest = format!("b{i}");
+        sql(&s, &format!("BACKUP TABLE t TO 's3://dmg/{dest}'"));
+        let keys = boto3(
+            &moto,
+            &format!("for o in s3.list_objects_v2(Bucket='dmg', Prefix='{dest}/')['Contents']: print(o['Key'])"),
+        );
+        let key = keys.lines().find(|k| k.ends_with(suffix)).expect("object").to_string();
+        // Flip one byte in the middle of the object.
+        boto3(
+            &moto,
+            &format!(
+                "b = bytearray(s3.get_object(Bucket='dmg', Key='{key}')['Body'].read())\n\
+             b[len(b) // 2] ^= 0x20\ns3.put_object(Bucket='dmg', Key='{key}', Body=bytes(b))"
+            ),
+        );
+        let name = key.rsplit('/').next().unwrap();
+        let (ok, out) = cli(&["backup", "verify", "--deep", &format!("s3://dmg/{dest}")], &envs);
+        assert!(!ok && out.contains(name), "flipped {key}: {out}");
+        assert!(sql_err(&s, &format!("RESTORE TABLE t FROM 's3://dmg/{dest}' AS t{i}")).contains(name));
+        assert!(sql_err(&s, &format!("SELECT 1 FROM t{i}")).contains("does not exist"));
+        // A deleted object is named too.
+        boto3(&moto, &format!("s3.delete_object(Bucket='dmg', Key='{key}')"));
+        let (ok, out) = cli(&["backup", "verify", &format!("s3://dmg/{dest}")], &envs);
+        assert!(!ok && (out.contains(name) || out.contains("no complete backup")), "deleted {key}: {out}");
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_backup_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    // A 1 MiB file system as the backup root. Mounting needs privileges the machine may
+    // not grant; then there is nothing to test here.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipping: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(small.clone());
+    let s = server(&dir.path().join("data"), &small, &[]);
+    sql(&s, "CREATE TABLE t (id INT PRIMARY KEY, v TEXT)");
+    sql(&s, "INSERT INTO t SELECT g, 'r' || (g * 7919 % 1000003) || '-' || (g * 104729 % 999983) || '-' || (g * 13 % 97) FROM generate_series(1, 150000) g");
+    let err = sql_err(&s, "BACKUP TABLE t TO 'full'");
+    assert!(err.contains("No space left") || err.contains("full/"), "{err}");
+    // No manifest claims the failed backup, and its partial files were removed.
+    let (ok, out) = cli(&["backup", "verify", "--backup-root", small.to_str().unwrap(), "full"], &[]);
+    assert!(!ok && out.contains("no complete backup"), "{out}");
+    let used: u64 = walk_sizes(&small.join("full"));
+    assert!(used < 4096, "the failed backup left {used} bytes behind");
+    // The database is unharmed and a backup elsewhere succeeds.
+    assert_eq!(sql(&s, "SELECT count(*) FROM t"), "150000\n");
+    drop(s);
+    let s = server(&dir.path().join("data"), &dir.path().join("big"), &[]);
+    sql(&s, "BACKUP TABLE t TO 'ok'");
+}
+
+fn walk_sizes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { walk_sizes(&p) } else { std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) })
+        .sum()
+}
+
+#[test]
+fn bad_s3_credentials_are_a_clear_error() {
+    // moto enforces signatures once INITIAL_NO_AUTH_ACTION_COUNT requests have passed;
+    // the first (unauthenticated) request creates the bucket.
+    let Some(moto) = Moto::start_with("locked", &[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]) else { return };
+    let envs = [
+        ("AMBERDB_S3_ENDPOINT", moto.endpoint.as_str()),
+        ("AMBERDB_S3_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1"),
+        ("AMBERDB_S3_SECRET_ACCESS_KEY", "wrong"),
+    ];
+    let (ok, out) = cli(&["backup", "list", "s3://locked/x"], &envs);
+    assert!(!ok, "{out}");
+    assert!(out.contains("s3://locked/x") && (out.contains("403") || out.to_lowercase().contains("access")), "{out}");
+}
+
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(all_bytes(&p));
+        } else {
+            out.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn encrypted_backups_round_trip_and_refuse_wrong_keys_and_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backups");
+    let root_s = root.to_str().unwrap();
+    let s = server(&dir.path().join("data"), &root, &[]);
+    sql(&s, "CREATE TABLE secrets (id INT PRIMARY KEY, v TEXT); CREATE INDEX secrets_v ON secrets (v)");
+    sql(&s, "INSERT INTO secrets SELECT g, 'classified-' || g FROM generate_series(1, 3000) g");
+    sql(&s, "BACKUP TABLE secrets TO 'enc' WITH (encryption_passphrase = 'open sesame')");
+    // Neither rows, index keys, the table name nor column names appear in any file.
+    let bytes = all_bytes(&root.join("enc"));
+    for needle in [&b"classified"[..], b"secrets", b"\"columns\""] {
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} leaked", String::from_utf8_lossy(needle));
+    }
+    // Without the key, with a wrong key, with the right key.
+    assert!(sql_err(&s, "RESTORE TABLE secrets FROM 'enc' AS r1").contains("is encrypted"));
+    assert!(sql_err(&s, "RESTORE TABLE secrets FROM 'enc' AS r1 WITH (encryption_passphrase = 'nope')")
+        .contains("wrong encryption passphrase"));
+    sql(&s, "RESTORE TABLE secrets FROM 'enc' AS r1 WITH (encryption_passphrase = 'open sesame')");
+    assert_eq!(sql(&s, "SELECT * FROM r1 ORDER BY id"), sql(&s, "SELECT * FROM secrets ORDER BY id"));
+    assert_eq!(sql(&s, "SELECT id FROM r1 WHERE v = 'classified-77'"), "77\n");
+    assert!(sql(&s, "SHOW BACKUP 'enc' WITH (encryption_passphrase = 'open sesame')").starts_with("secrets|3000|"));
+    // The CLI with a key file; a wrong key file is refused by name.
+    let key = dir.path().join("key");
+    std::fs::write(&key, "open sesame\n").unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "nope\n").unwrap();
+    let (ok, out) =
+        cli(&["backup", "verify", "--deep", "--backup-root", root_s, "--key-file", key.to_str().unwrap(), "enc"], &[]);
+    assert!(ok, "{out}");
+    let (ok, out) =
+        cli(&["backup", "verify", "--backup-root", root_s, "--key-file", bad.to_str().unwrap(), "enc"], &[]);
+    assert!(!ok && out.contains("wrong encryption passphrase"), "{out}");
+    let (ok, out) = cli(&["backup", "verify", "--backup-root", root_s, "enc"], &[]);
+    assert!(!ok && out.contains("is encrypted"), "{out}");
+    // A tampered block: detected and named by verify, refused by restore.
+    let amr = find(&root.join("enc"), ".amr");
+    let mut raw = std::fs::read(&amr).unwrap();
+    raw[100] ^= 0x01;
+    std::fs::write(&amr, raw).unwrap();
+    let name = amr.file_name().unwrap().to_string_lossy().into_owned();
+    let (ok, out) =
+        cli(&["backup", "verify", "--deep", "--backup-root", root_s, "--key-file", key.to_str().unwrap(), "enc"], &[]);
+    assert!(!ok && out.contains(&name), "{out}");
+    assert!(sql_err(&s, "RESTORE TABLE secrets FROM 'enc' AS r2 WITH (encryption_passphrase = 'open sesame')")
+        .contains(&name));
+    assert!(sql_err(&s, "SELECT 1 FROM r2").contains("does not exist"));
 }

@@ -4,7 +4,8 @@
 //!   BACKUP DATABASE TO 'dest' [WITH (…)]          BACKUP TABLE t [, …] TO 'dest' [WITH (…)]
 //!   RESTORE DATABASE FROM 'dest' [WITH (…)]       RESTORE TABLE t [, …] FROM 'dest' [AS new] [WITH (…)]
 //!   SHOW BACKUP 'dest'                            SHOW BACKUPS IN 'dest'
-//!   options: compression_level = 1..19, parallelism = n, replace (RESTORE TABLE only)
+//!   options: compression_level = 1..19, parallelism = n, replace (RESTORE TABLE only),
+//!            encryption_passphrase = '…' (BACKUP encrypts; RESTORE and SHOW BACKUP decrypt)
 //! ```
 //! sqlparser knows none of these, so they are parsed here from its tokens.
 //!
@@ -17,7 +18,7 @@
 use crate::catalog::{Catalog, TableDef};
 use crate::exec::{OutColumn, Outcome};
 use crate::types::{DataType, Value};
-use amberdb_backup::{BackupKind, Destination, EntryCheck, Manifest, Options, Origin, Progress, TableSpec};
+use amberdb_backup::{BackupKind, Destination, EntryCheck, Manifest, Options, Origin, Progress, Secret, TableSpec};
 use amberdb_consensus::Node;
 use amberdb_error::{Error, Result};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -40,19 +41,26 @@ pub struct BackupOptions {
     pub parallelism: Option<usize>,
     /// RESTORE TABLE: replace an existing table of the same name.
     pub replace: bool,
+    /// Passphrase the backup is (to be) encrypted with.
+    pub encryption_passphrase: Option<String>,
 }
 
 impl BackupOptions {
+    /// The passphrase as a secret.
+    pub fn secret(&self) -> Result<Option<Secret>> {
+        self.encryption_passphrase.as_deref().map(|p| Secret::new(p.as_bytes())).transpose()
+    }
+
     /// The backup crate's options.
-    pub fn to_options(&self) -> Options {
-        let mut o = Options::default();
+    pub fn to_options(&self) -> Result<Options> {
+        let mut o = Options { encryption: self.secret()?, ..Options::default() };
         if let Some(l) = self.compression_level {
             o.compression_level = l;
         }
         if let Some(p) = self.parallelism {
             o.parallelism = p;
         }
-        o
+        Ok(o)
     }
 }
 
@@ -64,7 +72,7 @@ pub enum BackupStatement {
     /// RESTORE.
     Restore { tables: Option<Vec<String>>, dest: String, rename: Option<String>, options: BackupOptions },
     /// SHOW BACKUP 'dest'.
-    Show { dest: String },
+    Show { dest: String, options: BackupOptions },
     /// SHOW BACKUPS IN 'dest'.
     List { dest: String },
 }
@@ -141,7 +149,10 @@ impl Tokens {
         Ok(out)
     }
 
-    fn options(&mut self, restore: bool) -> Result<BackupOptions> {
+    /// `WITH (…)`; `stmt` is BACKUP, RESTORE or SHOW BACKUP.
+    fn options(&mut self, stmt: &str) -> Result<BackupOptions> {
+        let restore = stmt == "RESTORE";
+        let show = stmt == "SHOW BACKUP";
         let mut o = BackupOptions::default();
         if !self.keyword("WITH") {
             return Ok(o);
@@ -169,14 +180,18 @@ impl Tokens {
                     .ok_or_else(|| Error::sql("22023", format!("option {name} needs an integer value")))
             };
             match name.as_str() {
-                "compression_level" | "compression" => {
+                "encryption_passphrase" => match value {
+                    Some(v) if !v.is_empty() => o.encryption_passphrase = Some(v),
+                    _ => return Err(Error::sql("22023", "encryption_passphrase needs a non-empty string")),
+                },
+                "compression_level" | "compression" if !show => {
                     let l = int(&value)?;
                     if !(1..=19).contains(&l) {
                         return Err(Error::sql("22023", "compression_level must be between 1 and 19"));
                     }
                     o.compression_level = Some(l as i32);
                 }
-                "parallelism" => {
+                "parallelism" if !show => {
                     let p = int(&value)?;
                     if !(1..=64).contains(&p) {
                         return Err(Error::sql("22023", "parallelism must be between 1 and 64"));
@@ -190,12 +205,7 @@ impl Tokens {
                         Some(v) => return Err(Error::sql("22023", format!("replace: invalid value {v}"))),
                     }
                 }
-                _ => {
-                    return Err(Error::sql(
-                        "22023",
-                        format!("unknown {} option \"{name}\"", if restore { "RESTORE" } else { "BACKUP" }),
-                    ))
-                }
+                _ => return Err(Error::sql("22023", format!("unknown {stmt} option \"{name}\""))),
             }
             if self.peek() == &Token::Comma {
                 self.pos += 1;
@@ -237,7 +247,7 @@ pub fn parse(sql: &str) -> Result<BackupStatement> {
         };
         t.expect_keyword("TO")?;
         let dest = t.string()?;
-        BackupStatement::Backup { tables, dest, options: t.options(false)? }
+        BackupStatement::Backup { tables, dest, options: t.options("BACKUP")? }
     } else if t.keyword("RESTORE") {
         let tables = if t.keyword("DATABASE") {
             if let Token::Word(w) = t.peek() {
@@ -256,7 +266,7 @@ pub fn parse(sql: &str) -> Result<BackupStatement> {
         if rename.is_some() && tables.as_ref().is_none_or(|v| v.len() != 1) {
             return Err(Error::sql("42601", "AS new_name needs exactly one table"));
         }
-        let options = t.options(true)?;
+        let options = t.options("RESTORE")?;
         if options.replace && tables.is_none() {
             return Err(Error::sql("22023", "replace applies to RESTORE TABLE only"));
         }
@@ -268,7 +278,8 @@ pub fn parse(sql: &str) -> Result<BackupStatement> {
             BackupStatement::List { dest: t.string()? }
         } else {
             t.expect_keyword("BACKUP")?;
-            BackupStatement::Show { dest: t.string()? }
+            let dest = t.string()?;
+            BackupStatement::Show { dest, options: t.options("SHOW BACKUP")? }
         }
     };
     if t.peek() == &Token::SemiColon {
@@ -351,9 +362,9 @@ impl BackupStatement {
                     .collect();
                 (rows, "RESTORE".to_string())
             }
-            BackupStatement::Show { dest } => {
+            BackupStatement::Show { dest, options } => {
                 let d = Destination::open(dest, &env.backup, Origin::Sql)?;
-                let m = amberdb_backup::latest_manifest(&d).await?;
+                let m = amberdb_backup::open_latest(&d, options.secret()?.as_ref()).await?.manifest;
                 let rows = m
                     .tables
                     .iter()
@@ -444,7 +455,7 @@ pub async fn backup(
     let specs = defs.iter().map(table_spec).collect::<Result<Vec<_>>>()?;
     let view = node.mvcc().read_at(txn.read_version())?;
     drop(txn);
-    let m = amberdb_backup::create(node.mvcc(), view, &dest, kind, specs, &options.to_options(), progress).await?;
+    let m = amberdb_backup::create(node.mvcc(), view, &dest, kind, specs, &options.to_options()?, progress).await?;
     tracing::info!(
         destination = dest.url(),
         version = m.version,
@@ -479,7 +490,8 @@ pub async fn restore(
     progress: &Progress,
 ) -> Result<RestoreSummary> {
     let dest = Destination::open(dest, &env.backup, origin)?;
-    let m = amberdb_backup::latest_manifest(&dest).await?;
+    let snap = amberdb_backup::open_latest(&dest, options.secret()?.as_ref()).await?;
+    let m = &snap.manifest;
     // (manifest table, definition as it will be published)
     let mut plan: Vec<(usize, TableDef)> = Vec::new();
     match tables {
@@ -545,10 +557,10 @@ pub async fn restore(
     for ((_, def), id) in plan.iter_mut().zip(&ids) {
         def.id = *id;
     }
-    let opts = options.to_options();
+    let opts = options.to_options()?;
     let loaded = async {
         for (i, def) in &plan {
-            amberdb_backup::load_table(node, &dest, &m, &m.tables[*i], &def.key_prefixes(), &opts, progress).await?;
+            amberdb_backup::load_table(node, &dest, &snap, &m.tables[*i], &def.key_prefixes(), &opts, progress).await?;
         }
         publish(node, &plan, options.replace).await
     }
