@@ -1,17 +1,18 @@
 //! Online snapshot export: one consistent read view, streamed through a pipeline.
 //!
 //! ```text
-//!   scanner thread ──raw 1 MiB blocks──▶ N compression workers ──in order──▶ file assembler
-//!   (ReadView at V,   (bounded channel)   (spawn_blocking, zstd)              (≤ file_target)
-//!    logical sums)                                                              │
-//!                                             ≤ 2 concurrent uploads ◀──────────┘
-//!                                                        │ all done
-//!                                                        ▼
-//!                                              manifest.json (last, create-only)
+//!   tables ──split──▶ parts (key ranges; a table's rows are split by interpolated keys)
+//!   per part, N parts at a time:
+//!     scanner thread ──raw 1 MiB blocks──▶ 2 compression workers ──in order──▶ file
+//!     (ReadView at V,   (bounded channel)   (spawn_blocking, zstd)              assembler
+//!      logical sum)                                                               │
+//!                                               ≤ 2 concurrent uploads ◀──────────┘
+//!   all parts done ──▶ per-table sums merged ──▶ manifest.json (last, create-only)
 //! ```
 //! The read view registers version V with MVCC, so GC keeps what the backup reads and
-//! nothing else is held: writers never wait for a backup. Memory is bounded by the
-//! channel, the workers' blocks and at most three files in flight.
+//! nothing else is held: writers never wait for a backup. Memory is bounded per part by
+//! the channel, the workers' blocks and at most three files in flight, times the number
+//! of parts running at once.
 
 use crate::crypto::{Cipher, Secret};
 use crate::dest::Destination;
@@ -26,6 +27,7 @@ use amberdb_mvcc::{Mvcc, ReadView};
 use amberdb_storage::KeyRange;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -61,7 +63,7 @@ impl Default for Options {
         Self {
             compression_level: 1,
             parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-            file_target: 32 << 20,
+            file_target: 16 << 20,
             encryption: None,
         }
     }
@@ -69,49 +71,143 @@ impl Default for Options {
 
 enum Msg {
     Block(RawBlock),
-    End(usize, Box<TableSum>),
+    End(Box<TableSum>),
 }
 
 enum Step {
     Block(SealedBlock),
-    End(usize, Box<TableSum>),
+    End(Box<TableSum>),
 }
 
 fn join_err(e: tokio::task::JoinError) -> Error {
     Error::Internal(format!("backup worker failed: {e}"))
 }
 
-/// Reads every table's entries at the view's version and feeds raw blocks to `tx`.
-fn scan_tables(view: ReadView, tables: Vec<(Vec<Vec<u8>>, usize)>, tx: mpsc::Sender<Result<Msg>>, p: Arc<Progress>) {
-    for (ti, (prefixes, row_prefix)) in tables.into_iter().enumerate() {
-        let mut sum = TableSum::new(row_prefix);
-        let mut block = RawBlock::default();
-        for (pi, prefix) in prefixes.iter().enumerate() {
-            for kv in view.scan(&KeyRange::prefix(prefix)) {
-                let (k, v) = match kv {
-                    Ok(kv) => kv,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                sum.add(pi, &k[prefix.len()..], &v);
-                block.push(&k, &v);
-                p.entries.fetch_add(1, Ordering::Relaxed);
-                p.bytes.fetch_add((k.len() + v.len()) as u64, Ordering::Relaxed);
-                if block.len() >= BLOCK_TARGET && tx.blocking_send(Ok(Msg::Block(std::mem::take(&mut block)))).is_err()
-                {
-                    return; // the writer failed and dropped the channel
-                }
+/// A unit of export work: one key range of one table, scanned by its own thread. A
+/// table's row prefix is split into several parts so that one big table is exported
+/// in parallel; the other prefixes are one part each. Parts are in key order.
+#[derive(Debug, Clone)]
+struct Part {
+    table: usize,
+    seq: usize,
+    prefix_no: usize,
+    prefix_len: usize,
+    range: KeyRange,
+    row_prefix: usize,
+}
+
+/// Split keys dividing `[first, last]` into about `n` ranges, by interpolating the first
+/// eight bytes after their common prefix (exact for sequential integer keys; uneven but
+/// correct for anything else). Empty when the range is too small to split.
+fn split_points(first: &[u8], last: &[u8], n: usize) -> Vec<Vec<u8>> {
+    let common = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+    let word = |k: &[u8]| {
+        let mut b = [0u8; 8];
+        for (i, x) in k[common..].iter().take(8).enumerate() {
+            b[i] = *x;
+        }
+        u64::from_be_bytes(b)
+    };
+    let (a, z) = (word(first), word(last));
+    if n < 2 || z.saturating_sub(a) < n as u64 * 2 {
+        return Vec::new();
+    }
+    (1..n)
+        .map(|i| {
+            let v = a + ((u128::from(z - a) * i as u128) / n as u128) as u64;
+            let mut k = first[..common].to_vec();
+            k.extend_from_slice(&v.to_be_bytes());
+            k
+        })
+        .collect()
+}
+
+/// Below this many entries a range is not split.
+const SPLIT_MIN_ENTRIES: usize = 50_000;
+
+/// Split keys for scanning `range` in about `n` pieces, or none if it is small. Many
+/// short scans rather than a few long ones also keep engine iterators short-lived,
+/// which lets the engine free memtables and old versions while a long export or
+/// read-back runs.
+pub(crate) fn range_splits(view: &ReadView, range: &KeyRange, n: usize) -> Result<Vec<Vec<u8>>> {
+    if n < 2 || view.scan(range).take(SPLIT_MIN_ENTRIES).count() < SPLIT_MIN_ENTRIES {
+        return Ok(Vec::new());
+    }
+    let first = view.scan(range).next().transpose()?;
+    let last = view.scan_rev(range).next().transpose()?;
+    Ok(match (first, last) {
+        (Some((f, _)), Some((l, _))) => split_points(&f, &l, n),
+        _ => Vec::new(),
+    })
+}
+
+/// How many pieces a large range is split into for `workers` workers.
+pub(crate) fn split_count(workers: usize) -> usize {
+    (workers * 4).max(8)
+}
+
+/// The parts of every table, in key order.
+fn plan_parts(view: &ReadView, tables: &[TableSpec], split: usize) -> Result<Vec<Part>> {
+    let mut parts = Vec::new();
+    for (ti, t) in tables.iter().enumerate() {
+        let mut seq = 0;
+        for (pi, prefix) in t.prefixes.iter().enumerate() {
+            let whole = KeyRange::prefix(prefix);
+            let mut bounds: Vec<Vec<u8>> = Vec::new();
+            if pi == t.row_prefix {
+                bounds = range_splits(view, &whole, split)?;
             }
-        }
-        if !block.is_empty() && tx.blocking_send(Ok(Msg::Block(block))).is_err() {
-            return;
-        }
-        if tx.blocking_send(Ok(Msg::End(ti, Box::new(sum)))).is_err() {
-            return;
+            let mut start = whole.start.clone();
+            for b in bounds {
+                parts.push(Part {
+                    table: ti,
+                    seq,
+                    prefix_no: pi,
+                    prefix_len: prefix.len(),
+                    range: KeyRange { start, end: Bound::Excluded(b.clone()) },
+                    row_prefix: t.row_prefix,
+                });
+                seq += 1;
+                start = Bound::Included(b);
+            }
+            parts.push(Part {
+                table: ti,
+                seq,
+                prefix_no: pi,
+                prefix_len: prefix.len(),
+                range: KeyRange { start, end: whole.end.clone() },
+                row_prefix: t.row_prefix,
+            });
+            seq += 1;
         }
     }
+    Ok(parts)
+}
+
+/// Reads one part's entries at the view's version and feeds raw blocks to `tx`.
+fn scan_part(view: ReadView, part: Part, tx: mpsc::Sender<Result<Msg>>, p: Arc<Progress>) {
+    let mut sum = TableSum::new(part.row_prefix);
+    let mut block = RawBlock::default();
+    for kv in view.scan(&part.range) {
+        let (k, v) = match kv {
+            Ok(kv) => kv,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        sum.add(part.prefix_no, &k[part.prefix_len..], &v);
+        block.push(&k, &v);
+        p.entries.fetch_add(1, Ordering::Relaxed);
+        p.bytes.fetch_add((k.len() + v.len()) as u64, Ordering::Relaxed);
+        if block.len() >= BLOCK_TARGET && tx.blocking_send(Ok(Msg::Block(std::mem::take(&mut block)))).is_err() {
+            return; // the writer failed and dropped the channel
+        }
+    }
+    if !block.is_empty() && tx.blocking_send(Ok(Msg::Block(block))).is_err() {
+        return;
+    }
+    let _ = tx.blocking_send(Ok(Msg::End(Box::new(sum))));
 }
 
 /// Makes sure `dest` can take a new backup: it must not hold a complete one; objects of
@@ -170,7 +266,8 @@ pub async fn create(
     let version = view.version();
     let commit_time_micros = mvcc.time_of_version(version)?.unwrap_or_else(|| mvcc.applied().time);
     let dir = Manifest::dir_of(version);
-    let result = write_snapshot(view, dest, &dir, &tables, opts, cipher.clone(), progress).await;
+    let ctx = Ctx { mvcc, version, dest, dir: &dir, opts, cipher: cipher.clone(), progress };
+    let result = write_snapshot(view, &ctx, &tables).await;
     let (mut table_manifests, files) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -207,21 +304,70 @@ pub async fn create(
 
 type Upload = tokio::task::JoinHandle<Result<FileManifest>>;
 
-async fn write_snapshot(
-    view: ReadView,
-    dest: &Destination,
-    dir: &str,
-    tables: &[TableSpec],
-    opts: &Options,
+/// Context shared by the parts of one export.
+struct Ctx<'a> {
+    mvcc: &'a Mvcc,
+    version: u64,
+    dest: &'a Destination,
+    dir: &'a str,
+    opts: &'a Options,
     cipher: Option<Cipher>,
     progress: Arc<Progress>,
+}
+
+async fn write_snapshot(
+    view: ReadView,
+    ctx: &Ctx<'_>,
+    tables: &[TableSpec],
 ) -> Result<(Vec<TableManifest>, Vec<FileManifest>)> {
+    let workers = ctx.opts.parallelism.max(1);
+    let parts = plan_parts(&view, tables, split_count(workers))?;
+    let results: Vec<(Part, Vec<FileManifest>, TableSum)> = futures::stream::iter(parts)
+        .map(|part| export_part(ctx, part))
+        .buffered(workers)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    drop(view);
+    let mut sums: Vec<TableSum> = tables.iter().map(|t| TableSum::new(t.row_prefix)).collect();
+    let mut files = Vec::new();
+    for (part, part_files, sum) in results {
+        sums[part.table].merge(&sum);
+        files.extend(part_files);
+    }
+    // Paths sort as (table, part, file): the manifest lists each table's files in key order.
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let table_manifests = sums
+        .iter()
+        .enumerate()
+        .map(|(ti, sum)| TableManifest {
+            name: String::new(),
+            schema: serde_json::Value::Null,
+            prefixes: Vec::new(),
+            row_prefix: 0,
+            rows: sum.rows,
+            entries: sum.entries,
+            logical_bytes: sum.logical_bytes,
+            checksum: sum.finish(),
+            files: files.iter().enumerate().filter(|(_, f)| f.table == ti).map(|(i, _)| i).collect(),
+        })
+        .collect();
+    Ok((table_manifests, files))
+}
+
+/// Exports one part: its own scanner thread, compression workers, file assembler and
+/// uploads. Returns its files (in key order) and its logical checksum.
+async fn export_part(ctx: &Ctx<'_>, part: Part) -> Result<(Part, Vec<FileManifest>, TableSum)> {
+    // Each part reads through its own registered view at the snapshot's version (the
+    // caller's view keeps that version from GC meanwhile).
+    let view = ctx.mvcc.read_at(ctx.version)?;
     let (tx, rx) = mpsc::channel(4);
-    let specs = tables.iter().map(|t| (t.prefixes.clone(), t.row_prefix)).collect();
-    let p = progress.clone();
-    let scanner = tokio::task::spawn_blocking(move || scan_tables(view, specs, tx, p));
-    let level = opts.compression_level;
-    let block_cipher = cipher.clone();
+    let p = ctx.progress.clone();
+    let scanned = part.clone();
+    let scanner = tokio::task::spawn_blocking(move || scan_part(view, scanned, tx, p));
+    let level = ctx.opts.compression_level;
+    let block_cipher = ctx.cipher.clone();
     let msgs = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut steps = std::pin::pin!(msgs
         .map(move |m| {
@@ -232,29 +378,25 @@ async fn write_snapshot(
                         .await
                         .map_err(join_err)?
                         .map(Step::Block),
-                    Msg::End(t, sum) => Ok(Step::End(t, sum)),
+                    Msg::End(sum) => Ok(Step::End(sum)),
                 }
             }
         })
-        .buffered(opts.parallelism.max(1)));
+        .buffered(2));
 
-    let mut table_manifests: Vec<TableManifest> = Vec::with_capacity(tables.len());
-    let mut file_count = 0usize;
     let mut uploads: FuturesUnordered<Upload> = FuturesUnordered::new();
     let mut files: Vec<FileManifest> = Vec::new();
     let mut writer = RangeFileWriter::default();
-    let mut table_files: Vec<usize> = Vec::new();
-
-    let mut flush = |writer: &mut RangeFileWriter, table: usize, table_files: &mut Vec<usize>| -> Upload {
+    let mut file_seq = 0usize;
+    let mut flush = |writer: &mut RangeFileWriter| -> Upload {
         let w = std::mem::take(writer);
-        let index = file_count;
-        file_count += 1;
-        table_files.push(index);
-        let rel_in_snapshot = format!("ranges/{table:05}-{index:06}.amr");
-        let rel = format!("{dir}/{rel_in_snapshot}");
-        let dest = dest.clone();
-        let progress = progress.clone();
-        let cipher = cipher.clone();
+        let rel_in_snapshot = format!("ranges/{:05}-{:04}-{:04}.amr", part.table, part.seq, file_seq);
+        file_seq += 1;
+        let rel = format!("{}/{rel_in_snapshot}", ctx.dir);
+        let dest = ctx.dest.clone();
+        let progress = ctx.progress.clone();
+        let cipher = ctx.cipher.clone();
+        let table = part.table;
         tokio::spawn(async move {
             let blocks = w.blocks();
             let entries = w.entries();
@@ -282,32 +424,16 @@ async fn write_snapshot(
         })
     };
 
-    let mut current_table = 0usize;
+    let mut sum = None;
     while let Some(step) = steps.next().await {
         match step? {
             Step::Block(b) => {
-                if !writer.is_empty() && writer.len() + b.size() > opts.file_target {
-                    uploads.push(flush(&mut writer, current_table, &mut table_files));
+                if !writer.is_empty() && writer.len() + b.size() > ctx.opts.file_target {
+                    uploads.push(flush(&mut writer));
                 }
                 writer.add(b);
             }
-            Step::End(t, sum) => {
-                if !writer.is_empty() {
-                    uploads.push(flush(&mut writer, t, &mut table_files));
-                }
-                table_manifests.push(TableManifest {
-                    name: String::new(),
-                    schema: serde_json::Value::Null,
-                    prefixes: Vec::new(),
-                    row_prefix: 0,
-                    rows: sum.rows,
-                    entries: sum.entries,
-                    logical_bytes: sum.logical_bytes,
-                    checksum: sum.finish(),
-                    files: std::mem::take(&mut table_files),
-                });
-                current_table = t + 1;
-            }
+            Step::End(s) => sum = Some(*s),
         }
         while uploads.len() >= 2 {
             if let Some(done) = uploads.next().await {
@@ -315,13 +441,14 @@ async fn write_snapshot(
             }
         }
     }
+    if !writer.is_empty() {
+        uploads.push(flush(&mut writer));
+    }
     while let Some(done) = uploads.next().await {
         files.push(done.map_err(join_err)??);
     }
     scanner.await.map_err(join_err)?;
-    if table_manifests.len() != tables.len() {
-        return Err(Error::Internal("backup scanner stopped early".into()));
-    }
+    let sum = sum.ok_or_else(|| Error::Internal("backup scanner stopped early".into()))?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok((table_manifests, files))
+    Ok((part, files, sum))
 }

@@ -11,7 +11,7 @@
 //! markers name the prefixes to remove.
 
 use crate::dest::Destination;
-use crate::export::Options;
+use crate::export::{range_splits, split_count, Options};
 use crate::manifest::{TableManifest, TableSum};
 use crate::read::{table_blocks, Snapshot};
 use crate::Progress;
@@ -20,6 +20,7 @@ use amberdb_error::{Error, Result};
 use amberdb_mvcc::Mutation;
 use amberdb_storage::KeyRange;
 use futures::stream::{FuturesUnordered, StreamExt};
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
 const CHUNK_BYTES: usize = 4 << 20;
@@ -95,14 +96,49 @@ pub async fn load_table(
         r?;
     }
     sum.check(t, &format!("restore from {}", dest.url()))?;
-    // Read back what landed: the proof that the table equals the backup.
-    let view = node.mvcc().read_latest()?;
-    let mut back = TableSum::new(t.row_prefix);
-    for (pi, p) in new_prefixes.iter().enumerate() {
-        for kv in view.scan(&KeyRange::prefix(p)) {
-            let (k, v) = kv?;
-            back.add(pi, &k[p.len()..], &v);
+    // Read back what landed — the proof that the table equals the backup — in parallel
+    // ranges (the checksum does not depend on order).
+    let version = node.mvcc().applied().version;
+    let mut ranges = Vec::new();
+    {
+        let view = node.mvcc().read_at(version)?;
+        for (pi, p) in new_prefixes.iter().enumerate() {
+            let whole = KeyRange::prefix(p);
+            let mut start = whole.start.clone();
+            if pi == t.row_prefix {
+                for b in range_splits(&view, &whole, split_count(opts.parallelism))? {
+                    ranges.push((pi, p.len(), KeyRange { start, end: Bound::Excluded(b.clone()) }));
+                    start = Bound::Included(b);
+                }
+            }
+            ranges.push((pi, p.len(), KeyRange { start, end: whole.end.clone() }));
         }
+    }
+    let mvcc = node.mvcc().clone();
+    let row_prefix = t.row_prefix;
+    let sums: Vec<Result<TableSum>> = futures::stream::iter(ranges)
+        .map(|(pi, plen, range)| {
+            let mvcc = mvcc.clone();
+            async move {
+                tokio::task::spawn_blocking(move || -> Result<TableSum> {
+                    let view = mvcc.read_at(version)?;
+                    let mut sum = TableSum::new(row_prefix);
+                    for kv in view.scan(&range) {
+                        let (k, v) = kv?;
+                        sum.add(pi, &k[plen..], &v);
+                    }
+                    Ok(sum)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("read-back worker: {e}")))?
+            }
+        })
+        .buffer_unordered(opts.parallelism.max(1))
+        .collect()
+        .await;
+    let mut back = TableSum::new(t.row_prefix);
+    for s in sums {
+        back.merge(&s?);
     }
     back.check(t, "restored data read back")
 }
