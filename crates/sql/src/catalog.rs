@@ -113,7 +113,8 @@ impl TableDef {
         values.iter().fold(enc, |e, v| v.encode_key(e)).finish()
     }
 
-    fn row_prefix(&self) -> Vec<u8> {
+    /// The prefix of every row key of the table.
+    pub fn row_prefix(&self) -> Vec<u8> {
         KeyEncoder::with_tag(TAG_ROW).u64(self.id).finish()
     }
 

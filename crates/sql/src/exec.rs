@@ -82,6 +82,8 @@ enum Access {
     Key(Vec<Value>),
     /// The rows an index maps the given values to (index position in `def.indexes`).
     Index(usize, Vec<Value>),
+    /// The rows whose keys lie in a range: row keys (None) or entries of an index.
+    Range(amberdb_storage::KeyRange, Option<usize>),
 }
 
 /// Reads the rows an access path selects.
@@ -99,12 +101,38 @@ fn read_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<Ve
             })
         }
         Access::Index(i, values) => {
-            let index = &def.indexes[i];
-            let prefix = def.index_prefix(index, &values);
-            let entries: Vec<Vec<u8>> = txn
-                .scan(amberdb_storage::KeyRange::prefix(&prefix))
-                .map(|kv| kv.map(|(k, _)| k))
-                .collect::<Result<_>>()?;
+            let prefix = def.index_prefix(&def.indexes[i], &values);
+            read_index_rows(txn, def, i, amberdb_storage::KeyRange::prefix(&prefix))
+        }
+        Access::Range(range, Some(i)) => read_index_rows(txn, def, i, range),
+        Access::Range(range, None) => txn
+            .scan(range)
+            .map(|kv| {
+                let (key, raw) = kv?;
+                Ok(StoredRow { row: def.decode_row(&raw)?, key })
+            })
+            .collect(),
+        Access::Scan => txn
+            .scan(def.rows_range())
+            .map(|kv| {
+                let (key, raw) = kv?;
+                Ok(StoredRow { row: def.decode_row(&raw)?, key })
+            })
+            .collect(),
+    }
+}
+
+/// The rows the entries of index `i` within `range` point at.
+fn read_index_rows(
+    txn: &mut Transaction,
+    def: &TableDef,
+    i: usize,
+    range: amberdb_storage::KeyRange,
+) -> Result<Vec<StoredRow>> {
+    let index = &def.indexes[i];
+    {
+        {
+            let entries: Vec<Vec<u8>> = txn.scan(range).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
             let mut out = Vec::with_capacity(entries.len());
             for e in entries {
                 let key = def.row_key_of_entry(index, &e)?;
@@ -115,13 +143,6 @@ fn read_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<Ve
             }
             Ok(out)
         }
-        Access::Scan => txn
-            .scan(def.rows_range())
-            .map(|kv| {
-                let (key, raw) = kv?;
-                Ok(StoredRow { row: def.decode_row(&raw)?, key })
-            })
-            .collect(),
     }
 }
 
@@ -181,7 +202,113 @@ fn choose_access(def: &TableDef, filter: Option<&Expr>, params: &[Value]) -> Res
             return Ok(Access::Index(i, v));
         }
     }
+    // Range predicates on the first primary-key column, then on an index's first column.
+    if let Some(&c) = def.primary_key.first() {
+        if let Some(r) = key_range(def, &parts, c, &def.row_prefix(), params)? {
+            return Ok(Access::Range(r, None));
+        }
+    }
+    for (i, index) in def.indexes.iter().enumerate() {
+        let prefix = def.index_prefix(index, &[]);
+        if let Some(r) = key_range(def, &parts, index.columns[0], &prefix, params)? {
+            return Ok(Access::Range(r, Some(i)));
+        }
+    }
     Ok(Access::Scan)
+}
+
+/// The constant a conjunct compares `col` with, and how (`col <op> value`, with the
+/// operator flipped when the column is on the right).
+fn bound_of(p: &Expr, col: usize) -> Option<(BinOp, Expr)> {
+    let Expr::Binary(op @ (BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq), a, b) = p else { return None };
+    match (a.as_ref(), b.as_ref()) {
+        (Expr::Column(c), v @ (Expr::Const(_) | Expr::Param(_))) if *c == col => Some((*op, v.clone())),
+        (v @ (Expr::Const(_) | Expr::Param(_)), Expr::Column(c)) if *c == col => {
+            let flipped = match op {
+                BinOp::Lt => BinOp::Gt,
+                BinOp::LtEq => BinOp::GtEq,
+                BinOp::Gt => BinOp::Lt,
+                _ => BinOp::LtEq,
+            };
+            Some((flipped, v.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// A key range (under `prefix`, whose next key component is column `col`) holding every
+/// row the range conjuncts on `col` can match — a superset: the full predicate is still
+/// applied to what is read. None if no usable bound exists. A bound is only used when
+/// its value converts to the column's type exactly (`int_col > 2.5` scans instead).
+fn key_range(
+    def: &TableDef,
+    parts: &[Expr],
+    col: usize,
+    prefix: &[u8],
+    params: &[Value],
+) -> Result<Option<amberdb_storage::KeyRange>> {
+    use amberdb_encoding::keycode::prefix_end;
+    use std::ops::Bound;
+    let ty = def.columns[col].ty;
+    let mut lower: Option<(BinOp, Value)> = None;
+    let mut upper: Option<(BinOp, Value)> = None;
+    for p in parts {
+        let Some((op, e)) = bound_of(p, col) else { continue };
+        let v = e.eval(&[], params)?;
+        let Ok(cv) = v.clone().cast(ty) else { continue };
+        // A string literal is read as the column's type (as PostgreSQL does with untyped
+        // literals); any other value must survive the conversion unchanged.
+        let natural = match &v {
+            Value::Int(_) => Some(DataType::Int8),
+            Value::Float(_) => Some(DataType::Float8),
+            Value::Numeric(_) => Some(DataType::Numeric(None)),
+            Value::Bool(_) => Some(DataType::Bool),
+            Value::Date(_) => Some(DataType::Date),
+            Value::Timestamp(_) => Some(DataType::Timestamp),
+            Value::TimestampTz(_) => Some(DataType::TimestampTz),
+            Value::Bytes(_) => Some(DataType::Bytea),
+            Value::Text(_) | Value::Null => None,
+        };
+        let exact = match natural {
+            Some(vt) => cv.clone().cast(vt).is_ok_and(|back| back == v),
+            None => matches!(v, Value::Text(_)),
+        };
+        if matches!(cv, Value::Null) || !exact {
+            continue;
+        }
+        match op {
+            BinOp::Gt | BinOp::GtEq if lower.is_none() => lower = Some((op, cv)),
+            BinOp::Lt | BinOp::LtEq if upper.is_none() => upper = Some((op, cv)),
+            _ => {}
+        }
+    }
+    if lower.is_none() && upper.is_none() {
+        return Ok(None);
+    }
+    let key = |v: &Value| {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(&v.encode_key(KeyEncoder::new()).finish());
+        k
+    };
+    let start = match &lower {
+        None => Bound::Included(prefix.to_vec()),
+        Some((BinOp::GtEq, v)) => Bound::Included(key(v)),
+        Some((_, v)) => match prefix_end(&key(v)) {
+            Some(k) => Bound::Included(k),
+            None => {
+                return Ok(Some(amberdb_storage::KeyRange {
+                    start: Bound::Excluded(Vec::new()),
+                    end: Bound::Excluded(Vec::new()),
+                }))
+            }
+        },
+    };
+    let end = match &upper {
+        None => prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded),
+        Some((BinOp::Lt, v)) => Bound::Excluded(key(v)),
+        Some((_, v)) => prefix_end(&key(v)).map_or(Bound::Unbounded, Bound::Excluded),
+    };
+    Ok(Some(amberdb_storage::KeyRange { start, end }))
 }
 
 /// If `name` is a `pg_catalog` table (qualified, or unqualified and not shadowed by a

@@ -31,20 +31,12 @@ impl std::fmt::Debug for Fjall {
     }
 }
 
-/// Size at which a memtable is sealed and flushed (set when the keyspace is created).
-const MEMTABLE_BYTES: u64 = 16 << 20;
-
 impl Fjall {
     /// Opens (or creates) the engine in `path`, recovering its journal.
     pub fn open(path: &Path) -> Result<Self> {
         let err = |e: fjall::Error| Error::io(path.display(), format!("opening fjall engine: {e}"));
         let db = Database::builder(path).cache_size(256 << 20).open().map_err(err)?;
-        // Small memtables bound memory under bulk writes: fjall holds up to four sealed
-        // memtables plus the active one, and a memtable's real footprint for small
-        // entries is ~3x the bytes it accounts (skiplist nodes, slices).
-        let ks = db
-            .keyspace(KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))
-            .map_err(err)?;
+        let ks = db.keyspace(KEYSPACE, KeyspaceCreateOptions::default).map_err(err)?;
         Ok(Self { inner: Arc::new(Inner { db, ks, path: path.to_path_buf() }) })
     }
 
