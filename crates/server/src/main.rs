@@ -77,6 +77,7 @@ async fn run_server(args: config::ServerArgs) -> Result<()> {
     let config = Config::load(&args)?;
     let node = open_node(&config.data_dir, &config).await?;
     amberdb_sql::cleanup_pending_restores(&node).await?;
+    let collector = tokio::spawn(collect_dropped_loop(node.clone()));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| Error::io(&config.listen, format!("cannot listen for PostgreSQL clients: {e}")))?;
@@ -125,9 +126,24 @@ async fn run_server(args: config::ServerArgs) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "admin HTTP task failed"),
         Ok(Ok(())) => {}
     }
+    collector.abort();
     node.shutdown().await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Deletes the data of dropped tables in the background (see `Catalog::drop_table`).
+async fn collect_dropped_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        if let Err(e) = amberdb_sql::collect_dropped_tables(&node).await {
+            // Retried on the next tick; a conflict or shutdown is not worth a warning.
+            if !e.is_retryable() {
+                tracing::warn!(error = %e, "collecting dropped tables failed; retrying");
+            }
+        }
+    }
 }
 
 async fn wait_for_shutdown_signal() -> Result<()> {

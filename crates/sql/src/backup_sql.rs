@@ -639,6 +639,26 @@ pub async fn cleanup_pending_restores(node: &Node) -> Result<usize> {
     Ok(pending.len())
 }
 
+/// Deletes the rows and index entries of dropped tables in bounded transactions, then
+/// their markers. Safe at any time (dropped ids are never reused); the server runs it
+/// at start-up and every few seconds.
+pub async fn collect_dropped_tables(node: &Node) -> Result<usize> {
+    let dropped = {
+        let mut txn = node.begin_read_only()?;
+        Catalog::dropped_tables(&mut txn)?
+    };
+    for (id, name) in &dropped {
+        let def =
+            TableDef { id: *id, name: name.clone(), columns: Vec::new(), primary_key: Vec::new(), indexes: Vec::new() };
+        let n = amberdb_backup::delete_prefixes(node, &def.key_prefixes()).await?;
+        let mut txn = node.begin()?;
+        Catalog::remove_dropped(&mut txn, *id)?;
+        node.commit(txn).await?;
+        tracing::debug!(table = name, id, entries = n, "collected a dropped table");
+    }
+    Ok(dropped.len())
+}
+
 /// A check for `backup verify --deep`: decodes every row against its table's schema.
 pub fn row_check() -> EntryCheck {
     Arc::new(|schema: &serde_json::Value| -> Result<amberdb_backup::RowCheck> {

@@ -5,6 +5,8 @@
 //!   0x11                            → u64 LE: last table id handed out
 //!   0x12 u64(table id)              → u64 LE: last hidden row id handed out
 //!   0x13 u64(table id)              → table name: a restore in progress loads this id
+//!   0x14 u64(table id)              → table name: dropped; its rows and index entries
+//!                                     are garbage, deleted in bounded transactions
 //!   0x20 u64(table id) key(pk...)   → row: encoded values of every column
 //!   0x21 u64(table id) u64(index id) key(indexed values...) key(pk...) → empty
 //! ```
@@ -23,6 +25,7 @@ const TAG_TABLE: u8 = 0x10;
 const TAG_TABLE_SEQ: u8 = 0x11;
 const TAG_ROWID: u8 = 0x12;
 const TAG_PENDING_RESTORE: u8 = 0x13;
+const TAG_DROPPED: u8 = 0x14;
 const TAG_ROW: u8 = 0x20;
 const TAG_INDEX: u8 = 0x21;
 
@@ -247,14 +250,7 @@ impl Catalog {
 
     /// Every pending-restore marker: (table id, table name).
     pub fn pending_restores(txn: &mut Transaction) -> Result<Vec<(u64, String)>> {
-        let mut out = Vec::new();
-        for kv in txn.scan(KeyRange::prefix(&[TAG_PENDING_RESTORE])) {
-            let (k, v) = kv?;
-            let mut d = KeyDecoder::new(&k);
-            d.tag()?;
-            out.push((d.u64()?, String::from_utf8_lossy(&v).into_owned()));
-        }
-        Ok(out)
+        Self::markers(txn, TAG_PENDING_RESTORE)
     }
 
     /// Creates a table, assigning its id.
@@ -270,16 +266,35 @@ impl Catalog {
         txn.put(table_key(&def.name), raw)
     }
 
-    /// Drops a table and deletes its rows.
+    /// Drops a table. Only its catalog entry and row-id counter go in this transaction,
+    /// so dropping a table of any size is one small commit; its rows and index entries
+    /// (unreachable from then on: ids are never reused) are marked for
+    /// [`Catalog::dropped_tables`] collection in bounded transactions.
     pub fn drop_table(txn: &mut Transaction, def: &TableDef) -> Result<()> {
-        for range in [def.rows_range(), def.indexes_range()] {
-            let keys: Vec<Vec<u8>> = txn.scan(range).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
-            for k in keys {
-                txn.delete(k)?;
-            }
-        }
         txn.delete(KeyEncoder::with_tag(TAG_ROWID).u64(def.id).finish())?;
+        txn.put(KeyEncoder::with_tag(TAG_DROPPED).u64(def.id).finish(), def.name.as_bytes().to_vec())?;
         txn.delete(table_key(&def.name))
+    }
+
+    /// Tables dropped but not yet collected: (table id, name).
+    pub fn dropped_tables(txn: &mut Transaction) -> Result<Vec<(u64, String)>> {
+        Self::markers(txn, TAG_DROPPED)
+    }
+
+    /// Clears the drop marker of a collected table.
+    pub fn remove_dropped(txn: &mut Transaction, id: u64) -> Result<()> {
+        txn.delete(KeyEncoder::with_tag(TAG_DROPPED).u64(id).finish())
+    }
+
+    fn markers(txn: &mut Transaction, tag: u8) -> Result<Vec<(u64, String)>> {
+        let mut out = Vec::new();
+        for kv in txn.scan(KeyRange::prefix(&[tag])) {
+            let (k, v) = kv?;
+            let mut d = KeyDecoder::new(&k);
+            d.tag()?;
+            out.push((d.u64()?, String::from_utf8_lossy(&v).into_owned()));
+        }
+        Ok(out)
     }
 
     /// Hands out the next hidden row id of a table without a primary key.

@@ -33,7 +33,8 @@ mod types;
 
 pub use asof::AsOf;
 pub use backup_sql::{
-    backup, cleanup_pending_restores, restore, row_check, BackupOptions, BackupStatement, Env, RestoreSummary,
+    backup, cleanup_pending_restores, collect_dropped_tables, restore, row_check, BackupOptions, BackupStatement, Env,
+    RestoreSummary,
 };
 pub use catalog::{Catalog, Column, IndexDef, TableDef};
 /// The SQL syntax tree (sqlparser's), for front ends that inspect statements.
