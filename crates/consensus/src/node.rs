@@ -237,14 +237,7 @@ impl Node {
         let Some((req, _view)) = txn.into_request_with_view() else {
             return Ok(CommitInfo { version: read_version, time: self.mvcc.applied().time });
         };
-        let bytes: usize = req.writes.iter().map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 16).sum();
-        if bytes > MAX_TXN_BYTES {
-            return Err(Error::InvalidInput(format!(
-                "transaction too large: {} MiB of writes, the limit is {} MiB; split it into smaller transactions",
-                bytes >> 20,
-                MAX_TXN_BYTES >> 20
-            )));
-        }
+        check_size(&req.writes)?;
         let (reply, rx) = oneshot::channel();
         let accepted = {
             let mut seq = self.sequencer.lock().expect("sequencer lock poisoned");
@@ -280,14 +273,7 @@ impl Node {
         if mutations.windows(2).any(|w| w[0].key >= w[1].key) {
             return Err(Error::Internal("ingest: mutations must be sorted by key and unique".into()));
         }
-        let bytes: usize = mutations.iter().map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 16).sum();
-        if bytes > MAX_TXN_BYTES {
-            return Err(Error::InvalidInput(format!(
-                "ingest too large: {} MiB, the limit is {} MiB",
-                bytes >> 20,
-                MAX_TXN_BYTES >> 20
-            )));
-        }
+        check_size(&mutations)?;
         let (reply, rx) = oneshot::channel();
         self.sequencer.lock().expect("sequencer lock poisoned").queue.push_back(Pending {
             mutations,
@@ -337,6 +323,19 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.tasks.iter().for_each(|t| t.abort());
     }
+}
+
+/// Refuses a write set over [`MAX_TXN_BYTES`] (one commit-log entry must stay bounded).
+fn check_size(writes: &[Mutation]) -> Result<()> {
+    let bytes: usize = writes.iter().map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 16).sum();
+    if bytes > MAX_TXN_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "transaction too large: {} MiB of writes, the limit is {} MiB; split it into smaller transactions",
+            bytes >> 20,
+            MAX_TXN_BYTES >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// Turns queued transactions into log entries, one entry at a time per free slot.

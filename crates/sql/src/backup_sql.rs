@@ -291,45 +291,41 @@ pub fn parse(sql: &str) -> Result<BackupStatement> {
     }
 }
 
-fn col(name: &str, ty: DataType) -> OutColumn {
-    OutColumn { name: name.into(), ty: Some(ty) }
-}
-
 impl BackupStatement {
     /// The result columns (for Describe).
     pub fn columns(&self) -> Vec<OutColumn> {
-        match self {
-            BackupStatement::Backup { .. } => vec![
-                col("destination", DataType::Text),
-                col("version", DataType::Int8),
-                col("commit_time", DataType::TimestampTz),
-                col("tables", DataType::Int8),
-                col("rows", DataType::Int8),
-                col("bytes", DataType::Int8),
+        use DataType::{Int8, Text, TimestampTz};
+        let cols: &[(&str, DataType)] = match self {
+            BackupStatement::Backup { .. } => &[
+                ("destination", Text),
+                ("version", Int8),
+                ("commit_time", TimestampTz),
+                ("tables", Int8),
+                ("rows", Int8),
+                ("bytes", Int8),
             ],
-            BackupStatement::Restore { .. } => {
-                vec![col("table_name", DataType::Text), col("rows", DataType::Int8), col("version", DataType::Int8)]
-            }
-            BackupStatement::Show { .. } => vec![
-                col("table_name", DataType::Text),
-                col("rows", DataType::Int8),
-                col("logical_bytes", DataType::Int8),
-                col("files", DataType::Int8),
-                col("file_bytes", DataType::Int8),
-                col("version", DataType::Int8),
-                col("commit_time", DataType::TimestampTz),
+            BackupStatement::Restore { .. } => &[("table_name", Text), ("rows", Int8), ("version", Int8)],
+            BackupStatement::Show { .. } => &[
+                ("table_name", Text),
+                ("rows", Int8),
+                ("logical_bytes", Int8),
+                ("files", Int8),
+                ("file_bytes", Int8),
+                ("version", Int8),
+                ("commit_time", TimestampTz),
             ],
-            BackupStatement::List { .. } => vec![
-                col("path", DataType::Text),
-                col("kind", DataType::Text),
-                col("version", DataType::Int8),
-                col("commit_time", DataType::TimestampTz),
-                col("tables", DataType::Int8),
-                col("rows", DataType::Int8),
-                col("bytes", DataType::Int8),
-                col("status", DataType::Text),
+            BackupStatement::List { .. } => &[
+                ("path", Text),
+                ("kind", Text),
+                ("version", Int8),
+                ("commit_time", TimestampTz),
+                ("tables", Int8),
+                ("rows", Int8),
+                ("bytes", Int8),
+                ("status", Text),
             ],
-        }
+        };
+        cols.iter().map(|&(name, ty)| OutColumn { name: name.into(), ty: Some(ty) }).collect()
     }
 
     /// Runs the statement.
