@@ -111,7 +111,7 @@ pub struct TableManifest {
     /// Logical bytes (keys + values, uncompressed).
     pub logical_bytes: u64,
     /// `xxh3sum:` + the sum of xxh3-128 over every entry (prefix number, key without
-    /// prefix, value), see [`TableSum`]: survives a restore under new prefixes, so a
+    /// prefix, value), see `TableSum`: survives a restore under new prefixes, so a
     /// restore can prove it loaded exactly the backed-up data.
     pub checksum: String,
     /// Indexes into [`Manifest::files`], in key order.
