@@ -210,9 +210,11 @@ fn scan_part(view: ReadView, part: Part, tx: mpsc::Sender<Result<Msg>>, p: Arc<P
     let _ = tx.blocking_send(Ok(Msg::End(Box::new(sum))));
 }
 
-/// Makes sure `dest` can take a new backup: it must not hold a complete one; objects of
-/// an interrupted one (snapshot files without a manifest) are removed. Writes a fresh
-/// descriptor (with new key parameters when encrypting) and returns the cipher.
+/// Makes sure `dest` can take a new backup: it must not hold a complete one. Files of an
+/// interrupted backup (a snapshot directory without a manifest) are left alone — they
+/// may belong to a backup still running, and nothing ever reads them; `backup delete`
+/// removes them. Writes a fresh descriptor (with new key parameters when encrypting) and
+/// returns the cipher.
 async fn prepare(dest: &Destination, encryption: Option<&Secret>) -> Result<Option<Cipher>> {
     if let Some(raw) = dest.get(DESCRIPTOR).await? {
         Descriptor::decode(&raw, &dest.name(DESCRIPTOR))?;
@@ -225,11 +227,12 @@ async fn prepare(dest: &Destination, encryption: Option<&Secret>) -> Result<Opti
             dest.name(m)
         )));
     }
-    for (p, _) in &objects {
-        dest.delete(p).await?;
-    }
     if !objects.is_empty() {
-        tracing::warn!(destination = dest.url(), objects = objects.len(), "removed the files of an interrupted backup");
+        tracing::warn!(
+            destination = dest.url(),
+            objects = objects.len(),
+            "the destination holds files of an interrupted or running backup; they are left in place"
+        );
     }
     let (cipher, params) = match encryption {
         Some(secret) => {
@@ -272,7 +275,11 @@ pub async fn create(
         Ok(r) => r,
         Err(e) => {
             // Leave nothing behind that a later backup would have to explain.
-            for (p, _) in dest.list(&dir).await.unwrap_or_default() {
+            let leftovers = dest.list(&dir).await.unwrap_or_else(|le| {
+                tracing::warn!(error = %le, "could not list the files of the failed backup to remove them");
+                Vec::new()
+            });
+            for (p, _) in leftovers {
                 if let Err(de) = dest.delete(&p).await {
                     tracing::warn!(error = %de, "could not remove a file of the failed backup");
                 }
@@ -298,6 +305,14 @@ pub async fn create(
         tables: table_manifests,
         files,
     };
+    // Defence in depth before the manifest claims them: every file is there, whole.
+    let present: std::collections::HashMap<String, u64> = dest.list(&dir).await?.into_iter().collect();
+    for f in &manifest.files {
+        let rel = format!("{dir}/{}", f.path);
+        if present.get(&rel) != Some(&f.size) {
+            return Err(Error::Io(format!("{} vanished or changed before the manifest was written", dest.name(&rel))));
+        }
+    }
     dest.put_new(&Manifest::path_of(version), Bytes::from(manifest.encode(cipher.as_ref())?)).await?;
     Ok(manifest)
 }
