@@ -345,6 +345,17 @@ fn damaged_backups_are_named_and_never_restored() {
     assert_eq!(sql(&s, "SELECT count(*) FROM t WHERE payload = (SELECT payload FROM t_ok WHERE id = 77)"), "1\n");
 }
 
+/// Starts psql running `sql` in the background (to be interrupted).
+fn spawn_psql(s: &Server, sql: &str) -> Child {
+    Command::new("psql")
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &s.port.to_string(), "-U", "amberdb", "-d", "amberdb"])
+        .args(["-c", sql])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn sigkill(s: &mut Server) {
     unsafe {
         libc::kill(s.child.id() as i32, libc::SIGKILL);
@@ -380,13 +391,7 @@ fn kill_during_backup_and_restore() {
     };
     for round in 0..3 {
         let dest = format!("killed{round}");
-        let mut p = Command::new("psql")
-            .args(["-X", "-q", "-h", "127.0.0.1", "-p", &s.port.to_string(), "-U", "amberdb", "-d", "amberdb"])
-            .args(["-c", &format!("BACKUP TABLE big TO '{dest}'")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut p = spawn_psql(&s, &format!("BACKUP TABLE big TO '{dest}'"));
         std::thread::sleep(Duration::from_millis(50 + next() % 600));
         sigkill(&mut s);
         let _ = p.wait();
@@ -396,7 +401,8 @@ fn kill_during_backup_and_restore() {
         s = server(&data, &root, &[]);
         assert_eq!(sql(&s, "SELECT count(*), sum(id) FROM big"), expected, "the database is unharmed");
         if !ok {
-            // Retry into the same destination: the interrupted attempt's files are cleared.
+            // Retry into the same destination: the new snapshot is written beside the
+            // interrupted attempt's files, which nothing reads.
             sql(&s, &format!("BACKUP TABLE big TO '{dest}'"));
             let (ok, out) = cli(&["backup", "verify", "--deep", "--backup-root", &root_s, &dest], &[]);
             assert!(ok, "{out}");
@@ -404,13 +410,7 @@ fn kill_during_backup_and_restore() {
     }
     for round in 0..3 {
         let target = format!("big_r{round}");
-        let mut p = Command::new("psql")
-            .args(["-X", "-q", "-h", "127.0.0.1", "-p", &s.port.to_string(), "-U", "amberdb", "-d", "amberdb"])
-            .args(["-c", &format!("RESTORE TABLE big FROM 'killed0' AS {target}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut p = spawn_psql(&s, &format!("RESTORE TABLE big FROM 'killed0' AS {target}"));
         std::thread::sleep(Duration::from_millis(50 + next() % 1500));
         sigkill(&mut s);
         let _ = p.wait();

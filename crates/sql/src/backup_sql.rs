@@ -149,6 +149,24 @@ impl Tokens {
         Ok(out)
     }
 
+    /// `DATABASE [amberdb]` (None) or `TABLE t [, …]`, before the keyword `next`.
+    fn target(&mut self, next: &str) -> Result<Option<Vec<String>>> {
+        if self.keyword("DATABASE") {
+            // An optional database name: there is one database.
+            if let Token::Word(w) = self.peek() {
+                if !w.value.eq_ignore_ascii_case(next) {
+                    let name = self.ident()?;
+                    if name != "amberdb" {
+                        return Err(Error::sql("3D000", format!("database \"{name}\" does not exist")));
+                    }
+                }
+            }
+            return Ok(None);
+        }
+        self.expect_keyword("TABLE")?;
+        Ok(Some(self.names()?))
+    }
+
     /// `WITH (…)`; `stmt` is BACKUP, RESTORE or SHOW BACKUP.
     fn options(&mut self, stmt: &str) -> Result<BackupOptions> {
         let restore = stmt == "RESTORE";
@@ -230,36 +248,12 @@ pub fn parse(sql: &str) -> Result<BackupStatement> {
         .collect();
     let mut t = Tokens { toks, pos: 0 };
     let stmt = if t.keyword("BACKUP") {
-        let tables = if t.keyword("DATABASE") {
-            // An optional database name: there is one database.
-            if let Token::Word(w) = t.peek() {
-                if !w.value.eq_ignore_ascii_case("TO") {
-                    let name = t.ident()?;
-                    if name != "amberdb" {
-                        return Err(Error::sql("3D000", format!("database \"{name}\" does not exist")));
-                    }
-                }
-            }
-            None
-        } else {
-            t.expect_keyword("TABLE")?;
-            Some(t.names()?)
-        };
+        let tables = t.target("TO")?;
         t.expect_keyword("TO")?;
         let dest = t.string()?;
         BackupStatement::Backup { tables, dest, options: t.options("BACKUP")? }
     } else if t.keyword("RESTORE") {
-        let tables = if t.keyword("DATABASE") {
-            if let Token::Word(w) = t.peek() {
-                if !w.value.eq_ignore_ascii_case("FROM") {
-                    t.ident()?;
-                }
-            }
-            None
-        } else {
-            t.expect_keyword("TABLE")?;
-            Some(t.names()?)
-        };
+        let tables = t.target("FROM")?;
         t.expect_keyword("FROM")?;
         let dest = t.string()?;
         let rename = if t.keyword("AS") { Some(t.ident()?) } else { None };
