@@ -259,15 +259,37 @@ pub async fn create(
     opts: &Options,
     progress: Arc<Progress>,
 ) -> Result<Manifest> {
+    let cipher = prepare(dest, opts.encryption.as_ref()).await?;
+    create_snapshot(mvcc, view, dest, kind, tables, opts, cipher, progress).await
+}
+
+/// Prepares `dest` for a new backup chain (it must not hold a complete backup), writes
+/// its descriptor and returns the cipher new snapshots and logs are sealed with.
+pub async fn start_chain(dest: &Destination, encryption: Option<&Secret>) -> Result<Option<Cipher>> {
+    prepare(dest, encryption).await
+}
+
+/// Writes one more snapshot into a destination [`start_chain`] prepared (a continuous
+/// backup takes one at its start and every `snapshot_interval`).
+#[allow(clippy::too_many_arguments)]
+pub async fn create_snapshot(
+    mvcc: &Mvcc,
+    view: ReadView,
+    dest: &Destination,
+    kind: BackupKind,
+    tables: Vec<TableSpec>,
+    opts: &Options,
+    cipher: Option<Cipher>,
+    progress: Arc<Progress>,
+) -> Result<Manifest> {
     for t in &tables {
         if t.prefixes.windows(2).any(|w| w[0] >= w[1]) || t.row_prefix >= t.prefixes.len() {
             return Err(Error::Internal(format!("table {}: prefixes must be ascending", t.name)));
         }
     }
-    let cipher = prepare(dest, opts.encryption.as_ref()).await?;
     let started_at = now_rfc3339();
     let version = view.version();
-    let commit_time_micros = mvcc.time_of_version(version)?.unwrap_or_else(|| mvcc.applied().time);
+    let commit_time_micros = mvcc.state_time(version)?.unwrap_or_else(|| mvcc.applied().time);
     let dir = Manifest::dir_of(version);
     let ctx = Ctx { mvcc, version, dest, dir: &dir, opts, cipher: cipher.clone(), progress };
     let result = write_snapshot(view, &ctx, &tables).await;

@@ -30,21 +30,30 @@
 //! - Memory is bounded by the pipeline (blocks in flight and at most a few files), not
 //!   by the size of the data.
 
+mod chain;
 mod crypto;
 mod dest;
 mod export;
 mod format;
+mod log;
 mod manifest;
 mod read;
 mod restore;
 mod verify;
 
+pub use chain::{Chain, Plan, RestorableRange};
 pub use crypto::{Cipher, EncryptionParams, Secret};
 pub use dest::{install_crypto_provider, DestConfig, Destination, Origin, S3Config};
-pub use export::{create, Options, TableSpec};
-pub use manifest::{from_hex, to_hex, BackupKind, Descriptor, FileManifest, Manifest, TableManifest, DESCRIPTOR};
-pub use read::{latest_manifest, open_latest, snapshots, Snapshot};
-pub use restore::{delete_prefixes, load_table};
+pub use export::{create, create_snapshot, start_chain, Options, TableSpec};
+pub use log::{
+    encode_segment, fetch_data, list_segments, net_changes, read_segment, read_segments, write_segment, LogData,
+    LogSegment, NetChange, LOG_DIR,
+};
+pub use manifest::{
+    from_hex, now_rfc3339, to_hex, BackupKind, Descriptor, FileManifest, Manifest, TableManifest, DESCRIPTOR,
+};
+pub use read::{latest_manifest, open_descriptor, open_latest, open_snapshot, snapshots, Snapshot};
+pub use restore::{delete_prefixes, load_table, replay_changes, replay_log};
 pub use verify::{verify, EntryCheck, RowCheck, VerifyReport};
 
 use amberdb_error::Result;

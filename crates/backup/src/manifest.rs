@@ -19,14 +19,14 @@ const MANIFEST_AAD: &[u8] = b"amberdb-manifest";
 
 /// Prefixes a JSON body with a header line carrying its blake3 hash, so a flipped byte
 /// anywhere in a metadata object is detected.
-fn seal_json(header: &str, body: &[u8]) -> Vec<u8> {
+pub(crate) fn seal_json(header: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!("{header}{}\n", blake3::hash(body).to_hex()).into_bytes();
     out.extend_from_slice(body);
     out
 }
 
 /// Checks the header line of a sealed JSON object and returns the body.
-fn open_json<'a>(header: &str, raw: &'a [u8], what: &str) -> Result<&'a [u8]> {
+pub(crate) fn open_json<'a>(header: &str, raw: &'a [u8], what: &str) -> Result<&'a [u8]> {
     let bad = |why: &str| Error::InvalidData(format!("{what}: {why}"));
     let nl = raw.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header line (truncated?)"))?;
     let line = std::str::from_utf8(&raw[..nl]).map_err(|_| bad("header is not text"))?;

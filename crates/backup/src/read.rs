@@ -36,6 +36,19 @@ pub struct Snapshot {
 /// Reads and checks the descriptor and the newest complete snapshot's manifest; an
 /// encrypted backup needs `secret`, and a wrong one is a clear error.
 pub async fn open_latest(dest: &Destination, secret: Option<&Secret>) -> Result<Snapshot> {
+    let (_, cipher) = open_descriptor(dest, secret).await?;
+    let Some(&version) = snapshots(dest).await?.last() else {
+        return Err(Error::InvalidData(format!(
+            "{} holds no complete backup (no snapshot has a manifest; an interrupted backup leaves none)",
+            dest.url()
+        )));
+    };
+    open_snapshot(dest, version, cipher).await
+}
+
+/// Reads and checks the descriptor and, for an encrypted backup, derives the key from
+/// `secret` (a missing or wrong one is a clear error).
+pub async fn open_descriptor(dest: &Destination, secret: Option<&Secret>) -> Result<(Descriptor, Option<Cipher>)> {
     let Some(raw) = dest.get(DESCRIPTOR).await? else {
         return Err(Error::InvalidInput(format!(
             "{} holds no AmberDB backup ({} is missing)",
@@ -44,12 +57,6 @@ pub async fn open_latest(dest: &Destination, secret: Option<&Secret>) -> Result<
         )));
     };
     let descriptor = Descriptor::decode(&raw, &dest.name(DESCRIPTOR))?;
-    let Some(&version) = snapshots(dest).await?.last() else {
-        return Err(Error::InvalidData(format!(
-            "{} holds no complete backup (no snapshot has a manifest; an interrupted backup leaves none)",
-            dest.url()
-        )));
-    };
     let cipher = match (&descriptor.encryption, secret) {
         (None, _) => None,
         (Some(_), None) => {
@@ -67,6 +74,11 @@ pub async fn open_latest(dest: &Destination, secret: Option<&Secret>) -> Result<
             )
         }
     };
+    Ok((descriptor, cipher))
+}
+
+/// Opens the complete snapshot taken at `version`.
+pub async fn open_snapshot(dest: &Destination, version: u64, cipher: Option<Cipher>) -> Result<Snapshot> {
     let path = Manifest::path_of(version);
     let m = Manifest::decode(&dest.must_get(&path).await?, &dest.name(&path), cipher.as_ref())?;
     if m.version != version {

@@ -10,6 +10,7 @@
 //! was loaded with [`delete_prefixes`]; after a crash, the SQL layer's pending-restore
 //! markers name the prefixes to remove.
 
+use crate::chain::Plan;
 use crate::dest::Destination;
 use crate::export::{range_splits, split_count, Options};
 use crate::manifest::{TableManifest, TableSum};
@@ -141,6 +142,116 @@ pub async fn load_table(
         back.merge(&s?);
     }
     back.check(t, "restored data read back")
+}
+
+/// Replays the plan's log segments over a table whose snapshot entries were loaded
+/// under `new_prefixes` (or over nothing, for a table created after the snapshot): the
+/// net change of every key under `old_prefixes` in `(snapshot version, target]`, moved
+/// to the new prefixes. Segments are applied in version order; the blocks of one
+/// segment hold disjoint keys and are written concurrently. Returns the number of keys
+/// changed. Nothing is published.
+pub async fn replay_log(
+    node: &Node,
+    dest: &Destination,
+    plan: &Plan,
+    old_prefixes: &[Vec<u8>],
+    new_prefixes: &[Vec<u8>],
+    opts: &Options,
+    progress: &Progress,
+) -> Result<u64> {
+    if old_prefixes.len() != new_prefixes.len() {
+        return Err(Error::Internal("replay: prefix lists differ in length".into()));
+    }
+    let after = plan.snapshot.manifest.version;
+    let cipher = plan.snapshot.cipher.clone();
+    let mut changed = 0u64;
+    // Prefetch the next segment's data while this one is applied.
+    let mut fetches = std::pin::pin!(futures::stream::iter(plan.segments.clone())
+        .map(|seg| {
+            let dest = dest.clone();
+            async move { crate::log::fetch_data(&dest, &seg).await.map(|b| (seg, b)) }
+        })
+        .buffered(2));
+    while let Some(fetched) = fetches.next().await {
+        let (seg, Some(bytes)) = fetched? else { continue };
+        let seg = &seg;
+        let name = dest.name(&seg.data_path());
+        let blocks = crate::log::net_changes(
+            bytes,
+            seg,
+            name,
+            cipher.clone(),
+            old_prefixes,
+            after + 1..=plan.target,
+            opts.parallelism,
+        )
+        .await?;
+        let mut inflight = FuturesUnordered::new();
+        let mut chunk: Vec<Mutation> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        for block in blocks {
+            for (k, v) in block {
+                let Some(pi) = old_prefixes.iter().position(|p| k.starts_with(p)) else { continue };
+                let mut key = new_prefixes[pi].clone();
+                key.extend_from_slice(&k[old_prefixes[pi].len()..]);
+                chunk_bytes += key.len() + v.as_ref().map_or(0, Vec::len);
+                progress.entries.fetch_add(1, Ordering::Relaxed);
+                progress.bytes.fetch_add((k.len() + v.as_ref().map_or(0, Vec::len)) as u64, Ordering::Relaxed);
+                chunk.push(Mutation { key, value: v });
+                changed += 1;
+                if chunk_bytes >= CHUNK_BYTES {
+                    chunk_bytes = 0;
+                    inflight.push(ingest_sorted(node, std::mem::take(&mut chunk)));
+                    while inflight.len() >= COMMITS_IN_FLIGHT {
+                        if let Some(r) = inflight.next().await {
+                            r?;
+                        }
+                    }
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            inflight.push(ingest_sorted(node, chunk));
+        }
+        while let Some(r) = inflight.next().await {
+            r?;
+        }
+    }
+    Ok(changed)
+}
+
+/// Moving several tables to new ids can reorder their keys: ingest wants them sorted.
+async fn ingest_sorted(node: &Node, mut chunk: Vec<Mutation>) -> Result<()> {
+    chunk.sort_by(|a, b| a.key.cmp(&b.key));
+    node.ingest(chunk).await.map(|_| ())
+}
+
+/// The net change of every key under `prefixes` over the plan's log range, merged
+/// across segments (for small key spaces such as the catalog), in key order.
+pub async fn replay_changes(
+    dest: &Destination,
+    plan: &Plan,
+    prefixes: &[Vec<u8>],
+    opts: &Options,
+) -> Result<Vec<crate::log::NetChange>> {
+    let mut net = std::collections::BTreeMap::new();
+    for seg in &plan.segments {
+        let Some(bytes) = crate::log::fetch_data(dest, seg).await? else { continue };
+        let blocks = crate::log::net_changes(
+            bytes,
+            seg,
+            dest.name(&seg.data_path()),
+            plan.snapshot.cipher.clone(),
+            prefixes,
+            plan.snapshot.manifest.version + 1..=plan.target,
+            opts.parallelism,
+        )
+        .await?;
+        for (k, v) in blocks.into_iter().flatten() {
+            net.insert(k, v);
+        }
+    }
+    Ok(net.into_iter().collect())
 }
 
 /// Deletes every key under `prefixes`, in bounded transactions. Returns the count.

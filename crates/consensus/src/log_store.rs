@@ -4,6 +4,7 @@
 //!   <data>/raft/
 //!     vote                       frame(json Vote)          replaced atomically (tmp+fsync+rename)
 //!     purged                     frame(json LogId)         replaced atomically
+//!     holds                      frame(json {name: index}) replaced atomically
 //!     log/00000000000000000001.seg   "AMBLOG01" + frame(entry) + frame(entry) + ...
 //!     log/00000000000000052311.seg   (named by the index of its first entry)
 //! ```
@@ -22,6 +23,14 @@
 //! warning saying how many bytes were dropped. Any other damage, in any file, stops
 //! start-up with an error naming the file and offset: silently dropping acknowledged
 //! commits is never an option.
+//!
+//! ## Holds
+//! Raft purges the log once the state machine is checkpointed, but a continuous backup
+//! still needs the entries it has not shipped. A *hold* (a name and the first index its
+//! owner needs, persisted in `holds`) keeps purged entries on disk and readable through
+//! [`LogStore::read_committed`]: Raft's view (`purged`) moves on, the files stay until no
+//! hold covers them. Holds are persisted before they take effect, so a restart never
+//! drops what a hold protected.
 
 use crate::types::{sto_err, Entry, LogId, StorageError, TypeConfig, Vote};
 use amberdb_encoding::codec::{Reader, Writer};
@@ -70,6 +79,8 @@ struct State {
     index: VecDeque<Loc>,
     first_index: u64,
     last_purged: Option<LogId>,
+    /// Named holds: the first index each owner still needs (see the module docs).
+    holds: BTreeMap<String, u64>,
     vote: Option<Vote>,
     cache: BTreeMap<u64, (Entry, usize)>,
     cache_bytes: usize,
@@ -210,6 +221,12 @@ impl LogStore {
                 })?),
                 None => None,
             };
+        let holds: BTreeMap<String, u64> = match read_atomic(&dir.join("holds"))? {
+            Some(raw) => serde_json::from_slice(&raw).map_err(|e| {
+                Error::InvalidData(format!("{}: bad log hold record: {e}", dir.join("holds").display()))
+            })?,
+            None => BTreeMap::new(),
+        };
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for de in fs::read_dir(&log_dir).map_err(|e| io_err(&log_dir, "list", e))? {
             let de = de.map_err(|e| io_err(&log_dir, "list", e))?;
@@ -226,8 +243,9 @@ impl LogStore {
             dir: dir.to_path_buf(),
             segments: BTreeMap::new(),
             index: VecDeque::new(),
-            first_index: last_purged.map_or(0, |l| l.index + 1),
+            first_index: retain_from(last_purged, &holds),
             last_purged,
+            holds,
             vote,
             cache: BTreeMap::new(),
             cache_bytes: 0,
@@ -237,7 +255,8 @@ impl LogStore {
             state.recover_segment(first, &path, i + 1 == n)?;
         }
         if state.segments.is_empty() {
-            let first = state.first_index;
+            let first = state.last_purged.map_or(0, |l| l.index + 1);
+            state.first_index = first;
             state.create_segment(first)?;
         }
         let flusher = Arc::new(Flusher {
@@ -274,6 +293,87 @@ impl LogStore {
     pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry>> {
         self.lock().read_range(start, end)
     }
+
+    /// The first index still on disk (purged entries kept by a hold count).
+    pub fn first_retained(&self) -> u64 {
+        self.lock().first_index
+    }
+
+    /// The current holds: owner name → first index it needs.
+    pub fn holds(&self) -> BTreeMap<String, u64> {
+        self.lock().holds.clone()
+    }
+
+    /// Sets (or moves) hold `name` so entries from `from` on stay on disk. Fails if they
+    /// are already gone. Persisted before it returns.
+    pub fn set_hold(&self, name: &str, from: u64) -> Result<()> {
+        let mut state = self.lock();
+        if from < state.first_index {
+            return Err(Error::Unavailable(format!(
+                "commit log entries from {from} are no longer on disk (the oldest kept is {})",
+                state.first_index
+            )));
+        }
+        let mut holds = state.holds.clone();
+        holds.insert(name.to_string(), from);
+        state.save_holds(holds)?;
+        state.drop_unneeded()
+    }
+
+    /// Removes hold `name` (no-op if absent) and frees what only it kept.
+    pub fn release_hold(&self, name: &str) -> Result<()> {
+        let mut state = self.lock();
+        if !state.holds.contains_key(name) {
+            return Ok(());
+        }
+        let mut holds = state.holds.clone();
+        holds.remove(name);
+        state.save_holds(holds)?;
+        state.drop_unneeded()
+    }
+
+    /// Reads entries from `start` up to (excluding) `end`, stopping after about
+    /// `max_bytes` of encoded entries (at least one entry is returned if any exists).
+    /// The disk reads happen outside the log's lock, so appends are not held up.
+    pub fn read_committed(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<Entry>> {
+        let mut todo = Vec::new();
+        {
+            let state = self.lock();
+            if start < state.first_index {
+                return Err(Error::Unavailable(format!(
+                    "commit log entries from {start} are no longer on disk (the oldest kept is {}); \
+                     a backup that needs them must start over from a new snapshot",
+                    state.first_index
+                )));
+            }
+            let mut bytes = 0usize;
+            for index in start..end {
+                let Some(loc) = state.loc(index) else { break };
+                let seg = state.segments.get(&loc.segment).ok_or_else(|| {
+                    Error::Internal(format!("commit log: segment {} missing for index {index}", loc.segment))
+                })?;
+                todo.push((loc, seg.file.clone(), seg.path.clone()));
+                bytes += loc.len as usize;
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+        }
+        todo.into_iter()
+            .map(|(loc, file, path)| {
+                let mut buf = vec![0u8; loc.len as usize];
+                file.read_exact_at(&mut buf, loc.offset).map_err(|e| io_err(&path, "read entry", e))?;
+                let payload = frame::decode_exact(&buf, &format!("{} at offset {}", path.display(), loc.offset))?;
+                decode_entry(payload)
+            })
+            .collect()
+    }
+}
+
+/// The first index the log must keep: the one after the purge point, or a hold's if lower.
+fn retain_from(last_purged: Option<LogId>, holds: &BTreeMap<String, u64>) -> u64 {
+    let after_purge = last_purged.map_or(0, |l| l.index + 1);
+    holds.values().copied().min().map_or(after_purge, |h| h.min(after_purge))
 }
 
 impl State {
@@ -484,22 +584,37 @@ impl State {
             &serde_json::to_vec(&upto).map_err(|e| Error::Internal(e.to_string()))?,
         )?;
         self.last_purged = Some(upto);
+        self.cache.retain(|&i, _| i > upto.index);
+        self.cache_bytes = self.cache.values().map(|(_, n)| n).sum();
+        self.drop_unneeded()
+    }
+
+    fn save_holds(&mut self, holds: BTreeMap<String, u64>) -> Result<()> {
+        write_atomic(
+            &self.dir.join("holds"),
+            &serde_json::to_vec(&holds).map_err(|e| Error::Internal(e.to_string()))?,
+        )?;
+        self.holds = holds;
+        Ok(())
+    }
+
+    /// Forgets entries that are purged and not held, and deletes segments holding only
+    /// such entries (never the active one).
+    fn drop_unneeded(&mut self) -> Result<()> {
+        let keep_from = retain_from(self.last_purged, &self.holds);
         while let Some(idx) = self.index.front().map(|f| f.log_id.index) {
-            if idx > upto.index {
+            if idx >= keep_from {
                 break;
             }
             self.index.pop_front();
             self.first_index = idx + 1;
         }
         if self.index.is_empty() {
-            self.first_index = upto.index + 1;
+            self.first_index = self.first_index.max(keep_from);
         }
-        self.cache.retain(|&i, _| i > upto.index);
-        self.cache_bytes = self.cache.values().map(|(_, n)| n).sum();
-        // Remove whole segments whose every entry is purged; never the active one.
         let firsts: Vec<u64> = self.segments.keys().copied().collect();
         for pair in firsts.windows(2) {
-            if pair[1] <= upto.index + 1 {
+            if pair[1] <= keep_from {
                 if let Some(seg) = self.segments.remove(&pair[0]) {
                     fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, "remove purged segment", e))?;
                 }

@@ -100,6 +100,16 @@ pub struct Node {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// One applied commit-log entry, as [`Node::read_log`] returns it.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    /// Its version (= log index).
+    pub version: Version,
+    /// The commit's writes and proposed time; `None` for entries that change no data.
+    /// The applied commit time is `max(proposed, previous commit's time + 1)`.
+    pub batch: Option<CommitBatch>,
+}
+
 /// A snapshot of a node's state for status reporting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeStatus {
@@ -303,6 +313,51 @@ impl Node {
             log_appends: appends,
             log_entries: entries,
         }
+    }
+
+    /// Keeps commit-log entries from `from` on (a version) until the hold named `name` is
+    /// moved past them or released — a continuous backup holds what it has not shipped.
+    /// Fails if they are already gone.
+    pub fn hold_log(&self, name: &str, from: Version) -> Result<()> {
+        self.log.set_hold(name, from)
+    }
+
+    /// Releases the hold `name` (see [`Node::hold_log`]).
+    pub fn release_log_hold(&self, name: &str) -> Result<()> {
+        self.log.release_hold(name)
+    }
+
+    /// The commit log's holds: owner → first version it keeps.
+    pub fn log_holds(&self) -> BTreeMap<String, Version> {
+        self.log.holds()
+    }
+
+    /// Reads applied commit-log entries from version `from` on, oldest first, stopping at
+    /// the newest applied version or after about `max_bytes`. Every version in the range
+    /// appears once: a commit with its batch, or a marker (leader change, membership)
+    /// that changes no data. An error if the entries are no longer on disk.
+    pub fn read_log(&self, from: Version, max_bytes: usize) -> Result<Vec<LogRecord>> {
+        let end = self.mvcc.applied().version + 1;
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        let entries = self.log.read_committed(from, end, max_bytes)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
+            let version = e.log_id.index;
+            if version != from + i as u64 {
+                return Err(Error::Internal(format!(
+                    "commit log read: entry {version} where {} was expected",
+                    from + i as u64
+                )));
+            }
+            let batch = match e.payload {
+                openraft::EntryPayload::Normal(req) if version > 0 => Some(CommitBatch::decode(&req.batch)?),
+                _ => None,
+            };
+            out.push(LogRecord { version, batch });
+        }
+        Ok(out)
     }
 
     /// Asks Raft to checkpoint the state machine now (and purge the log behind it).

@@ -214,6 +214,17 @@ impl Mvcc {
         }
     }
 
+    /// The commit time of the state at `version`: that of the newest commit at or before
+    /// it (versions that change no data — leader changes — keep the previous time).
+    /// `None` if that commit is no longer in the retained time index.
+    pub fn state_time(&self, version: Version) -> Result<Option<Timestamp>> {
+        let range = KeyRange::between(keys::version_time(0), keys::version_time(version.saturating_add(1)));
+        match self.engine.scan(range).next_back() {
+            Some(kv) => Ok(Some(decode_u64(&kv?.1, "mvcc version→time record")?)),
+            None => Ok(None),
+        }
+    }
+
     /// The newest commit version whose commit time is at or before `time`, with its time.
     pub fn version_at_time(&self, time: Timestamp) -> Result<Option<(Version, Timestamp)>> {
         let range = KeyRange {

@@ -24,7 +24,9 @@ pub struct BackupCommand {
 
 #[derive(Debug, clap::Subcommand)]
 enum BackupAction {
-    /// Back up the database (or --table …) of a running server to DEST.
+    /// Back up the database (or --table …) of a running server to DEST; with
+    /// --continuous, start a job that keeps DEST restorable to any commit.
+    #[command(alias = "start")]
     Create {
         /// Destination: a path under the server's backup root, or s3://bucket/prefix.
         dest: String,
@@ -37,6 +39,47 @@ enum BackupAction {
         /// Compression workers [default: cores].
         #[arg(long)]
         parallelism: Option<usize>,
+        /// Start a continuous backup job (snapshot + every commit shipped as it happens).
+        #[arg(long)]
+        continuous: bool,
+        /// Continuous: ship the log at least this often [default: 1s].
+        #[arg(long)]
+        flush_interval: Option<String>,
+        /// Continuous: take a new snapshot this often [default: 24h].
+        #[arg(long)]
+        snapshot_interval: Option<String>,
+        /// Continuous: report the job as lagging beyond this [default: 10m].
+        #[arg(long)]
+        max_lag: Option<String>,
+        /// Cap on bytes written per second (continuous log shipping).
+        #[arg(long)]
+        rate_limit: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show the running server's continuous backup jobs.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stop a continuous backup job (its destination stays restorable up to now).
+    Stop {
+        /// Job id (see `backup status`).
+        id: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Pause a continuous backup job (the commit log is kept, so resuming leaves no gap).
+    Pause {
+        /// Job id.
+        id: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Resume a paused continuous backup job.
+    Resume {
+        /// Job id.
+        id: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -114,6 +157,12 @@ pub struct RestoreArgs {
     /// Workers [default: cores].
     #[arg(long)]
     parallelism: Option<usize>,
+    /// Restore the state as of this time (e.g. '2026-11-22 10:00:00+00', or '-10m').
+    #[arg(long, conflicts_with = "to_version")]
+    to_time: Option<String>,
+    /// Restore the state as of this commit version.
+    #[arg(long)]
+    to_version: Option<u64>,
     #[command(flatten)]
     common: Common,
 }
@@ -216,7 +265,46 @@ fn print_manifest(m: &Manifest, dest: &str) {
 
 async fn post(server: &str, path: &str, body: &impl serde::Serialize) -> Result<serde_json::Value> {
     let url = format!("{}/{path}", server.trim_end_matches('/'));
-    let resp = reqwest::Client::new().post(&url).json(body).send().await.map_err(|e| {
+    reply(&url, reqwest::Client::new().post(&url).json(body).send().await).await
+}
+
+async fn get(server: &str, path: &str) -> Result<serde_json::Value> {
+    let url = format!("{}/{path}", server.trim_end_matches('/'));
+    reply(&url, reqwest::Client::new().get(&url).send().await).await
+}
+
+async fn job_action(id: u64, action: &str, common: &Common) -> Result<()> {
+    let reply = post(&common.server, &format!("backup/jobs/{id}/{action}"), &serde_json::json!({})).await?;
+    if common.json {
+        return print_json(&reply);
+    }
+    print_jobs(std::slice::from_ref(&reply["job"]));
+    Ok(())
+}
+
+fn print_jobs(jobs: &[serde_json::Value]) {
+    let time = |v: &serde_json::Value| v.as_u64().map_or("-".to_string(), amberdb_mvcc::format_micros);
+    println!(
+        "{:>4}  {:<12} {:<30} {:<27} {:<27} {:>9} {:>12}  last error",
+        "job", "state", "destination", "restorable from", "restorable to", "lag (s)", "bytes"
+    );
+    for j in jobs {
+        println!(
+            "{:>4}  {:<12} {:<30} {:<27} {:<27} {:>9.3} {:>12}  {}",
+            j["id"].to_string(),
+            j["state"].as_str().unwrap_or("?"),
+            j["destination"].as_str().unwrap_or("?"),
+            time(&j["first_time_micros"]),
+            time(&j["last_time_micros"]),
+            j["lag_micros"].as_f64().unwrap_or(0.0) / 1e6,
+            j["bytes_written"].to_string(),
+            j["last_error"].as_str().unwrap_or("")
+        );
+    }
+}
+
+async fn reply(url: &str, resp: reqwest::Result<reqwest::Response>) -> Result<serde_json::Value> {
+    let resp = resp.map_err(|e| {
         Error::Unavailable(format!("cannot reach the server at {url}: {e} (is it running? see --server)"))
     })?;
     let ok = resp.status().is_success();
@@ -231,14 +319,41 @@ async fn post(server: &str, path: &str, body: &impl serde::Serialize) -> Result<
 /// Runs `amberdb backup …`.
 pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
     match cmd.action {
-        BackupAction::Create { dest, tables, compression_level, parallelism, common } => {
+        BackupAction::Create {
+            dest,
+            tables,
+            compression_level,
+            parallelism,
+            continuous,
+            flush_interval,
+            snapshot_interval,
+            max_lag,
+            rate_limit,
+            common,
+        } => {
             let req = BackupRequest {
                 dest: dest.clone(),
                 tables: tables_opt(&tables),
                 compression_level,
                 parallelism,
                 encryption_passphrase: common.passphrase()?,
+                continuous,
+                flush_interval,
+                snapshot_interval,
+                max_lag,
+                rate_limit,
             };
+            if continuous {
+                let reply = {
+                    let _bar = Bar::spinner(&format!("starting a continuous backup to {dest}"), common.json);
+                    post(&common.server, "backup", &req).await?
+                };
+                if common.json {
+                    return print_json(&reply);
+                }
+                print_jobs(std::slice::from_ref(&reply["job"]));
+                return Ok(());
+            }
             let reply = {
                 let _bar = Bar::spinner(&format!("backing up to {dest}"), common.json);
                 post(&common.server, "backup", &req).await?
@@ -251,6 +366,17 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
             print_manifest(&m, &dest);
             Ok(())
         }
+        BackupAction::Status { common } => {
+            let reply = get(&common.server, "backup/jobs").await?;
+            if common.json {
+                return print_json(&reply);
+            }
+            print_jobs(reply["jobs"].as_array().map(Vec::as_slice).unwrap_or_default());
+            Ok(())
+        }
+        BackupAction::Stop { id, common } => job_action(id, "stop", &common).await,
+        BackupAction::Pause { id, common } => job_action(id, "pause", &common).await,
+        BackupAction::Resume { id, common } => job_action(id, "resume", &common).await,
         BackupAction::List { dest, common } => {
             let d = Destination::open_listing(&dest, &common.backup.dest_config(), Origin::Cli)?;
             let all = amberdb_backup::list(&d).await?;
@@ -283,11 +409,26 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
         }
         BackupAction::Show { dest, common } => {
             let d = Destination::open(&dest, &common.backup.dest_config(), Origin::Cli)?;
+            let chain = amberdb_backup::Chain::open(&d, common.secret()?.as_ref()).await?;
             let m = amberdb_backup::open_latest(&d, common.secret()?.as_ref()).await?.manifest;
+            let ranges = chain.ranges();
             if common.json {
-                return print_json(&m);
+                return print_json(&serde_json::json!({
+                    "latest_snapshot": m,
+                    "snapshots": chain.snapshots.len(),
+                    "log_segments": chain.segments.len(),
+                    "restorable_ranges": ranges,
+                }));
             }
             print_manifest(&m, d.url());
+            println!("  snapshots    {}", chain.snapshots.len());
+            println!("  log segments {}", chain.segments.len());
+            for r in &ranges {
+                println!(
+                    "  restorable   {} .. {}  (versions {}..={})",
+                    r.first_time, r.last_time, r.first_version, r.last_version
+                );
+            }
             Ok(())
         }
         BackupAction::Verify { dest, deep, parallelism, common } => {
@@ -358,27 +499,27 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
                 Config { data_dir: dir.clone(), backup: args.common.backup.dest_config(), ..Config::default() };
             let node = crate::open_node(dir, &config).await?;
             amberdb_sql::cleanup_pending_restores(&node).await?;
-            let env = amberdb_sql::Env { backup: config.backup.clone() };
+            let env = amberdb_sql::Env { backup: config.backup.clone(), jobs: None };
             let opts = amberdb_sql::BackupOptions {
-                compression_level: None,
                 parallelism: args.parallelism,
                 replace: args.replace,
                 encryption_passphrase: args.common.passphrase()?,
+                ..amberdb_sql::BackupOptions::default()
+            };
+            let target = match (&args.to_time, args.to_version) {
+                (Some(t), _) => Some(amberdb_sql::RestoreTarget::parse_time(t, node.mvcc().clock().now())?),
+                (None, v) => v.map(amberdb_sql::RestoreTarget::Version),
             };
             let progress = Arc::new(Progress::default());
             let r = {
                 let _bar = Bar::start(progress.clone(), "restoring", args.common.json);
-                amberdb_sql::restore(
-                    &node,
-                    &env,
-                    tables.as_deref(),
-                    &args.dest,
-                    args.rename.as_deref(),
-                    Origin::Cli,
-                    &opts,
-                    &progress,
-                )
-                .await
+                let req = amberdb_sql::RestoreRequest {
+                    tables: tables.as_deref(),
+                    dest: &args.dest,
+                    target,
+                    rename: args.rename.as_deref(),
+                };
+                amberdb_sql::restore(&node, &env, &req, Origin::Cli, &opts, &progress).await
             };
             let closed = node.shutdown().await;
             let r = r?;
@@ -393,6 +534,8 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
                 replace: args.replace,
                 parallelism: args.parallelism,
                 encryption_passphrase: args.common.passphrase()?,
+                to_time: args.to_time.clone(),
+                to_version: args.to_version,
             };
             let _bar = Bar::spinner(&format!("restoring from {}", args.dest), args.common.json);
             post(&args.common.server, "restore", &req).await?["restored"].clone()
@@ -401,7 +544,8 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
     if args.common.json {
         return print_json(&summary);
     }
-    println!("restored from {} (version {})", args.dest, summary["version"]);
+    let when = summary["commit_time_micros"].as_u64().map(amberdb_mvcc::format_micros).unwrap_or_default();
+    println!("restored from {} (version {}, committed {when})", args.dest, summary["version"]);
     if let Some(tables) = summary["tables"].as_array() {
         for t in tables {
             println!("  {} ({} rows)", t[0].as_str().unwrap_or("?"), t[1]);

@@ -15,14 +15,20 @@
 //! writes the catalog entries and removes the markers. A failed restore deletes what it
 //! loaded; after a crash, [`cleanup_pending_restores`] (run at start-up) does.
 
+use crate::asof::AsOf;
+use crate::backup_job::{Control, JobManager, JobStatus};
 use crate::catalog::{Catalog, TableDef};
 use crate::exec::{OutColumn, Outcome};
 use crate::types::{DataType, Value};
-use amberdb_backup::{BackupKind, Destination, EntryCheck, Manifest, Options, Origin, Progress, Secret, TableSpec};
+use amberdb_backup::{
+    BackupKind, Chain, Destination, EntryCheck, Manifest, Options, Origin, Progress, Secret, TableSpec,
+};
 use amberdb_consensus::Node;
 use amberdb_error::{Error, Result};
+use amberdb_mvcc::ReadView;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What the SQL layer needs from the server's configuration.
@@ -30,6 +36,15 @@ use std::sync::Arc;
 pub struct Env {
     /// How backup destinations resolve.
     pub backup: amberdb_backup::DestConfig,
+    /// The server's continuous backup jobs (`None` where no server runs, e.g. the CLI's
+    /// offline restore).
+    pub jobs: Option<Arc<JobManager>>,
+}
+
+impl Env {
+    fn jobs(&self) -> Result<&Arc<JobManager>> {
+        self.jobs.as_ref().ok_or_else(|| Error::sql("0A000", "backup jobs need a running server"))
+    }
 }
 
 /// Options of BACKUP and RESTORE.
@@ -43,6 +58,16 @@ pub struct BackupOptions {
     pub replace: bool,
     /// Passphrase the backup is (to be) encrypted with.
     pub encryption_passphrase: Option<String>,
+    /// BACKUP DATABASE: start a continuous backup job.
+    pub continuous: bool,
+    /// Continuous: ship the log at least this often.
+    pub flush_interval: Option<std::time::Duration>,
+    /// Continuous: take a new snapshot this often.
+    pub snapshot_interval: Option<std::time::Duration>,
+    /// Continuous: report the job as lagging beyond this.
+    pub max_lag: Option<std::time::Duration>,
+    /// Cap on bytes written per second.
+    pub rate_limit: Option<u64>,
 }
 
 impl BackupOptions {
@@ -69,8 +94,18 @@ impl BackupOptions {
 pub enum BackupStatement {
     /// BACKUP.
     Backup { tables: Option<Vec<String>>, dest: String, options: BackupOptions },
-    /// RESTORE.
-    Restore { tables: Option<Vec<String>>, dest: String, rename: Option<String>, options: BackupOptions },
+    /// RESTORE (to the newest restorable point, or `as_of`).
+    Restore {
+        tables: Option<Vec<String>>,
+        dest: String,
+        as_of: Option<AsOf>,
+        rename: Option<String>,
+        options: BackupOptions,
+    },
+    /// SHOW BACKUP JOBS.
+    Jobs,
+    /// ALTER BACKUP JOB n PAUSE | RESUME | STOP | SET DESTINATION 'dest'.
+    AlterJob { id: u64, control: Control },
     /// SHOW BACKUP 'dest'.
     Show { dest: String, options: BackupOptions },
     /// SHOW BACKUPS IN 'dest'.
@@ -86,6 +121,7 @@ pub fn is_backup_statement(sql: &str) -> bool {
     let mut words = sql.split_whitespace().map(|w| w.trim_end_matches(';').to_ascii_uppercase());
     match words.next().as_deref() {
         Some("BACKUP") | Some("RESTORE") => true,
+        Some("ALTER") => words.next().as_deref() == Some("BACKUP"),
         Some("SHOW") => matches!(words.next().as_deref(), Some("BACKUP") | Some("BACKUPS")),
         _ => false,
     }
@@ -216,13 +252,23 @@ impl Tokens {
                     }
                     o.parallelism = Some(p as usize);
                 }
-                "replace" if restore => {
-                    o.replace = match value.as_deref() {
-                        None | Some("true") | Some("on") | Some("1") => true,
-                        Some("false") | Some("off") | Some("0") => false,
-                        Some(v) => return Err(Error::sql("22023", format!("replace: invalid value {v}"))),
+                "continuous" if stmt == "BACKUP" => o.continuous = flag(&name, &value)?,
+                "flush_interval" | "snapshot_interval" | "max_lag" if stmt == "BACKUP" => {
+                    let v = value.as_deref().ok_or_else(|| {
+                        Error::sql("22023", format!("option {name} needs a duration such as '1s' or '24h'"))
+                    })?;
+                    let d = crate::backup_job::parse_duration(v)?;
+                    match name.as_str() {
+                        "flush_interval" => o.flush_interval = Some(d),
+                        "snapshot_interval" => o.snapshot_interval = Some(d),
+                        _ => o.max_lag = Some(d),
                     }
                 }
+                "rate_limit" if stmt == "BACKUP" => {
+                    let v = value.as_deref().unwrap_or_default();
+                    o.rate_limit = Some(parse_bytes(v)?);
+                }
+                "replace" if restore => o.replace = flag(&name, &value)?,
                 _ => return Err(Error::sql("22023", format!("unknown {stmt} option \"{name}\""))),
             }
             if self.peek() == &Token::Comma {
@@ -238,6 +284,30 @@ impl Tokens {
     }
 }
 
+fn flag(name: &str, value: &Option<String>) -> Result<bool> {
+    match value.as_deref() {
+        None | Some("true") | Some("on") | Some("1") => Ok(true),
+        Some("false") | Some("off") | Some("0") => Ok(false),
+        Some(v) => Err(Error::sql("22023", format!("{name}: invalid value {v}"))),
+    }
+}
+
+/// Parses a byte size such as `10485760`, `512kB`, `10MB`, `1GB` (binary multiples).
+fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| Error::sql("22023", format!("invalid byte size \"{s}\"")))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        u => return Err(Error::sql("22023", format!("invalid byte size unit \"{u}\" (use kB, MB or GB)"))),
+    };
+    Ok(n.saturating_mul(mult))
+}
+
 /// Parses one backup statement (an optional trailing semicolon is allowed).
 pub fn parse(sql: &str) -> Result<BackupStatement> {
     let toks = Tokenizer::new(&PostgreSqlDialect {}, sql)
@@ -251,12 +321,38 @@ pub fn parse(sql: &str) -> Result<BackupStatement> {
         let tables = t.target("TO")?;
         t.expect_keyword("TO")?;
         let dest = t.string()?;
-        BackupStatement::Backup { tables, dest, options: t.options("BACKUP")? }
+        let options = t.options("BACKUP")?;
+        if options.continuous && tables.is_some() {
+            return Err(Error::sql("0A000", "continuous backups cover the whole database: use BACKUP DATABASE"));
+        }
+        BackupStatement::Backup { tables, dest, options }
     } else if t.keyword("RESTORE") {
         let tables = t.target("FROM")?;
         t.expect_keyword("FROM")?;
         let dest = t.string()?;
-        let rename = if t.keyword("AS") { Some(t.ident()?) } else { None };
+        let mut as_of = None;
+        let mut rename = None;
+        if t.keyword("AS") {
+            if t.keyword("OF") {
+                t.expect_keyword("SYSTEM")?;
+                t.expect_keyword("TIME")?;
+                let lit = match t.next() {
+                    Token::SingleQuotedString(s) => s,
+                    Token::Number(n, _) => n,
+                    other => {
+                        return Err(syntax(format!(
+                            "expected a timestamp or version after AS OF SYSTEM TIME, found {other}"
+                        )))
+                    }
+                };
+                as_of = Some(crate::asof::parse_point(&lit)?);
+                if t.keyword("AS") {
+                    rename = Some(t.ident()?);
+                }
+            } else {
+                rename = Some(t.ident()?);
+            }
+        }
         if rename.is_some() && tables.as_ref().is_none_or(|v| v.len() != 1) {
             return Err(Error::sql("42601", "AS new_name needs exactly one table"));
         }
@@ -264,7 +360,30 @@ pub fn parse(sql: &str) -> Result<BackupStatement> {
         if options.replace && tables.is_none() {
             return Err(Error::sql("22023", "replace applies to RESTORE TABLE only"));
         }
-        BackupStatement::Restore { tables, dest, rename, options }
+        BackupStatement::Restore { tables, dest, as_of, rename, options }
+    } else if t.keyword("ALTER") {
+        t.expect_keyword("BACKUP")?;
+        t.expect_keyword("JOB")?;
+        let id = match t.next() {
+            Token::Number(n, _) => n.parse().map_err(|_| syntax(format!("bad job id {n}")))?,
+            other => return Err(syntax(format!("expected a job id, found {other}"))),
+        };
+        let control = if t.keyword("PAUSE") {
+            Control::Pause
+        } else if t.keyword("RESUME") {
+            Control::Resume
+        } else if t.keyword("STOP") || t.keyword("CANCEL") {
+            Control::Stop
+        } else if t.keyword("SET") {
+            t.expect_keyword("DESTINATION")?;
+            if t.peek() == &Token::Eq {
+                t.pos += 1;
+            }
+            Control::Destination(t.string()?)
+        } else {
+            return Err(syntax(format!("expected PAUSE, RESUME, STOP or SET DESTINATION, found {}", t.peek())));
+        };
+        BackupStatement::AlterJob { id, control }
     } else {
         t.expect_keyword("SHOW")?;
         if t.keyword("BACKUPS") {
@@ -272,8 +391,12 @@ pub fn parse(sql: &str) -> Result<BackupStatement> {
             BackupStatement::List { dest: t.string()? }
         } else {
             t.expect_keyword("BACKUP")?;
-            let dest = t.string()?;
-            BackupStatement::Show { dest, options: t.options("SHOW BACKUP")? }
+            if t.keyword("JOBS") {
+                BackupStatement::Jobs
+            } else {
+                let dest = t.string()?;
+                BackupStatement::Show { dest, options: t.options("SHOW BACKUP")? }
+            }
         }
     };
     if t.peek() == &Token::SemiColon {
@@ -285,11 +408,50 @@ pub fn parse(sql: &str) -> Result<BackupStatement> {
     }
 }
 
+/// Columns of SHOW BACKUP JOBS (and of the statements that start or change a job).
+const JOB_COLUMNS: &[(&str, DataType)] = &[
+    ("job_id", DataType::Int8),
+    ("destination", DataType::Text),
+    ("state", DataType::Text),
+    ("first_version", DataType::Int8),
+    ("first_time", DataType::TimestampTz),
+    ("last_version", DataType::Int8),
+    ("last_time", DataType::TimestampTz),
+    ("lag_seconds", DataType::Float8),
+    ("bytes_written", DataType::Int8),
+    ("files_written", DataType::Int8),
+    ("snapshots", DataType::Int8),
+    ("throughput_bytes_per_sec", DataType::Float8),
+    ("last_error", DataType::Text),
+];
+
+fn job_row(s: &JobStatus) -> Vec<Value> {
+    let opt = |v: Option<u64>| v.map_or(Value::Null, |v| Value::Int(v as i64));
+    let time = |v: Option<u64>| v.map_or(Value::Null, |v| Value::TimestampTz(v as i64));
+    vec![
+        Value::Int(s.id as i64),
+        Value::Text(s.destination.clone()),
+        Value::Text(s.state.clone()),
+        opt(s.first_version),
+        time(s.first_time_micros),
+        opt(s.last_version),
+        time(s.last_time_micros),
+        Value::Float(s.lag_micros as f64 / 1e6),
+        Value::Int(s.bytes_written as i64),
+        Value::Int(s.files_written as i64),
+        Value::Int(s.snapshots as i64),
+        Value::Float(s.throughput_bytes_per_sec),
+        s.last_error.clone().map_or(Value::Null, Value::Text),
+    ]
+}
+
 impl BackupStatement {
     /// The result columns (for Describe).
     pub fn columns(&self) -> Vec<OutColumn> {
         use DataType::{Int8, Text, TimestampTz};
         let cols: &[(&str, DataType)] = match self {
+            BackupStatement::Backup { options, .. } if options.continuous => JOB_COLUMNS,
+            BackupStatement::Jobs | BackupStatement::AlterJob { .. } => JOB_COLUMNS,
             BackupStatement::Backup { .. } => &[
                 ("destination", Text),
                 ("version", Int8),
@@ -327,6 +489,15 @@ impl BackupStatement {
         let progress = Arc::new(Progress::default());
         let columns = self.columns();
         let (rows, tag) = match self {
+            BackupStatement::Backup { dest, options, .. } if options.continuous => {
+                let s = env.jobs()?.create(dest, options).await?;
+                (vec![job_row(&s)], "BACKUP".to_string())
+            }
+            BackupStatement::Jobs => (env.jobs()?.statuses().iter().map(job_row).collect(), "SHOW".to_string()),
+            BackupStatement::AlterJob { id, control } => {
+                let s = env.jobs()?.control(*id, control.clone()).await?;
+                (vec![job_row(&s)], "ALTER BACKUP JOB".to_string())
+            }
             BackupStatement::Backup { tables, dest, options } => {
                 let m = backup(node, env, tables.as_deref(), dest, Origin::Sql, options, progress).await?;
                 (
@@ -341,10 +512,10 @@ impl BackupStatement {
                     "BACKUP".to_string(),
                 )
             }
-            BackupStatement::Restore { tables, dest, rename, options } => {
-                let done =
-                    restore(node, env, tables.as_deref(), dest, rename.as_deref(), Origin::Sql, options, &progress)
-                        .await?;
+            BackupStatement::Restore { tables, dest, as_of, rename, options } => {
+                let target = as_of.map(|a| RestoreTarget::from_as_of(a, node));
+                let req = RestoreRequest { tables: tables.as_deref(), dest, target, rename: rename.as_deref() };
+                let done = restore(node, env, &req, Origin::Sql, options, &progress).await?;
                 let rows = done
                     .tables
                     .iter()
@@ -414,6 +585,29 @@ fn table_spec(def: &TableDef) -> Result<TableSpec> {
     })
 }
 
+/// A read view of the current state and the specs of the named tables (or all) in it:
+/// what a snapshot exports. The view keeps its version from GC until dropped.
+pub(crate) fn database_view(node: &Node, tables: Option<&[String]>) -> Result<(ReadView, Vec<TableSpec>)> {
+    let mut txn = node.begin_read_only()?;
+    let defs = match tables {
+        None => Catalog::list(&mut txn)?,
+        Some(names) => {
+            let mut defs = Vec::new();
+            for n in names {
+                let def = Catalog::must_get(&mut txn, n)?;
+                if !defs.iter().any(|d: &TableDef| d.name == def.name) {
+                    defs.push(def);
+                }
+            }
+            defs.sort_by(|a, b| a.name.cmp(&b.name));
+            defs
+        }
+    };
+    let specs = defs.iter().map(table_spec).collect::<Result<Vec<_>>>()?;
+    let view = node.mvcc().read_at(txn.read_version())?;
+    Ok((view, specs))
+}
+
 /// BACKUP: snapshots the named tables (or all) at the current version.
 pub async fn backup(
     node: &Arc<Node>,
@@ -425,26 +619,8 @@ pub async fn backup(
     progress: Arc<Progress>,
 ) -> Result<Manifest> {
     let dest = Destination::open(dest, &env.backup, origin)?;
-    // The read-only transaction fixes the version; the view handed to the export keeps
-    // it from GC until the export is done.
-    let mut txn = node.begin_read_only()?;
-    let (kind, defs) = match tables {
-        None => (BackupKind::Database, Catalog::list(&mut txn)?),
-        Some(names) => {
-            let mut defs = Vec::new();
-            for n in names {
-                let def = Catalog::must_get(&mut txn, n)?;
-                if !defs.iter().any(|d: &TableDef| d.name == def.name) {
-                    defs.push(def);
-                }
-            }
-            defs.sort_by(|a, b| a.name.cmp(&b.name));
-            (BackupKind::Tables, defs)
-        }
-    };
-    let specs = defs.iter().map(table_spec).collect::<Result<Vec<_>>>()?;
-    let view = node.mvcc().read_at(txn.read_version())?;
-    drop(txn);
+    let kind = if tables.is_some() { BackupKind::Tables } else { BackupKind::Database };
+    let (view, specs) = database_view(node, tables)?;
     let m = amberdb_backup::create(node.mvcc(), view, &dest, kind, specs, &options.to_options()?, progress).await?;
     tracing::info!(
         destination = dest.url(),
@@ -460,31 +636,124 @@ pub async fn backup(
 /// What a restore did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RestoreSummary {
-    /// The snapshot version restored.
+    /// The version restored.
     pub version: u64,
+    /// Its commit time (µs since the epoch).
+    pub commit_time_micros: u64,
     /// (table name as restored, rows).
     pub tables: Vec<(String, u64)>,
 }
 
-/// RESTORE: loads tables (or the whole database) from the backup at `dest` and publishes
-/// them in one commit, or leaves nothing behind.
-#[allow(clippy::too_many_arguments)]
+/// The point a restore goes back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreTarget {
+    /// A commit version.
+    Version(u64),
+    /// A wall-clock time (µs since the epoch): the newest commit at or before it.
+    Time(u64),
+}
+
+impl RestoreTarget {
+    /// Parses a point given as text: a timestamp (`2026-11-22 10:00:00+00`), or an
+    /// interval before now (`-10m`); `now` is the current time in µs.
+    pub fn parse_time(s: &str, now: u64) -> Result<Self> {
+        Ok(match crate::asof::parse_point(s)? {
+            AsOf::Version(v) => RestoreTarget::Version(v),
+            AsOf::Time(t) => RestoreTarget::Time(t),
+            AsOf::Ago(us) => RestoreTarget::Time(now.saturating_sub(us)),
+        })
+    }
+
+    fn from_as_of(a: AsOf, node: &Node) -> Self {
+        match a {
+            AsOf::Version(v) => RestoreTarget::Version(v),
+            AsOf::Time(t) => RestoreTarget::Time(t),
+            AsOf::Ago(us) => RestoreTarget::Time(node.mvcc().clock().now().saturating_sub(us)),
+        }
+    }
+}
+
+/// What to restore.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreRequest<'a> {
+    /// Tables (None: the database, into an empty one).
+    pub tables: Option<&'a [String]>,
+    /// Destination.
+    pub dest: &'a str,
+    /// Point to restore (None: the newest restorable one).
+    pub target: Option<RestoreTarget>,
+    /// New name (one table only).
+    pub rename: Option<&'a str>,
+}
+
+/// One table a restore brings back.
+struct Planned {
+    /// Its definition as it will be published (new id, maybe new name).
+    def: TableDef,
+    /// Its id in the backup.
+    old_id: u64,
+    /// Its entry in the snapshot's manifest, if the snapshot holds it (same id).
+    snap: Option<usize>,
+}
+
+/// RESTORE: loads tables (or the whole database) as of a restorable point of the backup
+/// at `dest` — a snapshot, plus the mutation log up to the target for point-in-time
+/// restores — and publishes them in one commit, or leaves nothing behind.
 pub async fn restore(
     node: &Arc<Node>,
     env: &Env,
-    tables: Option<&[String]>,
-    dest: &str,
-    rename: Option<&str>,
+    req: &RestoreRequest<'_>,
     origin: Origin,
     options: &BackupOptions,
     progress: &Progress,
 ) -> Result<RestoreSummary> {
-    let dest = Destination::open(dest, &env.backup, origin)?;
-    let snap = amberdb_backup::open_latest(&dest, options.secret()?.as_ref()).await?;
-    let m = &snap.manifest;
-    // (manifest table, definition as it will be published)
-    let mut plan: Vec<(usize, TableDef)> = Vec::new();
-    match tables {
+    let dest = Destination::open(req.dest, &env.backup, origin)?;
+    let chain = Chain::open(&dest, options.secret()?.as_ref()).await?;
+    let target = match req.target {
+        Some(RestoreTarget::Version(v)) => v,
+        Some(RestoreTarget::Time(t)) => chain.resolve_time(t)?,
+        None => match chain.ranges().last() {
+            Some(r) => r.last_version,
+            None => {
+                return Err(Error::InvalidData(format!(
+                    "{} holds no complete backup (no snapshot has a manifest; an interrupted backup leaves none)",
+                    dest.url()
+                )))
+            }
+        },
+    };
+    let lp = chain.plan(&dest, target).await?;
+    let m = &lp.snapshot.manifest;
+    let opts = options.to_options()?;
+    // The tables as of the target: the snapshot's, changed by the catalog writes in the log.
+    let mut at_target: BTreeMap<String, TableDef> = BTreeMap::new();
+    for t in &m.tables {
+        let def = schema_of(t)?;
+        at_target.insert(def.name.clone(), def);
+    }
+    if !lp.segments.is_empty() {
+        let cat = Catalog::tables_prefix();
+        let changes = amberdb_backup::replay_changes(&dest, &lp, std::slice::from_ref(&cat), &opts).await?;
+        for (key, value) in changes {
+            let name = Catalog::table_name_of_key(&key)?;
+            match value {
+                Some(raw) => {
+                    let def: TableDef = serde_json::from_slice(&raw).map_err(|e| {
+                        Error::InvalidData(format!("backup log at {}: definition of table {name}: {e}", dest.url()))
+                    })?;
+                    at_target.insert(name, def);
+                }
+                None => {
+                    at_target.remove(&name);
+                }
+            }
+        }
+    }
+    let when = amberdb_mvcc::format_micros(lp.target_time);
+    let snap_of = |id: u64| m.tables.iter().position(|t| t.schema.get("id").and_then(|v| v.as_u64()) == Some(id));
+    let mut plan: Vec<Planned> = Vec::new();
+    match req.tables {
         None => {
             let mut txn = node.begin_read_only()?;
             let existing = Catalog::list(&mut txn)?;
@@ -499,73 +768,116 @@ pub async fn restore(
                     ),
                 ));
             }
-            for (i, t) in m.tables.iter().enumerate() {
-                plan.push((i, schema_of(t)?));
+            for def in at_target.values() {
+                plan.push(Planned { def: def.clone(), old_id: def.id, snap: snap_of(def.id) });
             }
         }
         Some(names) => {
             for n in names {
-                let Some((i, t)) = m.table(n) else {
-                    let held: Vec<&str> = m.tables.iter().map(|t| t.name.as_str()).collect();
+                let Some(def) = at_target.get(n) else {
+                    let held: Vec<&str> = at_target.keys().map(String::as_str).collect();
                     return Err(Error::sql(
                         "42P01",
-                        format!("table \"{n}\" is not in the backup at {} (it holds: {})", dest.url(), held.join(", ")),
+                        format!(
+                            "table \"{n}\" is not in the backup at {} as of {when} (version {target}; it holds: {})",
+                            dest.url(),
+                            held.join(", ")
+                        ),
                     ));
                 };
-                let mut def = schema_of(t)?;
-                def.name = rename.unwrap_or(n).to_string();
-                plan.push((i, def));
+                let mut def = def.clone();
+                def.name = req.rename.unwrap_or(n).to_string();
+                plan.push(Planned { old_id: def.id, snap: snap_of(def.id), def });
             }
         }
     }
-    let total: u64 = plan.iter().map(|(i, _)| m.tables[*i].logical_bytes).sum();
+    let total: u64 = plan.iter().filter_map(|p| p.snap).map(|i| m.tables[i].logical_bytes).sum();
     progress.total_bytes.store(total, std::sync::atomic::Ordering::Relaxed);
     // Fail fast on a name clash before loading anything (checked again at publish).
     {
         let mut txn = node.begin_read_only()?;
-        for (_, def) in &plan {
-            if !options.replace && Catalog::get(&mut txn, &def.name)?.is_some() {
+        for p in &plan {
+            if !options.replace && Catalog::get(&mut txn, &p.def.name)?.is_some() {
                 return Err(Error::sql(
                     "42P07",
-                    format!("relation \"{}\" already exists (use WITH (replace) to overwrite it)", def.name),
+                    format!("relation \"{}\" already exists (use WITH (replace) to overwrite it)", p.def.name),
                 ));
             }
         }
     }
     // Allocate fresh ids and record the pending markers in one commit.
-    let ids = {
+    {
         let mut txn = node.begin()?;
-        let mut ids = Vec::new();
-        for (_, def) in &plan {
-            let id = Catalog::allocate_id(&mut txn)?;
-            Catalog::put_pending_restore(&mut txn, id, &def.name)?;
-            ids.push(id);
+        for p in plan.iter_mut() {
+            p.def.id = Catalog::allocate_id(&mut txn)?;
+            Catalog::put_pending_restore(&mut txn, p.def.id, &p.def.name)?;
         }
         node.commit(txn).await?;
-        ids
-    };
-    for ((_, def), id) in plan.iter_mut().zip(&ids) {
-        def.id = *id;
     }
-    let opts = options.to_options()?;
     let loaded = async {
-        for (i, def) in &plan {
-            amberdb_backup::load_table(node, &dest, &snap, &m.tables[*i], &def.key_prefixes(), &opts, progress).await?;
-        }
-        publish(node, &plan, options.replace).await
-    }
-    .await;
-    if let Err(e) = loaded {
-        for (_, def) in &plan {
-            if let Err(ce) = discard(node, def.id).await {
-                tracing::warn!(error = %ce, table = def.name, "could not remove a failed restore's data; it is removed at the next start");
+        for p in &plan {
+            if let Some(i) = p.snap {
+                amberdb_backup::load_table(
+                    node,
+                    &dest,
+                    &lp.snapshot,
+                    &m.tables[i],
+                    &p.def.key_prefixes(),
+                    &opts,
+                    progress,
+                )
+                .await?;
             }
         }
-        return Err(e);
+        let mut rows: Vec<u64> = plan.iter().map(|p| p.snap.map_or(0, |i| m.tables[i].rows)).collect();
+        if !lp.segments.is_empty() {
+            let (mut old, mut new) = (Vec::new(), Vec::new());
+            for p in &plan {
+                old.extend(TableDef { id: p.old_id, ..p.def.clone() }.key_prefixes());
+                new.extend(p.def.key_prefixes());
+            }
+            amberdb_backup::replay_log(node, &dest, &lp, &old, &new, &opts, progress).await?;
+            // The log has no per-table checksum to prove against: instead every row is
+            // decoded with its schema (and counted) before anything is published.
+            for (p, r) in plan.iter().zip(rows.iter_mut()) {
+                *r = check_rows(node, &p.def)?;
+            }
+        }
+        publish(node, &plan, options.replace).await?;
+        Ok::<_, Error>(rows)
     }
-    let tables = plan.iter().map(|(i, d)| (d.name.clone(), m.tables[*i].rows)).collect();
-    tracing::info!(destination = dest.url(), version = m.version, "restore complete");
-    Ok(RestoreSummary { version: m.version, tables })
+    .await;
+    let rows = match loaded {
+        Ok(rows) => rows,
+        Err(e) => {
+            for p in &plan {
+                if let Err(ce) = discard(node, p.def.id).await {
+                    tracing::warn!(error = %ce, table = p.def.name, "could not remove a failed restore's data; it is removed at the next start");
+                }
+            }
+            return Err(e);
+        }
+    };
+    let tables = plan.iter().zip(rows).map(|(p, r)| (p.def.name.clone(), r)).collect();
+    tracing::info!(destination = dest.url(), version = target, commit_time = %when, "restore complete");
+    Ok(RestoreSummary { version: target, commit_time_micros: lp.target_time, tables })
+}
+
+/// Decodes every row of a (loaded, unpublished) table and returns how many there are.
+fn check_rows(node: &Node, def: &TableDef) -> Result<u64> {
+    let view = node.mvcc().read_latest()?;
+    let mut n = 0u64;
+    for kv in view.scan(&def.rows_range()) {
+        let (k, v) = kv?;
+        def.decode_row(&v)
+            .map_err(|e| Error::InvalidData(format!("restored table {}: a row does not decode: {e}", def.name)))?;
+        if !def.primary_key.is_empty() {
+            def.decode_key(&k)
+                .map_err(|e| Error::InvalidData(format!("restored table {}: a key does not decode: {e}", def.name)))?;
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn schema_of(t: &amberdb_backup::TableManifest) -> Result<TableDef> {
@@ -575,11 +887,11 @@ fn schema_of(t: &amberdb_backup::TableManifest) -> Result<TableDef> {
 
 /// Publishes restored tables: one commit writes their catalog entries (replacing
 /// same-named tables if asked) and removes the pending markers.
-async fn publish(node: &Arc<Node>, plan: &[(usize, TableDef)], replace: bool) -> Result<()> {
+async fn publish(node: &Arc<Node>, plan: &[Planned], replace: bool) -> Result<()> {
     let mut attempt = 0;
     loop {
         let mut txn = node.begin()?;
-        for (_, def) in plan {
+        for Planned { def, .. } in plan {
             if let Some(old) = Catalog::get(&mut txn, &def.name)? {
                 if !replace {
                     return Err(Error::sql("42P07", format!("relation \"{}\" already exists", def.name)));

@@ -7,6 +7,8 @@
 //!   0x13 u64(table id)              → table name: a restore in progress loads this id
 //!   0x14 u64(table id)              → table name: dropped; its rows and index entries
 //!                                     are garbage, deleted in bounded transactions
+//!   0x15 u64(job id)                → JSON: a continuous backup job's settings and state
+//!   0x16                            → u64 LE: last backup job id handed out
 //!   0x20 u64(table id) key(pk...)   → row: encoded values of every column
 //!   0x21 u64(table id) u64(index id) key(indexed values...) key(pk...) → empty
 //! ```
@@ -26,6 +28,8 @@ const TAG_TABLE_SEQ: u8 = 0x11;
 const TAG_ROWID: u8 = 0x12;
 const TAG_PENDING_RESTORE: u8 = 0x13;
 const TAG_DROPPED: u8 = 0x14;
+const TAG_BACKUP_JOB: u8 = 0x15;
+const TAG_BACKUP_JOB_SEQ: u8 = 0x16;
 const TAG_ROW: u8 = 0x20;
 const TAG_INDEX: u8 = 0x21;
 
@@ -293,6 +297,45 @@ impl Catalog {
             let mut d = KeyDecoder::new(&k);
             d.tag()?;
             out.push((d.u64()?, String::from_utf8_lossy(&v).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// The key prefix under which table definitions live (a point-in-time restore
+    /// replays changes to it from a backup's log).
+    pub fn tables_prefix() -> Vec<u8> {
+        vec![TAG_TABLE]
+    }
+
+    /// The table name a key under [`Catalog::tables_prefix`] names.
+    pub fn table_name_of_key(key: &[u8]) -> Result<String> {
+        let mut d = KeyDecoder::new(key);
+        if d.tag()? != TAG_TABLE {
+            return Err(Error::InvalidData("not a table definition key".into()));
+        }
+        d.string()
+    }
+
+    /// Hands out a new backup job id.
+    pub fn allocate_job_id(txn: &mut Transaction) -> Result<u64> {
+        let id = read_u64(txn.get(&[TAG_BACKUP_JOB_SEQ])?)? + 1;
+        txn.put(vec![TAG_BACKUP_JOB_SEQ], id.to_le_bytes().to_vec())?;
+        Ok(id)
+    }
+
+    /// Stores a backup job's record.
+    pub fn put_job(txn: &mut Transaction, id: u64, record: &[u8]) -> Result<()> {
+        txn.put(KeyEncoder::with_tag(TAG_BACKUP_JOB).u64(id).finish(), record.to_vec())
+    }
+
+    /// Every backup job record, by id.
+    pub fn jobs(txn: &mut Transaction) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in txn.scan(KeyRange::prefix(&[TAG_BACKUP_JOB])) {
+            let (k, v) = kv?;
+            let mut d = KeyDecoder::new(&k);
+            d.tag()?;
+            out.push((d.u64()?, v));
         }
         Ok(out)
     }

@@ -20,6 +20,7 @@
 //!   so concurrent transactions on different rows do not conflict.
 
 mod asof;
+mod backup_job;
 mod backup_sql;
 mod catalog;
 mod copy;
@@ -32,9 +33,10 @@ mod time;
 mod types;
 
 pub use asof::AsOf;
+pub use backup_job::{parse_duration, Control, JobManager, JobRecord, JobState, JobStatus};
 pub use backup_sql::{
     backup, cleanup_pending_restores, collect_dropped_tables, restore, row_check, BackupOptions, BackupStatement, Env,
-    RestoreSummary,
+    RestoreRequest, RestoreSummary, RestoreTarget,
 };
 pub use catalog::{Catalog, Column, IndexDef, TableDef};
 /// The SQL syntax tree (sqlparser's), for front ends that inspect statements.

@@ -1,0 +1,221 @@
+//! A destination's restorable history: its snapshots and mutation-log segments, which
+//! points in time they can restore, and the plan to restore one.
+//!
+//! ```text
+//!  versions ─────────────────────────────────────────────────────────────▶
+//!  snapshots     S1                         S2
+//!  log segments    [a ─ b][b+1 ─ c][c+1 ─ d]  [d+1 ─ e]    (gap)   [g ─ h]
+//!  restorable    [S1 ──────────────────────────────── e]
+//! ```
+//! A range starts at a snapshot and ends where the unbroken run of segments after it
+//! ends. A point in time resolves to the newest commit at or before it, and only inside
+//! a range: after a range's end later commits may exist that the destination never saw,
+//! so such a point is refused rather than restored to a guess.
+
+use crate::crypto::{Cipher, Secret};
+use crate::dest::Destination;
+use crate::log::{read_segments, LogSegment};
+use crate::manifest::Descriptor;
+use crate::read::{open_descriptor, open_snapshot, snapshots, Snapshot};
+use amberdb_error::{Error, Result};
+use amberdb_mvcc::format_micros;
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+
+/// A span of versions every one of which a destination can restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestorableRange {
+    /// The snapshot it starts at.
+    pub first_version: u64,
+    /// Commit time of that state (µs since the epoch).
+    pub first_time_micros: u64,
+    /// RFC 3339.
+    pub first_time: String,
+    /// The last version the logs cover.
+    pub last_version: u64,
+    /// Commit time of that state (µs).
+    pub last_time_micros: u64,
+    /// RFC 3339.
+    pub last_time: String,
+}
+
+/// What a restore to one version reads.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The version restored.
+    pub target: u64,
+    /// Commit time of that state.
+    pub target_time: u64,
+    /// The snapshot it starts from.
+    pub snapshot: Snapshot,
+    /// The segments to replay over it, in version order (only mutations in
+    /// `(snapshot version, target]` apply).
+    pub segments: Vec<LogSegment>,
+}
+
+/// A destination's snapshots and log segments.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// The destination's descriptor.
+    pub descriptor: Descriptor,
+    /// Its key, if encrypted.
+    pub cipher: Option<Cipher>,
+    /// `(version, commit time µs)` of every complete snapshot, ascending.
+    pub snapshots: Vec<(u64, u64)>,
+    /// Every log segment, in version order.
+    pub segments: Vec<LogSegment>,
+}
+
+impl Chain {
+    /// Reads a destination's descriptor, snapshot manifests and segment descriptions.
+    pub async fn open(dest: &Destination, secret: Option<&Secret>) -> Result<Chain> {
+        let (descriptor, cipher) = open_descriptor(dest, secret).await?;
+        let versions = snapshots(dest).await?;
+        let snaps: Vec<Result<(u64, u64)>> = stream::iter(versions)
+            .map(|v| {
+                let (dest, cipher) = (dest.clone(), cipher.clone());
+                async move { open_snapshot(&dest, v, cipher).await.map(|s| (v, s.manifest.commit_time_micros)) }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        let snapshots = snaps.into_iter().collect::<Result<Vec<_>>>()?;
+        let segments = read_segments(dest).await?;
+        for w in segments.windows(2) {
+            if w[1].first_version <= w[0].last_version {
+                return Err(Error::InvalidData(format!(
+                    "{}: log segments {}..={} and {}..={} overlap",
+                    dest.url(),
+                    w[0].first_version,
+                    w[0].last_version,
+                    w[1].first_version,
+                    w[1].last_version
+                )));
+            }
+        }
+        Ok(Chain { descriptor, cipher, snapshots, segments })
+    }
+
+    /// The newest version the destination holds (snapshot or log), with its time:
+    /// where a continuous backup resumes.
+    pub fn end(&self) -> Option<(u64, u64)> {
+        let snap = self.snapshots.last().copied();
+        let log = self.segments.last().map(|s| (s.last_version, s.last_time()));
+        match (snap, log) {
+            (Some(a), Some(b)) => Some(if b.0 >= a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Index of the segment holding version `v`, if any.
+    fn segment_of(&self, v: u64) -> Option<usize> {
+        let i = self.segments.partition_point(|s| s.last_version < v);
+        (i < self.segments.len() && self.segments[i].first_version <= v).then_some(i)
+    }
+
+    /// The last version restorable from snapshot `s` (the end of the unbroken run of
+    /// segments after it), with its time.
+    fn run_end(&self, s: (u64, u64)) -> (u64, u64) {
+        let Some(mut i) = self.segment_of(s.0 + 1) else { return s };
+        while i + 1 < self.segments.len() && self.segments[i + 1].first_version == self.segments[i].last_version + 1 {
+            i += 1;
+        }
+        let seg = &self.segments[i];
+        (seg.last_version, seg.last_time())
+    }
+
+    /// The restorable ranges, oldest first, merged where they overlap.
+    pub fn ranges(&self) -> Vec<RestorableRange> {
+        let mut out: Vec<RestorableRange> = Vec::new();
+        for &s in &self.snapshots {
+            let e = self.run_end(s);
+            if let Some(last) = out.last_mut() {
+                if s.0 <= last.last_version {
+                    if e.0 > last.last_version {
+                        (last.last_version, last.last_time_micros, last.last_time) = (e.0, e.1, format_micros(e.1));
+                    }
+                    continue;
+                }
+            }
+            out.push(RestorableRange {
+                first_version: s.0,
+                first_time_micros: s.1,
+                first_time: format_micros(s.1),
+                last_version: e.0,
+                last_time_micros: e.1,
+                last_time: format_micros(e.1),
+            });
+        }
+        out
+    }
+
+    fn describe_ranges(&self) -> String {
+        let r = self.ranges();
+        if r.is_empty() {
+            return "it holds no complete snapshot".into();
+        }
+        let spans: Vec<String> = r
+            .iter()
+            .map(|r| format!("{} .. {} (versions {}..={})", r.first_time, r.last_time, r.first_version, r.last_version))
+            .collect();
+        format!("its restorable range is {}", spans.join(", "))
+    }
+
+    /// The version a restore to time `t` (µs) means: the newest commit at or before it,
+    /// inside a restorable range.
+    pub fn resolve_time(&self, t: u64) -> Result<u64> {
+        let ranges = self.ranges();
+        let Some(r) = ranges.iter().rev().find(|r| r.first_time_micros <= t && t <= r.last_time_micros) else {
+            let newest = ranges.last().map(|r| r.last_time_micros);
+            let why = if newest.is_some_and(|n| t > n) {
+                "it is after the newest commit the backup holds (later commits may exist that it never saw)"
+            } else {
+                "it is outside every restorable range"
+            };
+            return Err(Error::InvalidInput(format!(
+                "cannot restore to {}: {why}; {}",
+                format_micros(t),
+                self.describe_ranges()
+            )));
+        };
+        let mut best = r.first_version;
+        let start = self.segment_of(r.first_version + 1).unwrap_or(self.segments.len());
+        for seg in &self.segments[start..] {
+            if seg.first_version > r.last_version {
+                break;
+            }
+            for &[v, ct] in &seg.commits {
+                if v > r.first_version && v <= r.last_version && ct <= t {
+                    best = best.max(v);
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// Plans a restore of `target`, starting from the newest snapshot that reaches it.
+    pub async fn plan(&self, dest: &Destination, target: u64) -> Result<Plan> {
+        let Some(&(sv, st)) = self.snapshots.iter().rev().find(|&&s| s.0 <= target && self.run_end(s).0 >= target)
+        else {
+            return Err(Error::InvalidInput(format!("cannot restore version {target}: {}", self.describe_ranges())));
+        };
+        let snapshot = open_snapshot(dest, sv, self.cipher.clone()).await?;
+        let mut target_time = st;
+        let mut segments = Vec::new();
+        if target > sv {
+            let first = self.segment_of(sv + 1).expect("run_end reached past the snapshot, so a segment holds sv+1");
+            for seg in &self.segments[first..] {
+                if seg.first_version > target {
+                    break;
+                }
+                for &[v, t] in &seg.commits {
+                    if v > sv && v <= target {
+                        target_time = t;
+                    }
+                }
+                segments.push(seg.clone());
+            }
+        }
+        Ok(Plan { target, target_time, snapshot, segments })
+    }
+}

@@ -1,0 +1,383 @@
+//! Mutation logs: every commit after a snapshot, shipped by a continuous backup, so a
+//! destination can be restored to any commit in its restorable range.
+//!
+//! ```text
+//!   <destination>/logs/<first:020>-<last:020>.aml    the mutations of versions first..=last
+//!                                                    (range-file format: entries sorted by
+//!                                                    key, then version; block index by key)
+//!   <destination>/logs/<first:020>-<last:020>.json   sealed JSON, written LAST: versions,
+//!                                                    every commit's time, the data file's
+//!                                                    size and blake3
+//! ```
+//!
+//! A segment exists only once its `.json` does; consecutive segments tile the versions
+//! without gaps. A *restorable range* starts at a snapshot `S` and runs to the last
+//! version `E` of the unbroken run of segments after it: every state `S ≤ v ≤ E` is
+//! restorable as the snapshot plus the log mutations in `(S, v]`. Sorting a segment's
+//! entries by key lets a table restore read only the blocks whose key range touches the
+//! table, and lets replay run in parallel by key range (blocks of one segment hold
+//! disjoint keys; segments are applied in version order).
+
+use crate::crypto::Cipher;
+use crate::dest::Destination;
+use crate::format::{decode_block, entries, read_index, seal, RangeFileWriter, RawBlock, BLOCK_TARGET};
+use crate::manifest::{open_json, seal_json, FORMAT_VERSION};
+use amberdb_consensus::LogRecord;
+use amberdb_error::{Error, Result};
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+
+/// Directory of the mutation logs inside a destination.
+pub const LOG_DIR: &str = "logs";
+const SEGMENT_HEADER: &str = "AMBERDB-LOGSEG 1 blake3=";
+
+/// The sealed description of one log segment (its `.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogSegment {
+    /// Format version.
+    pub format_version: u32,
+    /// First version covered.
+    pub first_version: u64,
+    /// Last version covered (every version in between is covered, commits or not).
+    pub last_version: u64,
+    /// Commit time of the state just before `first_version` (µs since the epoch).
+    pub prev_time_micros: u64,
+    /// `[version, commit time µs]` of every commit in the segment, ascending.
+    pub commits: Vec<[u64; 2]>,
+    /// The data file, absent when no commit in the range wrote anything.
+    pub data: Option<LogData>,
+}
+
+/// The data file of a segment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogData {
+    /// Size in bytes.
+    pub size: u64,
+    /// blake3 of the whole file (hex).
+    pub blake3: String,
+    /// Blocks.
+    pub blocks: u32,
+    /// Mutations (entries).
+    pub entries: u64,
+}
+
+impl LogSegment {
+    /// Object name stem of the segment covering `first..=last`.
+    pub fn stem(first: u64, last: u64) -> String {
+        format!("{LOG_DIR}/{first:020}-{last:020}")
+    }
+
+    /// The `.json` object.
+    pub fn meta_path(&self) -> String {
+        format!("{}.json", Self::stem(self.first_version, self.last_version))
+    }
+
+    /// The `.aml` object.
+    pub fn data_path(&self) -> String {
+        format!("{}.aml", Self::stem(self.first_version, self.last_version))
+    }
+
+    /// Commit time of the state at the segment's last version.
+    pub fn last_time(&self) -> u64 {
+        self.commits.last().map_or(self.prev_time_micros, |c| c[1])
+    }
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        let body = serde_json::to_vec(self).map_err(|e| Error::Internal(format!("encode log segment: {e}")))?;
+        Ok(seal_json(SEGMENT_HEADER, &body))
+    }
+
+    /// Parses and checks a segment description; `name` names the object in errors.
+    pub fn decode(raw: &[u8], name: &str) -> Result<Self> {
+        let what = format!("log segment {name}");
+        let body = open_json(SEGMENT_HEADER, raw, &what)?;
+        let s: LogSegment = serde_json::from_slice(body).map_err(|e| Error::InvalidData(format!("{what}: {e}")))?;
+        let bad = |why: &str| Err(Error::InvalidData(format!("{what}: {why}")));
+        if s.format_version > FORMAT_VERSION {
+            return bad("format version is newer than this build understands");
+        }
+        if s.first_version > s.last_version {
+            return bad("first version after last");
+        }
+        let (mut prev_version, mut prev_time) = (None, s.prev_time_micros);
+        for &[v, t] in &s.commits {
+            if v < s.first_version || v > s.last_version || prev_version.is_some_and(|p| v <= p) {
+                return bad("commit versions out of order or outside the segment");
+            }
+            if t <= prev_time {
+                return bad("commit times do not increase");
+            }
+            (prev_version, prev_time) = (Some(v), t);
+        }
+        Ok(s)
+    }
+}
+
+/// Parses `logs/<first>-<last>.json` into its version range.
+fn parse_meta_name(path: &str) -> Option<(u64, u64)> {
+    let stem = path.strip_prefix(LOG_DIR)?.strip_prefix('/')?.strip_suffix(".json")?;
+    let (a, b) = stem.split_once('-')?;
+    if a.len() != 20 || b.len() != 20 {
+        return None;
+    }
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The log key of a mutation: the user key followed by the version (big-endian), so
+/// entries sort by key, then version, and the version is the last 8 bytes.
+fn log_key(key: &[u8], version: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 8);
+    k.extend_from_slice(key);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// Builds a segment from consecutive log records: its description and, if anything was
+/// written, its data file. `prev_time` is the commit time of the state before the first
+/// record. CPU-heavy: run it on a worker.
+pub fn encode_segment(
+    records: &[LogRecord],
+    prev_time: u64,
+    level: i32,
+    cipher: Option<&Cipher>,
+) -> Result<(LogSegment, Option<Vec<u8>>)> {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Err(Error::Internal("a log segment needs at least one record".into()));
+    };
+    let mut commits = Vec::new();
+    let mut time = prev_time;
+    let mut muts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for r in records {
+        let Some(b) = &r.batch else { continue };
+        // The same rule the state machine applies (Mvcc::apply), so times match exactly.
+        time = b.commit_time.max(time + 1);
+        commits.push([r.version, time]);
+        for m in &b.mutations {
+            let mut v = Vec::with_capacity(1 + m.value.as_ref().map_or(0, |x| x.len()));
+            match &m.value {
+                Some(x) => {
+                    v.push(1);
+                    v.extend_from_slice(x);
+                }
+                None => v.push(0),
+            }
+            muts.push((log_key(&m.key, r.version), v));
+        }
+    }
+    // A key written twice in one batch: the later write wins (stable sort keeps order).
+    muts.sort_by(|a, b| a.0.cmp(&b.0));
+    muts.dedup_by(|later, earlier| {
+        if later.0 == earlier.0 {
+            std::mem::swap(later, earlier);
+            true
+        } else {
+            false
+        }
+    });
+    let mut seg = LogSegment {
+        format_version: FORMAT_VERSION,
+        first_version: first.version,
+        last_version: last.version,
+        prev_time_micros: prev_time,
+        commits,
+        data: None,
+    };
+    if muts.is_empty() {
+        return Ok((seg, None));
+    }
+    let mut file = RangeFileWriter::default();
+    let mut block = RawBlock::default();
+    let mut prev_user: &[u8] = &[];
+    for (k, v) in &muts {
+        let user = &k[..k.len() - 8];
+        // Blocks are cut only between different user keys, so every key's history lies
+        // in one block and blocks can be replayed in parallel.
+        if block.len() >= BLOCK_TARGET && user != prev_user {
+            file.add(seal(std::mem::take(&mut block), level, cipher)?);
+        }
+        block.push(k, v);
+        prev_user = user;
+    }
+    if !block.is_empty() {
+        file.add(seal(block, level, cipher)?);
+    }
+    let (blocks, n) = (file.blocks(), file.entries());
+    let bytes = file.finish(cipher)?;
+    seg.data = Some(LogData {
+        size: bytes.len() as u64,
+        blake3: blake3::hash(&bytes).to_hex().to_string(),
+        blocks,
+        entries: n,
+    });
+    Ok((seg, Some(bytes)))
+}
+
+/// Writes a segment: data first, then its description (create-only), so a segment is
+/// never claimed before its data is complete.
+pub async fn write_segment(dest: &Destination, seg: &LogSegment, data: Option<Vec<u8>>) -> Result<u64> {
+    let mut written = 0u64;
+    if let Some(d) = data {
+        written += d.len() as u64;
+        dest.put(&seg.data_path(), Bytes::from(d)).await?;
+    }
+    let meta = seg.encode()?;
+    written += meta.len() as u64;
+    dest.put_new(&seg.meta_path(), Bytes::from(meta)).await?;
+    Ok(written)
+}
+
+/// The version ranges of the segments in `dest`, ascending (from names alone).
+pub async fn list_segments(dest: &Destination) -> Result<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> =
+        dest.list(LOG_DIR).await?.into_iter().filter_map(|(p, _)| parse_meta_name(&p)).collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Reads and checks the description of the segment covering `first..=last`.
+pub async fn read_segment(dest: &Destination, first: u64, last: u64) -> Result<LogSegment> {
+    let path = format!("{}.json", LogSegment::stem(first, last));
+    let s = LogSegment::decode(&dest.must_get(&path).await?, &dest.name(&path))?;
+    if (s.first_version, s.last_version) != (first, last) {
+        return Err(Error::InvalidData(format!(
+            "log segment {} claims versions {}..={} but is named for {first}..={last}",
+            dest.name(&path),
+            s.first_version,
+            s.last_version
+        )));
+    }
+    Ok(s)
+}
+
+/// Reads every segment description, in version order.
+pub async fn read_segments(dest: &Destination) -> Result<Vec<LogSegment>> {
+    stream::iter(list_segments(dest).await?)
+        .map(|(a, b)| {
+            let dest = dest.clone();
+            async move { read_segment(&dest, a, b).await }
+        })
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Fetches a segment's data file and checks its size and blake3.
+pub async fn fetch_data(dest: &Destination, seg: &LogSegment) -> Result<Option<Bytes>> {
+    let Some(d) = &seg.data else { return Ok(None) };
+    let rel = seg.data_path();
+    let name = dest.name(&rel);
+    let Some(bytes) = dest.get(&rel).await? else {
+        return Err(Error::InvalidData(format!("log file {name} is missing")));
+    };
+    if bytes.len() as u64 != d.size {
+        return Err(Error::InvalidData(format!(
+            "log file {name} is {} bytes, its segment description says {} (truncated or replaced)",
+            bytes.len(),
+            d.size
+        )));
+    }
+    let b = bytes.clone();
+    let hash = tokio::task::spawn_blocking(move || blake3::hash(&b).to_hex().to_string())
+        .await
+        .map_err(|e| Error::Internal(format!("hash worker: {e}")))?;
+    if hash != d.blake3 {
+        return Err(Error::InvalidData(format!("log file {name} does not match its blake3 hash (corrupted)")));
+    }
+    Ok(Some(bytes))
+}
+
+/// One key's net change over a version range: `None` deletes it.
+pub type NetChange = (Vec<u8>, Option<Vec<u8>>);
+
+/// Decodes the blocks of a segment's data file that may hold keys under `prefixes`, and
+/// returns, per block (in key order; blocks hold disjoint keys), the net change of
+/// every such key over `versions`: its last write in that range.
+/// Blocks are decoded by `parallelism` workers.
+pub async fn net_changes(
+    bytes: Bytes,
+    seg: &LogSegment,
+    name: String,
+    cipher: Option<Cipher>,
+    prefixes: &[Vec<u8>],
+    versions: std::ops::RangeInclusive<u64>,
+    parallelism: usize,
+) -> Result<Vec<Vec<NetChange>>> {
+    let Some(d) = &seg.data else { return Ok(Vec::new()) };
+    let index = read_index(&bytes, &name, cipher.as_ref())?;
+    let total: u64 = index.iter().map(|b| u64::from(b.entries)).sum();
+    if index.len() != d.blocks as usize || total != d.entries {
+        return Err(Error::InvalidData(format!(
+            "log file {name} holds {} blocks / {total} entries, its description says {} / {}",
+            index.len(),
+            d.blocks,
+            d.entries
+        )));
+    }
+    // A block's keys lie within [first_key, last_key]; the user-key part of a log key
+    // is a prefix of it, so the block may touch `p` iff some key in that span starts with p.
+    let touches = |first: &[u8], last: &[u8]| {
+        prefixes.iter().any(|p| {
+            let above_start = last >= p.as_slice();
+            let below_end = first.starts_with(p) || first < p.as_slice();
+            above_start && below_end
+        })
+    };
+    let wanted: Vec<_> = index.into_iter().filter(|b| touches(&b.first_key, &b.last_key)).collect();
+    let prefixes = prefixes.to_vec();
+    let results: Vec<Result<Vec<NetChange>>> = stream::iter(wanted)
+        .map(|b| {
+            let (bytes, name, cipher, prefixes, versions) =
+                (bytes.clone(), name.clone(), cipher.clone(), prefixes.clone(), versions.clone());
+            async move {
+                tokio::task::spawn_blocking(move || -> Result<Vec<NetChange>> {
+                    let raw = decode_block(&bytes, &b, &name, cipher.as_ref())?;
+                    let mut out: Vec<NetChange> = Vec::new();
+                    let mut last_key: Option<Vec<u8>> = None;
+                    for e in entries(&raw) {
+                        let (k, v) = e?;
+                        if k.len() < 8 || v.is_empty() || v[0] > 1 {
+                            return Err(Error::InvalidData(format!("log file {name}: malformed mutation entry")));
+                        }
+                        let (user, ver) = k.split_at(k.len() - 8);
+                        let version = u64::from_be_bytes(ver.try_into().expect("split at 8 bytes"));
+                        if !versions.contains(&version) || !prefixes.iter().any(|p| user.starts_with(p)) {
+                            continue;
+                        }
+                        let value = if v[0] == 1 { Some(v[1..].to_vec()) } else { None };
+                        if last_key.as_deref() == Some(user) {
+                            // Same key, a newer version (entries sort by key, then version).
+                            if let Some(l) = out.last_mut() {
+                                l.1 = value;
+                            }
+                        } else {
+                            last_key = Some(user.to_vec());
+                            out.push((user.to_vec(), value));
+                        }
+                    }
+                    Ok(out)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("decode worker: {e}")))?
+            }
+        })
+        .buffered(parallelism.max(1))
+        .collect()
+        .await;
+    let mut out: Vec<Vec<NetChange>> = Vec::with_capacity(results.len());
+    for r in results {
+        let mut block = r?;
+        // Writers never split a key across blocks; merge defensively if one did.
+        if let (Some(prev), Some(first)) = (out.last_mut().and_then(|b| b.last_mut()), block.first()) {
+            if prev.0 == first.0 {
+                prev.1 = block.remove(0).1;
+            }
+        }
+        if !block.is_empty() {
+            out.push(block);
+        }
+    }
+    Ok(out)
+}

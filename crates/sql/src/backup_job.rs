@@ -1,0 +1,555 @@
+//! Continuous backup jobs: ship every commit to a destination, snapshot periodically.
+//!
+//! ```text
+//!            ┌──────────────────────── job (tokio task) ─────────────────────────┐
+//!  commit ─▶ │ commit log ──read_log(shipped+1..)──▶ encode segment (worker) ──▶ │──▶ logs/<a>-<b>.aml
+//!   log      │   ▲ hold(shipped+1): Raft may not purge what is not shipped       │    logs/<a>-<b>.json
+//!            │   └──────────── move the hold after each segment is written ◀─────│
+//!            │ every snapshot_interval: snapshot the database (beside shipping) ─│──▶ snapshots/<v>/…
+//!            └───────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! The job's settings and state (running, paused, stopped, destination) are a record in
+//! the database (`0x15 u64(id)`), changed only by statements; *what has been shipped*
+//! is never stored in the database — the destination is the truth. On start and after
+//! any error the job re-reads the destination, resumes at the version after the last
+//! one it holds, and re-takes the commit-log hold there. If those entries are gone (the
+//! job was stopped, or the hold was lost), that is a gap: the job says so loudly and
+//! starts a new restorable range with a fresh snapshot — it never claims coverage it
+//! does not have.
+//!
+//! Invariants:
+//! - A segment is written (data, then description) before the hold moves past it, so a
+//!   crash at any point leaves either the segment or the entries to re-ship.
+//! - Segments tile versions without gaps from the snapshot a range starts at; status
+//!   reports only versions whose segment description is written.
+//! - Shipping never commits anything, so an idle database produces no segments.
+
+use crate::backup_sql::{database_view, BackupOptions};
+use crate::catalog::Catalog;
+use amberdb_backup::{BackupKind, Chain, DestConfig, Destination, Origin, Progress};
+use amberdb_consensus::Node;
+use amberdb_error::{Error, Result};
+use amberdb_mvcc::format_micros;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Bytes of commit log read into one segment at most.
+const SEGMENT_BYTES: usize = 64 << 20;
+
+/// What a job is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Ship continuously.
+    Running,
+    /// Ship nothing, but keep the commit log from the last shipped version (coverage
+    /// resumes without a gap).
+    Paused,
+    /// Finished: the commit-log hold is released.
+    Stopped,
+}
+
+/// A job's persisted settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub id: u64,
+    /// Destination as given.
+    pub destination: String,
+    /// Requested state.
+    pub state: JobState,
+    /// Ship at least this often (ms).
+    pub flush_interval_ms: u64,
+    /// Take a new snapshot this often (s).
+    pub snapshot_interval_s: u64,
+    /// Report the job as lagging beyond this (s).
+    pub max_lag_s: u64,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Workers for snapshots.
+    pub parallelism: usize,
+    /// Cap on bytes written per second (0 = none).
+    #[serde(default)]
+    pub rate_limit_bytes: u64,
+    /// When the job was created (RFC 3339).
+    pub created_at: String,
+}
+
+/// A job's live figures (not persisted; rebuilt from the destination on start).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobStatus {
+    /// Job id.
+    pub id: u64,
+    /// Destination.
+    pub destination: String,
+    /// `running`, `paused`, `stopped`, `starting`, `snapshotting`, `lagging`, `failing`.
+    pub state: String,
+    /// First version of the restorable range being extended.
+    pub first_version: Option<u64>,
+    /// Its commit time (µs).
+    pub first_time_micros: Option<u64>,
+    /// Newest restorable version (its segment is written).
+    pub last_version: Option<u64>,
+    /// Its commit time (µs).
+    pub last_time_micros: Option<u64>,
+    /// How far the newest restorable commit trails the newest commit (µs): the live RPO.
+    pub lag_micros: u64,
+    /// Bytes written since the server started.
+    pub bytes_written: u64,
+    /// Objects written since the server started.
+    pub files_written: u64,
+    /// Snapshots completed since the server started.
+    pub snapshots: u64,
+    /// Average bytes per second written since the job (re)started.
+    pub throughput_bytes_per_sec: f64,
+    /// The last error, if the latest attempt failed.
+    pub last_error: Option<String>,
+}
+
+struct Job {
+    record: watch::Sender<JobRecord>,
+    status: Mutex<JobStatus>,
+}
+
+impl Job {
+    fn status(&self) -> std::sync::MutexGuard<'_, JobStatus> {
+        self.status.lock().expect("job status lock poisoned")
+    }
+
+    fn set_state(&self, s: &str) {
+        self.status().state = s.to_string();
+    }
+
+    fn hold_name(&self) -> String {
+        format!("backup-job-{}", self.record.borrow().id)
+    }
+}
+
+/// Runs and controls the server's backup jobs.
+pub struct JobManager {
+    node: Arc<Node>,
+    dest: DestConfig,
+    jobs: Mutex<BTreeMap<u64, Arc<Job>>>,
+}
+
+impl std::fmt::Debug for JobManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobManager").finish_non_exhaustive()
+    }
+}
+
+/// Parses a duration such as `500ms`, `1s`, `10m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| Error::sql("22023", format!("invalid duration \"{s}\"")))?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1000),
+        "m" | "min" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        u => return Err(Error::sql("22023", format!("invalid duration unit \"{u}\" (use ms, s, m, h or d)"))),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+impl JobManager {
+    /// A manager with no jobs running; [`JobManager::start`] resumes persisted ones.
+    pub fn new(node: Arc<Node>, dest: DestConfig) -> Arc<Self> {
+        Arc::new(Self { node, dest, jobs: Mutex::new(BTreeMap::new()) })
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Job>>> {
+        self.jobs.lock().expect("job table lock poisoned")
+    }
+
+    /// Resumes every persisted job that is not stopped (run at start-up).
+    pub fn start(self: &Arc<Self>) -> Result<usize> {
+        let records = {
+            let mut txn = self.node.begin_read_only()?;
+            Catalog::jobs(&mut txn)?
+        };
+        let mut n = 0;
+        for (id, raw) in records {
+            let rec: JobRecord =
+                serde_json::from_slice(&raw).map_err(|e| Error::InvalidData(format!("backup job record {id}: {e}")))?;
+            if rec.state == JobState::Stopped {
+                // Make sure a job stopped just before a crash holds nothing.
+                self.node.release_log_hold(&format!("backup-job-{id}"))?;
+            } else {
+                n += 1;
+            }
+            self.spawn(rec);
+        }
+        Ok(n)
+    }
+
+    fn spawn(self: &Arc<Self>, rec: JobRecord) {
+        let (tx, rx) = watch::channel(rec.clone());
+        let job = Arc::new(Job {
+            record: tx,
+            status: Mutex::new(JobStatus {
+                id: rec.id,
+                destination: rec.destination.clone(),
+                state: "starting".into(),
+                ..JobStatus::default()
+            }),
+        });
+        self.jobs().insert(rec.id, job.clone());
+        let me = self.clone();
+        tokio::spawn(async move { me.supervise(job, rx).await });
+    }
+
+    /// Creates a continuous job for `dest`, waits for its first snapshot and returns
+    /// the job's status then. The destination must not hold a backup yet.
+    pub async fn create(self: &Arc<Self>, dest: &str, options: &BackupOptions) -> Result<JobStatus> {
+        if options.encryption_passphrase.is_some() {
+            return Err(Error::sql(
+                "0A000",
+                "continuous backups cannot be encrypted yet: the job would have to keep the passphrase to resume \
+                 after a restart; use an encrypted BACKUP without continuous",
+            ));
+        }
+        let d = Destination::open(dest, &self.dest, Origin::Sql)?;
+        amberdb_backup::start_chain(&d, None).await?;
+        let mut txn = self.node.begin()?;
+        let id = Catalog::allocate_job_id(&mut txn)?;
+        let defaults = crate::backup_job::JobRecord {
+            id,
+            destination: dest.to_string(),
+            state: JobState::Running,
+            flush_interval_ms: options.flush_interval.map_or(1000, |d| d.as_millis() as u64).max(10),
+            snapshot_interval_s: options.snapshot_interval.map_or(86_400, |d| d.as_secs()).max(1),
+            max_lag_s: options.max_lag.map_or(600, |d| d.as_secs()).max(1),
+            compression_level: options.compression_level.unwrap_or(1),
+            parallelism: options
+                .parallelism
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+            rate_limit_bytes: options.rate_limit.unwrap_or(0),
+            created_at: amberdb_backup::now_rfc3339(),
+        };
+        Catalog::put_job(&mut txn, id, &encode(&defaults)?)?;
+        self.node.commit(txn).await?;
+        self.spawn(defaults);
+        // Wait for the first snapshot (or the first failure, which stops the job).
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let s = self.status(id)?;
+            if s.first_version.is_some() {
+                return Ok(s);
+            }
+            if let Some(e) = s.last_error {
+                let _ = self.control(id, Control::Stop).await;
+                return Err(Error::Unavailable(format!("backup job {id} could not take its first snapshot: {e}")));
+            }
+        }
+    }
+
+    /// One job's status.
+    pub fn status(&self, id: u64) -> Result<JobStatus> {
+        let job = self.jobs().get(&id).cloned().ok_or_else(|| no_job(id))?;
+        let s = job.status().clone();
+        Ok(s)
+    }
+
+    /// Every job's status, by id, with the lag brought up to date.
+    pub fn statuses(&self) -> Vec<JobStatus> {
+        let jobs: Vec<Arc<Job>> = self.jobs().values().cloned().collect();
+        let applied = self.node.mvcc().applied();
+        jobs.iter()
+            .map(|j| {
+                let mut s = j.status().clone();
+                if let (Some(v), Some(t)) = (s.last_version, s.last_time_micros) {
+                    s.lag_micros = if v >= applied.version { 0 } else { applied.time.saturating_sub(t) };
+                }
+                s
+            })
+            .collect()
+    }
+
+    /// Pauses, resumes or stops a job, or points it at a new destination (which starts
+    /// a new chain there with a fresh snapshot).
+    pub async fn control(&self, id: u64, c: Control) -> Result<JobStatus> {
+        let job = self.jobs().get(&id).cloned().ok_or_else(|| no_job(id))?;
+        let mut rec = job.record.borrow().clone();
+        match &c {
+            Control::Pause | Control::Resume if rec.state == JobState::Stopped => {
+                return Err(Error::sql("55000", format!("backup job {id} is stopped")));
+            }
+            Control::Pause => rec.state = JobState::Paused,
+            Control::Resume => rec.state = JobState::Running,
+            Control::Stop => rec.state = JobState::Stopped,
+            Control::Destination(d) => {
+                let dest = Destination::open(d, &self.dest, Origin::Sql)?;
+                amberdb_backup::start_chain(&dest, None).await?;
+                rec.destination = d.clone();
+            }
+        }
+        let mut txn = self.node.begin()?;
+        Catalog::put_job(&mut txn, id, &encode(&rec)?)?;
+        self.node.commit(txn).await?;
+        job.status().destination = rec.destination.clone();
+        job.record.send_replace(rec);
+        // Let the job notice, so the returned status reflects the change.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.status(id)
+    }
+
+    /// Keeps a job running across errors until it is stopped.
+    async fn supervise(self: Arc<Self>, job: Arc<Job>, mut rx: watch::Receiver<JobRecord>) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let rec = rx.borrow_and_update().clone();
+            match rec.state {
+                JobState::Stopped => {
+                    job.set_state("stopped");
+                    if let Err(e) = self.node.release_log_hold(&job.hold_name()) {
+                        tracing::error!(job = rec.id, error = %e, "could not release the stopped job's commit-log hold");
+                    }
+                    return;
+                }
+                JobState::Paused => {
+                    job.set_state("paused");
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                JobState::Running => {}
+            }
+            match self.run(&job, &mut rx).await {
+                Ok(()) => backoff = Duration::from_millis(500),
+                Err(e) => {
+                    tracing::error!(job = rec.id, destination = rec.destination, error = %e,
+                        "continuous backup job failed; retrying (the commit log is kept from the last shipped version)");
+                    {
+                        let mut s = job.status();
+                        s.state = "failing".into();
+                        s.last_error = Some(e.message());
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        r = rx.changed() => if r.is_err() { return },
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Resumes the job at its destination and ships until its record changes.
+    async fn run(&self, job: &Job, rx: &mut watch::Receiver<JobRecord>) -> Result<()> {
+        let rec = rx.borrow().clone();
+        let node = &self.node;
+        let dest = Destination::open(&rec.destination, &self.dest, Origin::Sql)?;
+        let hold = job.hold_name();
+        let chain = Chain::open(&dest, None).await?;
+        if chain.descriptor.encryption.is_some() {
+            return Err(Error::InvalidInput(format!(
+                "{} holds an encrypted backup; a continuous job cannot extend it",
+                dest.url()
+            )));
+        }
+        // Where to resume: after the newest version the destination holds, if the
+        // commit log still has what follows it.
+        let resume = match chain.end() {
+            Some((v, t)) => match node.hold_log(&hold, v + 1) {
+                Ok(()) => Some((v, t, chain.ranges().last().map(|r| (r.first_version, r.first_time_micros)))),
+                Err(e) => {
+                    tracing::error!(job = rec.id, destination = dest.url(), shipped_through = v, error = %e,
+                        "continuous backup coverage GAP: commits after the destination's newest version are no \
+                         longer in the commit log; starting a new restorable range with a fresh snapshot");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut newest_snapshot = chain.snapshots.last().map(|s| s.1);
+        let (mut shipped, mut prev_time, first) = match resume {
+            Some((v, t, first)) => (v, t, first.unwrap_or((v, t))),
+            None => {
+                job.set_state("snapshotting");
+                node.hold_log(&hold, node.mvcc().applied().version + 1)?;
+                let (v, t) = self.snapshot(&dest, &rec).await?;
+                job.status().snapshots += 1;
+                node.hold_log(&hold, v + 1)?;
+                newest_snapshot = Some(t);
+                (v, t, (v, t))
+            }
+        };
+        let mut last_snapshot = Instant::now()
+            .checked_sub(Duration::from_micros(
+                node.mvcc().clock().now().saturating_sub(newest_snapshot.unwrap_or(first.1)),
+            ))
+            .unwrap_or_else(Instant::now);
+        {
+            let mut s = job.status();
+            s.state = "running".into();
+            s.last_error = None;
+            (s.first_version, s.first_time_micros) = (Some(first.0), Some(first.1));
+            (s.last_version, s.last_time_micros) = (Some(shipped), Some(prev_time));
+        }
+        let mut snapshot_task: Option<tokio::task::JoinHandle<Result<(u64, u64)>>> = None;
+        let mut lag_reported = Instant::now() - Duration::from_secs(3600);
+        let flush = Duration::from_millis(rec.flush_interval_ms);
+        let started = Instant::now();
+        let mut written_here = 0u64;
+        loop {
+            if rx.has_changed().unwrap_or(true) {
+                // Settings changed (pause, stop, new destination): the supervisor decides.
+                if let Some(t) = snapshot_task.take() {
+                    t.abort();
+                }
+                return Ok(());
+            }
+            // Ship everything applied so far, in segments of bounded size.
+            let records = node.read_log(shipped + 1, SEGMENT_BYTES)?;
+            let read_bytes: usize = records
+                .iter()
+                .filter_map(|r| r.batch.as_ref())
+                .flat_map(|b| &b.mutations)
+                .map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 16)
+                .sum();
+            let behind = read_bytes >= SEGMENT_BYTES / 2;
+            if let Some(last) = records.last() {
+                let last_version = last.version;
+                let level = rec.compression_level;
+                let (seg, data) = tokio::task::spawn_blocking(move || {
+                    amberdb_backup::encode_segment(&records, prev_time, level, None)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("log segment worker: {e}")))??;
+                let files = 1 + u64::from(data.is_some());
+                let n = amberdb_backup::write_segment(&dest, &seg, data).await?;
+                node.hold_log(&hold, last_version + 1)?;
+                shipped = last_version;
+                prev_time = seg.last_time();
+                written_here += n;
+                {
+                    let mut s = job.status();
+                    s.bytes_written += n;
+                    s.files_written += files;
+                    (s.last_version, s.last_time_micros) = (Some(shipped), Some(prev_time));
+                    s.throughput_bytes_per_sec = written_here as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                }
+                if rec.rate_limit_bytes > 0 {
+                    // Pace: never write faster than the limit on average.
+                    let due = Duration::from_secs_f64(written_here as f64 / rec.rate_limit_bytes as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+            // Lag: loud when past the bound (the log is still held, nothing is lost).
+            let applied = node.mvcc().applied();
+            let lag = if shipped >= applied.version { 0 } else { applied.time.saturating_sub(prev_time) };
+            {
+                let mut s = job.status();
+                s.lag_micros = lag;
+                let lagging = lag > rec.max_lag_s * 1_000_000;
+                s.state = if lagging {
+                    "lagging".into()
+                } else if snapshot_task.is_some() {
+                    "snapshotting".into()
+                } else {
+                    "running".into()
+                };
+                if lagging && lag_reported.elapsed() > Duration::from_secs(10) {
+                    lag_reported = Instant::now();
+                    tracing::error!(
+                        job = rec.id,
+                        destination = dest.url(),
+                        lag_seconds = lag / 1_000_000,
+                        max_lag_seconds = rec.max_lag_s,
+                        shipped_through = shipped,
+                        "continuous backup is LAGGING beyond its bound; the commit log is kept until it catches up"
+                    );
+                }
+            }
+            // Periodic snapshots run beside shipping.
+            if let Some(t) = &snapshot_task {
+                if t.is_finished() {
+                    let t = snapshot_task.take().expect("checked is_some");
+                    match t.await {
+                        Ok(Ok(_)) => job.status().snapshots += 1,
+                        Ok(Err(e)) => {
+                            tracing::error!(job = rec.id, error = %e, "periodic snapshot failed; retrying next interval");
+                            job.status().last_error = Some(format!("snapshot: {}", e.message()));
+                        }
+                        Err(e) => tracing::error!(job = rec.id, error = %e, "periodic snapshot task failed"),
+                    }
+                    last_snapshot = Instant::now();
+                }
+            } else if last_snapshot.elapsed() >= Duration::from_secs(rec.snapshot_interval_s) {
+                let (node, dest, rec) = (self.node.clone(), dest.clone(), rec.clone());
+                snapshot_task = Some(tokio::spawn(async move { take_snapshot(&node, &dest, &rec).await }));
+            }
+            if !behind {
+                tokio::select! {
+                    _ = tokio::time::sleep(flush) => {}
+                    _ = rx.changed() => {
+                        if let Some(t) = snapshot_task.take() {
+                            t.abort();
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn snapshot(&self, dest: &Destination, rec: &JobRecord) -> Result<(u64, u64)> {
+        take_snapshot(&self.node, dest, rec).await
+    }
+}
+
+/// Takes one snapshot of the database into a job's destination.
+async fn take_snapshot(node: &Arc<Node>, dest: &Destination, rec: &JobRecord) -> Result<(u64, u64)> {
+    let (view, specs) = database_view(node, None)?;
+    let opts = amberdb_backup::Options {
+        compression_level: rec.compression_level,
+        parallelism: rec.parallelism.max(1),
+        ..amberdb_backup::Options::default()
+    };
+    let m = amberdb_backup::create_snapshot(
+        node.mvcc(),
+        view,
+        dest,
+        BackupKind::Database,
+        specs,
+        &opts,
+        None,
+        Arc::new(Progress::default()),
+    )
+    .await?;
+    tracing::info!(job = rec.id, destination = dest.url(), version = m.version,
+        commit_time = %format_micros(m.commit_time_micros), "continuous backup snapshot complete");
+    Ok((m.version, m.commit_time_micros))
+}
+
+/// A change to a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// Stop shipping, keep coverage.
+    Pause,
+    /// Ship again.
+    Resume,
+    /// End the job.
+    Stop,
+    /// Continue at a new destination.
+    Destination(String),
+}
+
+fn encode(rec: &JobRecord) -> Result<Vec<u8>> {
+    serde_json::to_vec(rec).map_err(|e| Error::Internal(format!("encode backup job: {e}")))
+}
+
+fn no_job(id: u64) -> Error {
+    Error::sql("42704", format!("backup job {id} does not exist"))
+}
