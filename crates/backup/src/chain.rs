@@ -96,15 +96,12 @@ impl Chain {
         Ok(Chain { descriptor, cipher, snapshots, segments })
     }
 
-    /// The newest version the destination holds (snapshot or log), with its time:
-    /// where a continuous backup resumes.
-    pub fn end(&self) -> Option<(u64, u64)> {
-        let snap = self.snapshots.last().copied();
-        let log = self.segments.last().map(|s| (s.last_version, s.last_time()));
-        match (snap, log) {
-            (Some(a), Some(b)) => Some(if b.0 >= a.0 { b } else { a }),
-            (a, b) => a.or(b),
-        }
+    /// Where a continuous backup resumes, with the commit time there: after the last
+    /// log segment — not after a newer snapshot, whose version may lie past versions
+    /// the log has not reached yet (resuming there would leave them out) — or after the
+    /// newest snapshot if there is no log.
+    pub fn resume_point(&self) -> Option<(u64, u64)> {
+        self.segments.last().map(|s| (s.last_version, s.last_time())).or_else(|| self.snapshots.last().copied())
     }
 
     /// Index of the segment holding version `v`, if any.

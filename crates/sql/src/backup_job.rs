@@ -358,9 +358,12 @@ impl JobManager {
         }
         // Where to resume: after the newest version the destination holds, if the
         // commit log still has what follows it.
-        let resume = match chain.end() {
+        let resume = match chain.resume_point() {
             Some((v, t)) => match node.hold_log(&hold, v + 1) {
-                Ok(()) => Some((v, t, chain.ranges().last().map(|r| (r.first_version, r.first_time_micros)))),
+                Ok(()) => {
+                    let range = chain.ranges().into_iter().find(|r| r.first_version <= v && v <= r.last_version);
+                    Some((v, t, range.map(|r| (r.first_version, r.first_time_micros))))
+                }
                 Err(e) => {
                     tracing::error!(job = rec.id, destination = dest.url(), shipped_through = v, error = %e,
                         "continuous backup coverage GAP: commits after the destination's newest version are no \

@@ -1,0 +1,366 @@
+//! Continuous backup and point-in-time restore end to end: the real server, a random
+//! write workload, restores at many instants checked against time-travel reads, and
+//! kill -9 of the server while the job runs.
+
+mod common;
+
+use common::{bin, http_get, Server};
+use rand::prelude::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+fn server(data: &Path, root: &Path) -> Server {
+    Server::start_full(data, &["--backup-root".as_ref(), root.as_os_str()], &[])
+}
+
+async fn connect(s: &Server) -> Client {
+    let (client, conn) = tokio_postgres::connect(&s.conn_string(), NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// Runs SQL; returns the rows as `a|b|c` lines (NULL as empty), or the error text.
+async fn try_q(c: &Client, sql: &str) -> Result<String, String> {
+    let msgs = c.simple_query(sql).await.map_err(|e| match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    })?;
+    let mut out = String::new();
+    for m in msgs {
+        if let SimpleQueryMessage::Row(r) = m {
+            let cols: Vec<&str> = (0..r.len()).map(|i| r.get(i).unwrap_or("")).collect();
+            out.push_str(&cols.join("|"));
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+async fn q(c: &Client, sql: &str) -> String {
+    try_q(c, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Like `q`, retrying serialization failures (concurrent writers are running).
+async fn q_retry(c: &Client, sql: &str) -> String {
+    for _ in 0..100 {
+        match c.simple_query(sql).await {
+            Ok(_) => return String::new(),
+            Err(e) if e.code().map(|c| c.code()) == Some("40001") => continue,
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+    panic!("{sql}: still conflicting after 100 attempts");
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_micros() as u64
+}
+
+/// The server's newest applied version (admin /status).
+fn applied_version(s: &Server) -> u64 {
+    let (_, body) = http_get(s.http_port, "/status");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    v["applied_version"].as_u64().expect("applied_version")
+}
+
+/// `(first_version, last_version, last_time)` of job `id` from SHOW BACKUP JOBS.
+async fn job(c: &Client, id: u64) -> (u64, u64, String, String) {
+    let rows = q(c, "SHOW BACKUP JOBS").await;
+    let line = rows.lines().find(|l| l.starts_with(&format!("{id}|"))).expect("job listed").to_string();
+    let f: Vec<&str> = line.split('|').collect();
+    (f[3].parse().unwrap_or(0), f[5].parse().unwrap_or(0), f[6].to_string(), f[2].to_string())
+}
+
+/// Waits until job `id` has shipped everything the server has applied.
+async fn wait_caught_up(s: &Server, c: &Client, id: u64) -> (u64, String) {
+    let target = applied_version(s);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, last, time, state) = job(c, id).await;
+        if last >= target {
+            return (last, time);
+        }
+        assert!(Instant::now() < deadline, "job {id} did not catch up to {target} (at {last}, {state})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One writer: random inserts, updates and deletes until `stop`.
+async fn writer(c: Client, seed: u64, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let id = rng.random_range(1..800);
+        let sql = match rng.random_range(0..5) {
+            0 => format!("INSERT INTO acct VALUES ({id}, {}, 'n{}') ON CONFLICT DO NOTHING", id * 3, id % 10),
+            1 | 2 => format!(
+                "UPDATE acct SET bal = bal + {}, note = 'n{}' WHERE id = {id}",
+                rng.random_range(1..9),
+                rng.random_range(0..10)
+            ),
+            3 => format!("DELETE FROM acct WHERE id = {id}"),
+            _ => format!("INSERT INTO ev VALUES ('s{seed}-{n}', {id})"),
+        };
+        match c.simple_query(&sql).await {
+            Ok(_) => n += 1,
+            Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{sql}: {e}"),
+        }
+        // The late table exists only in the middle of the run.
+        if n % 7 == 0 {
+            let _ = c.simple_query(&format!("INSERT INTO late VALUES ({}, 'x{seed}')", rng.random::<u32>())).await;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_in_time_restores_match_time_travel_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backups");
+    let a = server(&dir.path().join("a"), &root);
+    let c = connect(&a).await;
+    q(
+        &c,
+        "CREATE TABLE acct (id INT PRIMARY KEY, bal BIGINT NOT NULL, note TEXT);
+         CREATE INDEX acct_note ON acct (note);
+         CREATE TABLE ev (v TEXT, n INT);
+         INSERT INTO acct SELECT g, g * 3, 'n' || (g % 10) FROM generate_series(1, 400) g;",
+    )
+    .await;
+    let started =
+        q(&c, "BACKUP DATABASE TO 'pitr' WITH (continuous, flush_interval = '100ms', snapshot_interval = '2s')").await;
+    let id: u64 = started.split('|').next().unwrap().parse().unwrap();
+    let t_start = now_micros();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for seed in 0..2u64 {
+        let w = connect(&a).await;
+        writers.push(tokio::spawn(writer(w, seed, stop.clone())));
+    }
+    // Schema changes in the middle: a table created, a column added, the table dropped.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    q_retry(&c, "CREATE TABLE late (k BIGINT PRIMARY KEY, s TEXT)").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    q_retry(&c, "ALTER TABLE acct ADD COLUMN extra INT").await;
+    q_retry(&c, "UPDATE acct SET extra = id WHERE id < 50").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    q_retry(&c, "DROP TABLE late").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut writes = 0;
+    for w in writers {
+        writes += w.await.unwrap();
+    }
+    assert!(writes > 200, "the workload made progress ({writes} writes)");
+    let (_, last_time) = wait_caught_up(&a, &c, id).await;
+    let t_end = amberdb_sql_time(&last_time);
+    assert!(t_end > t_start);
+    let (_, _, _, state) = job(&c, id).await;
+    assert_eq!(state, "running");
+    let snapshots = std::fs::read_dir(root.join("pitr/snapshots")).unwrap().count();
+    assert!(snapshots >= 2, "periodic snapshots were taken ({snapshots})");
+
+    // Table restores at random instants equal time-travel reads at the same instants.
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let mut instants: Vec<u64> = (0..50).map(|_| rng.random_range(t_start..=t_end)).collect();
+    instants.push(t_end);
+    for (i, &t) in instants.iter().enumerate() {
+        let ts = amberdb_mvcc::format_micros(t);
+        let expected = q(&c, &format!("SELECT * FROM acct AS OF SYSTEM TIME '{ts}' ORDER BY id")).await;
+        q(&c, &format!("RESTORE TABLE acct FROM 'pitr' AS OF SYSTEM TIME '{ts}' AS r{i}")).await;
+        let got = q(&c, &format!("SELECT * FROM r{i} ORDER BY id")).await;
+        assert_eq!(got, expected, "table acct restored as of {ts}");
+        // The restored index agrees with the data.
+        let by_index = q(&c, &format!("SELECT count(*) FROM r{i} WHERE note = 'n3'")).await;
+        let by_scan =
+            q(&c, &format!("SELECT count(*) FROM acct AS OF SYSTEM TIME '{ts}' WHERE note || '' = 'n3'")).await;
+        assert_eq!(by_index, by_scan, "index of acct restored as of {ts}");
+        q(&c, &format!("DROP TABLE r{i}")).await;
+    }
+
+    // Database restores at some of them, into a fresh server.
+    let b = server(&dir.path().join("b"), &root);
+    let cb = connect(&b).await;
+    for &t in instants.iter().step_by(5) {
+        let ts = amberdb_mvcc::format_micros(t);
+        q(&cb, &format!("RESTORE DATABASE FROM 'pitr' AS OF SYSTEM TIME '{ts}'")).await;
+        for (table, order) in [("acct", "id"), ("ev", "v"), ("late", "k")] {
+            let expected = try_q(&c, &format!("SELECT * FROM {table} AS OF SYSTEM TIME '{ts}' ORDER BY {order}")).await;
+            let got = try_q(&cb, &format!("SELECT * FROM {table} ORDER BY {order}")).await;
+            match (expected, got) {
+                (Ok(e), Ok(g)) => assert_eq!(g, e, "table {table} of the database restored as of {ts}"),
+                (Err(e), Err(g)) => assert!(e.contains("does not exist") && g.contains("does not exist"), "{e} / {g}"),
+                (e, g) => panic!("table {table} as of {ts}: expected {e:?}, restored {g:?}"),
+            }
+        }
+        for table in ["acct", "ev", "late"] {
+            let _ = try_q(&cb, &format!("DROP TABLE {table}")).await;
+        }
+    }
+
+    // Outside the restorable range: a clear refusal, nothing restored.
+    let before = amberdb_mvcc::format_micros(t_start - 60_000_000);
+    let err = try_q(&c, &format!("RESTORE TABLE acct FROM 'pitr' AS OF SYSTEM TIME '{before}' AS too_early"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("outside every restorable range"), "{err}");
+    let after = amberdb_mvcc::format_micros(now_micros() + 3_600_000_000);
+    let err = try_q(&c, &format!("RESTORE TABLE acct FROM 'pitr' AS OF SYSTEM TIME '{after}' AS too_late"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("after the newest commit"), "{err}");
+    assert!(try_q(&c, "SELECT 1 FROM too_early").await.is_err());
+
+    // The CLI resolves the same points from the files alone.
+    let out = Command::new(bin())
+        .args(["backup", "show", "--json", "--backup-root"])
+        .arg(&root)
+        .arg("pitr")
+        .env("AMBERDB_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ranges = shown["restorable_ranges"].as_array().unwrap();
+    assert_eq!(ranges.len(), 1, "one unbroken restorable range: {shown}");
+    assert!(ranges[0]["last_time_micros"].as_u64().unwrap() >= t_end);
+
+    // Stopping the job releases its hold on the commit log.
+    let stopped = q(&c, &format!("ALTER BACKUP JOB {id} STOP")).await;
+    assert!(stopped.contains("|stopped|"), "{stopped}");
+    let (_, body) = http_get(a.http_port, "/metrics");
+    assert!(body.contains(&format!("amberdb_backup_job_lag_seconds{{job=\"{id}\"")), "{body}");
+}
+
+/// Parses the `last_time` column (`2026-11-22 20:04:48.976407+00`) into µs.
+fn amberdb_sql_time(s: &str) -> u64 {
+    let (date, rest) = s.split_once(' ').expect("date and time");
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let clock = rest.trim_end_matches("+00");
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, "0"));
+    let t: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+    let micros: i64 = format!("{frac:0<6}")[..6].parse().unwrap();
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1_000_000 + micros) as u64
+}
+
+fn sigkill(s: &mut Server) {
+    // SAFETY: kill(2) on a child process id we own; no memory is touched.
+    unsafe {
+        libc::kill(s.child.id() as i32, libc::SIGKILL);
+    }
+    let _ = s.child.wait();
+}
+
+/// Inserts consecutive ids until the connection dies; records each acknowledged one.
+async fn inserter(c: Client, ids: std::ops::Range<u64>, acked: std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+    for id in ids {
+        match c.simple_query(&format!("INSERT INTO k VALUES ({id}, {})", id % 97)).await {
+            Ok(_) => acked.lock().unwrap().push(id),
+            Err(_) => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_backup_survives_kill9_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backups");
+    let data = dir.path().join("data");
+    // Frequent checkpoints: Raft purges its log often, so only the job's hold keeps
+    // what the job has not shipped.
+    let cfg = dir.path().join("amberdb.toml");
+    std::fs::write(&cfg, "checkpoint_every = 100\n").unwrap();
+    let start = |data: &Path| {
+        Server::start_full(
+            data,
+            &["--backup-root".as_ref(), root.as_os_str(), "--config".as_ref(), cfg.as_os_str()],
+            &[],
+        )
+    };
+    let mut s = start(&data);
+    let c = connect(&s).await;
+    q(&c, "CREATE TABLE k (id BIGINT PRIMARY KEY, w INT)").await;
+    let started =
+        q(&c, "BACKUP DATABASE TO 'k9' WITH (continuous, flush_interval = '50ms', snapshot_interval = '1s')").await;
+    let id: u64 = started.split('|').next().unwrap().parse().unwrap();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut claims: Vec<u64> = Vec::new();
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let mut next = 1u64;
+    for round in 0..6 {
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let w = connect(&s).await;
+            tasks.push(tokio::spawn(inserter(w, next..next + 1_000_000, acked.clone())));
+            next += 1_000_000;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
+        let c = connect(&s).await;
+        let (_, claimed, _, state) = job(&c, id).await;
+        assert_ne!(state, "failing", "round {round}");
+        claims.push(claimed);
+        sigkill(&mut s);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        s = start(&data);
+    }
+    // Paused across a crash with far more commits than Raft keeps: resuming leaves no gap.
+    let c = connect(&s).await;
+    q(&c, &format!("ALTER BACKUP JOB {id} PAUSE")).await;
+    for _ in 0..1500 {
+        q(&c, &format!("INSERT INTO k VALUES ({next}, 1)")).await;
+        acked.lock().unwrap().push(next);
+        next += 1;
+    }
+    sigkill(&mut s);
+    s = start(&data);
+    let c = connect(&s).await;
+    assert_eq!(job(&c, id).await.3, "paused");
+    q(&c, &format!("ALTER BACKUP JOB {id} RESUME")).await;
+    // Some load after the last restart too, then let the job catch up.
+    q(&c, &format!("INSERT INTO k VALUES ({next}, 0)")).await;
+    acked.lock().unwrap().push(next);
+    let (last, _) = wait_caught_up(&s, &c, id).await;
+    claims.push(last);
+
+    // One unbroken restorable range from the first snapshot to the newest commit.
+    let out = Command::new(bin())
+        .args(["backup", "show", "--json", "--backup-root"])
+        .arg(&root)
+        .arg("k9")
+        .env("AMBERDB_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ranges = shown["restorable_ranges"].as_array().unwrap();
+    assert_eq!(ranges.len(), 1, "kill -9 left a gap: {shown}");
+    assert!(ranges[0]["last_version"].as_u64().unwrap() >= last);
+
+    // Every version the status ever claimed is restorable, and equals a time-travel read.
+    for (i, v) in claims.iter().enumerate() {
+        q(&c, &format!("RESTORE TABLE k FROM 'k9' AS OF SYSTEM TIME {v} AS c{i}")).await;
+        let got = q(&c, &format!("SELECT * FROM c{i} ORDER BY id")).await;
+        let expected = q(&c, &format!("SELECT * FROM k AS OF SYSTEM TIME {v} ORDER BY id")).await;
+        assert_eq!(got, expected, "claimed version {v}");
+    }
+    // Every acknowledged insert is in the newest restorable state.
+    let newest = q(&c, &format!("SELECT id FROM c{} ORDER BY id", claims.len() - 1)).await;
+    let restored: std::collections::HashSet<u64> = newest.lines().map(|l| l.parse().unwrap()).collect();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 50, "the load made progress ({} inserts)", acked.len());
+    for a in acked {
+        assert!(restored.contains(&a), "acknowledged insert {a} is missing from the backup");
+    }
+}
