@@ -146,6 +146,35 @@ impl Chain {
         out
     }
 
+    /// If log segments exist past the end of every restorable range (a segment in
+    /// between is missing), the version where coverage breaks off.
+    pub fn broken_after(&self) -> Option<u64> {
+        let end = self.ranges().iter().map(|r| r.last_version).max()?;
+        let newest = self.segments.last()?.last_version;
+        (newest > end).then_some(end)
+    }
+
+    /// The newest restorable version, refusing when the log is broken after it (the
+    /// destination holds later commits that cannot be reached: restoring "the latest"
+    /// would silently lose them).
+    pub fn latest(&self, dest: &Destination) -> Result<u64> {
+        if let Some(v) = self.broken_after() {
+            return Err(Error::InvalidData(format!(
+                "the mutation log in {} is broken after version {v}: later log segments exist but a segment \
+                 between them is missing (run `amberdb backup verify`); restore AS OF SYSTEM TIME a point inside \
+                 {} to accept losing the later commits",
+                dest.url(),
+                self.describe_ranges()
+            )));
+        }
+        self.ranges().last().map(|r| r.last_version).ok_or_else(|| {
+            Error::InvalidData(format!(
+                "{} holds no complete backup (no snapshot has a manifest; an interrupted backup leaves none)",
+                dest.url()
+            ))
+        })
+    }
+
     fn describe_ranges(&self) -> String {
         let r = self.ranges();
         if r.is_empty() {
@@ -164,7 +193,9 @@ impl Chain {
         let ranges = self.ranges();
         let Some(r) = ranges.iter().rev().find(|r| r.first_time_micros <= t && t <= r.last_time_micros) else {
             let newest = ranges.last().map(|r| r.last_time_micros);
-            let why = if newest.is_some_and(|n| t > n) {
+            let why = if self.broken_after().is_some() && newest.is_some_and(|n| t > n) {
+                "it is after a break in the mutation log (a segment is missing; run `amberdb backup verify`)"
+            } else if newest.is_some_and(|n| t > n) {
                 "it is after the newest commit the backup holds (later commits may exist that it never saw)"
             } else {
                 "it is outside every restorable range"

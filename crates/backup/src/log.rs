@@ -327,10 +327,11 @@ pub async fn net_changes(
     };
     let wanted: Vec<_> = index.into_iter().filter(|b| touches(&b.first_key, &b.last_key)).collect();
     let prefixes = prefixes.to_vec();
+    let span = seg.first_version..=seg.last_version;
     let results: Vec<Result<Vec<NetChange>>> = stream::iter(wanted)
         .map(|b| {
-            let (bytes, name, cipher, prefixes, versions) =
-                (bytes.clone(), name.clone(), cipher.clone(), prefixes.clone(), versions.clone());
+            let (bytes, name, cipher, prefixes, versions, span) =
+                (bytes.clone(), name.clone(), cipher.clone(), prefixes.clone(), versions.clone(), span.clone());
             async move {
                 tokio::task::spawn_blocking(move || -> Result<Vec<NetChange>> {
                     let raw = decode_block(&bytes, &b, &name, cipher.as_ref())?;
@@ -343,6 +344,11 @@ pub async fn net_changes(
                         }
                         let (user, ver) = k.split_at(k.len() - 8);
                         let version = u64::from_be_bytes(ver.try_into().expect("split at 8 bytes"));
+                        if !span.contains(&version) {
+                            return Err(Error::InvalidData(format!(
+                                "log file {name}: a mutation of version {version} lies outside the segment"
+                            )));
+                        }
                         if !versions.contains(&version) || !prefixes.iter().any(|p| user.starts_with(p)) {
                             continue;
                         }

@@ -453,6 +453,15 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
                     report.tables,
                     report.rows
                 );
+                if report.log_segments > 0 {
+                    println!("  {} mutation-log segments", report.log_segments);
+                }
+                for r in &report.restorable_ranges {
+                    println!(
+                        "  restorable {} .. {} (versions {}..={})",
+                        r.first_time, r.last_time, r.first_version, r.last_version
+                    );
+                }
                 for p in &report.problems {
                     println!("PROBLEM: {p}");
                 }

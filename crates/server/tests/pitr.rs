@@ -364,3 +364,97 @@ async fn continuous_backup_survives_kill9_without_gaps() {
         assert!(restored.contains(&a), "acknowledged insert {a} is missing from the backup");
     }
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn cli(args: &[&str], root: &Path) -> (bool, String) {
+    let out =
+        Command::new(bin()).args(args).arg("--backup-root").arg(root).env("AMBERDB_LOG", "warn").output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_log_files_are_named_by_verify_and_never_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backups");
+    let s = server(&dir.path().join("data"), &root);
+    let c = connect(&s).await;
+    q(&c, "CREATE TABLE t (id INT PRIMARY KEY, v TEXT)").await;
+    let started = q(&c, "BACKUP DATABASE TO 'good' WITH (continuous, flush_interval = '50ms')").await;
+    let id: u64 = started.split('|').next().unwrap().parse().unwrap();
+    for round in 0..6 {
+        q(
+            &c,
+            &format!(
+                "INSERT INTO t SELECT g, 'r{round}' FROM generate_series({}, {}) g",
+                round * 100,
+                round * 100 + 99
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    wait_caught_up(&s, &c, id).await;
+    q(&c, &format!("ALTER BACKUP JOB {id} STOP")).await;
+    let (ok, out) = cli(&["backup", "verify", "--deep", "good"], &root);
+    assert!(ok && out.contains("OK"), "{out}");
+    let mut data: Vec<String> = std::fs::read_dir(root.join("good/logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".aml"))
+        .collect();
+    data.sort();
+    assert!(data.len() >= 4, "several log segments: {data:?}");
+    let victim = data[data.len() / 2].clone();
+    let meta = victim.replace(".aml", ".json");
+    type Damage = fn(&Path);
+    let flip: Damage = |p| {
+        let mut b = std::fs::read(p).unwrap();
+        let i = b.len() / 2;
+        b[i] ^= 0x40;
+        std::fs::write(p, b).unwrap();
+    };
+    let truncate: Damage = |p| {
+        let b = std::fs::read(p).unwrap();
+        std::fs::write(p, &b[..b.len() - 7]).unwrap();
+    };
+    let delete: Damage = |p| std::fs::remove_file(p).unwrap();
+    let cases: [(&str, &str, Damage); 5] = [
+        ("flip-data", &victim, flip),
+        ("truncate-data", &victim, truncate),
+        ("delete-data", &victim, delete),
+        ("flip-meta", &meta, flip),
+        ("delete-meta", &meta, delete),
+    ];
+    for (name, file, damage) in cases {
+        let copy = root.join(name);
+        copy_dir(&root.join("good"), &copy);
+        damage(&copy.join("logs").join(file));
+        for deep in [false, true] {
+            let mut args = vec!["backup", "verify", name];
+            if deep {
+                args.insert(2, "--deep");
+            }
+            let (ok, out) = cli(&args, &root);
+            assert!(!ok, "{name}: verify (deep: {deep}) passed: {out}");
+            let stem = file.split('.').next().unwrap();
+            assert!(out.contains(stem), "{name}: verify does not name {stem}: {out}");
+        }
+        // Restoring the newest state needs the damaged segment: refused, nothing left.
+        let err =
+            try_q(&c, &format!("RESTORE TABLE t FROM '{name}' AS t_{}", name.replace('-', "_"))).await.unwrap_err();
+        let stem = file.split('.').next().unwrap();
+        assert!(err.contains(stem) || err.contains("broken after version"), "{name}: {err}");
+        assert!(try_q(&c, &format!("SELECT 1 FROM t_{}", name.replace('-', "_"))).await.is_err());
+    }
+}

@@ -713,15 +713,7 @@ pub async fn restore(
     let target = match req.target {
         Some(RestoreTarget::Version(v)) => v,
         Some(RestoreTarget::Time(t)) => chain.resolve_time(t)?,
-        None => match chain.ranges().last() {
-            Some(r) => r.last_version,
-            None => {
-                return Err(Error::InvalidData(format!(
-                    "{} holds no complete backup (no snapshot has a manifest; an interrupted backup leaves none)",
-                    dest.url()
-                )))
-            }
-        },
+        None => chain.latest(&dest)?,
     };
     let lp = chain.plan(&dest, target).await?;
     let m = &lp.snapshot.manifest;
