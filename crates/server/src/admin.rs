@@ -57,6 +57,9 @@ pub struct BackupRequest {
     /// Start a continuous backup job instead of taking one snapshot.
     #[serde(default)]
     pub continuous: bool,
+    /// Add a link to the incremental chain at `dest` (or start one there).
+    #[serde(default)]
+    pub incremental: bool,
     /// Continuous: ship at least this often (e.g. `1s`).
     #[serde(default)]
     pub flush_interval: Option<String>,
@@ -113,6 +116,7 @@ async fn backup(State(app): State<App>, Json(req): Json<BackupRequest>) -> Reply
             parallelism: req.parallelism,
             encryption_passphrase: req.encryption_passphrase,
             continuous: req.continuous,
+            incremental: req.incremental,
             flush_interval,
             snapshot_interval,
             max_lag,
@@ -121,15 +125,24 @@ async fn backup(State(app): State<App>, Json(req): Json<BackupRequest>) -> Reply
         },
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return failure(e),
     };
-    if opts.continuous {
+    if opts.continuous || opts.incremental {
         if req.tables.is_some() {
             return failure(amberdb_error::Error::InvalidInput(
-                "continuous backups cover the whole database (no tables)".into(),
+                "continuous and incremental backups cover the whole database (no tables)".into(),
             ));
         }
         let Some(jobs) = &app.env.jobs else {
             return failure(amberdb_error::Error::Internal("this server runs no backup jobs".into()));
         };
+        if opts.continuous && opts.incremental {
+            return failure(amberdb_error::Error::InvalidInput("choose continuous or incremental, not both".into()));
+        }
+        if opts.incremental {
+            return match jobs.incremental(&req.dest, &opts).await {
+                Ok(i) => (StatusCode::OK, Json(serde_json::json!({ "increment": i }))),
+                Err(e) => failure(e),
+            };
+        }
         return match jobs.create(&req.dest, &opts).await {
             Ok(s) => (StatusCode::OK, Json(serde_json::json!({ "job": s }))),
             Err(e) => failure(e),

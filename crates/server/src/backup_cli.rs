@@ -40,8 +40,12 @@ enum BackupAction {
         #[arg(long)]
         parallelism: Option<usize>,
         /// Start a continuous backup job (snapshot + every commit shipped as it happens).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "incremental")]
         continuous: bool,
+        /// Add the commits since the last backup to the incremental chain at DEST (the
+        /// first one, into an empty DEST, is a full snapshot).
+        #[arg(long)]
+        incremental: bool,
         /// Continuous: ship the log at least this often [default: 1s].
         #[arg(long)]
         flush_interval: Option<String>,
@@ -325,6 +329,7 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
             compression_level,
             parallelism,
             continuous,
+            incremental,
             flush_interval,
             snapshot_interval,
             max_lag,
@@ -338,11 +343,35 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
                 parallelism,
                 encryption_passphrase: common.passphrase()?,
                 continuous,
+                incremental,
                 flush_interval,
                 snapshot_interval,
                 max_lag,
                 rate_limit,
             };
+            if incremental {
+                let reply = {
+                    let _bar = Bar::spinner(&format!("incremental backup to {dest}"), common.json);
+                    post(&common.server, "backup", &req).await?
+                };
+                if common.json {
+                    return print_json(&reply);
+                }
+                let i = &reply["increment"];
+                let when = i["commit_time_micros"].as_u64().map(amberdb_mvcc::format_micros).unwrap_or_default();
+                if i["full"].as_bool() == Some(true) {
+                    println!(
+                        "started the incremental chain at {dest} (job {}): full snapshot at version {} ({when})",
+                        i["job_id"], i["version"]
+                    );
+                } else {
+                    println!(
+                        "incremental backup to {dest} (job {}): now restorable to version {} ({when}); {} bytes in {} log segments",
+                        i["job_id"], i["version"], i["bytes"], i["segments"]
+                    );
+                }
+                return Ok(());
+            }
             if continuous {
                 let reply = {
                     let _bar = Bar::spinner(&format!("starting a continuous backup to {dest}"), common.json);

@@ -458,3 +458,89 @@ async fn damaged_log_files_are_named_by_verify_and_never_restored() {
         assert!(try_q(&c, &format!("SELECT 1 FROM t_{}", name.replace('-', "_"))).await.is_err());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_chain_restores_every_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backups");
+    let data = dir.path().join("a");
+    let mut a = server(&data, &root);
+    let mut c = connect(&a).await;
+    q(
+        &c,
+        "CREATE TABLE inc (id INT PRIMARY KEY, v TEXT, n BIGINT);
+         CREATE TABLE bag (s TEXT);
+         INSERT INTO inc SELECT g, 'v' || g, g FROM generate_series(1, 5000) g;",
+    )
+    .await;
+    let first = q(&c, "BACKUP DATABASE TO 'chain' WITH (incremental)").await;
+    let f: Vec<&str> = first.trim().split('|').collect();
+    assert_eq!(f[2], "full", "{first}");
+    let full_bytes: u64 = walk(&root.join("chain/snapshots")).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let mut links: Vec<(u64, String, String)> = Vec::new();
+    for link in 1..=6 {
+        // About 1 % of the rows change in each link.
+        for _ in 0..50 {
+            let id = rng.random_range(1..5200);
+            let sql = match rng.random_range(0..4) {
+                0 => format!("DELETE FROM inc WHERE id = {id}"),
+                1 => format!("INSERT INTO inc VALUES ({id}, 'new{link}', 0) ON CONFLICT DO NOTHING"),
+                2 => format!("INSERT INTO bag VALUES ('l{link}-{id}')"),
+                _ => format!("UPDATE inc SET v = 'l{link}', n = n + 1 WHERE id = {id}"),
+            };
+            q(&c, &sql).await;
+        }
+        if link == 3 {
+            // A link taken through the CLI, after a crash: the chain's log hold survives.
+            sigkill(&mut a);
+            a = server(&data, &root);
+            let out = Command::new(bin())
+                .args(["backup", "create", "--incremental", "chain", "--server"])
+                .arg(format!("http://127.0.0.1:{}", a.http_port))
+                .env("AMBERDB_LOG", "warn")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("incremental backup to chain"), "{text}");
+            c = connect(&a).await;
+        }
+        let out = q(&c, "BACKUP DATABASE TO 'chain' WITH (incremental)").await;
+        let f: Vec<&str> = out.trim().split('|').collect();
+        assert_eq!(f[2], "incremental", "{out}");
+        let version: u64 = f[3].parse().unwrap();
+        let bytes: u64 = f[5].parse().unwrap();
+        // ~1 % of the rows changed; the link is a small fraction of the full snapshot.
+        assert!(bytes * 10 < full_bytes, "link {link}: {bytes} bytes vs the full {full_bytes}");
+        let inc = q(&c, &format!("SELECT * FROM inc AS OF SYSTEM TIME {version} ORDER BY id")).await;
+        let bag = q(&c, &format!("SELECT s FROM bag AS OF SYSTEM TIME {version} ORDER BY s")).await;
+        links.push((version, inc, bag));
+    }
+    let jobs = q(&c, "SHOW BACKUP JOBS").await;
+    assert!(jobs.contains("|incremental|"), "{jobs}");
+
+    let b = server(&dir.path().join("b"), &root);
+    let cb = connect(&b).await;
+    for (version, inc, bag) in &links {
+        q(&cb, &format!("RESTORE DATABASE FROM 'chain' AS OF SYSTEM TIME {version}")).await;
+        assert_eq!(&q(&cb, "SELECT * FROM inc ORDER BY id").await, inc, "link at version {version}");
+        assert_eq!(&q(&cb, "SELECT s FROM bag ORDER BY s").await, bag, "link at version {version}");
+        q(&cb, "DROP TABLE inc; DROP TABLE bag").await;
+    }
+    // Without a point: the newest link.
+    q(&cb, "RESTORE DATABASE FROM 'chain'").await;
+    assert_eq!(q(&cb, "SELECT * FROM inc ORDER BY id").await, links.last().unwrap().1);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -75,6 +75,10 @@ pub struct JobRecord {
     /// Cap on bytes written per second (0 = none).
     #[serde(default)]
     pub rate_limit_bytes: u64,
+    /// An incremental chain: idle between `BACKUP … WITH (incremental)` statements,
+    /// holding the commit log from its last link.
+    #[serde(default)]
+    pub incremental: bool,
     /// When the job was created (RFC 3339).
     pub created_at: String,
 }
@@ -232,6 +236,7 @@ impl JobManager {
                 .parallelism
                 .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             rate_limit_bytes: options.rate_limit.unwrap_or(0),
+            incremental: false,
             created_at: amberdb_backup::now_rfc3339(),
         };
         Catalog::put_job(&mut txn, id, &encode(&defaults)?)?;
@@ -249,6 +254,120 @@ impl JobManager {
                 return Err(Error::Unavailable(format!("backup job {id} could not take its first snapshot: {e}")));
             }
         }
+    }
+
+    /// `BACKUP DATABASE TO dest WITH (incremental)`: into an empty destination, a full
+    /// snapshot that starts an incremental chain (an idle job that holds the commit log
+    /// from there); into a chain's destination, the commits since its last link, as log
+    /// segments. Restores walk the chain: any commit in it can be restored.
+    pub async fn incremental(self: &Arc<Self>, dest: &str, options: &BackupOptions) -> Result<Increment> {
+        if options.encryption_passphrase.is_some() {
+            return Err(Error::sql("0A000", "incremental backups cannot be encrypted yet"));
+        }
+        let d = Destination::open(dest, &self.dest, Origin::Sql)?;
+        let existing = self
+            .jobs()
+            .values()
+            .find(|j| j.record.borrow().destination == dest && j.record.borrow().state != JobState::Stopped)
+            .cloned();
+        let Some(job) = existing else {
+            // A new chain: the destination must be empty.
+            amberdb_backup::start_chain(&d, None).await?;
+            let mut txn = self.node.begin()?;
+            let id = Catalog::allocate_job_id(&mut txn)?;
+            let rec = JobRecord {
+                id,
+                destination: dest.to_string(),
+                state: JobState::Paused,
+                incremental: true,
+                flush_interval_ms: 1000,
+                snapshot_interval_s: 86_400,
+                max_lag_s: 600,
+                compression_level: options.compression_level.unwrap_or(1),
+                parallelism: options
+                    .parallelism
+                    .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+                rate_limit_bytes: 0,
+                created_at: amberdb_backup::now_rfc3339(),
+            };
+            Catalog::put_job(&mut txn, id, &encode(&rec)?)?;
+            self.node.commit(txn).await?;
+            let hold = format!("backup-job-{id}");
+            self.node.hold_log(&hold, self.node.mvcc().applied().version + 1)?;
+            let taken = take_snapshot(&self.node, &d, &rec).await;
+            let (v, t) = match taken {
+                Ok(vt) => vt,
+                Err(e) => {
+                    let mut txn = self.node.begin()?;
+                    Catalog::put_job(&mut txn, id, &encode(&JobRecord { state: JobState::Stopped, ..rec })?)?;
+                    self.node.commit(txn).await?;
+                    self.node.release_log_hold(&hold)?;
+                    return Err(e);
+                }
+            };
+            self.node.hold_log(&hold, v + 1)?;
+            self.spawn(rec);
+            if let Some(job) = self.jobs().get(&id) {
+                let mut s = job.status();
+                (s.first_version, s.first_time_micros) = (Some(v), Some(t));
+                (s.last_version, s.last_time_micros) = (Some(v), Some(t));
+                s.snapshots += 1;
+            }
+            return Ok(Increment { job_id: id, full: true, version: v, commit_time_micros: t, bytes: 0, segments: 0 });
+        };
+        let rec = job.record.borrow().clone();
+        let target = self.node.mvcc().applied().version;
+        if rec.state == JobState::Running {
+            // A continuous job already ships this destination: wait until it has this.
+            loop {
+                let s = job.status().clone();
+                if let (Some(v), Some(t)) = (s.last_version, s.last_time_micros) {
+                    if v >= target {
+                        return Ok(Increment {
+                            job_id: rec.id,
+                            full: false,
+                            version: v,
+                            commit_time_micros: t,
+                            bytes: 0,
+                            segments: 0,
+                        });
+                    }
+                }
+                if let Some(e) = s.last_error {
+                    return Err(Error::Unavailable(format!("backup job {} is failing: {e}", rec.id)));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let chain = Chain::open(&d, None).await?;
+        let Some((mut shipped, mut time)) = chain.resume_point() else {
+            return Err(Error::InvalidData(format!("{} holds no snapshot to extend", d.url())));
+        };
+        let hold = job.hold_name();
+        self.node.hold_log(&hold, shipped + 1).map_err(|e| {
+            Error::sql(
+                "55000",
+                format!(
+                    "the incremental chain at {} cannot be extended: {}; start a new chain in an empty destination",
+                    d.url(),
+                    e.message()
+                ),
+            )
+        })?;
+        let (mut bytes, mut segments) = (0, 0);
+        while shipped < target {
+            let Some(sh) = ship_segment(&self.node, &d, &hold, shipped, time, rec.compression_level).await? else {
+                break;
+            };
+            (shipped, time) = (sh.last_version, sh.last_time);
+            bytes += sh.bytes;
+            segments += 1;
+            let mut s = job.status();
+            s.bytes_written += sh.bytes;
+            s.files_written += sh.files;
+            (s.last_version, s.last_time_micros) = (Some(shipped), Some(time));
+        }
+        Ok(Increment { job_id: rec.id, full: false, version: shipped, commit_time_micros: time, bytes, segments })
     }
 
     /// One job's status.
@@ -315,7 +434,8 @@ impl JobManager {
                     return;
                 }
                 JobState::Paused => {
-                    job.set_state("paused");
+                    job.set_state(if rec.incremental { "incremental" } else { "paused" });
+                    self.refresh_from_destination(&job, &rec).await;
                     if rx.changed().await.is_err() {
                         return;
                     }
@@ -340,6 +460,27 @@ impl JobManager {
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
+        }
+    }
+
+    /// Fills an idle job's restorable range from its destination (best effort: a job
+    /// that is not shipping only reports what is there).
+    async fn refresh_from_destination(&self, job: &Job, rec: &JobRecord) {
+        if job.status().last_version.is_some() {
+            return;
+        }
+        let Ok(dest) = Destination::open(&rec.destination, &self.dest, Origin::Sql) else { return };
+        match Chain::open(&dest, None).await {
+            Ok(chain) => {
+                if let (Some((v, t)), ranges) = (chain.resume_point(), chain.ranges()) {
+                    let mut s = job.status();
+                    if let Some(r) = ranges.iter().find(|r| r.first_version <= v && v <= r.last_version) {
+                        (s.first_version, s.first_time_micros) = (Some(r.first_version), Some(r.first_time_micros));
+                    }
+                    (s.last_version, s.last_time_micros) = (Some(v), Some(t));
+                }
+            }
+            Err(e) => job.status().last_error = Some(e.message()),
         }
     }
 
@@ -412,32 +553,14 @@ impl JobManager {
                 return Ok(());
             }
             // Ship everything applied so far, in segments of bounded size.
-            let records = node.read_log(shipped + 1, SEGMENT_BYTES)?;
-            let read_bytes: usize = records
-                .iter()
-                .filter_map(|r| r.batch.as_ref())
-                .flat_map(|b| &b.mutations)
-                .map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 16)
-                .sum();
-            let behind = read_bytes >= SEGMENT_BYTES / 2;
-            if let Some(last) = records.last() {
-                let last_version = last.version;
-                let level = rec.compression_level;
-                let (seg, data) = tokio::task::spawn_blocking(move || {
-                    amberdb_backup::encode_segment(&records, prev_time, level, None)
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("log segment worker: {e}")))??;
-                let files = 1 + u64::from(data.is_some());
-                let n = amberdb_backup::write_segment(&dest, &seg, data).await?;
-                node.hold_log(&hold, last_version + 1)?;
-                shipped = last_version;
-                prev_time = seg.last_time();
-                written_here += n;
+            let mut behind = false;
+            if let Some(sh) = ship_segment(node, &dest, &hold, shipped, prev_time, rec.compression_level).await? {
+                (shipped, prev_time, behind) = (sh.last_version, sh.last_time, sh.behind);
+                written_here += sh.bytes;
                 {
                     let mut s = job.status();
-                    s.bytes_written += n;
-                    s.files_written += files;
+                    s.bytes_written += sh.bytes;
+                    s.files_written += sh.files;
                     (s.last_version, s.last_time_micros) = (Some(shipped), Some(prev_time));
                     s.throughput_bytes_per_sec = written_here as f64 / started.elapsed().as_secs_f64().max(1e-3);
                 }
@@ -512,6 +635,51 @@ impl JobManager {
     }
 }
 
+/// What one shipped segment covered.
+struct Shipped {
+    last_version: u64,
+    last_time: u64,
+    bytes: u64,
+    files: u64,
+    /// The read hit its size bound: more is waiting.
+    behind: bool,
+}
+
+/// Ships the applied commit log after `shipped` (whose state has commit time
+/// `prev_time`) as one segment of bounded size, then moves the hold past it. `None` if
+/// there was nothing to ship.
+async fn ship_segment(
+    node: &Node,
+    dest: &Destination,
+    hold: &str,
+    shipped: u64,
+    prev_time: u64,
+    level: i32,
+) -> Result<Option<Shipped>> {
+    let records = node.read_log(shipped + 1, SEGMENT_BYTES)?;
+    let read_bytes: usize = records
+        .iter()
+        .filter_map(|r| r.batch.as_ref())
+        .flat_map(|b| &b.mutations)
+        .map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 16)
+        .sum();
+    let Some(last_version) = records.last().map(|r| r.version) else { return Ok(None) };
+    let (seg, data) =
+        tokio::task::spawn_blocking(move || amberdb_backup::encode_segment(&records, prev_time, level, None))
+            .await
+            .map_err(|e| Error::Internal(format!("log segment worker: {e}")))??;
+    let files = 1 + u64::from(data.is_some());
+    let bytes = amberdb_backup::write_segment(dest, &seg, data).await?;
+    node.hold_log(hold, last_version + 1)?;
+    Ok(Some(Shipped {
+        last_version,
+        last_time: seg.last_time(),
+        bytes,
+        files,
+        behind: read_bytes >= SEGMENT_BYTES / 2,
+    }))
+}
+
 /// Takes one snapshot of the database into a job's destination.
 async fn take_snapshot(node: &Arc<Node>, dest: &Destination, rec: &JobRecord) -> Result<(u64, u64)> {
     let (view, specs) = database_view(node, None)?;
@@ -534,6 +702,23 @@ async fn take_snapshot(node: &Arc<Node>, dest: &Destination, rec: &JobRecord) ->
     tracing::info!(job = rec.id, destination = dest.url(), version = m.version,
         commit_time = %format_micros(m.commit_time_micros), "continuous backup snapshot complete");
     Ok((m.version, m.commit_time_micros))
+}
+
+/// What `BACKUP … WITH (incremental)` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct Increment {
+    /// The chain's job.
+    pub job_id: u64,
+    /// Whether this started the chain (a full snapshot).
+    pub full: bool,
+    /// The version the chain now reaches.
+    pub version: u64,
+    /// Its commit time (µs).
+    pub commit_time_micros: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Log segments written.
+    pub segments: u64,
 }
 
 /// A change to a job.

@@ -60,6 +60,8 @@ pub struct BackupOptions {
     pub encryption_passphrase: Option<String>,
     /// BACKUP DATABASE: start a continuous backup job.
     pub continuous: bool,
+    /// BACKUP DATABASE: add a link to an incremental chain (or start one).
+    pub incremental: bool,
     /// Continuous: ship the log at least this often.
     pub flush_interval: Option<std::time::Duration>,
     /// Continuous: take a new snapshot this often.
@@ -253,6 +255,7 @@ impl Tokens {
                     o.parallelism = Some(p as usize);
                 }
                 "continuous" if stmt == "BACKUP" => o.continuous = flag(&name, &value)?,
+                "incremental" if stmt == "BACKUP" => o.incremental = flag(&name, &value)?,
                 "flush_interval" | "snapshot_interval" | "max_lag" if stmt == "BACKUP" => {
                     let v = value.as_deref().ok_or_else(|| {
                         Error::sql("22023", format!("option {name} needs a duration such as '1s' or '24h'"))
@@ -322,8 +325,14 @@ pub fn parse(sql: &str) -> Result<BackupStatement> {
         t.expect_keyword("TO")?;
         let dest = t.string()?;
         let options = t.options("BACKUP")?;
-        if options.continuous && tables.is_some() {
-            return Err(Error::sql("0A000", "continuous backups cover the whole database: use BACKUP DATABASE"));
+        if (options.continuous || options.incremental) && tables.is_some() {
+            return Err(Error::sql(
+                "0A000",
+                "continuous and incremental backups cover the whole database: use BACKUP DATABASE",
+            ));
+        }
+        if options.continuous && options.incremental {
+            return Err(Error::sql("22023", "choose continuous or incremental, not both"));
         }
         BackupStatement::Backup { tables, dest, options }
     } else if t.keyword("RESTORE") {
@@ -451,6 +460,15 @@ impl BackupStatement {
         use DataType::{Int8, Text, TimestampTz};
         let cols: &[(&str, DataType)] = match self {
             BackupStatement::Backup { options, .. } if options.continuous => JOB_COLUMNS,
+            BackupStatement::Backup { options, .. } if options.incremental => &[
+                ("job_id", Int8),
+                ("destination", Text),
+                ("kind", Text),
+                ("version", Int8),
+                ("commit_time", TimestampTz),
+                ("bytes", Int8),
+                ("log_segments", Int8),
+            ],
             BackupStatement::Jobs | BackupStatement::AlterJob { .. } => JOB_COLUMNS,
             BackupStatement::Backup { .. } => &[
                 ("destination", Text),
@@ -492,6 +510,19 @@ impl BackupStatement {
             BackupStatement::Backup { dest, options, .. } if options.continuous => {
                 let s = env.jobs()?.create(dest, options).await?;
                 (vec![job_row(&s)], "BACKUP".to_string())
+            }
+            BackupStatement::Backup { dest, options, .. } if options.incremental => {
+                let i = env.jobs()?.incremental(dest, options).await?;
+                let row = vec![
+                    Value::Int(i.job_id as i64),
+                    Value::Text(dest.clone()),
+                    Value::Text(if i.full { "full" } else { "incremental" }.into()),
+                    Value::Int(i.version as i64),
+                    Value::TimestampTz(i.commit_time_micros as i64),
+                    Value::Int(i.bytes as i64),
+                    Value::Int(i.segments as i64),
+                ];
+                (vec![row], "BACKUP".to_string())
             }
             BackupStatement::Jobs => (env.jobs()?.statuses().iter().map(job_row).collect(), "SHOW".to_string()),
             BackupStatement::AlterJob { id, control } => {

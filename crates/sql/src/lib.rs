@@ -33,7 +33,7 @@ mod time;
 mod types;
 
 pub use asof::AsOf;
-pub use backup_job::{parse_duration, Control, JobManager, JobRecord, JobState, JobStatus};
+pub use backup_job::{parse_duration, Control, Increment, JobManager, JobRecord, JobState, JobStatus};
 pub use backup_sql::{
     backup, cleanup_pending_restores, collect_dropped_tables, restore, row_check, BackupOptions, BackupStatement, Env,
     RestoreRequest, RestoreSummary, RestoreTarget,
