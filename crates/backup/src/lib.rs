@@ -33,6 +33,7 @@
 mod chain;
 mod crypto;
 mod dest;
+mod expire;
 mod export;
 mod format;
 mod log;
@@ -44,6 +45,7 @@ mod verify;
 pub use chain::{Chain, Plan, RestorableRange};
 pub use crypto::{Cipher, EncryptionParams, Secret};
 pub use dest::{install_crypto_provider, DestConfig, Destination, Origin, S3Config};
+pub use expire::{expire, ExpireReport};
 pub use export::{create, create_snapshot, start_chain, Options, TableSpec};
 pub use log::{
     encode_segment, fetch_data, list_segments, net_changes, read_segment, read_segments, write_segment, LogData,

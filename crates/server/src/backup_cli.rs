@@ -114,6 +114,26 @@ enum BackupAction {
         #[command(flatten)]
         common: Common,
     },
+    /// Delete the snapshots and log segments that no restorable point at or after a
+    /// cutoff needs (crash-safe: the list is written first; re-run to finish).
+    Expire {
+        /// The backup.
+        dest: String,
+        /// Keep every point at or after this time (e.g. '2026-11-01 00:00:00+00').
+        #[arg(long, conflicts_with = "keep_days", required_unless_present = "keep_days")]
+        before: Option<String>,
+        /// Keep every point of the last N days.
+        #[arg(long)]
+        keep_days: Option<u64>,
+        /// Allow deleting everything when nothing restorable would remain.
+        #[arg(long)]
+        force: bool,
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Delete the backup at DEST (manifest first, so it is never half-trusted).
     Delete {
         /// The backup.
@@ -506,6 +526,44 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
                     report.destination, report.problems[0]
                 )))
             }
+        }
+        BackupAction::Expire { dest, before, keep_days, force, dry_run, common } => {
+            let d = Destination::open(&dest, &common.backup.dest_config(), Origin::Cli)?;
+            let now = amberdb_mvcc::Clock::now(&amberdb_mvcc::SystemClock);
+            let cutoff = match (before, keep_days) {
+                (Some(t), _) => match amberdb_sql::RestoreTarget::parse_time(&t, now)? {
+                    amberdb_sql::RestoreTarget::Time(t) => t,
+                    amberdb_sql::RestoreTarget::Version(_) => {
+                        return Err(Error::InvalidInput("--before takes a time, not a version".into()))
+                    }
+                },
+                (None, Some(days)) => now.saturating_sub(days.saturating_mul(86_400_000_000)),
+                (None, None) => return Err(Error::InvalidInput("give --before TIME or --keep-days N".into())),
+            };
+            let r = amberdb_backup::expire(&d, common.secret()?.as_ref(), cutoff, force, dry_run).await?;
+            if common.json {
+                return print_json(&r);
+            }
+            println!(
+                "{}expired {} before {}: {} snapshots, {} log segments, {} objects, {} bytes",
+                if dry_run { "would have " } else { "" },
+                r.destination,
+                amberdb_mvcc::format_micros(cutoff),
+                r.snapshots_deleted,
+                r.segments_deleted,
+                r.objects_deleted,
+                r.bytes_freed
+            );
+            if r.resumed_objects > 0 {
+                println!("  finished an interrupted expire ({} objects)", r.resumed_objects);
+            }
+            for x in &r.restorable_ranges {
+                println!(
+                    "  restorable {} .. {} (versions {}..={})",
+                    x.first_time, x.last_time, x.first_version, x.last_version
+                );
+            }
+            Ok(())
         }
         BackupAction::Delete { dest, common } => {
             let d = Destination::open(&dest, &common.backup.dest_config(), Origin::Cli)?;

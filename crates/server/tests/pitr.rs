@@ -544,3 +544,92 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expire_keeps_every_point_after_the_cutoff_restorable() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backups");
+    let s = server(&dir.path().join("data"), &root);
+    let c = connect(&s).await;
+    q(&c, "CREATE TABLE e (id BIGINT PRIMARY KEY, v INT)").await;
+    let started =
+        q(&c, "BACKUP DATABASE TO 'ex' WITH (continuous, flush_interval = '10ms', snapshot_interval = '1s')").await;
+    let id: u64 = started.split('|').next().unwrap().parse().unwrap();
+    let t0 = now_micros();
+    let mut n = 0u64;
+    while now_micros() < t0 + 4_500_000 {
+        n += 1;
+        q(&c, &format!("INSERT INTO e VALUES ({n}, {}); UPDATE e SET v = v + 1 WHERE id = {}", n % 13, n / 2 + 1))
+            .await;
+    }
+    let (_, last_time) = wait_caught_up(&s, &c, id).await;
+    q(&c, &format!("ALTER BACKUP JOB {id} STOP")).await;
+    let t_end = amberdb_sql_time(&last_time);
+    let count = |d: &str| std::fs::read_dir(root.join("ex").join(d)).map_or(0, |r| r.count());
+    let snapshots = || count("snapshots");
+    let segments = || count("logs");
+    let (snaps_before, segs_before) = (snapshots(), segments());
+    assert!(snaps_before >= 3, "periodic snapshots ({snaps_before})");
+
+    // Expire with crashes: kill the CLI part-way through; whatever it left must still
+    // restore every point after its cutoff, and a re-run must finish the job.
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let mut cutoff = t0 + 1_500_000;
+    let mut interrupted = 0;
+    for attempt in 0..6 {
+        let ts = amberdb_mvcc::format_micros(cutoff);
+        let mut child = Command::new(bin())
+            .args(["backup", "expire", "ex", "--before", &ts, "--backup-root"])
+            .arg(&root)
+            .env("AMBERDB_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..120)));
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        if root.join("ex/expire-pending.json").exists() {
+            interrupted += 1;
+        }
+        // Every point after the cutoff still restores, interrupted or not.
+        for k in 0..3 {
+            let t = rng.random_range(cutoff..=t_end);
+            let ts = amberdb_mvcc::format_micros(t);
+            let name = format!("x{attempt}_{k}");
+            q(&c, &format!("RESTORE TABLE e FROM 'ex' AS OF SYSTEM TIME '{ts}' AS {name}")).await;
+            assert_eq!(
+                q(&c, &format!("SELECT * FROM {name} ORDER BY id")).await,
+                q(&c, &format!("SELECT * FROM e AS OF SYSTEM TIME '{ts}' ORDER BY id")).await,
+                "after an interrupted expire, as of {ts}"
+            );
+            q(&c, &format!("DROP TABLE {name}")).await;
+        }
+        // A complete run (finishing any interrupted one).
+        let (ok, out) = cli(&["backup", "expire", "ex", "--before", &ts, "--json"], &root);
+        assert!(ok, "{out}");
+        assert!(!root.join("ex/expire-pending.json").exists());
+        let (ok, out) = cli(&["backup", "verify", "ex"], &root);
+        assert!(ok, "verify after expire: {out}");
+        cutoff += 400_000;
+        if cutoff > t_end {
+            break;
+        }
+    }
+    eprintln!("expire runs interrupted with a pending list: {interrupted}");
+    assert!(snapshots() < snaps_before && segments() < segs_before, "expire deleted old snapshots and segments");
+    // Before the cutoff: no longer restorable, said clearly.
+    let early = amberdb_mvcc::format_micros(t0 + 100_000);
+    let err = try_q(&c, &format!("RESTORE TABLE e FROM 'ex' AS OF SYSTEM TIME '{early}' AS gone")).await.unwrap_err();
+    assert!(err.contains("outside every restorable range"), "{err}");
+    // Expiring past the newest point would leave nothing: refused without --force.
+    let future = amberdb_mvcc::format_micros(now_micros() + 60_000_000);
+    let (ok, out) = cli(&["backup", "expire", "ex", "--before", &future], &root);
+    assert!(!ok && out.contains("no restorable point"), "{out}");
+    let (ok, out) = cli(&["backup", "expire", "ex", "--before", &future, "--force"], &root);
+    assert!(ok, "{out}");
+    assert_eq!(snapshots(), 0);
+}
