@@ -94,10 +94,35 @@ def backup(rows):
     return out
 
 
+def pitr(rows):
+    by = lambda b: [r for r in rows if r["bench"] == b]
+    plain, cont = med(by("pgbench_plain"), "tps"), med(by("pgbench_continuous"), "tps")
+    rpo = by("rpo")
+    inc = by("incremental")[0]
+    mb = inc["csv_bytes"] / 1e6
+    a, p = med(by("amber_pitr_restore"), "seconds"), med(by("pg_restore"), "seconds")
+    rss = max((r["peak_rss_kb"] for r in by("amber_pitr_restore")), default=0) / 1024
+    srv = max((r["peak_rss_kb"] for r in by("amber_rss")), default=0) / 1024
+    return [
+        "| measurement | result | target |",
+        "|---|---|---|",
+        f"| pgbench tps (4 clients, TPC-B-like), no backup running | {plain:,.0f} | |",
+        f"| pgbench tps with a continuous backup running (flush 1 s) | {cont:,.0f} (**{cont / plain:.2f}×**) | ≥ 0.9× |",
+        f"| live RPO (lag of the newest restorable commit), p50 / p99 / max over {sum(r['samples'] for r in rpo)} samples | "
+        f"{statistics.median(r['p50_s'] for r in rpo):.2f} s / {statistics.median(r['p99_s'] for r in rpo):.2f} s / {max(r['max_s'] for r in rpo):.2f} s | |",
+        f"| incremental backup after changing 1 % of {inc['rows']:,} rows vs the full backup | {inc['incremental_bytes'] / 1e6:,.2f} MB vs "
+        f"{inc['full_bytes'] / 1e6:,.1f} MB (**{100 * inc['incremental_bytes'] / inc['full_bytes']:.1f} %**) | ≤ 3 % |",
+        f"| point-in-time RESTORE DATABASE (snapshot + log replay), fresh server | {a:.1f} s, {mb / a:,.0f} MB/s, peak RSS {rss:,.0f} MiB | |",
+        f"| `pg_restore -j2` of the same rows | {p:.1f} s, {mb / p:,.0f} MB/s (AmberDB / PG time: **{a / p:.2f}×**) | |",
+        "",
+        f"AmberDB server peak RSS during the pgbench runs: {srv:,.0f} MiB. MB/s are of the rows' CSV size ({mb:,.0f} MB).",
+    ]
+
+
 def main():
     what, results, doc, command = sys.argv[1:5]
     rows = [json.loads(l) for l in open(results) if l.strip()]
-    body = {"core": core, "pgbench": pgbench, "backup": backup}[what](rows)
+    body = {"core": core, "pgbench": pgbench, "backup": backup, "pitr": pitr}[what](rows)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = [
