@@ -247,3 +247,79 @@ impl Chain {
         Ok(Plan { target, target_time, snapshot, segments })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::FORMAT_VERSION;
+
+    fn seg(first: u64, last: u64, prev: u64, commits: &[(u64, u64)]) -> LogSegment {
+        LogSegment {
+            format_version: FORMAT_VERSION,
+            first_version: first,
+            last_version: last,
+            prev_time_micros: prev,
+            commits: commits.iter().map(|&(v, t)| [v, t]).collect(),
+            data: None,
+        }
+    }
+
+    fn chain(snapshots: &[(u64, u64)], segments: Vec<LogSegment>) -> Chain {
+        Chain {
+            descriptor: Descriptor::new("2026-11-22T00:00:00Z".into(), None),
+            cipher: None,
+            snapshots: snapshots.to_vec(),
+            segments,
+        }
+    }
+
+    fn span(r: &RestorableRange) -> (u64, u64, u64, u64) {
+        (r.first_version, r.last_version, r.first_time_micros, r.last_time_micros)
+    }
+
+    #[test]
+    fn ranges_run_from_a_snapshot_to_the_end_of_unbroken_log() {
+        let c = chain(
+            &[(10, 100)],
+            vec![seg(8, 12, 90, &[(9, 95), (12, 120)]), seg(13, 20, 120, &[(15, 150)]), seg(21, 30, 150, &[(25, 250)])],
+        );
+        assert_eq!(c.ranges().iter().map(span).collect::<Vec<_>>(), vec![(10, 30, 100, 250)]);
+        assert_eq!(c.resume_point(), Some((30, 250)));
+        assert_eq!(c.broken_after(), None);
+        // Newest commit at or before the time; the snapshot's own state counts.
+        assert_eq!(c.resolve_time(100).unwrap(), 10);
+        assert_eq!(c.resolve_time(119).unwrap(), 10);
+        assert_eq!(c.resolve_time(120).unwrap(), 12);
+        assert_eq!(c.resolve_time(249).unwrap(), 15);
+        assert_eq!(c.resolve_time(250).unwrap(), 25);
+        assert!(c.resolve_time(99).unwrap_err().to_string().contains("outside every restorable range"));
+        assert!(c.resolve_time(251).unwrap_err().to_string().contains("after the newest commit"));
+    }
+
+    #[test]
+    fn a_missing_segment_ends_the_range_and_blocks_latest() {
+        let c = chain(&[(10, 100)], vec![seg(11, 20, 100, &[(15, 150)]), seg(26, 30, 200, &[(28, 280)])]);
+        assert_eq!(c.ranges().iter().map(span).collect::<Vec<_>>(), vec![(10, 20, 100, 150)]);
+        assert_eq!(c.broken_after(), Some(20));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = crate::DestConfig { backup_root: dir.path().to_path_buf(), s3: crate::S3Config::default() };
+        let dest = Destination::open("x", &cfg, crate::Origin::Cli).expect("dest");
+        assert!(c.latest(&dest).unwrap_err().to_string().contains("broken after version 20"));
+        assert!(c.resolve_time(290).unwrap_err().to_string().contains("break in the mutation log"));
+        // A new snapshot after the gap starts a second range.
+        let c = chain(&[(10, 100), (25, 190)], c.segments.clone());
+        assert_eq!(c.ranges().iter().map(span).collect::<Vec<_>>(), vec![(10, 20, 100, 150), (25, 30, 190, 280)]);
+        assert_eq!(c.latest(&dest).unwrap(), 30);
+        assert_eq!(c.resolve_time(200).unwrap(), 25);
+        assert!(c.resolve_time(170).is_err(), "inside the gap");
+    }
+
+    #[test]
+    fn resume_is_after_the_log_not_after_a_newer_snapshot() {
+        let c = chain(&[(10, 100), (40, 400)], vec![seg(11, 30, 100, &[(20, 200)])]);
+        assert_eq!(c.resume_point(), Some((30, 200)));
+        let c = chain(&[(10, 100)], Vec::new());
+        assert_eq!(c.resume_point(), Some((10, 100)));
+        assert_eq!(c.ranges().iter().map(span).collect::<Vec<_>>(), vec![(10, 10, 100, 100)]);
+    }
+}

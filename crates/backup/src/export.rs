@@ -56,6 +56,19 @@ pub struct Options {
     pub file_target: usize,
     /// Encrypt the backup with a key derived from this passphrase.
     pub encryption: Option<Secret>,
+    /// Paces uploads: asked before each file is written, with its size.
+    pub pacer: Option<Pacer>,
+}
+
+/// Says how long to wait before writing `n` more bytes (rate limits, backing off when
+/// foreground work suffers).
+#[derive(Clone)]
+pub struct Pacer(pub Arc<dyn Fn(u64) -> std::time::Duration + Send + Sync>);
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pacer")
+    }
 }
 
 impl Default for Options {
@@ -65,6 +78,7 @@ impl Default for Options {
             parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             file_target: 16 << 20,
             encryption: None,
+            pacer: None,
         }
     }
 }
@@ -434,6 +448,7 @@ async fn export_part(ctx: &Ctx<'_>, part: Part) -> Result<(Part, Vec<FileManifes
         let progress = ctx.progress.clone();
         let cipher = ctx.cipher.clone();
         let table = part.table;
+        let pacer = ctx.opts.pacer.clone();
         tokio::spawn(async move {
             let blocks = w.blocks();
             let entries = w.entries();
@@ -446,6 +461,9 @@ async fn export_part(ctx: &Ctx<'_>, part: Part) -> Result<(Part, Vec<FileManifes
             .await
             .map_err(join_err)??;
             let size = bytes.len() as u64;
+            if let Some(p) = pacer {
+                tokio::time::sleep((p.0)(size)).await;
+            }
             dest.put(&rel, Bytes::from(bytes)).await?;
             progress.files.fetch_add(1, Ordering::Relaxed);
             Ok(FileManifest {

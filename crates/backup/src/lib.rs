@@ -46,7 +46,7 @@ pub use chain::{Chain, Plan, RestorableRange};
 pub use crypto::{Cipher, EncryptionParams, Secret};
 pub use dest::{install_crypto_provider, DestConfig, Destination, Origin, S3Config};
 pub use expire::{expire, ExpireReport};
-pub use export::{create, create_snapshot, start_chain, Options, TableSpec};
+pub use export::{create, create_snapshot, start_chain, Options, Pacer, TableSpec};
 pub use log::{
     encode_segment, fetch_data, list_segments, net_changes, read_segment, read_segments, write_segment, LogData,
     LogSegment, NetChange, LOG_DIR,

@@ -98,6 +98,9 @@ pub struct Node {
     log: LogStore,
     _log_handle: LogStoreHandle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Exponentially weighted moving average of commit latency (µs, f64 bits): the
+    /// signal background work (backups) backs off on.
+    commit_latency: std::sync::atomic::AtomicU64,
 }
 
 /// One applied commit-log entry, as [`Node::read_log`] returns it.
@@ -207,6 +210,7 @@ impl Node {
             log,
             _log_handle: log_handle,
             tasks,
+            commit_latency: std::sync::atomic::AtomicU64::new(0f64.to_bits()),
         }))
     }
 
@@ -265,12 +269,33 @@ impl Node {
             return Err(e);
         }
         self.wake_batcher.notify_one();
+        let started = Instant::now();
         match rx.await {
-            Ok(result) => result,
+            Ok(result) => {
+                if result.is_ok() {
+                    self.record_commit_latency(started.elapsed());
+                }
+                result
+            }
             Err(_) => {
                 Err(Error::Unavailable(format!("node {} is shutting down; the commit outcome is unknown", self.id)))
             }
         }
+    }
+
+    fn record_commit_latency(&self, d: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sample = d.as_secs_f64() * 1e6;
+        // Lost updates between racing commits only blur an average.
+        let old = f64::from_bits(self.commit_latency.load(Relaxed));
+        let new = if old == 0.0 { sample } else { old * 0.95 + sample * 0.05 };
+        self.commit_latency.store(new.to_bits(), Relaxed);
+    }
+
+    /// Recent commit latency (µs, a moving average over roughly the last 20 commits;
+    /// 0 before the first).
+    pub fn commit_latency_micros(&self) -> f64 {
+        f64::from_bits(self.commit_latency.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Writes `mutations` (sorted by key, unique) as one commit WITHOUT conflict

@@ -72,6 +72,9 @@ pub struct BackupRequest {
     /// Cap on bytes written per second.
     #[serde(default)]
     pub rate_limit: Option<u64>,
+    /// `adaptive`: back off while foreground commit latency is high.
+    #[serde(default)]
+    pub pacing: Option<String>,
 }
 
 /// Body of `POST /restore`.
@@ -110,6 +113,13 @@ fn failure(e: amberdb_error::Error) -> Reply {
 
 async fn backup(State(app): State<App>, Json(req): Json<BackupRequest>) -> Reply {
     let duration = |v: &Option<String>| v.as_deref().map(amberdb_sql::parse_duration).transpose();
+    let adaptive_pacing = match req.pacing.as_deref() {
+        None | Some("none") | Some("off") => false,
+        Some("adaptive") => true,
+        Some(p) => {
+            return failure(amberdb_error::Error::InvalidInput(format!("pacing must be adaptive or none, not {p}")))
+        }
+    };
     let opts = match (duration(&req.flush_interval), duration(&req.snapshot_interval), duration(&req.max_lag)) {
         (Ok(flush_interval), Ok(snapshot_interval), Ok(max_lag)) => BackupOptions {
             compression_level: req.compression_level,
@@ -121,6 +131,7 @@ async fn backup(State(app): State<App>, Json(req): Json<BackupRequest>) -> Reply
             snapshot_interval,
             max_lag,
             rate_limit: req.rate_limit,
+            adaptive_pacing,
             ..BackupOptions::default()
         },
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return failure(e),

@@ -55,9 +55,12 @@ enum BackupAction {
         /// Continuous: report the job as lagging beyond this [default: 10m].
         #[arg(long)]
         max_lag: Option<String>,
-        /// Cap on bytes written per second (continuous log shipping).
+        /// Cap on bytes written per second.
         #[arg(long)]
         rate_limit: Option<u64>,
+        /// `adaptive`: back off while foreground commit latency is high.
+        #[arg(long)]
+        pacing: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -354,6 +357,7 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
             snapshot_interval,
             max_lag,
             rate_limit,
+            pacing,
             common,
         } => {
             let req = BackupRequest {
@@ -368,6 +372,7 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
                 snapshot_interval,
                 max_lag,
                 rate_limit,
+                pacing,
             };
             if incremental {
                 let reply = {

@@ -75,6 +75,9 @@ pub struct JobRecord {
     /// Cap on bytes written per second (0 = none).
     #[serde(default)]
     pub rate_limit_bytes: u64,
+    /// Back off while foreground commit latency is high (`pacing = 'adaptive'`).
+    #[serde(default)]
+    pub adaptive_pacing: bool,
     /// An incremental chain: idle between `BACKUP … WITH (incremental)` statements,
     /// holding the commit log from its last link.
     #[serde(default)]
@@ -236,6 +239,7 @@ impl JobManager {
                 .parallelism
                 .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             rate_limit_bytes: options.rate_limit.unwrap_or(0),
+            adaptive_pacing: options.adaptive_pacing,
             incremental: false,
             created_at: amberdb_backup::now_rfc3339(),
         };
@@ -287,7 +291,8 @@ impl JobManager {
                 parallelism: options
                     .parallelism
                     .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
-                rate_limit_bytes: 0,
+                rate_limit_bytes: options.rate_limit.unwrap_or(0),
+                adaptive_pacing: options.adaptive_pacing,
                 created_at: amberdb_backup::now_rfc3339(),
             };
             Catalog::put_job(&mut txn, id, &encode(&rec)?)?;
@@ -544,6 +549,7 @@ impl JobManager {
         let flush = Duration::from_millis(rec.flush_interval_ms);
         let started = Instant::now();
         let mut written_here = 0u64;
+        let pace = Pace::new(self.node.clone(), rec.rate_limit_bytes, rec.adaptive_pacing);
         loop {
             if rx.has_changed().unwrap_or(true) {
                 // Settings changed (pause, stop, new destination): the supervisor decides.
@@ -564,12 +570,9 @@ impl JobManager {
                     (s.last_version, s.last_time_micros) = (Some(shipped), Some(prev_time));
                     s.throughput_bytes_per_sec = written_here as f64 / started.elapsed().as_secs_f64().max(1e-3);
                 }
-                if rec.rate_limit_bytes > 0 {
-                    // Pace: never write faster than the limit on average.
-                    let due = Duration::from_secs_f64(written_here as f64 / rec.rate_limit_bytes as f64);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(wait).await;
-                    }
+                let wait = pace.delay(sh.bytes);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
                 }
             }
             // Lag: loud when past the bound (the log is still held, nothing is lost).
@@ -680,12 +683,79 @@ async fn ship_segment(
     }))
 }
 
+/// Paces a backup's writes: an average rate cap, and (adaptive) a back-off while the
+/// foreground commit latency is well above its recent floor.
+pub(crate) struct Pace {
+    node: Arc<Node>,
+    rate_limit_bytes: u64,
+    adaptive: bool,
+    started: Instant,
+    bytes: std::sync::atomic::AtomicU64,
+    /// (latency floor µs, when it was last updated).
+    floor: Mutex<(f64, Instant)>,
+}
+
+impl Pace {
+    pub(crate) fn new(node: Arc<Node>, rate_limit_bytes: u64, adaptive: bool) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            rate_limit_bytes,
+            adaptive,
+            started: Instant::now(),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+            floor: Mutex::new((f64::MAX, Instant::now())),
+        })
+    }
+
+    /// How long to wait before writing `n` more bytes.
+    pub(crate) fn delay(&self, n: u64) -> Duration {
+        let total = self.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        let mut wait = Duration::ZERO;
+        if self.rate_limit_bytes > 0 {
+            let due = Duration::from_secs_f64(total as f64 / self.rate_limit_bytes as f64);
+            wait = due.saturating_sub(self.started.elapsed());
+        }
+        if self.adaptive {
+            wait = wait.max(self.backoff());
+        }
+        wait
+    }
+
+    /// The adaptive part: the floor is the lowest commit latency seen, allowed to drift
+    /// up by 1 % a second (so a lasting change of workload becomes the new normal within
+    /// about a minute); while latency is more than twice the floor, wait 50 ms per
+    /// multiple of it (at most 2 s) before each write.
+    fn backoff(&self) -> Duration {
+        let lat = self.node.commit_latency_micros();
+        if lat <= 0.0 {
+            return Duration::ZERO;
+        }
+        let mut f = self.floor.lock().expect("pace lock poisoned");
+        let drifted = if f.0 == f64::MAX { lat } else { f.0 * 1.01f64.powf(f.1.elapsed().as_secs_f64()) };
+        *f = (lat.min(drifted), Instant::now());
+        let ratio = lat / f.0.max(1.0);
+        if ratio > 2.0 {
+            Duration::from_millis((50.0 * ratio).min(2000.0) as u64)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// As the backup crate's upload pacer.
+    pub(crate) fn pacer(self: &Arc<Self>) -> amberdb_backup::Pacer {
+        let me = self.clone();
+        amberdb_backup::Pacer(Arc::new(move |n| me.delay(n)))
+    }
+}
+
 /// Takes one snapshot of the database into a job's destination.
 async fn take_snapshot(node: &Arc<Node>, dest: &Destination, rec: &JobRecord) -> Result<(u64, u64)> {
     let (view, specs) = database_view(node, None)?;
+    let pace = Pace::new(node.clone(), rec.rate_limit_bytes, rec.adaptive_pacing);
     let opts = amberdb_backup::Options {
         compression_level: rec.compression_level,
         parallelism: rec.parallelism.max(1),
+        pacer: (rec.rate_limit_bytes > 0 || rec.adaptive_pacing).then(|| pace.pacer()),
         ..amberdb_backup::Options::default()
     };
     let m = amberdb_backup::create_snapshot(

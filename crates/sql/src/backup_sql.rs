@@ -70,6 +70,8 @@ pub struct BackupOptions {
     pub max_lag: Option<std::time::Duration>,
     /// Cap on bytes written per second.
     pub rate_limit: Option<u64>,
+    /// Back off while foreground commit latency is high.
+    pub adaptive_pacing: bool,
 }
 
 impl BackupOptions {
@@ -265,6 +267,13 @@ impl Tokens {
                         "flush_interval" => o.flush_interval = Some(d),
                         "snapshot_interval" => o.snapshot_interval = Some(d),
                         _ => o.max_lag = Some(d),
+                    }
+                }
+                "pacing" if stmt == "BACKUP" => {
+                    o.adaptive_pacing = match value.as_deref() {
+                        Some("adaptive") => true,
+                        Some("none") | Some("off") => false,
+                        _ => return Err(Error::sql("22023", "pacing must be 'adaptive' or 'none'")),
                     }
                 }
                 "rate_limit" if stmt == "BACKUP" => {
@@ -652,7 +661,12 @@ pub async fn backup(
     let dest = Destination::open(dest, &env.backup, origin)?;
     let kind = if tables.is_some() { BackupKind::Tables } else { BackupKind::Database };
     let (view, specs) = database_view(node, tables)?;
-    let m = amberdb_backup::create(node.mvcc(), view, &dest, kind, specs, &options.to_options()?, progress).await?;
+    let mut opts = options.to_options()?;
+    if options.rate_limit.is_some() || options.adaptive_pacing {
+        let pace = crate::backup_job::Pace::new(node.clone(), options.rate_limit.unwrap_or(0), options.adaptive_pacing);
+        opts.pacer = Some(pace.pacer());
+    }
+    let m = amberdb_backup::create(node.mvcc(), view, &dest, kind, specs, &opts, progress).await?;
     tracing::info!(
         destination = dest.url(),
         version = m.version,
