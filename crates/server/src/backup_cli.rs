@@ -197,15 +197,7 @@ pub struct RestoreArgs {
 impl Common {
     /// The passphrase from --key-file (trailing newline removed).
     fn passphrase(&self) -> Result<Option<String>> {
-        let Some(path) = &self.key_file else { return Ok(None) };
-        let raw = std::fs::read(path).map_err(|e| Error::io(path.display(), format!("read key file: {e}")))?;
-        let text = String::from_utf8(raw)
-            .map_err(|_| Error::InvalidInput(format!("key file {} is not UTF-8 text", path.display())))?;
-        let text = text.trim_end_matches(['\n', '\r']).to_string();
-        if text.is_empty() {
-            return Err(Error::InvalidInput(format!("key file {} is empty", path.display())));
-        }
-        Ok(Some(text))
+        self.key_file.as_deref().map(crate::config::read_key_file).transpose()
     }
 
     fn secret(&self) -> Result<Option<amberdb_backup::Secret>> {
@@ -600,7 +592,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
                 Config { data_dir: dir.clone(), backup: args.common.backup.dest_config(), ..Config::default() };
             let node = crate::open_node(dir, &config).await?;
             amberdb_sql::cleanup_pending_restores(&node).await?;
-            let env = amberdb_sql::Env { backup: config.backup.clone(), jobs: None };
+            let env = amberdb_sql::Env { backup: config.backup.clone(), jobs: None, backup_key: None };
             let opts = amberdb_sql::BackupOptions {
                 parallelism: args.parallelism,
                 replace: args.replace,

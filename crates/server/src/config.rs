@@ -33,6 +33,24 @@ pub struct ServerArgs {
     /// Backup destinations.
     #[command(flatten)]
     pub backup: BackupArgs,
+    /// File holding the server's backup passphrase: continuous and incremental backups
+    /// `WITH (encrypted)` seal with it, and restores of encrypted backups use it when no
+    /// passphrase is given.
+    #[arg(long, env = "AMBERDB_BACKUP_KEY_FILE")]
+    pub backup_key_file: Option<PathBuf>,
+}
+
+/// Reads a passphrase file (trailing newline removed; empty is an error).
+pub fn read_key_file(path: &std::path::Path) -> amberdb_error::Result<String> {
+    use amberdb_error::Error;
+    let raw = std::fs::read(path).map_err(|e| Error::io(path.display(), format!("read key file: {e}")))?;
+    let text = String::from_utf8(raw)
+        .map_err(|_| Error::InvalidInput(format!("key file {} is not UTF-8 text", path.display())))?;
+    let text = text.trim_end_matches(['\n', '\r']).to_string();
+    if text.is_empty() {
+        return Err(Error::InvalidInput(format!("key file {} is empty", path.display())));
+    }
+    Ok(text)
 }
 
 /// Where backups go: shared by `amberdb server` and the `backup`/`restore` commands.

@@ -108,12 +108,16 @@ async fn run_server(args: config::ServerArgs) -> Result<()> {
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut admin_stop = stop_rx.clone();
-    let jobs = amberdb_sql::JobManager::new(node.clone(), config.backup.clone());
+    let backup_key = match &args.backup_key_file {
+        Some(p) => Some(amberdb_backup::Secret::new(config::read_key_file(p)?)?),
+        None => None,
+    };
+    let jobs = amberdb_sql::JobManager::new(node.clone(), config.backup.clone(), backup_key.clone());
     let resumed = jobs.start()?;
     if resumed > 0 {
         tracing::info!(jobs = resumed, "resumed continuous backup jobs");
     }
-    let env = Arc::new(amberdb_sql::Env { backup: config.backup.clone(), jobs: Some(jobs) });
+    let env = Arc::new(amberdb_sql::Env { backup: config.backup.clone(), jobs: Some(jobs), backup_key });
     let admin = tokio::spawn(admin::serve(http, node.clone(), env.clone(), async move {
         let _ = admin_stop.changed().await;
     }));

@@ -633,3 +633,171 @@ async fn expire_keeps_every_point_after_the_cutoff_restorable() {
     assert!(ok, "{out}");
     assert_eq!(snapshots(), 0);
 }
+
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    walk(dir).iter().flat_map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_continuous_backup_round_trip_wrong_key_and_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backups");
+    let data = dir.path().join("data");
+    let key = dir.path().join("backup.key");
+    std::fs::write(&key, "correct horse battery staple\n").unwrap();
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(&wrong, "incorrect horse\n").unwrap();
+    let start = |data: &Path| {
+        Server::start_full(
+            data,
+            &["--backup-root".as_ref(), root.as_os_str(), "--backup-key-file".as_ref(), key.as_os_str()],
+            &[],
+        )
+    };
+    let mut s = start(&data);
+    let c = connect(&s).await;
+    q(&c, "CREATE TABLE s (id INT PRIMARY KEY, secret TEXT); INSERT INTO s VALUES (1, 'TOPSECRET-1')").await;
+    let err = try_q(&c, "BACKUP DATABASE TO 'p' WITH (continuous, encryption_passphrase = 'x')").await.unwrap_err();
+    assert!(err.contains("server's key file"), "{err}");
+    let started = q(&c, "BACKUP DATABASE TO 'enc' WITH (continuous, encrypted, flush_interval = '50ms')").await;
+    let id: u64 = started.split('|').next().unwrap().parse().unwrap();
+    for i in 2..40 {
+        q(&c, &format!("INSERT INTO s VALUES ({i}, 'TOPSECRET-{i}')")).await;
+    }
+    let (v1, _) = wait_caught_up(&s, &c, id).await;
+    // Across a crash the job gets its key back from the key file and carries on.
+    sigkill(&mut s);
+    s = start(&data);
+    let c = connect(&s).await;
+    for i in 40..60 {
+        q(&c, &format!("INSERT INTO s VALUES ({i}, 'TOPSECRET-{i}')")).await;
+    }
+    let (v2, _) = wait_caught_up(&s, &c, id).await;
+    assert_eq!(job(&c, id).await.3, "running");
+    let bytes = all_bytes(&root.join("enc"));
+    assert!(!bytes.windows(9).any(|w| w == b"TOPSECRET"), "plaintext rows in the encrypted backup");
+    // Round trip (the server's key), at a point before the crash and at the newest.
+    for (i, v) in [v1, v2].iter().enumerate() {
+        q(&c, &format!("RESTORE TABLE s FROM 'enc' AS OF SYSTEM TIME {v} AS r{i}")).await;
+        assert_eq!(
+            q(&c, &format!("SELECT * FROM r{i} ORDER BY id")).await,
+            q(&c, &format!("SELECT * FROM s AS OF SYSTEM TIME {v} ORDER BY id")).await
+        );
+    }
+    // The CLI: no key, a wrong key, the right key.
+    let keyed = |k: &Path| {
+        vec![
+            "backup".to_string(),
+            "verify".into(),
+            "--deep".into(),
+            "enc".into(),
+            "--key-file".into(),
+            k.display().to_string(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&a, &root)
+    };
+    let (ok, out) = run(vec!["backup".into(), "verify".into(), "enc".into()]);
+    assert!(!ok && out.contains("is encrypted"), "{out}");
+    let (ok, out) = run(keyed(&wrong));
+    assert!(!ok && out.contains("wrong encryption passphrase"), "{out}");
+    let (ok, out) = run(keyed(&key));
+    assert!(ok, "{out}");
+    // A tampered log block: named by verify, refused by restore.
+    let mut logs: Vec<_> =
+        walk(&root.join("enc/logs")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "aml")).collect();
+    logs.sort();
+    let victim = logs.last().unwrap().clone();
+    let mut b = std::fs::read(&victim).unwrap();
+    b[12] ^= 1;
+    std::fs::write(&victim, b).unwrap();
+    let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+    let (ok, out) = run(keyed(&key));
+    assert!(!ok && out.contains(&name), "{out}");
+    let err = try_q(&c, "RESTORE TABLE s FROM 'enc' AS bad").await.unwrap_err();
+    assert!(err.contains(&name), "{err}");
+    assert!(try_q(&c, "SELECT 1 FROM bad").await.is_err());
+    // Without the server key, WITH (encrypted) is refused.
+    let plain = server(&dir.path().join("plain"), &root);
+    let cp = connect(&plain).await;
+    let err = try_q(&cp, "BACKUP DATABASE TO 'x' WITH (continuous, encrypted)").await.unwrap_err();
+    assert!(err.contains("--backup-key-file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_controlled_and_watched_from_sql_the_cli_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backups");
+    let s = server(&dir.path().join("data"), &root);
+    let c = connect(&s).await;
+    let srv = format!("http://127.0.0.1:{}", s.http_port);
+    q(&c, "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a')").await;
+    // Started from the CLI.
+    let (ok, out) =
+        cli(&["backup", "start", "--continuous", "d1", "--flush-interval", "50ms", "--server", &srv], &root);
+    assert!(ok && out.contains("running") && out.contains("d1"), "{out}");
+    let id: u64 = q(&c, "SHOW BACKUP JOBS").await.split('|').next().unwrap().parse().unwrap();
+    q(&c, "INSERT INTO t VALUES (2, 'b')").await;
+    wait_caught_up(&s, &c, id).await;
+    let (ok, out) = cli(&["backup", "status", "--server", &srv], &root);
+    assert!(ok && out.contains("running") && out.contains("d1"), "{out}");
+    // Moved to a new destination: a fresh chain there, shipping continues.
+    q(&c, &format!("ALTER BACKUP JOB {id} SET DESTINATION 'd2'")).await;
+    q(&c, "INSERT INTO t VALUES (3, 'c')").await;
+    let (last, last_time) = wait_caught_up(&s, &c, id).await;
+    assert!(root.join("d2/snapshots").exists() && root.join("d2/logs").exists());
+    let expected = q(&c, &format!("SELECT * FROM t AS OF SYSTEM TIME {last} ORDER BY id")).await;
+    q(&c, "RESTORE TABLE t FROM 'd2' AS t2").await;
+    assert_eq!(q(&c, "SELECT * FROM t2 ORDER BY id").await, expected);
+    // Pause, resume, stop from the CLI.
+    for (action, state) in [("pause", "paused"), ("resume", "running"), ("stop", "stopped")] {
+        let (ok, out) = cli(&["backup", action, &id.to_string(), "--server", &srv], &root);
+        assert!(ok && out.contains(state), "{action}: {out}");
+    }
+    let err = try_q(&c, &format!("ALTER BACKUP JOB {id} RESUME")).await.unwrap_err();
+    assert!(err.contains("stopped"), "{err}");
+    assert!(try_q(&c, "ALTER BACKUP JOB 999 PAUSE").await.unwrap_err().contains("does not exist"));
+    // The cold path restores a point in time into an empty data directory.
+    let cold = dir.path().join("cold");
+    let ts = amberdb_mvcc::format_micros(amberdb_sql_time(&last_time));
+    let out = Command::new(bin())
+        .args(["restore", "d2", "--to-time", &ts, "--data-dir"])
+        .arg(&cold)
+        .arg("--backup-root")
+        .arg(&root)
+        .env("AMBERDB_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restored = server(&cold, &root);
+    let cr = connect(&restored).await;
+    assert_eq!(q(&cr, "SELECT * FROM t ORDER BY id").await, expected);
+    drop(restored);
+    // A job throttled far below the write rate falls behind its bound: it says so.
+    let started = q(
+        &c,
+        "BACKUP DATABASE TO 'slow' WITH (continuous, flush_interval = '50ms', max_lag = '1s', rate_limit = '200')",
+    )
+    .await;
+    let slow: u64 = started.split('|').next().unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        q(&c, &format!("INSERT INTO t SELECT g, 'x' FROM generate_series({}, {}) g", 1000 + rng_id(), 1000 + rng_id()))
+            .await;
+        if job(&c, slow).await.3 == "lagging" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the throttled job never reported lagging");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, body) = http_get(s.http_port, "/metrics");
+    assert!(body.contains(&format!("amberdb_backup_job_lagging{{job=\"{slow}\",destination=\"slow\"}} 1")), "{body}");
+}
+
+/// A fresh id range for throwaway inserts.
+fn rng_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(100, std::sync::atomic::Ordering::Relaxed)
+}

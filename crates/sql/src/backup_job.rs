@@ -27,7 +27,7 @@
 
 use crate::backup_sql::{database_view, BackupOptions};
 use crate::catalog::Catalog;
-use amberdb_backup::{BackupKind, Chain, DestConfig, Destination, Origin, Progress};
+use amberdb_backup::{BackupKind, Chain, Cipher, DestConfig, Destination, Origin, Progress, Secret};
 use amberdb_consensus::Node;
 use amberdb_error::{Error, Result};
 use amberdb_mvcc::format_micros;
@@ -75,6 +75,9 @@ pub struct JobRecord {
     /// Cap on bytes written per second (0 = none).
     #[serde(default)]
     pub rate_limit_bytes: u64,
+    /// Sealed with the server's backup key.
+    #[serde(default)]
+    pub encrypted: bool,
     /// Back off while foreground commit latency is high (`pacing = 'adaptive'`).
     #[serde(default)]
     pub adaptive_pacing: bool,
@@ -140,6 +143,9 @@ impl Job {
 pub struct JobManager {
     node: Arc<Node>,
     dest: DestConfig,
+    /// The server's backup key (`--backup-key-file`): what encrypted jobs seal with,
+    /// available again after a restart without anyone typing a passphrase.
+    key: Option<Secret>,
     jobs: Mutex<BTreeMap<u64, Arc<Job>>>,
 }
 
@@ -168,8 +174,38 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 
 impl JobManager {
     /// A manager with no jobs running; [`JobManager::start`] resumes persisted ones.
-    pub fn new(node: Arc<Node>, dest: DestConfig) -> Arc<Self> {
-        Arc::new(Self { node, dest, jobs: Mutex::new(BTreeMap::new()) })
+    pub fn new(node: Arc<Node>, dest: DestConfig, key: Option<Secret>) -> Arc<Self> {
+        Arc::new(Self { node, dest, key, jobs: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// The key a job with `encrypted` set seals with: the server's key file. A
+    /// passphrase typed into the statement is refused, since the job could not get it
+    /// back after a restart (and storing it would put the key into the database).
+    fn job_key(&self, options: &BackupOptions) -> Result<Option<Secret>> {
+        if options.encryption_passphrase.is_some() {
+            return Err(Error::sql(
+                "0A000",
+                "continuous and incremental backups are encrypted with the server's key file (start the server \
+                 with --backup-key-file and use WITH (encrypted)); a passphrase in the statement could not be \
+                 recovered after a restart",
+            ));
+        }
+        match (options.encrypted, &self.key) {
+            (false, _) => Ok(None),
+            (true, Some(k)) => Ok(Some(k.clone())),
+            (true, None) => Err(Error::sql(
+                "0A000",
+                "WITH (encrypted) needs the server's backup key: start it with --backup-key-file",
+            )),
+        }
+    }
+
+    /// Opens a job's destination chain with the server key if it is encrypted.
+    async fn open_chain(&self, dest: &Destination) -> Result<Chain> {
+        Chain::open(dest, self.key.as_ref()).await.map_err(|e| match &self.key {
+            None => Error::InvalidInput(format!("{} (start the server with --backup-key-file)", e.message())),
+            Some(_) => e,
+        })
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Job>>> {
@@ -216,15 +252,9 @@ impl JobManager {
     /// Creates a continuous job for `dest`, waits for its first snapshot and returns
     /// the job's status then. The destination must not hold a backup yet.
     pub async fn create(self: &Arc<Self>, dest: &str, options: &BackupOptions) -> Result<JobStatus> {
-        if options.encryption_passphrase.is_some() {
-            return Err(Error::sql(
-                "0A000",
-                "continuous backups cannot be encrypted yet: the job would have to keep the passphrase to resume \
-                 after a restart; use an encrypted BACKUP without continuous",
-            ));
-        }
+        let key = self.job_key(options)?;
         let d = Destination::open(dest, &self.dest, Origin::Sql)?;
-        amberdb_backup::start_chain(&d, None).await?;
+        amberdb_backup::start_chain(&d, key.as_ref()).await?;
         let mut txn = self.node.begin()?;
         let id = Catalog::allocate_job_id(&mut txn)?;
         let defaults = crate::backup_job::JobRecord {
@@ -240,6 +270,7 @@ impl JobManager {
                 .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             rate_limit_bytes: options.rate_limit.unwrap_or(0),
             adaptive_pacing: options.adaptive_pacing,
+            encrypted: key.is_some(),
             incremental: false,
             created_at: amberdb_backup::now_rfc3339(),
         };
@@ -265,9 +296,7 @@ impl JobManager {
     /// from there); into a chain's destination, the commits since its last link, as log
     /// segments. Restores walk the chain: any commit in it can be restored.
     pub async fn incremental(self: &Arc<Self>, dest: &str, options: &BackupOptions) -> Result<Increment> {
-        if options.encryption_passphrase.is_some() {
-            return Err(Error::sql("0A000", "incremental backups cannot be encrypted yet"));
-        }
+        let key = self.job_key(options)?;
         let d = Destination::open(dest, &self.dest, Origin::Sql)?;
         let existing = self
             .jobs()
@@ -276,7 +305,7 @@ impl JobManager {
             .cloned();
         let Some(job) = existing else {
             // A new chain: the destination must be empty.
-            amberdb_backup::start_chain(&d, None).await?;
+            let cipher = amberdb_backup::start_chain(&d, key.as_ref()).await?;
             let mut txn = self.node.begin()?;
             let id = Catalog::allocate_job_id(&mut txn)?;
             let rec = JobRecord {
@@ -293,13 +322,14 @@ impl JobManager {
                     .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
                 rate_limit_bytes: options.rate_limit.unwrap_or(0),
                 adaptive_pacing: options.adaptive_pacing,
+                encrypted: key.is_some(),
                 created_at: amberdb_backup::now_rfc3339(),
             };
             Catalog::put_job(&mut txn, id, &encode(&rec)?)?;
             self.node.commit(txn).await?;
             let hold = format!("backup-job-{id}");
             self.node.hold_log(&hold, self.node.mvcc().applied().version + 1)?;
-            let taken = take_snapshot(&self.node, &d, &rec).await;
+            let taken = take_snapshot(&self.node, &d, &rec, cipher).await;
             let (v, t) = match taken {
                 Ok(vt) => vt,
                 Err(e) => {
@@ -344,7 +374,7 @@ impl JobManager {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let chain = Chain::open(&d, None).await?;
+        let chain = self.open_chain(&d).await?;
         let Some((mut shipped, mut time)) = chain.resume_point() else {
             return Err(Error::InvalidData(format!("{} holds no snapshot to extend", d.url())));
         };
@@ -361,7 +391,9 @@ impl JobManager {
         })?;
         let (mut bytes, mut segments) = (0, 0);
         while shipped < target {
-            let Some(sh) = ship_segment(&self.node, &d, &hold, shipped, time, rec.compression_level).await? else {
+            let level = rec.compression_level;
+            let Some(sh) = ship_segment(&self.node, &d, &hold, shipped, time, level, chain.cipher.clone()).await?
+            else {
                 break;
             };
             (shipped, time) = (sh.last_version, sh.last_time);
@@ -392,6 +424,10 @@ impl JobManager {
                 if let (Some(v), Some(t)) = (s.last_version, s.last_time_micros) {
                     s.lag_micros = if v >= applied.version { 0 } else { applied.time.saturating_sub(t) };
                 }
+                let max_lag = j.record.borrow().max_lag_s.saturating_mul(1_000_000);
+                if (s.state == "running" || s.state == "snapshotting") && s.lag_micros > max_lag {
+                    s.state = "lagging".into();
+                }
                 s
             })
             .collect()
@@ -411,7 +447,8 @@ impl JobManager {
             Control::Stop => rec.state = JobState::Stopped,
             Control::Destination(d) => {
                 let dest = Destination::open(d, &self.dest, Origin::Sql)?;
-                amberdb_backup::start_chain(&dest, None).await?;
+                let key = if rec.encrypted { self.key.clone() } else { None };
+                amberdb_backup::start_chain(&dest, key.as_ref()).await?;
                 rec.destination = d.clone();
             }
         }
@@ -475,7 +512,7 @@ impl JobManager {
             return;
         }
         let Ok(dest) = Destination::open(&rec.destination, &self.dest, Origin::Sql) else { return };
-        match Chain::open(&dest, None).await {
+        match self.open_chain(&dest).await {
             Ok(chain) => {
                 if let (Some((v, t)), ranges) = (chain.resume_point(), chain.ranges()) {
                     let mut s = job.status();
@@ -495,13 +532,8 @@ impl JobManager {
         let node = &self.node;
         let dest = Destination::open(&rec.destination, &self.dest, Origin::Sql)?;
         let hold = job.hold_name();
-        let chain = Chain::open(&dest, None).await?;
-        if chain.descriptor.encryption.is_some() {
-            return Err(Error::InvalidInput(format!(
-                "{} holds an encrypted backup; a continuous job cannot extend it",
-                dest.url()
-            )));
-        }
+        let chain = self.open_chain(&dest).await?;
+        let cipher = chain.cipher.clone();
         // Where to resume: after the newest version the destination holds, if the
         // commit log still has what follows it.
         let resume = match chain.resume_point() {
@@ -525,7 +557,7 @@ impl JobManager {
             None => {
                 job.set_state("snapshotting");
                 node.hold_log(&hold, node.mvcc().applied().version + 1)?;
-                let (v, t) = self.snapshot(&dest, &rec).await?;
+                let (v, t) = take_snapshot(&self.node, &dest, &rec, cipher.clone()).await?;
                 job.status().snapshots += 1;
                 node.hold_log(&hold, v + 1)?;
                 newest_snapshot = Some(t);
@@ -560,7 +592,8 @@ impl JobManager {
             }
             // Ship everything applied so far, in segments of bounded size.
             let mut behind = false;
-            if let Some(sh) = ship_segment(node, &dest, &hold, shipped, prev_time, rec.compression_level).await? {
+            let shippable = ship_segment(node, &dest, &hold, shipped, prev_time, rec.compression_level, cipher.clone());
+            if let Some(sh) = shippable.await? {
                 (shipped, prev_time, behind) = (sh.last_version, sh.last_time, sh.behind);
                 written_here += sh.bytes;
                 {
@@ -616,8 +649,8 @@ impl JobManager {
                     last_snapshot = Instant::now();
                 }
             } else if last_snapshot.elapsed() >= Duration::from_secs(rec.snapshot_interval_s) {
-                let (node, dest, rec) = (self.node.clone(), dest.clone(), rec.clone());
-                snapshot_task = Some(tokio::spawn(async move { take_snapshot(&node, &dest, &rec).await }));
+                let (node, dest, rec, cipher) = (self.node.clone(), dest.clone(), rec.clone(), cipher.clone());
+                snapshot_task = Some(tokio::spawn(async move { take_snapshot(&node, &dest, &rec, cipher).await }));
             }
             if !behind {
                 tokio::select! {
@@ -631,10 +664,6 @@ impl JobManager {
                 }
             }
         }
-    }
-
-    async fn snapshot(&self, dest: &Destination, rec: &JobRecord) -> Result<(u64, u64)> {
-        take_snapshot(&self.node, dest, rec).await
     }
 }
 
@@ -658,6 +687,7 @@ async fn ship_segment(
     shipped: u64,
     prev_time: u64,
     level: i32,
+    cipher: Option<Cipher>,
 ) -> Result<Option<Shipped>> {
     let records = node.read_log(shipped + 1, SEGMENT_BYTES)?;
     let read_bytes: usize = records
@@ -667,10 +697,11 @@ async fn ship_segment(
         .map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 16)
         .sum();
     let Some(last_version) = records.last().map(|r| r.version) else { return Ok(None) };
-    let (seg, data) =
-        tokio::task::spawn_blocking(move || amberdb_backup::encode_segment(&records, prev_time, level, None))
-            .await
-            .map_err(|e| Error::Internal(format!("log segment worker: {e}")))??;
+    let (seg, data) = tokio::task::spawn_blocking(move || {
+        amberdb_backup::encode_segment(&records, prev_time, level, cipher.as_ref())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("log segment worker: {e}")))??;
     let files = 1 + u64::from(data.is_some());
     let bytes = amberdb_backup::write_segment(dest, &seg, data).await?;
     node.hold_log(hold, last_version + 1)?;
@@ -749,7 +780,12 @@ impl Pace {
 }
 
 /// Takes one snapshot of the database into a job's destination.
-async fn take_snapshot(node: &Arc<Node>, dest: &Destination, rec: &JobRecord) -> Result<(u64, u64)> {
+async fn take_snapshot(
+    node: &Arc<Node>,
+    dest: &Destination,
+    rec: &JobRecord,
+    cipher: Option<Cipher>,
+) -> Result<(u64, u64)> {
     let (view, specs) = database_view(node, None)?;
     let pace = Pace::new(node.clone(), rec.rate_limit_bytes, rec.adaptive_pacing);
     let opts = amberdb_backup::Options {
@@ -765,7 +801,7 @@ async fn take_snapshot(node: &Arc<Node>, dest: &Destination, rec: &JobRecord) ->
         BackupKind::Database,
         specs,
         &opts,
-        None,
+        cipher,
         Arc::new(Progress::default()),
     )
     .await?;

@@ -39,6 +39,9 @@ pub struct Env {
     /// The server's continuous backup jobs (`None` where no server runs, e.g. the CLI's
     /// offline restore).
     pub jobs: Option<Arc<JobManager>>,
+    /// The server's backup key (`--backup-key-file`): used to read encrypted backups
+    /// when a statement gives no passphrase.
+    pub backup_key: Option<Secret>,
 }
 
 impl Env {
@@ -72,6 +75,8 @@ pub struct BackupOptions {
     pub rate_limit: Option<u64>,
     /// Back off while foreground commit latency is high.
     pub adaptive_pacing: bool,
+    /// Continuous / incremental: seal with the server's backup key.
+    pub encrypted: bool,
 }
 
 impl BackupOptions {
@@ -258,6 +263,7 @@ impl Tokens {
                 }
                 "continuous" if stmt == "BACKUP" => o.continuous = flag(&name, &value)?,
                 "incremental" if stmt == "BACKUP" => o.incremental = flag(&name, &value)?,
+                "encrypted" if stmt == "BACKUP" => o.encrypted = flag(&name, &value)?,
                 "flush_interval" | "snapshot_interval" | "max_lag" if stmt == "BACKUP" => {
                     let v = value.as_deref().ok_or_else(|| {
                         Error::sql("22023", format!("option {name} needs a duration such as '1s' or '24h'"))
@@ -565,7 +571,8 @@ impl BackupStatement {
             }
             BackupStatement::Show { dest, options } => {
                 let d = Destination::open(dest, &env.backup, Origin::Sql)?;
-                let m = amberdb_backup::open_latest(&d, options.secret()?.as_ref()).await?.manifest;
+                let secret = options.secret()?.or_else(|| env.backup_key.clone());
+                let m = amberdb_backup::open_latest(&d, secret.as_ref()).await?.manifest;
                 let rows = m
                     .tables
                     .iter()
@@ -662,6 +669,11 @@ pub async fn backup(
     let kind = if tables.is_some() { BackupKind::Tables } else { BackupKind::Database };
     let (view, specs) = database_view(node, tables)?;
     let mut opts = options.to_options()?;
+    if options.encrypted && opts.encryption.is_none() {
+        opts.encryption = Some(env.backup_key.clone().ok_or_else(|| {
+            Error::sql("0A000", "WITH (encrypted) needs the server's backup key: start it with --backup-key-file")
+        })?);
+    }
     if options.rate_limit.is_some() || options.adaptive_pacing {
         let pace = crate::backup_job::Pace::new(node.clone(), options.rate_limit.unwrap_or(0), options.adaptive_pacing);
         opts.pacer = Some(pace.pacer());
@@ -754,7 +766,8 @@ pub async fn restore(
     progress: &Progress,
 ) -> Result<RestoreSummary> {
     let dest = Destination::open(req.dest, &env.backup, origin)?;
-    let chain = Chain::open(&dest, options.secret()?.as_ref()).await?;
+    let secret = options.secret()?.or_else(|| env.backup_key.clone());
+    let chain = Chain::open(&dest, secret.as_ref()).await?;
     let target = match req.target {
         Some(RestoreTarget::Version(v)) => v,
         Some(RestoreTarget::Time(t)) => chain.resolve_time(t)?,

@@ -30,6 +30,7 @@ async fn dropped_tables_are_collected_in_bounded_transactions() {
             s3: amberdb_backup::S3Config::default(),
         },
         jobs: None,
+        backup_key: None,
     });
     let mut s = Session::new(node.clone(), env);
     run(&mut s, "CREATE TABLE t (id INT PRIMARY KEY, v TEXT)").await;
