@@ -263,6 +263,24 @@ impl Destination {
         }
     }
 
+    /// Reads bytes `range` of an object that must exist.
+    pub async fn get_range(&self, rel: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        match self.store.get_range(&self.path(rel), range.clone()).await {
+            Ok(b) if b.len() as u64 == range.end - range.start => Ok(b),
+            Ok(b) => Err(Error::InvalidData(format!(
+                "{}: read {} bytes at {}, got {} (truncated?)",
+                self.name(rel),
+                range.end - range.start,
+                range.start,
+                b.len()
+            ))),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(Error::InvalidData(format!("{} is missing", self.name(rel))))
+            }
+            Err(e) => Err(self.err(rel, "read", e)),
+        }
+    }
+
     /// Reads a whole object that must exist.
     pub async fn must_get(&self, rel: &str) -> Result<Bytes> {
         self.get(rel).await?.ok_or_else(|| Error::InvalidData(format!("{} is missing", self.name(rel))))

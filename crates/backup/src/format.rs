@@ -237,18 +237,38 @@ pub fn read_index(file: &[u8], name: &str, cipher: Option<&Cipher>) -> Result<Ve
     if file.len() < MAGIC.len() + TRAILER_LEN || &file[..MAGIC.len()] != MAGIC {
         return Err(bad("not a range file (bad magic or too short)".into()));
     }
-    let t = &file[file.len() - TRAILER_LEN..];
-    if &t[12..] != TRAILER_MAGIC {
+    let (offset, len) = index_location(&file[file.len() - TRAILER_LEN..], file.len() as u64, name)?;
+    let (offset, end) = (offset as usize, (offset + len) as usize);
+    parse_index(&file[offset..end], offset as u64, name, cipher)
+}
+
+/// Bytes at the end of a range file that hold its trailer.
+pub const TRAILER_BYTES: u64 = TRAILER_LEN as u64;
+
+/// Where the block index lies, from the trailer (the last [`TRAILER_BYTES`] of a file
+/// of `file_len` bytes): `(offset, length)`.
+pub fn index_location(trailer: &[u8], file_len: u64, name: &str) -> Result<(u64, u64)> {
+    let bad = |why: String| Error::InvalidData(format!("range file {name}: {why}"));
+    if trailer.len() != TRAILER_LEN || file_len < (MAGIC.len() + TRAILER_LEN) as u64 {
+        return Err(bad("too short to be a range file".into()));
+    }
+    if &trailer[12..] != TRAILER_MAGIC {
         return Err(bad("missing trailer (truncated?)".into()));
     }
-    let offset = u64::from_le_bytes(t[..8].try_into().expect("8-byte slice")) as usize;
-    let len = u32::from_le_bytes(t[8..12].try_into().expect("4-byte slice")) as usize;
-    let end = file.len() - TRAILER_LEN;
-    if offset < MAGIC.len() || offset.checked_add(len) != Some(end) {
+    let offset = u64::from_le_bytes(trailer[..8].try_into().expect("8-byte slice"));
+    let len = u64::from(u32::from_le_bytes(trailer[8..12].try_into().expect("4-byte slice")));
+    let end = file_len - TRAILER_LEN as u64;
+    if offset < MAGIC.len() as u64 || offset.checked_add(len) != Some(end) {
         return Err(bad(format!("index at {offset}+{len} does not end where the trailer starts ({end})")));
     }
+    Ok((offset, len))
+}
+
+/// Parses a block index frame read from `offset` of a range file.
+pub fn parse_index(frame_bytes: &[u8], offset: u64, name: &str, cipher: Option<&Cipher>) -> Result<Vec<BlockRef>> {
+    let bad = |why: String| Error::InvalidData(format!("range file {name}: {why}"));
     let what = format!("range file {name}: block index");
-    let payload = frame::decode_exact(&file[offset..end], &what)?;
+    let payload = frame::decode_exact(frame_bytes, &what)?;
     let plain;
     let payload = match cipher {
         Some(c) => {
@@ -286,7 +306,7 @@ pub fn read_index(file: &[u8], name: &str, cipher: Option<&Cipher>) -> Result<Ve
         out.push(b);
     }
     r.finish()?;
-    if expect_offset != offset as u64 {
+    if expect_offset != offset {
         return Err(bad(format!("blocks end at {expect_offset} but the index starts at {offset}")));
     }
     Ok(out)
@@ -295,13 +315,22 @@ pub fn read_index(file: &[u8], name: &str, cipher: Option<&Cipher>) -> Result<Ve
 /// Decodes one block (checksum, decompression, entry count, key order and the index's
 /// key bounds are all checked) into its raw entry bytes; iterate them with [`entries`].
 pub fn decode_block(file: &[u8], b: &BlockRef, name: &str, cipher: Option<&Cipher>) -> Result<Vec<u8>> {
-    let what = format!("range file {name}: block at offset {}", b.offset);
     let start = b.offset as usize;
     let end = start.checked_add(b.len as usize).filter(|&e| e <= file.len());
     let Some(end) = end else {
-        return Err(Error::InvalidData(format!("{what}: extends past the end of the file")));
+        return Err(Error::InvalidData(format!(
+            "range file {name}: block at offset {}: extends past the end of the file",
+            b.offset
+        )));
     };
-    let payload = frame::decode_exact(&file[start..end], &what)?;
+    decode_block_frame(&file[start..end], b, name, cipher)
+}
+
+/// [`decode_block`] for a block's frame read on its own (exactly `b.len` bytes from
+/// `b.offset`): what a reader that fetches only some blocks uses.
+pub fn decode_block_frame(frame_bytes: &[u8], b: &BlockRef, name: &str, cipher: Option<&Cipher>) -> Result<Vec<u8>> {
+    let what = format!("range file {name}: block at offset {}", b.offset);
+    let payload = frame::decode_exact(frame_bytes, &what)?;
     let mut r = Reader::new(payload, "range file block header");
     let codec = r.u8()?;
     let raw_len = r.u32()?;

@@ -13,6 +13,7 @@
 use crate::chain::Plan;
 use crate::dest::Destination;
 use crate::export::{range_splits, split_count, Options};
+use crate::log::SegmentData;
 use crate::manifest::{TableManifest, TableSum};
 use crate::read::{table_blocks, Snapshot};
 use crate::Progress;
@@ -150,12 +151,17 @@ pub async fn load_table(
 /// to the new prefixes. Segments are applied in version order; the blocks of one
 /// segment hold disjoint keys and are written concurrently. Returns the number of keys
 /// changed. Nothing is published.
+///
+/// With `ranged`, only the blocks touching the prefixes are read (a table restore);
+/// otherwise each segment's data file is fetched whole and checked against its blake3.
+#[allow(clippy::too_many_arguments)]
 pub async fn replay_log(
     node: &Node,
     dest: &Destination,
     plan: &Plan,
     old_prefixes: &[Vec<u8>],
     new_prefixes: &[Vec<u8>],
+    ranged: bool,
     opts: &Options,
     progress: &Progress,
 ) -> Result<u64> {
@@ -169,15 +175,24 @@ pub async fn replay_log(
     let mut fetches = std::pin::pin!(futures::stream::iter(plan.segments.clone())
         .map(|seg| {
             let dest = dest.clone();
-            async move { crate::log::fetch_data(&dest, &seg).await.map(|b| (seg, b)) }
+            async move {
+                if seg.data.is_none() {
+                    return Ok((seg, None));
+                }
+                if ranged {
+                    return Ok((seg, Some(SegmentData::Ranged(dest))));
+                }
+                let whole = crate::log::fetch_data(&dest, &seg).await?.map(SegmentData::Whole);
+                Ok::<_, Error>((seg, whole))
+            }
         })
         .buffered(2));
     while let Some(fetched) = fetches.next().await {
-        let (seg, Some(bytes)) = fetched? else { continue };
+        let (seg, Some(source)) = fetched? else { continue };
         let seg = &seg;
         let name = dest.name(&seg.data_path());
         let blocks = crate::log::net_changes(
-            bytes,
+            source,
             seg,
             name,
             cipher.clone(),
@@ -235,10 +250,10 @@ pub async fn replay_changes(
     opts: &Options,
 ) -> Result<Vec<crate::log::NetChange>> {
     let mut net = std::collections::BTreeMap::new();
-    for seg in &plan.segments {
-        let Some(bytes) = crate::log::fetch_data(dest, seg).await? else { continue };
+    for seg in plan.segments.iter().filter(|s| s.data.is_some()) {
+        // Only the blocks that touch the prefixes are read (each checked by its crc32c).
         let blocks = crate::log::net_changes(
-            bytes,
+            SegmentData::Ranged(dest.clone()),
             seg,
             dest.name(&seg.data_path()),
             plan.snapshot.cipher.clone(),

@@ -170,7 +170,9 @@ async fn verify_logs(
         if deep {
             let name = dest.name(&seg.data_path());
             let all = seg.first_version..=seg.last_version;
-            if let Err(e) = net_changes(bytes, &seg, name, snap.cipher.clone(), &[Vec::new()], all, parallelism).await {
+            let source = crate::log::SegmentData::Whole(bytes);
+            if let Err(e) = net_changes(source, &seg, name, snap.cipher.clone(), &[Vec::new()], all, parallelism).await
+            {
                 report.problems.push(e.message());
             }
         }

@@ -886,7 +886,8 @@ pub async fn restore(
                 old.extend(TableDef { id: p.old_id, ..p.def.clone() }.key_prefixes());
                 new.extend(p.def.key_prefixes());
             }
-            amberdb_backup::replay_log(node, &dest, &lp, &old, &new, &opts, progress).await?;
+            let ranged = req.tables.is_some();
+            amberdb_backup::replay_log(node, &dest, &lp, &old, &new, ranged, &opts, progress).await?;
             // The log has no per-table checksum to prove against: instead every row is
             // decoded with its schema (and counted) before anything is published.
             for (p, r) in plan.iter().zip(rows.iter_mut()) {
