@@ -1,9 +1,11 @@
 //! Restore: bulk-load a table's entries under new key prefixes, then prove it.
 //!
 //! ```text
-//!   range files ──fetch+hash──▶ decode blocks (N workers) ──rewrite prefixes──▶ chunks of
-//!   ~4 MiB ──▶ ≤ 3 concurrent blind-write commits ──▶ recompute the logical checksum by
-//!   reading the restored keys back through MVCC ──▶ caller publishes the table
+//!   range files ──fetch+hash──▶ decode blocks (N workers) ──rewrite prefixes──▶ one bulk
+//!   load (a fresh commit version; the engine's tables written directly, on a writer
+//!   thread) ──▶ recompute the logical checksum by reading the restored keys back
+//!   through MVCC ──▶ caller publishes the table
+//!   log segments (PITR) ──▶ net change per key ──▶ ≤ 3 concurrent blind-write commits
 //! ```
 //! The entries land under prefixes no catalog entry points at, so nothing is visible
 //! until the caller's final catalog commit. If anything fails, the caller removes what
@@ -28,13 +30,6 @@ use std::sync::atomic::Ordering;
 const CHUNK_BYTES: usize = 4 << 20;
 const COMMITS_IN_FLIGHT: usize = 3;
 
-/// Writes a sorted chunk through the commit log, bypassing conflict detection: the keys
-/// live under a table id that no catalog entry names yet (see [`Node::ingest`]).
-async fn commit_chunk(node: &Node, chunk: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
-    let mutations = chunk.into_iter().map(|(key, value)| Mutation { key, value: Some(value) }).collect();
-    node.ingest(mutations).await.map(|_| ())
-}
-
 /// Loads table `t` of snapshot `snap` under `new_prefixes` (one per table prefix) and
 /// checks the result against the manifest. Nothing is published.
 pub async fn load_table(
@@ -57,46 +52,58 @@ pub async fn load_table(
     }
     let mut sum = TableSum::new(t.row_prefix);
     let mut blocks = std::pin::pin!(table_blocks(dest, snap, t, opts.parallelism));
-    let mut inflight = FuturesUnordered::new();
-    let mut chunk = Vec::new();
-    let mut chunk_bytes = 0usize;
-    let mut last: Vec<u8> = Vec::new();
-    while let Some(block) = blocks.next().await {
-        for (pi, k, v) in block? {
-            if !last.is_empty() && k <= last {
-                return Err(Error::InvalidData(format!(
-                    "backup of table {} in {}: keys out of order across files",
-                    t.name,
-                    dest.url()
-                )));
-            }
-            let suffix = &k[old[pi].len()..];
-            sum.add(pi, suffix, &v);
-            let mut nk = Vec::with_capacity(new_prefixes[pi].len() + suffix.len());
-            nk.extend_from_slice(&new_prefixes[pi]);
-            nk.extend_from_slice(suffix);
-            chunk_bytes += nk.len() + v.len();
-            progress.entries.fetch_add(1, Ordering::Relaxed);
-            progress.bytes.fetch_add((k.len() + v.len()) as u64, Ordering::Relaxed);
-            chunk.push((nk, v));
-            last = k;
-            if chunk_bytes >= CHUNK_BYTES {
-                chunk_bytes = 0;
-                inflight.push(commit_chunk(node, std::mem::take(&mut chunk)));
-                while inflight.len() >= COMMITS_IN_FLIGHT {
-                    if let Some(r) = inflight.next().await {
-                        r?;
-                    }
+    // Decoded blocks go, in key order, to one writer that builds the engine's tables
+    // directly (a bulk load); `None` tells it to finish, a closed channel to abandon.
+    let load = node.begin_bulk_load().await?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<(Vec<u8>, Vec<u8>)>>>(4);
+    let writer = tokio::task::spawn_blocking(move || {
+        load.run(|bl| {
+            for msg in rx {
+                let Some(block) = msg else { return Ok(()) };
+                for (k, v) in block {
+                    bl.put(&k, &v)?;
                 }
             }
+            Err(Error::Abort("restore stopped before its data was complete".into()))
+        })
+    });
+    let send = |msg| tx.send(msg).is_ok();
+    let mut last: Vec<u8> = Vec::new();
+    let produced = async {
+        while let Some(block) = blocks.next().await {
+            let mut out = Vec::new();
+            for (pi, k, v) in block? {
+                if !last.is_empty() && k <= last {
+                    return Err(Error::InvalidData(format!(
+                        "backup of table {} in {}: keys out of order across files",
+                        t.name,
+                        dest.url()
+                    )));
+                }
+                let suffix = &k[old[pi].len()..];
+                sum.add(pi, suffix, &v);
+                let mut nk = Vec::with_capacity(new_prefixes[pi].len() + suffix.len());
+                nk.extend_from_slice(&new_prefixes[pi]);
+                nk.extend_from_slice(suffix);
+                progress.entries.fetch_add(1, Ordering::Relaxed);
+                progress.bytes.fetch_add((k.len() + v.len()) as u64, Ordering::Relaxed);
+                out.push((nk, v));
+                last = k;
+            }
+            if !send(Some(out)) {
+                break; // the writer failed; its result says why
+            }
         }
+        Ok(())
     }
-    if !chunk.is_empty() {
-        inflight.push(commit_chunk(node, chunk));
+    .await;
+    if produced.is_ok() {
+        send(None);
     }
-    while let Some(r) = inflight.next().await {
-        r?;
-    }
+    drop(tx);
+    let written = writer.await.map_err(|e| Error::Internal(format!("bulk load writer: {e}")))?;
+    produced?;
+    written?;
     sum.check(t, &format!("restore from {}", dest.url()))?;
     // Read back what landed — the proof that the table equals the backup — in parallel
     // ranges (the checksum does not depend on order).

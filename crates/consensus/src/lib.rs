@@ -44,6 +44,6 @@ mod state_machine;
 mod types;
 
 pub use log_store::{FlushStats, LogStore, LogStoreHandle};
-pub use node::{LogRecord, Node, NodeConfig, NodeStatus, MAX_TXN_BYTES};
+pub use node::{BulkLoadHandle, LogRecord, Node, NodeConfig, NodeStatus, MAX_TXN_BYTES};
 pub use state_machine::{AppliedRecord, StateMachine, META_RAFT_APPLIED};
 pub use types::{Checkpoint, Request, Response, TypeConfig};

@@ -103,6 +103,29 @@ pub struct Node {
     commit_latency: std::sync::atomic::AtomicU64,
 }
 
+/// A bulk load's version, from [`Node::begin_bulk_load`].
+#[derive(Clone)]
+pub struct BulkLoadHandle {
+    mvcc: Arc<Mvcc>,
+    version: Version,
+}
+
+impl BulkLoadHandle {
+    /// The version the entries are written at.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Runs `load` with a loader on this thread (blocking: call it from a worker) and
+    /// finishes the load only if `load` succeeds; otherwise nothing becomes visible.
+    pub fn run<T>(&self, load: impl FnOnce(&mut amberdb_mvcc::BulkLoad<'_>) -> Result<T>) -> Result<T> {
+        let mut bl = self.mvcc.bulk_load(self.version)?;
+        let out = load(&mut bl)?;
+        bl.finish()?;
+        Ok(out)
+    }
+}
+
 /// One applied commit-log entry, as [`Node::read_log`] returns it.
 #[derive(Debug, Clone)]
 pub struct LogRecord {
@@ -319,6 +342,19 @@ impl Node {
         rx.await.unwrap_or_else(|_| {
             Err(Error::Unavailable(format!("node {} is shutting down; the ingest outcome is unknown", self.id)))
         })
+    }
+
+    /// Starts a bulk load: commits an empty entry to obtain a fresh commit version and
+    /// returns a loader that writes entries at that version straight into the engine's
+    /// tables ([`Mvcc::bulk_load`]) — neither through the commit log nor through the
+    /// conflict window, so only for keys no transaction can read yet (a restore's
+    /// unpublished table id; see [`Node::ingest`] for the same argument). The entries
+    /// are durable when the loader's `finish` returns. They are not in the commit log,
+    /// so a future follower would not receive them: the cluster transport must ship a
+    /// bulk load's source (a log entry naming verified backup files) instead.
+    pub async fn begin_bulk_load(&self) -> Result<BulkLoadHandle> {
+        let version = self.ingest(Vec::new()).await?.version;
+        Ok(BulkLoadHandle { mvcc: self.mvcc.clone(), version })
     }
 
     /// Current status.

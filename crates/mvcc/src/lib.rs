@@ -54,7 +54,7 @@ mod sequencer;
 mod transaction;
 
 pub use conflict::{ConflictWindow, ConflictWindowConfig, Ticket};
-pub use mvcc::{format_micros, AppliedState, ApplyItem, GcStats, Mvcc, MvccConfig, ReadView, VersionedScan};
+pub use mvcc::{format_micros, AppliedState, ApplyItem, BulkLoad, GcStats, Mvcc, MvccConfig, ReadView, VersionedScan};
 pub use sequencer::{CommitInfo, LocalSequencer};
 pub use transaction::{CommitRequest, Transaction, TxnScan};
 

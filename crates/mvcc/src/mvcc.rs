@@ -206,6 +206,15 @@ impl Mvcc {
         Ok(times)
     }
 
+    /// Starts a bulk load of entries written at `version` straight into the engine's
+    /// tables (see [`amberdb_storage::Engine::ingest`]). Only for keys no transaction
+    /// can read yet — a restore's table id that no catalog entry names — because the
+    /// entries appear at `version`, in the past, when [`BulkLoad::finish`] returns.
+    /// `version` must be a commit version (its time is in the index).
+    pub fn bulk_load(&self, version: Version) -> Result<BulkLoad<'_>> {
+        Ok(BulkLoad { inner: self.engine.ingest()?, version, last: None })
+    }
+
     /// The commit time of `version`, if it is a retained commit version.
     pub fn time_of_version(&self, version: Version) -> Result<Option<Timestamp>> {
         match self.engine.get(&keys::version_time(version))? {
@@ -392,6 +401,30 @@ impl Mvcc {
         flush(&mut batch)?;
         tracing::debug!(?stats, "mvcc gc pass");
         Ok(stats)
+    }
+}
+
+/// A bulk load in progress (see [`Mvcc::bulk_load`]).
+pub struct BulkLoad<'a> {
+    inner: Box<dyn amberdb_storage::Ingestion + 'a>,
+    version: Version,
+    last: Option<Vec<u8>>,
+}
+
+impl BulkLoad<'_> {
+    /// Adds the next entry; user keys must strictly ascend.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if self.last.as_deref().is_some_and(|l| l >= key) {
+            return Err(Error::Internal("bulk load: keys must strictly ascend".into()));
+        }
+        self.inner.put(&keys::data(key, self.version), &keys::encode_value(Some(value)))?;
+        self.last = Some(key.to_vec());
+        Ok(())
+    }
+
+    /// Makes everything durable and visible.
+    pub fn finish(self) -> Result<()> {
+        self.inner.finish()
     }
 }
 

@@ -5,7 +5,7 @@
 //! Durability is set explicitly on every batch: `Buffered` flushes the journal to the OS,
 //! `Sync` fsyncs it before returning.
 
-use crate::{Bytes, Durability, Engine, EngineSnapshot, KeyRange, ScanIterator, WriteBatch, WriteOp};
+use crate::{Bytes, Durability, Engine, EngineSnapshot, Ingestion, KeyRange, ScanIterator, WriteBatch, WriteOp};
 use amberdb_error::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use std::path::{Path, PathBuf};
@@ -55,7 +55,102 @@ fn iter_to_scan(path: PathBuf, iter: fjall::Iter) -> ScanIterator {
     Box::new(iter.map(map))
 }
 
+/// A bulk load into fjall. fjall's ingestion type cannot be named outside it, so it
+/// lives on a writer thread fed through a bounded channel (which also overlaps building
+/// the engine's tables with the caller's decoding). Ordering is checked here: fjall
+/// asserts it.
+struct FjallIngestion {
+    tx: Option<std::sync::mpsc::SyncSender<IngestMsg>>,
+    writer: Option<std::thread::JoinHandle<Result<()>>>,
+    batch: Vec<(Bytes, Bytes)>,
+    last: Option<Bytes>,
+}
+
+enum IngestMsg {
+    Batch(Vec<(Bytes, Bytes)>),
+    Finish,
+}
+
+const INGEST_BATCH: usize = 4096;
+
+impl FjallIngestion {
+    fn send(&mut self, msg: IngestMsg) -> Result<()> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(msg).is_ok());
+        if sent {
+            return Ok(());
+        }
+        // The writer stopped: its result says why.
+        self.tx = None;
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(Error::Internal("engine ingestion writer panicked".into())),
+            _ => Err(Error::Internal("engine ingestion writer stopped".into())),
+        }
+    }
+}
+
+impl Ingestion for FjallIngestion {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if self.last.as_deref().is_some_and(|l| l >= key) {
+            return Err(Error::Internal("engine ingestion: keys must strictly ascend".into()));
+        }
+        self.last = Some(key.to_vec());
+        self.batch.push((key.to_vec(), value.to_vec()));
+        if self.batch.len() >= INGEST_BATCH {
+            let b = std::mem::take(&mut self.batch);
+            self.send(IngestMsg::Batch(b))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let b = std::mem::take(&mut self.batch);
+        self.send(IngestMsg::Batch(b))?;
+        self.send(IngestMsg::Finish)?;
+        self.tx = None;
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(Error::Internal("engine ingestion writer panicked".into())),
+            None => Err(Error::Internal("engine ingestion writer missing".into())),
+        }
+    }
+}
+
+impl Drop for FjallIngestion {
+    fn drop(&mut self) {
+        // Unfinished: closing the channel without `Finish` makes the writer drop the
+        // ingestion, which registers nothing.
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
 impl Engine for Fjall {
+    fn ingest(&self) -> Result<Box<dyn Ingestion + '_>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<IngestMsg>(4);
+        let engine = self.clone();
+        let writer = std::thread::Builder::new()
+            .name("amber-ingest".into())
+            .spawn(move || -> Result<()> {
+                let mut ing = engine.inner.ks.start_ingestion().map_err(|e| engine.err("start ingestion", e))?;
+                for msg in rx {
+                    match msg {
+                        IngestMsg::Batch(b) => {
+                            for (k, v) in b {
+                                ing.write(k, v).map_err(|e| engine.err("ingest", e))?;
+                            }
+                        }
+                        IngestMsg::Finish => return ing.finish().map_err(|e| engine.err("finish ingestion", e)),
+                    }
+                }
+                Ok(()) // abandoned: dropped unfinished
+            })
+            .map_err(|e| Error::Internal(format!("spawn ingestion writer: {e}")))?;
+        Ok(Box::new(FjallIngestion { tx: Some(tx), writer: Some(writer), batch: Vec::new(), last: None }))
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         let v = self.inner.ks.get(key).map_err(|e| self.err("get", e))?;
         Ok(v.map(|v| v.to_vec()))

@@ -171,8 +171,22 @@ pub trait EngineSnapshot: Send + Sync {
     fn scan(&self, range: KeyRange) -> ScanIterator;
 }
 
+/// A bulk load in progress (see [`Engine::ingest`]).
+pub trait Ingestion {
+    /// Adds the next entry; keys must strictly ascend across calls (an out-of-order key
+    /// is an error, never a panic).
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+    /// Makes everything added durable and visible, at once.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
 /// An ordered key-value store. See the crate docs for the invariants.
 pub trait Engine: Send + Sync {
+    /// Starts a bulk load that writes sorted entries straight into the engine's on-disk
+    /// tables, bypassing its journal and memtables. The keys must not exist in the
+    /// engine (callers load under fresh key prefixes). Nothing is visible until
+    /// `finish`; an ingestion dropped unfinished leaves nothing visible.
+    fn ingest(&self) -> Result<Box<dyn Ingestion + '_>>;
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>>;
     /// Scans a range in ascending order (call `.rev()` for descending).

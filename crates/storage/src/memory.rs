@@ -4,7 +4,9 @@
 //! clones the map (O(n)), which is fine for tests and nothing else. It is never
 //! durable: `Durability::Sync` is accepted and means nothing.
 
-use crate::{Bytes, Durability, Engine, EngineSnapshot, KeyRange, KeyValue, ScanIterator, WriteBatch, WriteOp};
+use crate::{
+    Bytes, Durability, Engine, EngineSnapshot, Ingestion, KeyRange, KeyValue, ScanIterator, WriteBatch, WriteOp,
+};
 use amberdb_error::Result;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -38,6 +40,10 @@ impl Engine for Memory {
         Box::new(Cursor { map: self.current(), lower: range.start, upper: range.end })
     }
 
+    fn ingest(&self) -> Result<Box<dyn Ingestion + '_>> {
+        Ok(Box::new(MemoryIngestion { engine: self, entries: Vec::new() }))
+    }
+
     fn write(&self, batch: WriteBatch, _durability: Durability) -> Result<()> {
         let mut guard = self.map.write().expect("memory engine lock poisoned by a panicking writer");
         let map = Arc::make_mut(&mut guard);
@@ -64,6 +70,27 @@ impl Engine for Memory {
 
     fn disk_space(&self) -> u64 {
         0
+    }
+}
+
+struct MemoryIngestion<'a> {
+    engine: &'a Memory,
+    entries: Vec<(Bytes, Bytes)>,
+}
+
+impl Ingestion for MemoryIngestion<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if self.entries.last().is_some_and(|(l, _)| l.as_slice() >= key) {
+            return Err(amberdb_error::Error::Internal("engine ingestion: keys must strictly ascend".into()));
+        }
+        self.entries.push((key.to_vec(), value.to_vec()));
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        let mut guard = self.engine.map.write().expect("memory engine lock poisoned by a panicking writer");
+        Arc::make_mut(&mut guard).extend(self.entries);
+        Ok(())
     }
 }
 

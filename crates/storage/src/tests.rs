@@ -133,3 +133,43 @@ fn key_range_helpers() {
     assert!(!r.contains(&[2]));
     assert!(KeyRange::between(vec![2], vec![1]).is_empty());
 }
+
+/// Ingestion on both engines: invisible until finished, durable after, refuses
+/// unsorted input with an error, leaves nothing when abandoned.
+fn check_ingestion(e: &dyn Engine) {
+    let mut b = WriteBatch::new();
+    b.put(b"a".to_vec(), b"journal".to_vec());
+    e.write(b, Durability::Buffered).unwrap();
+    let mut ing = e.ingest().unwrap();
+    for i in 0..10_000u32 {
+        ing.put(&[b"m".as_slice(), &i.to_be_bytes()].concat(), &i.to_le_bytes()).unwrap();
+    }
+    assert_eq!(e.get(&[b"m".as_slice(), &0u32.to_be_bytes()].concat()).unwrap(), None, "invisible before finish");
+    ing.finish().unwrap();
+    assert_eq!(e.scan(KeyRange::prefix(b"m")).count(), 10_000);
+    assert_eq!(e.get(b"a").unwrap(), Some(b"journal".to_vec()), "earlier writes survive");
+    let mut ing = e.ingest().unwrap();
+    ing.put(b"x2", b"v").unwrap();
+    assert!(ing.put(b"x1", b"v").is_err(), "out of order is an error, not a panic");
+    let mut ing = e.ingest().unwrap();
+    ing.put(b"y", b"v").unwrap();
+    drop(ing);
+    assert_eq!(e.get(b"y").unwrap(), None, "an abandoned ingestion leaves nothing");
+}
+
+#[test]
+fn ingestion_memory() {
+    check_ingestion(&Memory::new());
+}
+
+#[test]
+fn ingestion_fjall_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = Fjall::open(dir.path()).unwrap();
+        check_ingestion(&e);
+    }
+    let e = Fjall::open(dir.path()).unwrap();
+    assert_eq!(e.scan(KeyRange::prefix(b"m")).count(), 10_000);
+    assert_eq!(e.get(b"y").unwrap(), None);
+}
