@@ -58,6 +58,9 @@ pub struct Options {
     pub encryption: Option<Secret>,
     /// Paces uploads: asked before each file is written, with its size.
     pub pacer: Option<Pacer>,
+    /// Restore: after loading, read every restored entry back through MVCC and check
+    /// the table's checksum a second time (the first is over the decoded backup).
+    pub read_back: bool,
 }
 
 /// Says how long to wait before writing `n` more bytes (rate limits, backing off when
@@ -79,6 +82,7 @@ impl Default for Options {
             file_target: 16 << 20,
             encryption: None,
             pacer: None,
+            read_back: false,
         }
     }
 }

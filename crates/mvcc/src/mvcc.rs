@@ -212,7 +212,7 @@ impl Mvcc {
     /// entries appear at `version`, in the past, when [`BulkLoad::finish`] returns.
     /// `version` must be a commit version (its time is in the index).
     pub fn bulk_load(&self, version: Version) -> Result<BulkLoad<'_>> {
-        Ok(BulkLoad { inner: self.engine.ingest()?, version, last: None })
+        Ok(BulkLoad { inner: self.engine.ingest()?, version })
     }
 
     /// The commit time of `version`, if it is a retained commit version.
@@ -408,18 +408,13 @@ impl Mvcc {
 pub struct BulkLoad<'a> {
     inner: Box<dyn amberdb_storage::Ingestion + 'a>,
     version: Version,
-    last: Option<Vec<u8>>,
 }
 
 impl BulkLoad<'_> {
-    /// Adds the next entry; user keys must strictly ascend.
+    /// Adds the next entry; user keys must strictly ascend (the engine checks the
+    /// encoded keys, whose order is the user keys' at one version).
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        if self.last.as_deref().is_some_and(|l| l >= key) {
-            return Err(Error::Internal("bulk load: keys must strictly ascend".into()));
-        }
-        self.inner.put(&keys::data(key, self.version), &keys::encode_value(Some(value)))?;
-        self.last = Some(key.to_vec());
-        Ok(())
+        self.inner.put(keys::data(key, self.version), keys::encode_value(Some(value)))
     }
 
     /// Makes everything durable and visible.

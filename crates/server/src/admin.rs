@@ -99,6 +99,9 @@ pub struct RestoreRequest {
     /// Restore the state as of this commit version.
     #[serde(default)]
     pub to_version: Option<u64>,
+    /// Read every restored entry back and check it again.
+    #[serde(default)]
+    pub read_back: bool,
 }
 
 type Reply = (StatusCode, Json<serde_json::Value>);
@@ -172,6 +175,7 @@ async fn restore(State(app): State<App>, Json(req): Json<RestoreRequest>) -> Rep
         parallelism: req.parallelism,
         replace: req.replace,
         encryption_passphrase: req.encryption_passphrase,
+        read_back: req.read_back,
         ..BackupOptions::default()
     };
     let target = match (&req.to_time, req.to_version) {

@@ -190,6 +190,9 @@ pub struct RestoreArgs {
     /// Restore the state as of this commit version.
     #[arg(long)]
     to_version: Option<u64>,
+    /// After loading, read every restored entry back and check the checksum again.
+    #[arg(long)]
+    read_back: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -597,6 +600,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
                 parallelism: args.parallelism,
                 replace: args.replace,
                 encryption_passphrase: args.common.passphrase()?,
+                read_back: args.read_back,
                 ..amberdb_sql::BackupOptions::default()
             };
             let target = match (&args.to_time, args.to_version) {
@@ -629,6 +633,7 @@ pub async fn run_restore(args: RestoreArgs) -> Result<()> {
                 encryption_passphrase: args.common.passphrase()?,
                 to_time: args.to_time.clone(),
                 to_version: args.to_version,
+                read_back: args.read_back,
             };
             let _bar = Bar::spinner(&format!("restoring from {}", args.dest), args.common.json);
             post(&args.common.server, "restore", &req).await?["restored"].clone()

@@ -193,7 +193,8 @@ async fn consistent_backup(dest: &str, envs: &[(&str, &str)]) {
     assert_eq!(rows, expected_accounts.lines().count() + expected_events.lines().count());
 
     // Table restore into the running server, under a new name.
-    sql(&a, &format!("RESTORE TABLE accounts FROM '{dest}' AS accounts_r"));
+    // With the optional second proof: every restored entry read back and checksummed.
+    sql(&a, &format!("RESTORE TABLE accounts FROM '{dest}' AS accounts_r WITH (read_back)"));
     assert_eq!(sql(&a, "SELECT * FROM accounts_r ORDER BY id"), expected_accounts);
     let by_index = sql(&a, "SELECT count(*) FROM accounts_r WHERE note = 'seed7'");
     let by_scan =

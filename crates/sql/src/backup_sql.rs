@@ -4,8 +4,12 @@
 //!   BACKUP DATABASE TO 'dest' [WITH (…)]          BACKUP TABLE t [, …] TO 'dest' [WITH (…)]
 //!   RESTORE DATABASE FROM 'dest' [WITH (…)]       RESTORE TABLE t [, …] FROM 'dest' [AS new] [WITH (…)]
 //!   SHOW BACKUP 'dest'                            SHOW BACKUPS IN 'dest'
-//!   options: compression_level = 1..19, parallelism = n, replace (RESTORE TABLE only),
-//!            encryption_passphrase = '…' (BACKUP encrypts; RESTORE and SHOW BACKUP decrypt)
+//!   RESTORE … FROM 'dest' AS OF SYSTEM TIME '<ts>' | <version> [AS new]   (point in time)
+//!   SHOW BACKUP JOBS                             ALTER BACKUP JOB n PAUSE|RESUME|STOP|SET DESTINATION 'd'
+//!   options: compression_level = 1..19, parallelism = n, replace and read_back (RESTORE),
+//!            encryption_passphrase = '…' (BACKUP encrypts; RESTORE and SHOW BACKUP decrypt),
+//!            continuous, incremental, encrypted (server key), flush_interval,
+//!            snapshot_interval, max_lag, rate_limit, pacing = 'adaptive' (BACKUP DATABASE)
 //! ```
 //! sqlparser knows none of these, so they are parsed here from its tokens.
 //!
@@ -77,6 +81,8 @@ pub struct BackupOptions {
     pub adaptive_pacing: bool,
     /// Continuous / incremental: seal with the server's backup key.
     pub encrypted: bool,
+    /// RESTORE: read every restored entry back and check the checksum again.
+    pub read_back: bool,
 }
 
 impl BackupOptions {
@@ -87,7 +93,7 @@ impl BackupOptions {
 
     /// The backup crate's options.
     pub fn to_options(&self) -> Result<Options> {
-        let mut o = Options { encryption: self.secret()?, ..Options::default() };
+        let mut o = Options { encryption: self.secret()?, read_back: self.read_back, ..Options::default() };
         if let Some(l) = self.compression_level {
             o.compression_level = l;
         }
@@ -287,6 +293,7 @@ impl Tokens {
                     o.rate_limit = Some(parse_bytes(v)?);
                 }
                 "replace" if restore => o.replace = flag(&name, &value)?,
+                "read_back" if restore => o.read_back = flag(&name, &value)?,
                 _ => return Err(Error::sql("22023", format!("unknown {stmt} option \"{name}\""))),
             }
             if self.peek() == &Token::Comma {

@@ -90,14 +90,15 @@ impl FjallIngestion {
 }
 
 impl Ingestion for FjallIngestion {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        if self.last.as_deref().is_some_and(|l| l >= key) {
+    fn put(&mut self, key: Bytes, value: Bytes) -> Result<()> {
+        let prev = self.batch.last().map(|(k, _)| k).or(self.last.as_ref());
+        if prev.is_some_and(|l| *l >= key) {
             return Err(Error::Internal("engine ingestion: keys must strictly ascend".into()));
         }
-        self.last = Some(key.to_vec());
-        self.batch.push((key.to_vec(), value.to_vec()));
+        self.batch.push((key, value));
         if self.batch.len() >= INGEST_BATCH {
             let b = std::mem::take(&mut self.batch);
+            self.last = b.last().map(|(k, _)| k.clone());
             self.send(IngestMsg::Batch(b))?;
         }
         Ok(())

@@ -174,8 +174,8 @@ pub trait EngineSnapshot: Send + Sync {
 /// A bulk load in progress (see [`Engine::ingest`]).
 pub trait Ingestion {
     /// Adds the next entry; keys must strictly ascend across calls (an out-of-order key
-    /// is an error, never a panic).
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+    /// is an error, never a panic). Takes ownership: bulk loads move, not copy.
+    fn put(&mut self, key: Bytes, value: Bytes) -> Result<()>;
     /// Makes everything added durable and visible, at once.
     fn finish(self: Box<Self>) -> Result<()>;
 }

@@ -79,11 +79,11 @@ struct MemoryIngestion<'a> {
 }
 
 impl Ingestion for MemoryIngestion<'_> {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        if self.entries.last().is_some_and(|(l, _)| l.as_slice() >= key) {
+    fn put(&mut self, key: Bytes, value: Bytes) -> Result<()> {
+        if self.entries.last().is_some_and(|(l, _)| *l >= key) {
             return Err(amberdb_error::Error::Internal("engine ingestion: keys must strictly ascend".into()));
         }
-        self.entries.push((key.to_vec(), value.to_vec()));
+        self.entries.push((key, value));
         Ok(())
     }
 

@@ -142,17 +142,17 @@ fn check_ingestion(e: &dyn Engine) {
     e.write(b, Durability::Buffered).unwrap();
     let mut ing = e.ingest().unwrap();
     for i in 0..10_000u32 {
-        ing.put(&[b"m".as_slice(), &i.to_be_bytes()].concat(), &i.to_le_bytes()).unwrap();
+        ing.put([b"m".as_slice(), &i.to_be_bytes()].concat(), i.to_le_bytes().to_vec()).unwrap();
     }
     assert_eq!(e.get(&[b"m".as_slice(), &0u32.to_be_bytes()].concat()).unwrap(), None, "invisible before finish");
     ing.finish().unwrap();
     assert_eq!(e.scan(KeyRange::prefix(b"m")).count(), 10_000);
     assert_eq!(e.get(b"a").unwrap(), Some(b"journal".to_vec()), "earlier writes survive");
     let mut ing = e.ingest().unwrap();
-    ing.put(b"x2", b"v").unwrap();
-    assert!(ing.put(b"x1", b"v").is_err(), "out of order is an error, not a panic");
+    ing.put(b"x2".to_vec(), b"v".to_vec()).unwrap();
+    assert!(ing.put(b"x1".to_vec(), b"v".to_vec()).is_err(), "out of order is an error, not a panic");
     let mut ing = e.ingest().unwrap();
-    ing.put(b"y", b"v").unwrap();
+    ing.put(b"y".to_vec(), b"v".to_vec()).unwrap();
     drop(ing);
     assert_eq!(e.get(b"y").unwrap(), None, "an abandoned ingestion leaves nothing");
 }
