@@ -95,6 +95,18 @@ pub(crate) fn decode_value(raw: &[u8]) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// [`decode_value`] reusing the stored value's buffer (no copy of the bytes).
+pub(crate) fn decode_value_owned(mut raw: Vec<u8>) -> Result<Option<Vec<u8>>> {
+    match raw.first() {
+        Some(0) if raw.len() == 1 => Ok(None),
+        Some(1) => {
+            raw.remove(0);
+            Ok(Some(raw))
+        }
+        _ => Err(Error::InvalidData(format!("invalid mvcc value tag in {:x?}", &raw[..raw.len().min(8)]))),
+    }
+}
+
 /// Maps a range of user keys to the range of data keys holding all their versions.
 pub(crate) fn data_range(range: &KeyRange) -> KeyRange {
     let prefix = |k: &[u8]| KeyEncoder::with_tag(TAG_DATA).bytes(k).finish();

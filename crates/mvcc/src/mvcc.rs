@@ -506,7 +506,8 @@ pub struct VersionedScan {
     inner: ScanIterator,
     version: Version,
     reverse: bool,
-    /// Forward: the key whose older versions are being skipped.
+    /// Forward: the encoded key (data key without its version) whose older versions
+    /// are being skipped.
     /// Reverse: the key being collected and its newest visible value so far.
     current: Option<(Vec<u8>, Option<Vec<u8>>)>,
     done: bool,
@@ -520,15 +521,28 @@ impl VersionedScan {
     fn next_forward(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         for kv in self.inner.by_ref() {
             let (raw_key, raw_value) = kv?;
+            // Versions of one key are adjacent and share the encoded key before the
+            // 8-byte version: older ones are skipped by comparing that, without decoding
+            // (and without allocating: the buffer is reused).
+            let encoded = raw_key.len().checked_sub(8).map(|n| &raw_key[..n]);
+            if let (Some(e), Some((last, _))) = (encoded, &self.current) {
+                if last.as_slice() == e {
+                    continue;
+                }
+            }
             let (user, version) = keys::decode_data(&raw_key)?;
             if version > self.version {
                 continue;
             }
-            if matches!(&self.current, Some((k, _)) if *k == user) {
-                continue;
+            let value = keys::decode_value_owned(raw_value)?;
+            let e = encoded.expect("a decoded data key ends with its 8-byte version");
+            match &mut self.current {
+                Some((last, _)) => {
+                    last.clear();
+                    last.extend_from_slice(e);
+                }
+                None => self.current = Some((e.to_vec(), None)),
             }
-            let value = keys::decode_value(&raw_value)?;
-            self.current = Some((user.clone(), None));
             if let Some(value) = value {
                 return Ok(Some((user, value)));
             }
