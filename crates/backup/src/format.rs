@@ -106,34 +106,69 @@ impl SealedBlock {
     }
 }
 
+thread_local! {
+    /// Each worker thread keeps its zstd context and output scratch: creating a context
+    /// per block allocated (and zeroed) megabytes every time.
+    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static UNZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses `data` at `level` with this thread's context, then hands the compressed
+/// bytes to `then`.
+fn with_compressed<T>(data: &[u8], level: i32, then: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+    let zerr = |e: std::io::Error| Error::Internal(format!("zstd: {e}"));
+    ZSTD.with_borrow_mut(|z| {
+        if z.as_ref().is_none_or(|(l, _)| *l != level) {
+            *z = Some((level, zstd::bulk::Compressor::new(level).map_err(zerr)?));
+        }
+        let (_, c) = z.as_mut().expect("set just above");
+        SCRATCH.with_borrow_mut(|out| {
+            out.clear();
+            out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            c.compress_to_buffer(data, out).map_err(zerr)?;
+            then(out)
+        })
+    })
+}
+
+/// One frame (as [`frame::encode_into`]) whose payload is `parts` concatenated, built in
+/// a single allocation of its final size.
+fn frame_of(parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let len_bytes = (len as u32).to_le_bytes();
+    let crc = parts.iter().fold(crc32c::crc32c(&len_bytes), |c, p| crc32c::crc32c_append(c, p));
+    let mut out = Vec::with_capacity(frame::HEADER_LEN + len);
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&crc.to_le_bytes());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
 /// Compresses (and, with a cipher, encrypts) and frames a block (CPU-heavy: run it on
 /// a worker).
 pub fn seal(block: RawBlock, level: i32, cipher: Option<&Cipher>) -> Result<SealedBlock> {
     let raw_len = u32::try_from(block.data.len())
         .map_err(|_| Error::InvalidInput(format!("backup block of {} bytes is too large", block.data.len())))?;
-    let compressed = zstd::bulk::compress(&block.data, level).map_err(|e| Error::Internal(format!("zstd: {e}")))?;
-    let mut w = Writer::with_capacity(compressed.len() + 9);
+    let mut w = Writer::with_capacity(9);
     w.u8(if cipher.is_some() { CODEC_ZSTD_XCHACHA } else { CODEC_ZSTD }).u32(raw_len).u32(block.entries);
-    let mut payload = w.finish();
-    match cipher {
-        Some(c) => {
-            let sealed = c.seal(&payload, &compressed)?;
-            payload.extend_from_slice(&sealed);
+    let header = w.finish();
+    let frame = with_compressed(&block.data, level, |compressed| {
+        let body = match cipher {
+            Some(c) => Some(c.seal(&header, compressed)?),
+            None => None,
+        };
+        let body = body.as_deref().unwrap_or(compressed);
+        if header.len() + body.len() > frame::MAX_PAYLOAD {
+            return Err(Error::InvalidInput(format!("backup block of {} bytes is too large", body.len())));
         }
-        None => payload.extend_from_slice(&compressed),
-    }
-    if payload.len() > frame::MAX_PAYLOAD {
-        return Err(Error::InvalidInput(format!("backup block of {} bytes is too large", payload.len())));
-    }
-    let mut out = Vec::with_capacity(payload.len() + frame::HEADER_LEN);
-    frame::encode_into(&mut out, &payload);
-    Ok(SealedBlock {
-        frame: out,
-        raw_len,
-        entries: block.entries,
-        first_key: block.first_key,
-        last_key: block.last_key,
-    })
+        Ok(frame_of(&[&header, body]))
+    })?;
+    Ok(SealedBlock { frame, raw_len, entries: block.entries, first_key: block.first_key, last_key: block.last_key })
 }
 
 /// Where a block sits in a range file, and what it holds.
@@ -353,7 +388,13 @@ pub fn decode_block_frame(frame_bytes: &[u8], b: &BlockRef, name: &str, cipher: 
         }
         None => &payload[9..],
     };
-    let raw = zstd::bulk::decompress(compressed, raw_len as usize)
+    let raw = UNZSTD
+        .with_borrow_mut(|d| {
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new()?);
+            }
+            d.as_mut().expect("set just above").decompress(compressed, raw_len as usize)
+        })
         .map_err(|e| Error::InvalidData(format!("{what}: zstd: {e}")))?;
     if raw.len() != raw_len as usize {
         return Err(Error::InvalidData(format!("{what}: decompressed to {} bytes, expected {raw_len}", raw.len())));

@@ -266,6 +266,15 @@ impl Drop for Bar {
     }
 }
 
+fn print_ranges(ranges: &[amberdb_backup::RestorableRange]) {
+    for r in ranges {
+        println!(
+            "  restorable   {} .. {}  (versions {}..={})",
+            r.first_time, r.last_time, r.first_version, r.last_version
+        );
+    }
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Error::Internal(format!("encode JSON: {e}")))?;
     println!("{s}");
@@ -472,12 +481,7 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
             print_manifest(&m, d.url());
             println!("  snapshots    {}", chain.snapshots.len());
             println!("  log segments {}", chain.segments.len());
-            for r in &ranges {
-                println!(
-                    "  restorable   {} .. {}  (versions {}..={})",
-                    r.first_time, r.last_time, r.first_version, r.last_version
-                );
-            }
+            print_ranges(&ranges);
             Ok(())
         }
         BackupAction::Verify { dest, deep, parallelism, common } => {
@@ -505,12 +509,7 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
                 if report.log_segments > 0 {
                     println!("  {} mutation-log segments", report.log_segments);
                 }
-                for r in &report.restorable_ranges {
-                    println!(
-                        "  restorable {} .. {} (versions {}..={})",
-                        r.first_time, r.last_time, r.first_version, r.last_version
-                    );
-                }
+                print_ranges(&report.restorable_ranges);
                 for p in &report.problems {
                     println!("PROBLEM: {p}");
                 }
@@ -557,12 +556,7 @@ pub async fn run_backup(cmd: BackupCommand) -> Result<()> {
             if r.resumed_objects > 0 {
                 println!("  finished an interrupted expire ({} objects)", r.resumed_objects);
             }
-            for x in &r.restorable_ranges {
-                println!(
-                    "  restorable {} .. {} (versions {}..={})",
-                    x.first_time, x.last_time, x.first_version, x.last_version
-                );
-            }
+            print_ranges(&r.restorable_ranges);
             Ok(())
         }
         BackupAction::Delete { dest, common } => {

@@ -12,7 +12,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 fn server(data: &Path, root: &Path) -> Server {
-    Server::start_full(data, &["--backup-root".as_ref(), root.as_os_str()], &[])
+    server_with(data, root, &[])
+}
+
+/// A server with its backup root and extra flags.
+fn server_with(data: &Path, root: &Path, extra: &[&std::ffi::OsStr]) -> Server {
+    let mut args = vec!["--backup-root".as_ref(), root.as_os_str()];
+    args.extend_from_slice(extra);
+    Server::start_full(data, &args, &[])
 }
 
 async fn connect(s: &Server) -> Client {
@@ -280,13 +287,7 @@ async fn continuous_backup_survives_kill9_without_gaps() {
     // what the job has not shipped.
     let cfg = dir.path().join("amberdb.toml");
     std::fs::write(&cfg, "checkpoint_every = 100\n").unwrap();
-    let start = |data: &Path| {
-        Server::start_full(
-            data,
-            &["--backup-root".as_ref(), root.as_os_str(), "--config".as_ref(), cfg.as_os_str()],
-            &[],
-        )
-    };
+    let start = |data: &Path| server_with(data, &root, &["--config".as_ref(), cfg.as_os_str()]);
     let mut s = start(&data);
     let c = connect(&s).await;
     q(&c, "CREATE TABLE k (id BIGINT PRIMARY KEY, w INT)").await;
@@ -647,13 +648,7 @@ async fn encrypted_continuous_backup_round_trip_wrong_key_and_tampering() {
     std::fs::write(&key, "correct horse battery staple\n").unwrap();
     let wrong = dir.path().join("wrong.key");
     std::fs::write(&wrong, "incorrect horse\n").unwrap();
-    let start = |data: &Path| {
-        Server::start_full(
-            data,
-            &["--backup-root".as_ref(), root.as_os_str(), "--backup-key-file".as_ref(), key.as_os_str()],
-            &[],
-        )
-    };
+    let start = |data: &Path| server_with(data, &root, &["--backup-key-file".as_ref(), key.as_os_str()]);
     let mut s = start(&data);
     let c = connect(&s).await;
     q(&c, "CREATE TABLE s (id INT PRIMARY KEY, secret TEXT); INSERT INTO s VALUES (1, 'TOPSECRET-1')").await;

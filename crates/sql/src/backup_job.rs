@@ -89,6 +89,30 @@ pub struct JobRecord {
     pub created_at: String,
 }
 
+impl JobRecord {
+    /// A new job's record from the statement's options (defaults: ship every second,
+    /// snapshot daily, lagging beyond 10 minutes).
+    fn new(id: u64, dest: &str, state: JobState, options: &BackupOptions, encrypted: bool) -> Self {
+        JobRecord {
+            id,
+            destination: dest.to_string(),
+            state,
+            flush_interval_ms: options.flush_interval.map_or(1000, |d| d.as_millis() as u64).max(10),
+            snapshot_interval_s: options.snapshot_interval.map_or(86_400, |d| d.as_secs()).max(1),
+            max_lag_s: options.max_lag.map_or(600, |d| d.as_secs()).max(1),
+            compression_level: options.compression_level.unwrap_or(1),
+            parallelism: options
+                .parallelism
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+            rate_limit_bytes: options.rate_limit.unwrap_or(0),
+            adaptive_pacing: options.adaptive_pacing,
+            encrypted,
+            incremental: false,
+            created_at: amberdb_backup::now_rfc3339(),
+        }
+    }
+}
+
 /// A job's live figures (not persisted; rebuilt from the destination on start).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct JobStatus {
@@ -257,23 +281,7 @@ impl JobManager {
         amberdb_backup::start_chain(&d, key.as_ref()).await?;
         let mut txn = self.node.begin()?;
         let id = Catalog::allocate_job_id(&mut txn)?;
-        let defaults = crate::backup_job::JobRecord {
-            id,
-            destination: dest.to_string(),
-            state: JobState::Running,
-            flush_interval_ms: options.flush_interval.map_or(1000, |d| d.as_millis() as u64).max(10),
-            snapshot_interval_s: options.snapshot_interval.map_or(86_400, |d| d.as_secs()).max(1),
-            max_lag_s: options.max_lag.map_or(600, |d| d.as_secs()).max(1),
-            compression_level: options.compression_level.unwrap_or(1),
-            parallelism: options
-                .parallelism
-                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
-            rate_limit_bytes: options.rate_limit.unwrap_or(0),
-            adaptive_pacing: options.adaptive_pacing,
-            encrypted: key.is_some(),
-            incremental: false,
-            created_at: amberdb_backup::now_rfc3339(),
-        };
+        let defaults = JobRecord::new(id, dest, JobState::Running, options, key.is_some());
         Catalog::put_job(&mut txn, id, &encode(&defaults)?)?;
         self.node.commit(txn).await?;
         self.spawn(defaults);
@@ -308,23 +316,8 @@ impl JobManager {
             let cipher = amberdb_backup::start_chain(&d, key.as_ref()).await?;
             let mut txn = self.node.begin()?;
             let id = Catalog::allocate_job_id(&mut txn)?;
-            let rec = JobRecord {
-                id,
-                destination: dest.to_string(),
-                state: JobState::Paused,
-                incremental: true,
-                flush_interval_ms: 1000,
-                snapshot_interval_s: 86_400,
-                max_lag_s: 600,
-                compression_level: options.compression_level.unwrap_or(1),
-                parallelism: options
-                    .parallelism
-                    .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
-                rate_limit_bytes: options.rate_limit.unwrap_or(0),
-                adaptive_pacing: options.adaptive_pacing,
-                encrypted: key.is_some(),
-                created_at: amberdb_backup::now_rfc3339(),
-            };
+            let rec =
+                JobRecord { incremental: true, ..JobRecord::new(id, dest, JobState::Paused, options, key.is_some()) };
             Catalog::put_job(&mut txn, id, &encode(&rec)?)?;
             self.node.commit(txn).await?;
             let hold = format!("backup-job-{id}");
