@@ -206,21 +206,22 @@ fn plan_parts(view: &ReadView, tables: &[TableSpec], split: usize) -> Result<Vec
 fn scan_part(view: ReadView, part: Part, tx: mpsc::Sender<Result<Msg>>, p: Arc<Progress>) {
     let mut sum = TableSum::new(part.row_prefix);
     let mut block = RawBlock::default();
-    for kv in view.scan(&part.range) {
-        let (k, v) = match kv {
-            Ok(kv) => kv,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        sum.add(part.prefix_no, &k[part.prefix_len..], &v);
-        block.push(&k, &v);
+    let scanned = view.scan_each(&part.range, |k, v| {
+        sum.add(part.prefix_no, &k[part.prefix_len..], v);
+        block.push(k, v);
         p.entries.fetch_add(1, Ordering::Relaxed);
         p.bytes.fetch_add((k.len() + v.len()) as u64, Ordering::Relaxed);
         if block.len() >= BLOCK_TARGET && tx.blocking_send(Ok(Msg::Block(std::mem::take(&mut block)))).is_err() {
-            return; // the writer failed and dropped the channel
+            return Ok(false); // the writer failed and dropped the channel
         }
+        Ok(true)
+    });
+    if let Err(e) = scanned {
+        let _ = tx.blocking_send(Err(e));
+        return;
+    }
+    if tx.is_closed() {
+        return;
     }
     if !block.is_empty() && tx.blocking_send(Ok(Msg::Block(block))).is_err() {
         return;

@@ -154,25 +154,30 @@ impl<'a> KeyDecoder<'a> {
     /// Reads a byte string.
     pub fn bytes(&mut self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        let mut i = 0;
+        self.bytes_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Reads a byte string, appending it to `out` (copies the runs between escapes in
+    /// bulk; scans of large tables decode one per row).
+    pub fn bytes_into(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        let mut rest = self.input;
         loop {
-            match (self.input.get(i), self.input.get(i + 1)) {
-                (Some(0), Some(0)) => {
-                    self.input = &self.input[i + 2..];
-                    return Ok(out);
+            let Some(z) = rest.iter().position(|&b| b == 0) else {
+                return Err(Error::InvalidData("unterminated bytes in key".into()));
+            };
+            out.extend_from_slice(&rest[..z]);
+            match rest.get(z + 1) {
+                Some(0) => {
+                    self.input = &rest[z + 2..];
+                    return Ok(());
                 }
-                (Some(0), Some(0xff)) => {
+                Some(0xff) => {
                     out.push(0);
-                    i += 2;
+                    rest = &rest[z + 2..];
                 }
-                (Some(0), Some(b)) => {
-                    return Err(Error::InvalidData(format!("invalid escape 0x00 {b:#04x} in key bytes")))
-                }
-                (Some(&b), _) if b != 0 => {
-                    out.push(b);
-                    i += 1;
-                }
-                _ => return Err(Error::InvalidData("unterminated bytes in key".into())),
+                Some(b) => return Err(Error::InvalidData(format!("invalid escape 0x00 {b:#04x} in key bytes"))),
+                None => return Err(Error::InvalidData("unterminated bytes in key".into())),
             }
         }
     }

@@ -46,6 +46,18 @@ pub(crate) fn decode_data(key: &[u8]) -> Result<(Vec<u8>, u64)> {
     Ok((user, version))
 }
 
+/// [`decode_data`] into a caller's buffer: appends the user key, returns the version.
+pub(crate) fn decode_data_into(key: &[u8], user: &mut Vec<u8>) -> Result<u64> {
+    let mut d = KeyDecoder::new(key);
+    if d.tag()? != TAG_DATA {
+        return Err(Error::InvalidData(format!("not an mvcc data key: {key:x?}")));
+    }
+    d.bytes_into(user)?;
+    let version = !d.u64()?;
+    d.finish()?;
+    Ok(version)
+}
+
 pub(crate) fn version_time(version: u64) -> Vec<u8> {
     KeyEncoder::with_tag(TAG_VERSION_TIME).u64(version).finish()
 }

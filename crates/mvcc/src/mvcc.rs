@@ -495,6 +495,45 @@ impl ReadView {
         VersionedScan::new(self.engine.scan(keys::data_range(range)), self.version, false)
     }
 
+    /// Visits the user keys in `range` visible at this view's version, in ascending
+    /// order, with borrowed key and value, until `f` returns `false` — [`Self::scan`]
+    /// without a copy or allocation per entry (the key is decoded into a reused buffer).
+    pub fn scan_each(&self, range: &KeyRange, mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        // Versions of one key are adjacent, newest first, sharing the encoded key before
+        // the 8-byte version: once one is taken (or found deleted), the rest are skipped.
+        let mut current: Option<Vec<u8>> = None;
+        let mut user = Vec::new();
+        self.engine.scan_each(keys::data_range(range), &mut |raw_key, raw_value| {
+            let encoded = raw_key.len().checked_sub(8).map(|n| &raw_key[..n]);
+            if let (Some(e), Some(c)) = (encoded, &current) {
+                if c.as_slice() == e {
+                    return Ok(true);
+                }
+            }
+            user.clear();
+            let version = keys::decode_data_into(raw_key, &mut user)?;
+            if version > self.version {
+                return Ok(true);
+            }
+            let e = encoded.expect("a decoded data key ends with its 8-byte version");
+            match &mut current {
+                Some(c) => {
+                    c.clear();
+                    c.extend_from_slice(e);
+                }
+                None => current = Some(e.to_vec()),
+            }
+            match raw_value.split_first() {
+                Some((0, [])) => Ok(true),
+                Some((1, v)) => f(&user, v),
+                _ => Err(Error::InvalidData(format!(
+                    "invalid mvcc value tag in {:x?}",
+                    &raw_value[..raw_value.len().min(8)]
+                ))),
+            }
+        })
+    }
+
     /// Scans user keys in `range` in descending order.
     pub fn scan_rev(&self, range: &KeyRange) -> VersionedScan {
         VersionedScan::new(self.engine.scan(keys::data_range(range)), self.version, true)

@@ -136,7 +136,11 @@ proptest! {
                             prop_assert_eq!(view.get(&key(k)).unwrap(), states[v as usize].get(&k).map(|x| vec![*x]));
                             let all: Vec<_> = view.scan(&KeyRange::all()).map(Result::unwrap).collect();
                             let want: Vec<_> = states[v as usize].iter().map(|(k, v)| (key(*k), vec![*v])).collect();
-                            prop_assert_eq!(all, want);
+                            prop_assert_eq!(&all, &want);
+                            // The borrowing visitor sees exactly what the iterator does.
+                            let mut visited = Vec::new();
+                            view.scan_each(&KeyRange::all(), |k, v| { visited.push((k.to_vec(), v.to_vec())); Ok(true) }).unwrap();
+                            prop_assert_eq!(visited, want);
                         }
                         Err(e) => {
                             // Only allowed when the state at v was superseded before the window.

@@ -5,7 +5,9 @@
 //! Durability is set explicitly on every batch: `Buffered` flushes the journal to the OS,
 //! `Sync` fsyncs it before returning.
 
-use crate::{Bytes, Durability, Engine, EngineSnapshot, Ingestion, KeyRange, ScanIterator, WriteBatch, WriteOp};
+use crate::{
+    Bytes, Durability, Engine, EngineSnapshot, Ingestion, KeyRange, ScanIterator, Visitor, WriteBatch, WriteOp,
+};
 use amberdb_error::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use std::path::{Path, PathBuf};
@@ -160,6 +162,16 @@ impl Engine for Fjall {
     fn scan(&self, range: KeyRange) -> ScanIterator {
         let iter = self.inner.ks.range::<Bytes, _>((range.start, range.end));
         iter_to_scan(self.inner.path.clone(), iter)
+    }
+
+    fn scan_each(&self, range: KeyRange, f: &mut Visitor<'_>) -> Result<()> {
+        for guard in self.inner.ks.range::<Bytes, _>((range.start, range.end)) {
+            let (k, v) = guard.into_inner().map_err(|e| self.err("scan", e))?;
+            if !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {

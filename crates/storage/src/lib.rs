@@ -171,6 +171,9 @@ pub trait EngineSnapshot: Send + Sync {
     fn scan(&self, range: KeyRange) -> ScanIterator;
 }
 
+/// What [`Engine::scan_each`] calls per entry: `Ok(false)` stops the scan.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// A bulk load in progress (see [`Engine::ingest`]).
 pub trait Ingestion {
     /// Adds the next entry; keys must strictly ascend across calls (an out-of-order key
@@ -191,6 +194,17 @@ pub trait Engine: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>>;
     /// Scans a range in ascending order (call `.rev()` for descending).
     fn scan(&self, range: KeyRange) -> ScanIterator;
+    /// Visits a range in ascending order with borrowed keys and values (no copies),
+    /// until `f` returns `false`. For bulk readers such as backups.
+    fn scan_each(&self, range: KeyRange, f: &mut Visitor<'_>) -> Result<()> {
+        for kv in self.scan(range) {
+            let (k, v) = kv?;
+            if !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
     /// Applies a batch atomically with the given durability.
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;
     /// Makes every write so far durable.
