@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bin, psql, Server};
+use common::{all_bytes, bin, copy_dir, psql, Server};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -246,18 +246,6 @@ fn unreachable_s3_is_a_clear_error() {
     assert!(err.contains("s3://bucket/x"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(60), "gave up in {:?}", started.elapsed());
     assert!(sql_err(&s, "BACKUP DATABASE TO 'ftp://host/x'").contains("unsupported scheme"));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 fn find_in(dir: &Path, suffix: &str) -> Option<PathBuf> {
@@ -584,19 +572,6 @@ fn bad_s3_credentials_are_a_clear_error() {
     let (ok, out) = cli(&["backup", "list", "s3://locked/x"], &envs);
     assert!(!ok, "{out}");
     assert!(out.contains("s3://locked/x") && (out.contains("403") || out.to_lowercase().contains("access")), "{out}");
-}
-
-fn all_bytes(dir: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(all_bytes(&p));
-        } else {
-            out.extend(std::fs::read(&p).unwrap());
-        }
-    }
-    out
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{bin, http_get, Server};
+use common::{all_bytes, bin, copy_dir, http_get, walk, Server};
 use rand::prelude::*;
 use std::path::Path;
 use std::process::Command;
@@ -366,18 +366,6 @@ async fn continuous_backup_survives_kill9_without_gaps() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 fn cli(args: &[&str], root: &Path) -> (bool, String) {
     let out =
         Command::new(bin()).args(args).arg("--backup-root").arg(root).env("AMBERDB_LOG", "warn").output().unwrap();
@@ -533,19 +521,6 @@ async fn incremental_chain_restores_every_link() {
     assert_eq!(q(&cb, "SELECT * FROM inc ORDER BY id").await, links.last().unwrap().1);
 }
 
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expire_keeps_every_point_after_the_cutoff_restorable() {
     let dir = tempfile::tempdir().unwrap();
@@ -633,10 +608,6 @@ async fn expire_keeps_every_point_after_the_cutoff_restorable() {
     let (ok, out) = cli(&["backup", "expire", "ex", "--before", &future, "--force"], &root);
     assert!(ok, "{out}");
     assert_eq!(snapshots(), 0);
-}
-
-fn all_bytes(dir: &Path) -> Vec<u8> {
-    walk(dir).iter().flat_map(|p| std::fs::read(p).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,3 +125,35 @@ pub fn psql(server: &Server, args: &[&str], stdin: &str) -> (bool, String, Strin
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Every file under a directory, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The concatenated bytes of every file under a directory.
+pub fn all_bytes(dir: &Path) -> Vec<u8> {
+    walk(dir).iter().flat_map(|p| std::fs::read(p).unwrap()).collect()
+}
