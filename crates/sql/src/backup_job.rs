@@ -293,7 +293,9 @@ impl JobManager {
                 return Ok(s);
             }
             if let Some(e) = s.last_error {
-                let _ = self.control(id, Control::Stop).await;
+                if let Err(se) = self.control(id, Control::Stop).await {
+                    tracing::error!(job = id, error = %se, "could not stop the job whose first snapshot failed");
+                }
                 return Err(Error::Unavailable(format!("backup job {id} could not take its first snapshot: {e}")));
             }
         }
