@@ -270,26 +270,8 @@ pub async fn read_segments(dest: &Destination) -> Result<Vec<LogSegment>> {
 /// Fetches a segment's data file and checks its size and blake3.
 pub async fn fetch_data(dest: &Destination, seg: &LogSegment) -> Result<Option<Bytes>> {
     let Some(d) = &seg.data else { return Ok(None) };
-    let rel = seg.data_path();
-    let name = dest.name(&rel);
-    let Some(bytes) = dest.get(&rel).await? else {
-        return Err(Error::InvalidData(format!("log file {name} is missing")));
-    };
-    if bytes.len() as u64 != d.size {
-        return Err(Error::InvalidData(format!(
-            "log file {name} is {} bytes, its segment description says {} (truncated or replaced)",
-            bytes.len(),
-            d.size
-        )));
-    }
-    let b = bytes.clone();
-    let hash = tokio::task::spawn_blocking(move || blake3::hash(&b).to_hex().to_string())
-        .await
-        .map_err(|e| Error::Internal(format!("hash worker: {e}")))?;
-    if hash != d.blake3 {
-        return Err(Error::InvalidData(format!("log file {name} does not match its blake3 hash (corrupted)")));
-    }
-    Ok(Some(bytes))
+    let claim = "its segment description says";
+    crate::read::fetch_checked(dest, &seg.data_path(), "log file", claim, d.size, &d.blake3).await.map(Some)
 }
 
 /// One key's net change over a version range: `None` deletes it.

@@ -99,23 +99,35 @@ pub async fn latest_manifest(dest: &Destination) -> Result<Manifest> {
 /// Fetches a range file and checks it against the manifest (presence, size, blake3).
 pub async fn fetch_file(dest: &Destination, m: &Manifest, f: &FileManifest) -> Result<Bytes> {
     let rel = format!("{}/{}", Manifest::dir_of(m.version), f.path);
-    let name = dest.name(&rel);
-    let Some(bytes) = dest.get(&rel).await? else {
-        return Err(Error::InvalidData(format!("range file {name} is missing")));
+    fetch_checked(dest, &rel, "range file", "the manifest says", f.size, &f.blake3).await
+}
+
+/// Fetches `rel` and checks it is there, `size` bytes long and hashes to `blake3`;
+/// errors name it as `what` and say which record (`claim`) disagrees.
+pub(crate) async fn fetch_checked(
+    dest: &Destination,
+    rel: &str,
+    what: &str,
+    claim: &str,
+    size: u64,
+    blake3: &str,
+) -> Result<Bytes> {
+    let name = dest.name(rel);
+    let Some(bytes) = dest.get(rel).await? else {
+        return Err(Error::InvalidData(format!("{what} {name} is missing")));
     };
-    if bytes.len() as u64 != f.size {
+    if bytes.len() as u64 != size {
         return Err(Error::InvalidData(format!(
-            "range file {name} is {} bytes, the manifest says {} (truncated or replaced)",
-            bytes.len(),
-            f.size
+            "{what} {name} is {} bytes, {claim} {size} (truncated or replaced)",
+            bytes.len()
         )));
     }
     let b = bytes.clone();
     let hash = tokio::task::spawn_blocking(move || blake3::hash(&b).to_hex().to_string())
         .await
         .map_err(|e| Error::Internal(format!("hash worker: {e}")))?;
-    if hash != f.blake3 {
-        return Err(Error::InvalidData(format!("range file {name} does not match its blake3 hash (corrupted)")));
+    if hash != blake3 {
+        return Err(Error::InvalidData(format!("{what} {name} does not match its blake3 hash (corrupted)")));
     }
     Ok(bytes)
 }
