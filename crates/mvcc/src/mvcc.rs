@@ -457,6 +457,17 @@ impl std::fmt::Debug for ReadView {
     }
 }
 
+impl Clone for ReadView {
+    /// Another registration of the same version: GC keeps it readable until every
+    /// clone is dropped.
+    fn clone(&self) -> Self {
+        if let Ok(mut readers) = self.readers.lock() {
+            *readers.active.entry(self.version).or_insert(0) += 1;
+        }
+        Self { engine: self.engine.clone(), version: self.version, readers: self.readers.clone() }
+    }
+}
+
 impl Drop for ReadView {
     fn drop(&mut self) {
         // A poisoned lock means another thread panicked; leaking the registration only
@@ -492,7 +503,7 @@ impl ReadView {
 
     /// Scans user keys in `range` in ascending order.
     pub fn scan(&self, range: &KeyRange) -> VersionedScan {
-        VersionedScan::new(self.engine.scan(keys::data_range(range)), self.version, false)
+        VersionedScan::new(self.engine.scan(keys::data_range(range)), self.clone(), false)
     }
 
     /// Visits the user keys in `range` visible at this view's version, in ascending
@@ -536,14 +547,17 @@ impl ReadView {
 
     /// Scans user keys in `range` in descending order.
     pub fn scan_rev(&self, range: &KeyRange) -> VersionedScan {
-        VersionedScan::new(self.engine.scan(keys::data_range(range)), self.version, true)
+        VersionedScan::new(self.engine.scan(keys::data_range(range)), self.clone(), true)
     }
 }
 
 /// Turns a scan of raw versioned keys into the visible (key, value) pairs at a version.
+/// The scan holds its own registration of the version, so it stays correct however long
+/// it outlives the view or transaction that started it (a streamed query result).
 pub struct VersionedScan {
     inner: ScanIterator,
     version: Version,
+    _view: ReadView,
     reverse: bool,
     /// Forward: the encoded key (data key without its version) whose older versions
     /// are being skipped.
@@ -553,8 +567,8 @@ pub struct VersionedScan {
 }
 
 impl VersionedScan {
-    fn new(inner: ScanIterator, version: Version, reverse: bool) -> Self {
-        Self { inner, version, reverse, current: None, done: false }
+    fn new(inner: ScanIterator, view: ReadView, reverse: bool) -> Self {
+        Self { inner, version: view.version, _view: view, reverse, current: None, done: false }
     }
 
     fn next_forward(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {

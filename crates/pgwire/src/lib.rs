@@ -368,28 +368,117 @@ fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWir
 /// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
 const PG_EPOCH_DAYS: i64 = 10_957;
 
+/// Items pulled inline before a result moves to its own producer thread: small results
+/// (point reads, pgbench) never pay for a thread hand-off.
+const INLINE_ITEMS: usize = 256;
+/// Items per message on the producer channel, and batches in flight: the producer runs
+/// at most this far ahead of the socket.
+const BATCH_ITEMS: usize = 256;
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Turns a lazily produced result into a response stream. The first items are produced
+/// here; if there are more, a blocking-pool thread produces the rest into a bounded
+/// channel, so a large result is never held in memory, its storage reads never block an
+/// async worker, and a client that reads slowly (or goes away) stops the producer.
+fn stream_items<T: Send + 'static>(
+    mut items: Box<dyn Iterator<Item = PgWireResult<T>> + Send>,
+) -> futures::stream::BoxStream<'static, PgWireResult<T>> {
+    use futures::StreamExt;
+    let mut first = Vec::new();
+    for item in items.by_ref() {
+        let failed = item.is_err();
+        first.push(item);
+        if failed {
+            return stream::iter(first).boxed();
+        }
+        if first.len() == INLINE_ITEMS {
+            break;
+        }
+    }
+    if first.len() < INLINE_ITEMS {
+        return stream::iter(first).boxed();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<PgWireResult<T>>>(BATCHES_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        let mut batch = Vec::with_capacity(BATCH_ITEMS);
+        for item in items {
+            let failed = item.is_err();
+            batch.push(item);
+            if failed || batch.len() == BATCH_ITEMS {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ITEMS));
+                if tx.blocking_send(full).is_err() || failed {
+                    return; // the client went away, or the result ended in an error
+                }
+            }
+        }
+        if !batch.is_empty() {
+            // A closed channel means the client went away; nothing is left to do.
+            let _ = tx.blocking_send(batch);
+        }
+    });
+    let rest =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (stream::iter(b), rx)) }).flatten();
+    stream::iter(first).chain(rest).boxed()
+}
+
 fn rows_response(
     columns: &[OutColumn],
-    rows: Vec<Vec<Value>>,
+    rows: amberdb_sql::RowIter,
     format: Option<&Format>,
     tag: &str,
 ) -> PgWireResult<Response> {
+    Ok(Response::Query(query_response(columns, rows, format, tag)))
+}
+
+/// Sends a result straight to the client as its rows are produced — from inside
+/// `do_query`, so a cancel request stops it and nothing is held back: pgwire would
+/// otherwise keep an extended-protocol result in a portal, collected whole. With
+/// `describe` (simple protocol) the row description goes first and the command
+/// completion last; otherwise (Execute) the returned tag completes it. An error after
+/// some rows ends the result with an ErrorResponse, as in PostgreSQL.
+async fn send_rows<C>(client: &mut C, mut resp: QueryResponse, describe: bool) -> PgWireResult<Tag>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use futures::{SinkExt, StreamExt};
+    let verb = resp.command_tag().to_string();
+    if describe {
+        pgwire::api::query::send_query_response(client, resp, true).await?;
+        return Ok(Tag::new(&verb));
+    }
+    let mut sent = 0;
+    while let Some(row) = resp.data_rows().next().await {
+        client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+        sent += 1;
+    }
+    Ok(Tag::new(&verb).with_rows(sent))
+}
+
+fn query_response(
+    columns: &[OutColumn],
+    rows: amberdb_sql::RowIter,
+    format: Option<&Format>,
+    tag: &str,
+) -> QueryResponse {
     let schema = Arc::new(fields(columns, format));
+    let row_schema = schema.clone();
     let mut enc = DataRowEncoder::new(schema.clone());
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        for (v, f) in row.iter().zip(schema.iter()) {
+    let encoded = rows.map(move |row| {
+        let row = row.map_err(user_error)?;
+        for (v, f) in row.iter().zip(row_schema.iter()) {
             encode_value(&mut enc, v, f)?;
         }
-        out.push(Ok(enc.take_row()));
-    }
-    let mut resp = QueryResponse::new(schema, stream::iter(out));
+        Ok(enc.take_row())
+    });
+    let mut resp = QueryResponse::new(schema, stream_items(Box::new(encoded)));
     if let Some((verb, _)) = tag.split_once(' ') {
         resp.set_command_tag(verb);
     } else {
         resp.set_command_tag(tag);
     }
-    Ok(Response::Query(resp))
+    resp
 }
 
 fn tag_response(tag: &str) -> Response {
@@ -418,8 +507,8 @@ fn outcome_response(o: Outcome, format: Option<&Format>) -> PgWireResult<Respons
         Outcome::Command(tag) => Ok(tag_response(&tag)),
         Outcome::CopyIn { columns } => Ok(Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))),
         Outcome::CopyOut { columns, records } => {
-            let data = records.into_iter().map(|r| Ok(CopyData::new(bytes::Bytes::from(r))));
-            Ok(Response::CopyOut(CopyResponse::new(0, columns, stream::iter(data))))
+            let data = records.map(|r| r.map(|r| CopyData::new(bytes::Bytes::from(r))).map_err(user_error));
+            Ok(Response::CopyOut(CopyResponse::new(0, columns, stream_items(Box::new(data)))))
         }
     }
 }
@@ -456,6 +545,11 @@ impl SimpleQueryHandler for Query {
                 continue;
             }
             match session.execute(stmt, &[]).await {
+                // Rows go out as they are produced while nothing else is waiting to be
+                // sent before them (responses in `out` are sent after this returns).
+                Ok(Outcome::Rows { columns, rows, tag }) if out.is_empty() => {
+                    send_rows(client, query_response(&columns, rows, None, &tag), true).await?;
+                }
                 Ok(o) => out.push(outcome_response(o, None)?),
                 Err(e) => {
                     out.push(Response::Error(Box::new(error_info(&e))));
@@ -573,7 +667,7 @@ impl ExtendedQueryHandler for Query {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, max_rows: usize) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Prepared>,
@@ -583,8 +677,15 @@ impl ExtendedQueryHandler for Query {
         let Some(stmt) = &portal.statement.statement.stmt else { return Ok(Response::EmptyQuery) };
         let params = decode_params(portal)?;
         let mut session = self.conn.session.lock().await;
-        let outcome = session.execute(stmt, &params).await.map_err(user_error)?;
-        outcome_response(outcome, Some(&portal.result_column_format))
+        match session.execute(stmt, &params).await.map_err(user_error)? {
+            // A row limit (a driver's fetch size) leaves the result in the portal, which
+            // then holds at most that many rows at a time.
+            Outcome::Rows { columns, rows, tag } if max_rows == 0 => {
+                let resp = query_response(&columns, rows, Some(&portal.result_column_format), &tag);
+                Ok(Response::Execution(send_rows(client, resp, false).await?))
+            }
+            outcome => outcome_response(outcome, Some(&portal.result_column_format)),
+        }
     }
 
     async fn do_describe_statement<C>(

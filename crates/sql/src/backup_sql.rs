@@ -625,7 +625,7 @@ impl BackupStatement {
             }
         };
         let tag = if tag == "SHOW" { format!("SELECT {}", rows.len()) } else { tag };
-        Ok(Outcome::Rows { columns, rows, tag })
+        Ok(Outcome::Rows { columns, rows: crate::pipeline::materialized(rows), tag })
     }
 }
 

@@ -108,6 +108,44 @@ pub fn describe(node: &Node, stmt: &ast::Statement) -> Result<Description> {
                         walk(e, &mut |e: &ast::Expr| visit(e));
                     }
                 }
+                // Arguments of FROM functions (`generate_series($1::bigint, …)`) and
+                // join conditions.
+                for twj in &s.from {
+                    let factors = std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation));
+                    for tf in factors {
+                        if let ast::TableFactor::Table { args: Some(targs), .. } = tf {
+                            for a in &targs.args {
+                                if let ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) = a {
+                                    walk(e, &mut |e: &ast::Expr| visit(e));
+                                }
+                            }
+                        }
+                    }
+                    for j in &twj.joins {
+                        use ast::JoinOperator as J;
+                        if let J::Join(c)
+                        | J::Inner(c)
+                        | J::Left(c)
+                        | J::LeftOuter(c)
+                        | J::Right(c)
+                        | J::RightOuter(c)
+                        | J::FullOuter(c) = &j.join_operator
+                        {
+                            if let ast::JoinConstraint::On(e) = c {
+                                walk(e, &mut |e: &ast::Expr| visit(e));
+                            }
+                        }
+                    }
+                }
+            }
+            // LIMIT $n / OFFSET $n are bigint, as in PostgreSQL.
+            if let Some(ast::LimitClause::LimitOffset { limit, offset, .. }) = &q.limit_clause {
+                for e in limit.iter().chain(offset.as_ref().map(|o| &o.value)) {
+                    if let Some(n) = placeholder(e) {
+                        note(n, Some(DataType::Int8));
+                    }
+                    walk(e, &mut |e: &ast::Expr| visit(e));
+                }
             }
         }
         ast::Statement::Update(u) => {

@@ -1,16 +1,23 @@
 //! Statement execution over one mvcc transaction.
 //!
-//! Queries are evaluated as a pipeline of materialized stages:
+//! Queries are evaluated as a pipeline of lazy stages ([`crate::pipeline`]): a query
+//! returns its columns and a [`RowIter`] that produces rows as they are pulled.
 //!
 //! ```text
 //!   FROM (scan / primary-key lookup, nested-loop joins) → WHERE → [GROUP BY + aggregates
 //!   → HAVING] → projection (+ hidden ORDER BY keys) → DISTINCT → ORDER BY → OFFSET/LIMIT
 //! ```
+//! Aggregation and ORDER BY collect (ORDER BY … LIMIT keeps only the top rows; ORDER BY
+//! the primary key over a table scan is the scan's order and collects nothing); the other
+//! stages stream. Everything that needs the transaction (reads, correlated subqueries)
+//! happens before `query` returns or inside storage scans that own their snapshot, so
+//! the rows are the statement's result whenever they are pulled.
 //! A single-table WHERE that fixes every primary-key column to a constant or parameter
 //! becomes a point read: it reads (and so conflicts on) one key, not the whole table.
 
 use crate::catalog::{Catalog, Column, IndexDef, TableDef};
 use crate::expr::{ident, AggBinding, AggCall, AggFunc, BinOp, Binder, Expr, ScopeCol};
+use crate::pipeline::{self, materialized, Params, Row, RowIter, SortKey};
 use crate::types::{DataType, Value};
 use amberdb_encoding::keycode::KeyEncoder;
 use amberdb_error::{Error, Result};
@@ -28,20 +35,36 @@ pub struct OutColumn {
     pub ty: Option<DataType>,
 }
 
+/// Encoded COPY records (each with its newline), produced as they are pulled.
+pub type RecordIter = Box<dyn Iterator<Item = Result<String>> + Send>;
+
 /// What a statement produced.
-#[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Rows, with the command tag verb (`SELECT`, or `INSERT 0 n` with RETURNING, ...).
-    Rows { columns: Vec<OutColumn>, rows: Vec<Vec<Value>>, tag: String },
+    /// The rows may be produced lazily: an error can arrive after some rows.
+    Rows { columns: Vec<OutColumn>, rows: RowIter, tag: String },
     /// A command tag such as `INSERT 0 1`, `CREATE TABLE`.
     Command(String),
     /// COPY FROM STDIN started: the client now sends data for this many columns.
     CopyIn { columns: usize },
-    /// COPY TO STDOUT: the encoded records (each with its newline).
-    CopyOut { columns: usize, records: Vec<String> },
+    /// COPY TO STDOUT: the records, produced as they are pulled.
+    CopyOut { columns: usize, records: RecordIter },
 }
 
-type Row = Vec<Value>;
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Rows { columns, tag, .. } => {
+                f.debug_struct("Rows").field("columns", columns).field("tag", tag).finish_non_exhaustive()
+            }
+            Outcome::Command(tag) => f.debug_tuple("Command").field(tag).finish(),
+            Outcome::CopyIn { columns } => f.debug_struct("CopyIn").field("columns", columns).finish(),
+            Outcome::CopyOut { columns, .. } => {
+                f.debug_struct("CopyOut").field("columns", columns).finish_non_exhaustive()
+            }
+        }
+    }
+}
 
 /// A row read from a table together with its storage key.
 struct StoredRow {
@@ -144,6 +167,18 @@ fn read_index_rows(
             Ok(out)
         }
     }
+}
+
+/// The rows an access path selects, produced lazily for scans and key ranges (the
+/// storage scan owns its snapshot); point and index reads are collected here.
+fn stream_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<RowIter> {
+    let range = match access {
+        Access::Scan => def.rows_range(),
+        Access::Range(range, None) => range,
+        other => return Ok(materialized(read_rows(txn, def, other)?.into_iter().map(|r| r.row).collect())),
+    };
+    let def = def.clone();
+    Ok(Box::new(txn.scan(range).map(move |kv| def.decode_row(&kv?.1))))
 }
 
 /// Splits a predicate into AND-ed conjuncts.
@@ -329,24 +364,43 @@ fn catalog_name(txn: &mut Transaction, name: &ast::ObjectName) -> Result<Option<
     })
 }
 
-/// The FROM clause: rows and their scope.
+/// The FROM clause: its scope and its rows.
 struct Source {
     scope: Vec<ScopeCol>,
-    rows: Vec<Row>,
+    rows: RowIter,
+    /// Scope columns the rows are known to ascend by (a table scan in key order);
+    /// empty when the order is unknown.
+    order: Vec<usize>,
+}
+
+/// Column types whose key encoding orders exactly as SQL comparison does, so a scan in
+/// key order is already sorted by them.
+fn key_order_is_sql_order(ty: DataType) -> bool {
+    matches!(
+        ty,
+        DataType::Int2
+            | DataType::Int4
+            | DataType::Int8
+            | DataType::Text
+            | DataType::Varchar(_)
+            | DataType::Date
+            | DataType::Timestamp
+            | DataType::TimestampTz
+    )
 }
 
 fn table_factor(
     txn: &mut Transaction,
     tf: &ast::TableFactor,
     filter_hint: Option<&ast::Expr>,
-    params: &[Value],
+    params: &Params,
 ) -> Result<Source> {
     match tf {
         ast::TableFactor::Table { name, alias, args: None, .. } if catalog_name(txn, name)?.is_some() => {
             let cname = catalog_name(txn, name)?.unwrap_or_default();
             let alias = alias.as_ref().map(|a| ident(&a.name)).unwrap_or_else(|| cname.clone());
             let (scope, rows) = crate::pg_catalog::catalog_table(txn, &cname, &alias)?;
-            Ok(Source { scope, rows })
+            Ok(Source { scope, rows: materialized(rows), order: vec![] })
         }
         ast::TableFactor::Table { name, alias, args: None, .. } => {
             let tname = table_name(name)?;
@@ -360,8 +414,13 @@ fn table_factor(
                 },
                 None => Access::Scan,
             };
-            let rows = read_rows(txn, &def, access)?.into_iter().map(|r| r.row).collect();
-            Ok(Source { scope, rows })
+            let order = match access {
+                Access::Scan | Access::Range(_, None) => {
+                    def.primary_key.iter().copied().take_while(|&c| key_order_is_sql_order(def.columns[c].ty)).collect()
+                }
+                _ => vec![],
+            };
+            Ok(Source { scope, rows: stream_rows(txn, &def, access)?, order })
         }
         ast::TableFactor::Table { name, alias, args: Some(targs), .. } => {
             let fname = table_name(name)?;
@@ -387,26 +446,22 @@ fn table_factor(
                 [a, b, c] => (int(a)?, int(b)?, int(c)?),
                 _ => return Err(Error::sql("42883", "function generate_series needs 2 or 3 integer arguments")),
             };
-            let mut rows = Vec::new();
-            if let (Some(start), Some(stop), Some(step)) = (start, stop, step) {
-                if step == 0 {
-                    return Err(Error::sql("22023", "step size cannot equal zero"));
+            let rows: RowIter = match (start, stop, step) {
+                (Some(_), Some(_), Some(0)) => return Err(Error::sql("22023", "step size cannot equal zero")),
+                (Some(start), Some(stop), Some(step)) => {
+                    // Produced as pulled: the series is never held in memory.
+                    let mut next = Some(start);
+                    Box::new(std::iter::from_fn(move || {
+                        let v = next?;
+                        if (step > 0 && v > stop) || (step < 0 && v < stop) {
+                            return None;
+                        }
+                        next = v.checked_add(step);
+                        Some(Ok(vec![Value::Int(v)]))
+                    }))
                 }
-                let count = if (step > 0 && start > stop) || (step < 0 && start < stop) {
-                    0
-                } else {
-                    ((i128::from(stop) - i128::from(start)) / i128::from(step) + 1) as u128
-                };
-                // Rows are materialized until results stream; refuse rather than exhaust memory.
-                if count > 50_000_000 {
-                    return Err(Error::sql("54000", format!("generate_series would produce {count} rows; at most 50000000 are supported until results stream")));
-                }
-                let mut v = i128::from(start);
-                for _ in 0..count {
-                    rows.push(vec![Value::Int(v as i64)]);
-                    v += i128::from(step);
-                }
-            }
+                _ => materialized(vec![]),
+            };
             let table = alias.as_ref().map(|a| ident(&a.name)).unwrap_or_else(|| fname.clone());
             // As in PostgreSQL, a scalar function's column takes the alias's name when no
             // column alias is given (`FROM generate_series(1, 3) g` has a column g).
@@ -414,19 +469,21 @@ fn table_factor(
                 Some(a) => a.columns.first().map(|c| ident(&c.name)).unwrap_or_else(|| ident(&a.name)),
                 None => fname,
             };
-            Ok(Source { scope: vec![ScopeCol { table: Some(table), name: col, ty: Some(DataType::Int8) }], rows })
+            let scope = vec![ScopeCol { table: Some(table), name: col, ty: Some(DataType::Int8) }];
+            Ok(Source { scope, rows, order: vec![] })
         }
         ast::TableFactor::Derived { subquery, alias, .. } => {
-            let (cols, rows) = query(txn, subquery, params)?;
+            let (cols, rows) = run_query(txn, subquery, params)?;
             let alias = alias.as_ref().map(|a| ident(&a.name));
             let scope = cols.into_iter().map(|c| ScopeCol { table: alias.clone(), name: c.name, ty: c.ty }).collect();
-            Ok(Source { scope, rows })
+            Ok(Source { scope, rows, order: vec![] })
         }
         other => Err(feature(format!("FROM item {other}"))),
     }
 }
 
-fn join(left: Source, right: Source, kind: &ast::JoinOperator, params: &[Value]) -> Result<Source> {
+/// Joins two sources: the left streams, the right is collected (nested loop).
+fn join(left: Source, right: Source, kind: &ast::JoinOperator, params: &Params) -> Result<Source> {
     use ast::JoinOperator as J;
     let (constraint, keep_left, keep_right) = match kind {
         J::Join(c) | J::Inner(c) => (c, false, false),
@@ -444,42 +501,19 @@ fn join(left: Source, right: Source, kind: &ast::JoinOperator, params: &[Value])
         other => return Err(feature(format!("join constraint {other:?}"))),
     };
     let (lw, rw) = (left.scope.len(), right.scope.len());
-    let mut rows = Vec::new();
-    let mut right_matched = vec![false; right.rows.len()];
-    for l in &left.rows {
-        let mut matched = false;
-        for (ri, r) in right.rows.iter().enumerate() {
-            let mut row = l.clone();
-            row.extend(r.iter().cloned());
-            if on.as_ref().map_or(Ok(true), |p| p.matches(&row, params))? {
-                matched = true;
-                right_matched[ri] = true;
-                rows.push(row);
-            }
-        }
-        if keep_left && !matched {
-            let mut row = l.clone();
-            row.extend(std::iter::repeat_n(Value::Null, rw));
-            rows.push(row);
-        }
-    }
-    if keep_right {
-        for (ri, r) in right.rows.iter().enumerate() {
-            if !right_matched[ri] {
-                let mut row = vec![Value::Null; lw];
-                row.extend(r.iter().cloned());
-                rows.push(row);
-            }
-        }
-    }
-    Ok(Source { scope, rows })
+    let right_rows = right.rows.collect::<Result<Vec<_>>>()?;
+    let rows = pipeline::NestedLoop::new(left.rows, lw, right_rows, rw, on, params.clone(), keep_left, keep_right);
+    // Inner and left joins keep the left side's order (each left row's matches are
+    // emitted together, in turn).
+    let order = if keep_right { vec![] } else { left.order };
+    Ok(Source { scope, rows: Box::new(rows), order })
 }
 
 fn from_clause(
     txn: &mut Transaction,
     from: &[ast::TableWithJoins],
     filter: Option<&ast::Expr>,
-    params: &[Value],
+    params: &Params,
 ) -> Result<Source> {
     let mut acc: Option<Source> = None;
     let single = from.len() == 1 && from[0].joins.is_empty();
@@ -494,7 +528,7 @@ fn from_clause(
             Some(prev) => join(prev, src, &ast::JoinOperator::CrossJoin(ast::JoinConstraint::None), params)?,
         });
     }
-    Ok(acc.unwrap_or(Source { scope: vec![], rows: vec![vec![]] }))
+    Ok(acc.unwrap_or(Source { scope: vec![], rows: materialized(vec![vec![]]), order: vec![] }))
 }
 
 fn contains_aggregate(e: &ast::Expr) -> bool {
@@ -666,24 +700,40 @@ fn output_name(item: &ast::Expr) -> String {
     }
 }
 
-/// Runs a query, returning its columns and rows.
-pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+/// Runs a query: its columns and its rows, produced as they are pulled (see the module
+/// documentation for what is collected on the way).
+pub fn query(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<(Vec<OutColumn>, RowIter)> {
+    run_query(txn, q, &Params::from(params))
+}
+
+/// Runs a query and collects its rows.
+pub fn query_all(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+    let (columns, rows) = query(txn, q, params)?;
+    Ok((columns, rows.collect::<Result<_>>()?))
+}
+
+fn run_query(txn: &mut Transaction, q: &ast::Query, params: &Params) -> Result<(Vec<OutColumn>, RowIter)> {
     if q.with.is_some() {
         return Err(feature("WITH"));
     }
+    let (offset, limit) = limits(q, params)?;
+    let top = limit.map(|l| l.saturating_add(offset));
     let (columns, rows) = match q.body.as_ref() {
         // A plain SELECT sorts inside its own pipeline (ORDER BY may use input columns).
-        ast::SetExpr::Select(s) => select_rows(txn, s, q.order_by.as_ref(), params)?,
+        ast::SetExpr::Select(s) => select_rows(txn, s, q.order_by.as_ref(), top, params)?,
         other => {
             let (columns, rows) = set_expr_rows(txn, other, params)?;
-            let rows = order_output(q.order_by.as_ref(), &columns, rows)?;
+            let rows = order_output(q.order_by.as_ref(), &columns, rows, top)?;
             (columns, rows)
         }
     };
-    finish_limit(q, columns, rows, params)
+    if offset == 0 && limit.is_none() {
+        return Ok((columns, rows));
+    }
+    Ok((columns, pipeline::limit(rows, offset, limit)))
 }
 
-fn values_rows(txn: &mut Transaction, v: &ast::Values, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+fn values_rows(txn: &mut Transaction, v: &ast::Values, params: &Params) -> Result<(Vec<OutColumn>, RowIter)> {
     let mut rows = Vec::new();
     for r in &v.rows {
         let mut b = Binder::with_txn(&[], txn, params);
@@ -696,14 +746,14 @@ fn values_rows(txn: &mut Transaction, v: &ast::Values, params: &[Value]) -> Resu
     let columns = (0..width)
         .map(|i| OutColumn { name: format!("column{}", i + 1), ty: rows.iter().find_map(|r| r[i].natural_type()) })
         .collect();
-    Ok((columns, rows))
+    Ok((columns, materialized(rows)))
 }
 
 /// Evaluates a query body without the query-level ORDER BY / LIMIT.
-fn set_expr_rows(txn: &mut Transaction, e: &ast::SetExpr, params: &[Value]) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+fn set_expr_rows(txn: &mut Transaction, e: &ast::SetExpr, params: &Params) -> Result<(Vec<OutColumn>, RowIter)> {
     match e {
-        ast::SetExpr::Select(s) => select_rows(txn, s, None, params),
-        ast::SetExpr::Query(q) => query(txn, q, params),
+        ast::SetExpr::Select(s) => select_rows(txn, s, None, None, params),
+        ast::SetExpr::Query(q) => run_query(txn, q, params),
         ast::SetExpr::Values(v) => values_rows(txn, v, params),
         ast::SetExpr::SetOperation { left, op, set_quantifier, right } => {
             let (mut columns, left) = set_expr_rows(txn, left, params)?;
@@ -726,45 +776,33 @@ fn set_expr_rows(txn: &mut Transaction, e: &ast::SetExpr, params: &[Value]) -> R
                 ast::SetQuantifier::Distinct | ast::SetQuantifier::None => false,
                 other => return Err(feature(format!("{name} {other}"))),
             };
-            let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
-            let rows = match op {
-                ast::SetOperator::Union => left.into_iter().chain(right).collect::<Vec<_>>(),
-                ast::SetOperator::Intersect => {
-                    for r in &right {
-                        *counts.entry(row_identity(r)).or_insert(0) += 1;
+            let rows: RowIter = match op {
+                ast::SetOperator::Union => Box::new(left.chain(right)),
+                ast::SetOperator::Intersect | ast::SetOperator::Except | ast::SetOperator::Minus => {
+                    // The right side is counted in memory; the left streams past it.
+                    let intersect = matches!(op, ast::SetOperator::Intersect);
+                    let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+                    for r in right {
+                        *counts.entry(row_identity(&r?)).or_insert(0) += 1;
                     }
-                    left.into_iter()
-                        .filter(|r| match counts.get_mut(&row_identity(r)) {
+                    pipeline::filter(left, move |r| {
+                        Ok(match counts.get_mut(&row_identity(r)) {
                             Some(n) if *n > 0 => {
-                                *n -= 1;
-                                true
-                            }
-                            _ => false,
-                        })
-                        .collect()
-                }
-                ast::SetOperator::Except | ast::SetOperator::Minus => {
-                    for r in &right {
-                        *counts.entry(row_identity(r)).or_insert(0) += 1;
-                    }
-                    left.into_iter()
-                        .filter(|r| match counts.get_mut(&row_identity(r)) {
-                            Some(n) if *n > 0 => {
-                                if all {
+                                if intersect || all {
                                     *n -= 1;
                                 }
-                                false
+                                intersect
                             }
-                            _ => true,
+                            _ => !intersect,
                         })
-                        .collect()
+                    })
                 }
             };
             let rows = if all {
                 rows
             } else {
                 let mut seen = HashSet::new();
-                rows.into_iter().filter(|r| seen.insert(row_identity(r))).collect()
+                pipeline::filter(rows, move |r| Ok(seen.insert(row_identity(r))))
             };
             Ok((columns, rows))
         }
@@ -773,7 +811,12 @@ fn set_expr_rows(txn: &mut Transaction, e: &ast::SetExpr, params: &[Value]) -> R
 }
 
 /// ORDER BY over output columns only (set operations, VALUES).
-fn order_output(order_by: Option<&ast::OrderBy>, columns: &[OutColumn], mut rows: Vec<Row>) -> Result<Vec<Row>> {
+fn order_output(
+    order_by: Option<&ast::OrderBy>,
+    columns: &[OutColumn],
+    rows: RowIter,
+    top: Option<usize>,
+) -> Result<RowIter> {
     let Some(ob) = order_by else { return Ok(rows) };
     let ast::OrderByKind::Expressions(list) = &ob.kind else { return Err(feature("ORDER BY ALL")) };
     let mut keys = Vec::new();
@@ -794,72 +837,38 @@ fn order_output(order_by: Option<&ast::OrderBy>, columns: &[OutColumn], mut rows
         let desc = matches!(o.options.sort, Some(ast::OrderBySort::Desc));
         keys.push((pos, desc, o.options.nulls_first.unwrap_or(desc)));
     }
-    sort_rows(&mut rows, &keys);
-    Ok(rows)
-}
-
-fn sort_rows(rows: &mut [Row], keys: &[(usize, bool, bool)]) {
-    rows.sort_by(|a, b| {
-        for &(c, desc, nulls_first) in keys {
-            let ord = match (a[c].is_null(), b[c].is_null()) {
-                (true, true) => Ordering::Equal,
-                (true, false) => {
-                    if nulls_first {
-                        Ordering::Less
-                    } else {
-                        Ordering::Greater
-                    }
-                }
-                (false, true) => {
-                    if nulls_first {
-                        Ordering::Greater
-                    } else {
-                        Ordering::Less
-                    }
-                }
-                _ => {
-                    let o = a[c].sort_cmp(&b[c]);
-                    if desc {
-                        o.reverse()
-                    } else {
-                        o
-                    }
-                }
-            };
-            if ord != Ordering::Equal {
-                return ord;
-            }
-        }
-        Ordering::Equal
-    });
+    Ok(materialized(pipeline::sorted(rows, &keys, top)?))
 }
 
 fn select_rows(
     txn: &mut Transaction,
     select: &ast::Select,
     order_by: Option<&ast::OrderBy>,
-    params: &[Value],
-) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+    top: Option<usize>,
+    params: &Params,
+) -> Result<(Vec<OutColumn>, RowIter)> {
     let source = from_clause(txn, &select.from, select.selection.as_ref(), params)?;
     let mut rows = source.rows;
     if let Some(w) = &select.selection {
         let mut b = Binder::with_txn(&source.scope, txn, params);
         let pred = b.bind(w)?;
         let correlated = std::mem::take(&mut b.correlated);
-        let mut kept = Vec::with_capacity(rows.len());
-        for r in rows {
-            let keep = if correlated.is_empty() {
-                pred.matches(&r, params)?
-            } else {
+        if correlated.is_empty() {
+            let p = params.clone();
+            rows = pipeline::filter(rows, move |r| pred.matches(r, &p));
+        } else {
+            // Correlated subqueries run in this transaction, so they run now.
+            let mut kept = Vec::new();
+            for r in rows {
+                let r = r?;
                 let mut extended = r.clone();
                 extended.extend(crate::expr::eval_correlated(txn, &correlated, &source.scope, &r, params)?);
-                pred.matches(&extended, params)?
-            };
-            if keep {
-                kept.push(r);
+                if pred.matches(&extended, params)? {
+                    kept.push(r);
+                }
             }
+            rows = materialized(kept);
         }
-        rows = kept;
     }
     let group_exprs = match &select.group_by {
         ast::GroupByExpr::Expressions(e, mods) if mods.is_empty() => e.clone(),
@@ -935,10 +944,11 @@ fn select_rows(
             name: c.text.clone(),
             ty: agg_type(c, &source.scope),
         }));
-        // Group.
+        // Group: input rows stream through; memory holds one entry per group.
         let mut groups: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
-        for r in &rows {
-            let key_vals: Row = group_bound.iter().map(|g| g.eval(r, params)).collect::<Result<_>>()?;
+        for r in rows {
+            let r = r?;
+            let key_vals: Row = group_bound.iter().map(|g| g.eval(&r, params)).collect::<Result<_>>()?;
             let entry = groups.entry(row_identity(&key_vals)).or_insert_with(|| {
                 (
                     key_vals.clone(),
@@ -948,7 +958,7 @@ fn select_rows(
             });
             for (i, c) in agg_binding.calls.iter().enumerate() {
                 let v = match &c.arg {
-                    Some(a) => a.eval(r, params)?,
+                    Some(a) => a.eval(&r, params)?,
                     None => Value::Null,
                 };
                 if c.distinct && !v.is_null() && !entry.2[i].insert(row_identity(std::slice::from_ref(&v))) {
@@ -960,13 +970,15 @@ fn select_rows(
         if groups.is_empty() && group_exprs.is_empty() {
             groups.insert(vec![], (vec![], agg_binding.calls.iter().map(|c| Acc::new(c.func)).collect(), vec![]));
         }
-        rows = groups
-            .into_values()
-            .map(|(mut keys, accs, _)| {
-                keys.extend(accs.into_iter().map(Acc::finish));
-                keys
-            })
-            .collect();
+        rows = materialized(
+            groups
+                .into_values()
+                .map(|(mut keys, accs, _)| {
+                    keys.extend(accs.into_iter().map(Acc::finish));
+                    keys
+                })
+                .collect(),
+        );
         let columns: Vec<OutColumn> =
             names.into_iter().zip(&exprs).map(|(name, e)| OutColumn { name, ty: e.result_type(&agg_scope) }).collect();
         (agg_scope, exprs, columns, having)
@@ -992,17 +1004,12 @@ fn select_rows(
         (source.scope.clone(), exprs, columns, None)
     };
     if let Some(h) = having {
-        let mut kept = Vec::new();
-        for r in rows {
-            if h.matches(&r, params)? {
-                kept.push(r);
-            }
-        }
-        rows = kept;
+        let p = params.clone();
+        rows = pipeline::filter(rows, move |r| h.matches(r, &p));
     }
     // ORDER BY keys that are not output columns are computed as hidden columns.
     let visible = exprs.len();
-    let mut order_keys: Vec<(usize, bool, bool)> = Vec::new(); // (column, descending, nulls_first)
+    let mut order_keys: Vec<SortKey> = Vec::new();
     if let Some(ob) = order_by {
         let ast::OrderByKind::Expressions(list) = &ob.kind else { return Err(feature("ORDER BY ALL")) };
         for o in list {
@@ -1041,41 +1048,51 @@ fn select_rows(
     if aggregate && agg_binding.calls.len() + agg_binding.group_texts.len() > in_scope.len() {
         return Err(feature("an aggregate that appears only in ORDER BY"));
     }
-    let mut out: Vec<Row> = Vec::with_capacity(rows.len());
-    for r in &rows {
-        if projection_correlated.is_empty() {
-            out.push(exprs.iter().map(|e| e.eval(r, params)).collect::<Result<_>>()?);
-        } else {
+    // The rows already come in this order when every key is the next key column of a
+    // table scan, ascending (key columns are never NULL).
+    let presorted = !aggregate
+        && order_keys.len() <= source.order.len()
+        && order_keys.iter().zip(&source.order).all(|(&(pos, desc, nulls_first), &col)| {
+            !desc && !nulls_first && matches!(exprs[pos], Expr::Column(c) if c == col)
+        });
+    let hidden = exprs.len() > visible;
+    rows = if projection_correlated.is_empty() {
+        let p = params.clone();
+        pipeline::map(rows, move |r| exprs.iter().map(|e| e.eval(&r, &p)).collect())
+    } else {
+        // Correlated subqueries run in this transaction, so they run now.
+        let mut out = Vec::new();
+        for r in rows {
+            let r = r?;
             let mut extended = r.clone();
-            extended.extend(crate::expr::eval_correlated(txn, &projection_correlated, &in_scope, r, params)?);
+            extended.extend(crate::expr::eval_correlated(txn, &projection_correlated, &in_scope, &r, params)?);
             out.push(exprs.iter().map(|e| e.eval(&extended, params)).collect::<Result<_>>()?);
         }
-    }
-    if let Some(d) = &select.distinct {
-        match d {
-            ast::Distinct::Distinct => {
-                let mut seen = HashSet::new();
-                out.retain(|r| seen.insert(row_identity(&r[..visible])));
-            }
-            ast::Distinct::All => {}
-            ast::Distinct::On(_) => return Err(feature("DISTINCT ON")),
+        materialized(out)
+    };
+    match &select.distinct {
+        None | Some(ast::Distinct::All) => {}
+        Some(ast::Distinct::Distinct) => {
+            let mut seen = HashSet::new();
+            rows = pipeline::filter(rows, move |r| Ok(seen.insert(row_identity(&r[..visible]))));
         }
+        Some(ast::Distinct::On(_)) => return Err(feature("DISTINCT ON")),
     }
-    sort_rows(&mut out, &order_keys);
-    for r in &mut out {
-        r.truncate(visible);
+    if !order_keys.is_empty() && !presorted {
+        rows = materialized(pipeline::sorted(rows, &order_keys, top)?);
+    }
+    if hidden {
+        rows = pipeline::map(rows, move |mut r| {
+            r.truncate(visible);
+            Ok(r)
+        });
     }
     columns.truncate(visible);
-    Ok((columns, out))
+    Ok((columns, rows))
 }
 
-/// Applies OFFSET/LIMIT.
-fn finish_limit(
-    q: &ast::Query,
-    columns: Vec<OutColumn>,
-    mut rows: Vec<Row>,
-    params: &[Value],
-) -> Result<(Vec<OutColumn>, Vec<Row>)> {
+/// The query's OFFSET and LIMIT (evaluated before any row is read).
+fn limits(q: &ast::Query, params: &Params) -> Result<(usize, Option<usize>)> {
     let eval_count = |e: &ast::Expr| -> Result<Option<usize>> {
         let v = Binder::new(&[]).bind(e)?.eval(&[], params)?;
         match v {
@@ -1084,22 +1101,16 @@ fn finish_limit(
             _ => Err(Error::sql("2201W", "LIMIT/OFFSET must not be negative")),
         }
     };
-    if let Some(lc) = &q.limit_clause {
-        let (limit, offset) = match lc {
-            ast::LimitClause::LimitOffset { limit, offset, limit_by } if limit_by.is_empty() => (
-                limit.as_ref().map(eval_count).transpose()?.flatten(),
-                offset.as_ref().map(|o| eval_count(&o.value)).transpose()?.flatten(),
-            ),
-            ast::LimitClause::OffsetCommaLimit { offset, limit } => (eval_count(limit)?, eval_count(offset)?),
-            other => return Err(feature(format!("{other}"))),
-        };
-        let offset = offset.unwrap_or(0).min(rows.len());
-        rows.drain(..offset);
-        if let Some(l) = limit {
-            rows.truncate(l);
-        }
-    }
-    Ok((columns, rows))
+    let Some(lc) = &q.limit_clause else { return Ok((0, None)) };
+    let (limit, offset) = match lc {
+        ast::LimitClause::LimitOffset { limit, offset, limit_by } if limit_by.is_empty() => (
+            limit.as_ref().map(eval_count).transpose()?.flatten(),
+            offset.as_ref().map(|o| eval_count(&o.value)).transpose()?.flatten(),
+        ),
+        ast::LimitClause::OffsetCommaLimit { offset, limit } => (eval_count(limit)?, eval_count(offset)?),
+        other => return Err(feature(format!("{other}"))),
+    };
+    Ok((offset.unwrap_or(0), limit))
 }
 
 /// Stores a new row (COPY): fills NULL-valued non-target columns with their defaults,
@@ -1269,7 +1280,7 @@ fn returning(
     }
     let out =
         rows.iter().map(|r| exprs.iter().map(|e| e.eval(r, params)).collect::<Result<Row>>()).collect::<Result<_>>()?;
-    Ok(Outcome::Rows { columns, rows: out, tag })
+    Ok(Outcome::Rows { columns, rows: materialized(out), tag })
 }
 
 fn pkey_name(def: &TableDef) -> String {
@@ -1310,6 +1321,8 @@ pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Res
             .collect::<Result<_>>()?
     };
     let source = ins.source.as_ref().ok_or_else(|| feature("INSERT without VALUES or SELECT"))?;
+    // The input streams: its scans read the statement's snapshot, so rows written here
+    // are not read back (INSERT INTO t SELECT … FROM t inserts each row once).
     let (_, input) = query(txn, source, params)?;
     let (do_nothing, do_update) = match &ins.on {
         None => (false, None),
@@ -1321,6 +1334,7 @@ pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Res
     };
     let mut written = Vec::new();
     for vals in input {
+        let vals = vals?;
         if vals.len() > targets.len() {
             return Err(Error::sql("42601", "INSERT has more expressions than target columns"));
         }

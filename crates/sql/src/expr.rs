@@ -106,8 +106,6 @@ pub enum Func {
     UserById,
     /// `format_type(type oid, typmod)`
     FormatType,
-    /// `pg_get_indexdef(oid, ...)` / `pg_get_constraintdef(oid, ...)`
-    Definition,
     /// `array_to_string(array, separator)` over text arrays.
     ArrayToString,
     /// `x = ANY(array)` over text arrays.
@@ -329,7 +327,7 @@ impl<'a> Binder<'a> {
         let Some((txn, params)) = self.txn.as_mut() else {
             return Err(err_feature("a subquery in this position"));
         };
-        match crate::exec::query(txn, q, params) {
+        match crate::exec::query_all(txn, q, params) {
             Ok((cols, rows)) => {
                 if cols.len() != 1 {
                     return Err(Error::sql("42601", "subquery must return only one column"));
@@ -564,7 +562,8 @@ impl<'a> Binder<'a> {
                     return Err(err_feature("EXISTS in this position"));
                 };
                 match crate::exec::query(txn, subquery, params) {
-                    Ok((_, rows)) => Expr::Const(Value::Bool(rows.is_empty() == *negated)),
+                    // Only whether a first row exists is read.
+                    Ok((_, mut rows)) => Expr::Const(Value::Bool(rows.next().transpose()?.is_none() == *negated)),
                     Err(e) if is_missing_name(&e) && !self.scope.is_empty() => {
                         self.correlate(subquery, CorrelatedKind::Exists(*negated))
                     }
@@ -699,7 +698,26 @@ impl<'a> Binder<'a> {
             "pg_get_userbyid" => (Func::UserById, Some(1)),
             "format_type" => (Func::FormatType, Some(2)),
             "array_to_string" => (Func::ArrayToString, Some(2)),
-            "pg_get_indexdef" | "pg_get_constraintdef" => (Func::Definition, None),
+            "pg_get_indexdef" | "pg_get_constraintdef" => {
+                // A lookup in the definitions of this statement's snapshot (a CASE over
+                // OIDs): pure, so it can be evaluated lazily or on any thread.
+                let Some((txn, _)) = self.txn.as_mut() else {
+                    return Err(err_feature(format!("{name}() in this position")));
+                };
+                let Some(oid) = args.into_iter().next() else {
+                    return Err(Error::sql("42883", format!("function {name}() does not exist")));
+                };
+                let whens = crate::pg_catalog::definitions(txn)?
+                    .into_iter()
+                    .map(|(o, d)| (Expr::Const(Value::Int(o)), Expr::Const(Value::Text(d))))
+                    .collect();
+                let case = Expr::Case {
+                    operand: Some(Box::new(oid)),
+                    whens,
+                    otherwise: Some(Box::new(Expr::Const(Value::Null))),
+                };
+                return Ok(Expr::Cast(Box::new(case), DataType::Text));
+            }
             // Objects AmberDB does not have: statistics objects, publications.
             "pg_get_statisticsobjdef_columns" => return Ok(Expr::Const(Value::Null)),
             "pg_relation_is_publishable" => return Ok(Expr::Const(Value::Bool(false))),
@@ -1077,12 +1095,6 @@ impl Expr {
                             }
                         }
                     }
-                    Func::Definition => match vals.next().transpose()? {
-                        Some(Value::Int(oid)) => {
-                            crate::pg_catalog::definition(oid).map(Value::Text).unwrap_or(Value::Null)
-                        }
-                        _ => Value::Null,
-                    },
                     Func::TableIsVisible => match vals.next().transpose()? {
                         Some(Value::Null) | None => Value::Null,
                         Some(_) => Value::Bool(true),
@@ -1202,7 +1214,6 @@ impl Expr {
                 | Func::Repeat
                 | Func::UserById
                 | Func::FormatType
-                | Func::Definition
                 | Func::ArrayToString,
                 _,
             ) => Some(DataType::Text),
@@ -1242,7 +1253,14 @@ pub fn eval_correlated(
     correlated
         .iter()
         .map(|c| {
-            let (cols, rows) = with_outer_row(scope, row, || crate::exec::query(txn, &c.query, params))?;
+            let (cols, mut rows) = with_outer_row(scope, row, || crate::exec::query(txn, &c.query, params))?;
+            if let CorrelatedKind::Exists(negated) = c.kind {
+                // Only whether a first row exists is read.
+                return Ok(Value::Bool(rows.next().transpose()?.is_none() == negated));
+            }
+            // A scalar subquery needs at most two rows to be judged.
+            let limit = if matches!(c.kind, CorrelatedKind::Scalar) { 2 } else { usize::MAX };
+            let rows = rows.by_ref().take(limit).collect::<Result<Vec<_>>>()?;
             Ok(match &c.kind {
                 CorrelatedKind::Exists(negated) => Value::Bool(rows.is_empty() == *negated),
                 CorrelatedKind::Scalar | CorrelatedKind::In(..) | CorrelatedKind::Array if cols.len() != 1 => {

@@ -28,6 +28,7 @@ mod describe;
 mod exec;
 mod expr;
 mod pg_catalog;
+mod pipeline;
 mod session;
 mod time;
 mod types;
@@ -52,7 +53,8 @@ pub fn describe_statement(
         Statement::Backup(b) => Ok((Vec::new(), Some(b.columns()))),
     }
 }
-pub use exec::{OutColumn, Outcome};
+pub use exec::{OutColumn, Outcome, RecordIter};
+pub use pipeline::{Row, RowIter};
 pub use session::{parse, syntax_error, Session, Statement, TxnState};
 pub use types::{format_float, DataType, Value};
 

@@ -48,46 +48,34 @@ fn class_extras() -> Vec<Value> {
     ]
 }
 
-thread_local! {
-    /// Definitions (`CREATE INDEX …`, `PRIMARY KEY (…)`) by OID, filled whenever the
-    /// catalog tables are generated, for `pg_get_indexdef`/`pg_get_constraintdef`,
-    /// which are evaluated row by row during the same (synchronous) query.
-    static DEFINITIONS: std::cell::RefCell<std::collections::HashMap<i64, String>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-/// The definition text of the index or constraint with `oid`, if known.
-pub fn definition(oid: i64) -> Option<String> {
-    DEFINITIONS.with(|d| d.borrow().get(&oid).cloned())
-}
-
-fn remember_definitions(tables: &[TableDef]) {
-    DEFINITIONS.with(|d| {
-        let mut d = d.borrow_mut();
-        d.clear();
-        for t in tables {
-            let oid = table_oid(t);
-            let names =
-                |cols: &[usize]| cols.iter().map(|&c| t.columns[c].name.as_str()).collect::<Vec<_>>().join(", ");
-            if !t.primary_key.is_empty() {
-                let cols = names(&t.primary_key);
-                d.insert(
-                    oid + 99,
-                    format!("CREATE UNIQUE INDEX {}_pkey ON public.{} USING btree ({cols})", t.name, t.name),
-                );
-                d.insert(-(oid + 99), format!("PRIMARY KEY ({cols})"));
-            }
-            for i in &t.indexes {
-                let cols = names(&i.columns);
-                let unique = if i.unique { "UNIQUE " } else { "" };
-                d.insert(
-                    oid + i.id as i64,
-                    format!("CREATE {unique}INDEX {} ON public.{} USING btree ({cols})", i.name, t.name),
-                );
-                d.insert(-(oid + i.id as i64), format!("UNIQUE ({cols})"));
-            }
+/// Definitions (`CREATE INDEX …`, `PRIMARY KEY (…)`) by OID, for
+/// `pg_get_indexdef`/`pg_get_constraintdef`. The binder turns a call into a lookup in
+/// this list taken from the statement's own snapshot, so evaluating it later (a streamed
+/// result) or on another thread gives the same answer.
+pub fn definitions(txn: &mut Transaction) -> Result<Vec<(i64, String)>> {
+    let mut d = Vec::new();
+    for t in Catalog::list(txn)? {
+        let oid = table_oid(&t);
+        let names = |cols: &[usize]| cols.iter().map(|&c| t.columns[c].name.as_str()).collect::<Vec<_>>().join(", ");
+        if !t.primary_key.is_empty() {
+            let cols = names(&t.primary_key);
+            d.push((
+                oid + 99,
+                format!("CREATE UNIQUE INDEX {}_pkey ON public.{} USING btree ({cols})", t.name, t.name),
+            ));
+            d.push((-(oid + 99), format!("PRIMARY KEY ({cols})")));
         }
-    });
+        for i in &t.indexes {
+            let cols = names(&i.columns);
+            let unique = if i.unique { "UNIQUE " } else { "" };
+            d.push((
+                oid + i.id as i64,
+                format!("CREATE {unique}INDEX {} ON public.{} USING btree ({cols})", i.name, t.name),
+            ));
+            d.push((-(oid + i.id as i64), format!("UNIQUE ({cols})")));
+        }
+    }
+    Ok(d)
 }
 
 /// Whether `name` (unqualified) is one of the catalog tables served here.
@@ -121,7 +109,6 @@ pub fn is_catalog_table(name: &str) -> bool {
 pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(Vec<ScopeCol>, Vec<Vec<Value>>)> {
     use DataType::{Bool, Int2, Int4, Int8, Text};
     let tables = Catalog::list(txn)?;
-    remember_definitions(&tables);
     Ok(match name {
         "pg_namespace" => (
             cols(alias, &[("oid", Int8), ("nspname", Text), ("nspowner", Int8)]),

@@ -70,6 +70,10 @@ pub struct Session {
     txn: Option<Transaction>,
     failed: bool,
     copy: Option<CopyIn>,
+    /// Set by a result stream that ended in an error after its statement returned
+    /// (rows are produced lazily); the open transaction block is then failed, as it
+    /// would have been had the error come before the first row.
+    stream_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A COPY FROM STDIN in progress.
@@ -143,7 +147,7 @@ fn show_value(name: &str) -> Option<String> {
 impl Session {
     /// A new idle session.
     pub fn new(node: Arc<Node>, env: Arc<Env>) -> Self {
-        Self { node, env, txn: None, failed: false, copy: None }
+        Self { node, env, txn: None, failed: false, copy: None, stream_failed: Arc::default() }
     }
 
     /// The transaction state.
@@ -160,6 +164,28 @@ impl Session {
         self.txn = None;
         self.failed = false;
         self.copy = None;
+        self.stream_failed.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes a lazily produced result report an error it meets to this session.
+    fn watch(&self, outcome: Outcome) -> Outcome {
+        let flag = |failed: Arc<std::sync::atomic::AtomicBool>| {
+            move |e: Error| {
+                failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                e
+            }
+        };
+        match outcome {
+            Outcome::Rows { columns, rows, tag } => {
+                let on_err = flag(self.stream_failed.clone());
+                Outcome::Rows { columns, rows: Box::new(rows.map(move |r| r.map_err(&on_err))), tag }
+            }
+            Outcome::CopyOut { columns, records } => {
+                let on_err = flag(self.stream_failed.clone());
+                Outcome::CopyOut { columns, records: Box::new(records.map(move |r| r.map_err(&on_err))) }
+            }
+            other => other,
+        }
     }
 
     fn start_copy(&mut self, stmt: &ast::Statement) -> Result<Outcome> {
@@ -190,36 +216,39 @@ impl Session {
                 Ok(Outcome::CopyIn { columns })
             }
             (true, ast::CopyTarget::Stdout, source) => {
-                let (cols, rows) = match source {
+                let (cols, mut rows) = match source {
                     ast::CopySource::Query(q) => exec::query(txn, q, &[])?,
                     ast::CopySource::Table { table_name, columns } => {
                         let (def, targets) = exec::copy_target(txn, table_name, columns)?;
-                        let rows = txn
-                            .scan(def.rows_range())
-                            .map(|kv| {
-                                let row = def.decode_row(&kv?.1)?;
-                                Ok(targets.iter().map(|&i| row[i].clone()).collect::<Vec<_>>())
-                            })
-                            .collect::<Result<Vec<_>>>()?;
                         let cols = targets
                             .iter()
                             .map(|&i| OutColumn { name: def.columns[i].name.clone(), ty: Some(def.columns[i].ty) })
                             .collect();
+                        let rows: crate::RowIter = Box::new(txn.scan(def.rows_range()).map(move |kv| {
+                            let row = def.decode_row(&kv?.1)?;
+                            Ok(targets.iter().map(|&i| row[i].clone()).collect::<Vec<_>>())
+                        }));
                         (cols, rows)
                     }
                 };
                 let types: Vec<_> = cols.iter().map(|c| c.ty).collect();
-                let mut records: Vec<String> = rows.iter().map(|r| format.encode_row(r, &types)).collect();
-                if format.header {
-                    // Sent in the same message as the first row: clients count messages
-                    // as rows, and PostgreSQL does not count the header.
+                // The header goes in the same message as the first row: clients count
+                // messages as rows, and PostgreSQL does not count the header.
+                let mut header = format.header.then(|| {
                     let names: Vec<Value> = cols.iter().map(|c| Value::Text(c.name.clone())).collect();
-                    let header = format.encode_row(&names, &[]);
-                    match records.first_mut() {
-                        Some(first) => first.insert_str(0, &header),
-                        None => records.push(header),
+                    format.encode_row(&names, &[])
+                });
+                let records: crate::RecordIter = Box::new(std::iter::from_fn(move || match rows.next() {
+                    Some(Ok(r)) => {
+                        let mut record = format.encode_row(&r, &types);
+                        if let Some(h) = header.take() {
+                            record.insert_str(0, &h);
+                        }
+                        Some(Ok(record))
                     }
-                }
+                    Some(Err(e)) => Some(Err(e)),
+                    None => header.take().map(Ok),
+                }));
                 Ok(Outcome::CopyOut { columns: cols.len(), records })
             }
             _ => Err(Error::sql("0A000", "COPY supports only FROM STDIN and TO STDOUT (use psql's \\copy for files)")),
@@ -303,6 +332,14 @@ impl Session {
 
     /// Executes one statement with bind parameters.
     pub async fn execute(&mut self, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
+        if self.stream_failed.swap(false, std::sync::atomic::Ordering::SeqCst) && self.txn.is_some() {
+            self.failed = true;
+        }
+        let outcome = self.execute_inner(stmt, params).await?;
+        Ok(self.watch(outcome))
+    }
+
+    async fn execute_inner(&mut self, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
         let (stmt, as_of) = match stmt {
             Statement::Sql { ast, as_of } => (ast, as_of),
             Statement::Backup(b) => {
@@ -444,7 +481,7 @@ pub fn run(txn: &mut Transaction, stmt: &ast::Statement, params: &[Value]) -> Re
             let col = if name == "transaction isolation level" { "transaction_isolation".to_string() } else { col };
             Ok(Outcome::Rows {
                 columns: vec![OutColumn { name: col, ty: Some(DataType::Text) }],
-                rows: vec![vec![Value::Text(value)]],
+                rows: crate::pipeline::materialized(vec![vec![Value::Text(value)]]),
                 tag: "SHOW".into(),
             })
         }

@@ -1,0 +1,157 @@
+//! Query results stream from the real server: a result much larger than the server's
+//! memory is sent while its peak RSS stays flat, a client that goes away stops the
+//! work producing its result, and the server keeps serving.
+
+mod common;
+
+use common::Server;
+use futures::{StreamExt, TryStreamExt};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+/// A /proc/<pid>/status field in KiB.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').expect("comm in stat").1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+async fn connect(s: &Server) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    let (client, conn) = tokio_postgres::connect(&s.conn_string(), NoTls).await.expect("connect");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (client, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_stream_in_bounded_memory() {
+    let s = Server::start();
+    let pid = s.child.id();
+    let (client, _conn) = connect(&s).await;
+    // A table read by a streamed scan, in key order without a sort.
+    client
+        .batch_execute(
+            "CREATE TABLE wide (id INT PRIMARY KEY, pad TEXT);
+             INSERT INTO wide SELECT g, repeat('p', 100) FROM generate_series(1, 100000) g",
+        )
+        .await
+        .unwrap();
+    let base = status_kb(pid, "VmHWM:");
+
+    // ~330 MB of rows over the extended protocol, read one at a time.
+    const N: i64 = 1_000_000;
+    let rows = client.query_raw("SELECT g, repeat('x', 300) FROM generate_series(1, $1::bigint) g", [N]).await.unwrap();
+    let mut rows = std::pin::pin!(rows);
+    let (mut count, mut sum) = (0i64, 0i64);
+    while let Some(r) = rows.try_next().await.unwrap() {
+        let g: i64 = r.get(0);
+        let pad: &str = r.get(1);
+        assert_eq!(pad.len(), 300);
+        count += 1;
+        sum += g;
+    }
+    assert_eq!((count, sum), (N, N * (N + 1) / 2));
+
+    // ~330 MB through COPY TO STDOUT.
+    let out = client
+        .copy_out("COPY (SELECT g, repeat('y', 300) FROM generate_series(1, 1000000) g) TO STDOUT")
+        .await
+        .unwrap();
+    let bytes = out.try_fold(0usize, |n, chunk| async move { Ok(n + chunk.len()) }).await.unwrap();
+    assert!(bytes > 300_000_000, "COPY sent {bytes} bytes");
+
+    // The table, in primary-key order (the scan's order: nothing is sorted or held).
+    let rows = client.query_raw("SELECT id, pad FROM wide ORDER BY id", Vec::<i64>::new()).await.unwrap();
+    let ids: Vec<i32> = rows.map(|r| r.unwrap().get::<_, i32>(0)).collect().await;
+    assert_eq!(ids, (1..=100_000).collect::<Vec<_>>());
+
+    let grown = status_kb(pid, "VmHWM:").saturating_sub(base);
+    eprintln!("server peak RSS: {base} KiB before, grew by {grown} KiB");
+    // Materialized, either 1M-row result alone would take several hundred MiB.
+    assert!(grown < 120 * 1024, "server peak RSS grew by {grown} KiB while streaming ~660 MB of results");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_results_stop_and_the_server_keeps_serving() {
+    let s = Server::start();
+    let pid = s.child.id();
+    for _ in 0..2 {
+        let (client, conn) = connect(&s).await;
+        // An endless result: the producer only ever stops because the client leaves.
+        let rows = client
+            .query_raw("SELECT g, repeat('z', 100) FROM generate_series(1, 9223372036854775807) g", Vec::<i64>::new())
+            .await
+            .unwrap();
+        let first: Vec<_> = rows.take(20_000).collect().await;
+        assert_eq!(first.len(), 20_000);
+        assert!(first.iter().all(|r| r.is_ok()));
+        conn.abort();
+        drop(client);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let used = cpu_ticks(pid) - before;
+    // Ticks are 1/100 s: a producer still running would burn ~150 here.
+    assert!(used < 50, "server used {used} ticks of CPU after its clients left");
+
+    let (client, _conn) = connect(&s).await;
+    let row = client.query_one("SELECT count(*) FROM generate_series(1, 1000)", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_stops_a_streaming_result() {
+    let s = Server::start();
+    let (client, _conn) = connect(&s).await;
+    let endless = "SELECT g FROM generate_series(1, 9223372036854775807) g";
+    // Extended protocol (what drivers use).
+    let rows = client.query_raw(endless, Vec::<i64>::new()).await.unwrap();
+    let mut rows = std::pin::pin!(rows);
+    for _ in 0..1000 {
+        rows.try_next().await.unwrap().expect("a row");
+    }
+    client.cancel_token().cancel_query(NoTls).await.unwrap();
+    let err = loop {
+        match rows.try_next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("an endless result ended"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{err}");
+
+    // Simple protocol (what psql uses).
+    let msgs = client.simple_query_raw(endless).await.unwrap();
+    let mut msgs = std::pin::pin!(msgs);
+    for _ in 0..1000 {
+        msgs.try_next().await.unwrap().expect("a message");
+    }
+    client.cancel_token().cancel_query(NoTls).await.unwrap();
+    let err = loop {
+        match msgs.try_next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("an endless result ended"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{err}");
+
+    // The connection carries on.
+    let row = client.query_one("SELECT count(*) FROM generate_series(1, 10)", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 10);
+}
