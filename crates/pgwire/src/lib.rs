@@ -280,6 +280,7 @@ fn pg_type(ty: Option<DataType>) -> Type {
         Some(DataType::TimestampTz) => Type::TIMESTAMPTZ,
         Some(DataType::Bytea) => Type::BYTEA,
         Some(DataType::Numeric(_)) => Type::NUMERIC,
+        Some(DataType::Interval) => Type::INTERVAL,
         None => Type::TEXT,
     }
 }
@@ -359,6 +360,17 @@ fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWir
         },
         Type::BYTEA => match cast(DataType::Bytea)? {
             Value::Bytes(b) => enc.encode_field(&Some(b)),
+            _ => enc.encode_field(&None::<Vec<u8>>),
+        },
+        // PostgreSQL's binary interval: µs (i64), days (i32), months (i32), big-endian.
+        Type::INTERVAL => match cast(DataType::Interval)? {
+            Value::Interval(iv) => {
+                let mut raw = Vec::with_capacity(16);
+                raw.extend_from_slice(&iv.micros.to_be_bytes());
+                raw.extend_from_slice(&iv.days.to_be_bytes());
+                raw.extend_from_slice(&iv.months.to_be_bytes());
+                enc.encode_field(&Some(raw))
+            }
             _ => enc.encode_field(&None::<Vec<u8>>),
         },
         _ => enc.encode_field(&v.to_pg_text(None)),
@@ -651,11 +663,29 @@ fn decode_params(portal: &Portal<Prepared>) -> PgWireResult<Vec<Value>> {
             Type::FLOAT8 => portal.parameter::<f64>(i, &ty)?.map(Value::Float),
             Type::BYTEA => portal.parameter::<Vec<u8>>(i, &ty)?.map(Value::Bytes),
             Type::NUMERIC => portal.parameter::<rust_decimal::Decimal>(i, &ty)?.map(Value::Numeric),
+            Type::INTERVAL => match portal.parameters.get(i).cloned().flatten() {
+                None => None,
+                Some(raw) if portal.parameter_format.is_binary(i) => Some(Value::Interval(binary_interval(&raw)?)),
+                Some(raw) => Some(Value::Text(String::from_utf8_lossy(&raw).into_owned())),
+            },
             _ => portal.parameter::<String>(i, &Type::TEXT)?.map(Value::Text),
         };
         out.push(v.unwrap_or(Value::Null));
     }
     Ok(out)
+}
+
+/// Decodes PostgreSQL's binary interval (µs i64, days i32, months i32, big-endian).
+fn binary_interval(raw: &[u8]) -> PgWireResult<amberdb_sql::Interval> {
+    let bad = || user_error(Error::sql("22P03", "invalid binary interval: expected 16 bytes"));
+    let (micros, rest) = raw.split_first_chunk::<8>().ok_or_else(bad)?;
+    let (days, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+    let months: [u8; 4] = rest.try_into().map_err(|_| bad())?;
+    Ok(amberdb_sql::Interval {
+        micros: i64::from_be_bytes(*micros),
+        days: i32::from_be_bytes(*days),
+        months: i32::from_be_bytes(months),
+    })
 }
 
 #[async_trait]

@@ -302,6 +302,7 @@ fn key_range(
             Value::Timestamp(_) => Some(DataType::Timestamp),
             Value::TimestampTz(_) => Some(DataType::TimestampTz),
             Value::Bytes(_) => Some(DataType::Bytea),
+            Value::Interval(_) => Some(DataType::Interval),
             Value::Text(_) | Value::Null => None,
         };
         let exact = match natural {

@@ -110,6 +110,16 @@ pub enum Func {
     ArrayToString,
     /// `x = ANY(array)` over text arrays.
     AnyEq,
+    /// `extract(unit FROM v)`: numeric.
+    Extract,
+    /// `date_part(unit, v)`: double precision.
+    DatePart,
+    /// `date_trunc(unit, v)`
+    DateTrunc,
+    /// `age(a [, b])`
+    Age,
+    /// `to_timestamp(seconds)`
+    ToTimestamp,
 }
 
 /// Aggregate functions.
@@ -505,6 +515,24 @@ impl<'a> Binder<'a> {
             ast::Expr::Cast { expr, data_type, .. } => {
                 Expr::Cast(Box::new(self.bind(expr)?), DataType::parse(&data_type.to_string())?)
             }
+            // `INTERVAL '1 day'`, `INTERVAL '3' HOUR`: a cast of the string literal.
+            ast::Expr::Interval(iv) => {
+                let text = match self.bind(&iv.value)? {
+                    Expr::Const(Value::Text(t)) => t,
+                    Expr::Const(Value::Int(i)) => i.to_string(),
+                    Expr::Const(Value::Numeric(d)) => d.to_string(),
+                    other => return Ok(Expr::Cast(Box::new(other), DataType::Interval)),
+                };
+                let text = match &iv.leading_field {
+                    Some(field) if text.trim().parse::<f64>().is_ok() => format!("{text} {field}"),
+                    _ => text,
+                };
+                Expr::Cast(Box::new(Expr::Const(Value::Text(text))), DataType::Interval)
+            }
+            ast::Expr::Extract { field, expr, .. } => Expr::Func(
+                Func::Extract,
+                vec![Expr::Const(Value::Text(field.to_string().to_lowercase())), self.bind(expr)?],
+            ),
             // `TIMESTAMP '2026-01-01'`, `DATE '…'`: a cast of the string literal.
             ast::Expr::TypedString(ts) => {
                 let Some(text) = ts.value.value.clone().into_string() else {
@@ -698,6 +726,10 @@ impl<'a> Binder<'a> {
             "pg_get_userbyid" => (Func::UserById, Some(1)),
             "format_type" => (Func::FormatType, Some(2)),
             "array_to_string" => (Func::ArrayToString, Some(2)),
+            "date_part" => (Func::DatePart, Some(2)),
+            "date_trunc" => (Func::DateTrunc, Some(2)),
+            "age" if matches!(args.len(), 1 | 2) => (Func::Age, None),
+            "to_timestamp" => (Func::ToTimestamp, Some(1)),
             "pg_get_indexdef" | "pg_get_constraintdef" => {
                 // A lookup in the definitions of this statement's snapshot (a CASE over
                 // OIDs): pure, so it can be evaluated lazily or on any thread.
@@ -761,6 +793,9 @@ fn numeric(v: Value) -> Result<Value> {
 
 fn arith(op: BinOp, a: Value, b: Value) -> Result<Value> {
     let overflow = || Error::sql("22003", "integer out of range");
+    if let Some(v) = crate::interval::arith(op, &a, &b)? {
+        return Ok(v);
+    }
     match (op, &a, &b) {
         (BinOp::Add, Value::Date(d), Value::Int(n)) | (BinOp::Add, Value::Int(n), Value::Date(d)) => {
             return Ok(Value::Date(d.checked_add(*n).ok_or_else(|| Error::sql("22008", "date out of range"))?))
@@ -902,6 +937,7 @@ impl Expr {
                 }
                 Value::Float(f) => Value::Float(-f),
                 Value::Numeric(d) => Value::Numeric(-d),
+                Value::Interval(iv) => Value::Interval(iv.neg()?),
                 other => return Err(Error::sql("42883", format!("operator does not exist: - {}", other.type_name()))),
             },
             Expr::Binary(BinOp::And, a, b) => {
@@ -1104,6 +1140,22 @@ impl Expr {
                         Some(Value::Null) | None => Value::Null,
                         Some(_) => Value::Text("unknown".into()),
                     },
+                    Func::Extract | Func::DatePart => {
+                        let unit = vals.next().transpose()?.unwrap_or(Value::Null);
+                        let v = vals.next().transpose()?.unwrap_or(Value::Null);
+                        crate::interval::extract(unit, v, *f == Func::DatePart)?
+                    }
+                    Func::DateTrunc => {
+                        let unit = vals.next().transpose()?.unwrap_or(Value::Null);
+                        crate::interval::date_trunc(unit, vals.next().transpose()?.unwrap_or(Value::Null))?
+                    }
+                    Func::Age => {
+                        let a = vals.next().transpose()?.unwrap_or(Value::Null);
+                        crate::interval::age_of(a, vals.next().transpose()?, crate::interval::today())?
+                    }
+                    Func::ToTimestamp => {
+                        crate::interval::to_timestamp(vals.next().transpose()?.unwrap_or(Value::Null))?
+                    }
                     Func::FormatType => {
                         let oid = vals.next().transpose()?.unwrap_or(Value::Null);
                         let typmod = vals.next().transpose()?.unwrap_or(Value::Null);
@@ -1126,6 +1178,7 @@ impl Expr {
                                     1043 => Some(DataType::Varchar(n)),
                                     1082 => Some(DataType::Date),
                                     1114 => Some(DataType::Timestamp),
+                                    1186 => Some(DataType::Interval),
                                     1184 => Some(DataType::TimestampTz),
                                     1700 => Some(DataType::Numeric(match typmod {
                                         Value::Int(m) if m >= 4 => {
@@ -1193,6 +1246,26 @@ impl Expr {
                 | BinOp::GtEq => Some(DataType::Bool),
                 BinOp::Concat => Some(DataType::Text),
                 _ => match (a.result_type(scope), b.result_type(scope)) {
+                    (
+                        Some(DataType::Timestamp | DataType::TimestampTz),
+                        Some(DataType::Timestamp | DataType::TimestampTz),
+                    ) if *op == BinOp::Sub => Some(DataType::Interval),
+                    (Some(DataType::Date), Some(DataType::Timestamp | DataType::TimestampTz))
+                    | (Some(DataType::Timestamp | DataType::TimestampTz), Some(DataType::Date))
+                        if *op == BinOp::Sub =>
+                    {
+                        Some(DataType::Interval)
+                    }
+                    (Some(t @ (DataType::Timestamp | DataType::TimestampTz)), Some(DataType::Interval))
+                    | (Some(DataType::Interval), Some(t @ (DataType::Timestamp | DataType::TimestampTz))) => Some(t),
+                    (Some(DataType::Date), Some(DataType::Interval))
+                    | (Some(DataType::Interval), Some(DataType::Date)) => Some(DataType::Timestamp),
+                    (Some(DataType::Interval), _) | (_, Some(DataType::Interval)) => Some(DataType::Interval),
+                    (Some(DataType::Date), Some(DataType::Date)) if *op == BinOp::Sub => Some(DataType::Int4),
+                    (Some(DataType::Date), Some(DataType::Int2 | DataType::Int4 | DataType::Int8))
+                    | (Some(DataType::Int2 | DataType::Int4 | DataType::Int8), Some(DataType::Date)) => {
+                        Some(DataType::Date)
+                    }
                     (Some(DataType::Float4 | DataType::Float8), _) | (_, Some(DataType::Float4 | DataType::Float8)) => {
                         Some(DataType::Float8)
                     }
@@ -1218,6 +1291,14 @@ impl Expr {
                 _,
             ) => Some(DataType::Text),
             Expr::Func(Func::TableIsVisible | Func::AnyEq, _) => Some(DataType::Bool),
+            Expr::Func(Func::Extract, _) => Some(DataType::Numeric(None)),
+            Expr::Func(Func::DatePart, _) => Some(DataType::Float8),
+            Expr::Func(Func::Age, _) => Some(DataType::Interval),
+            Expr::Func(Func::ToTimestamp, _) => Some(DataType::TimestampTz),
+            Expr::Func(Func::DateTrunc, args) => match args.get(1).and_then(|a| a.result_type(scope)) {
+                Some(DataType::Timestamp) => Some(DataType::Timestamp),
+                _ => Some(DataType::TimestampTz),
+            },
             Expr::Func(Func::Coalesce | Func::NullIf | Func::Abs, args) => {
                 args.iter().find_map(|a| a.result_type(scope))
             }

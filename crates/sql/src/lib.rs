@@ -27,6 +27,7 @@ mod copy;
 mod describe;
 mod exec;
 mod expr;
+mod interval;
 mod pg_catalog;
 mod pipeline;
 mod session;
@@ -54,6 +55,7 @@ pub fn describe_statement(
     }
 }
 pub use exec::{OutColumn, Outcome, RecordIter};
+pub use interval::Interval;
 pub use pipeline::{Row, RowIter};
 pub use session::{parse, syntax_error, Session, Statement, TxnState};
 pub use types::{format_float, DataType, Value};

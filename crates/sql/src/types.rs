@@ -41,6 +41,8 @@ pub enum DataType {
     Bytea,
     /// `NUMERIC(precision, scale)`; `None` is unconstrained.
     Numeric(Option<(u32, u32)>),
+    /// `INTERVAL`
+    Interval,
 }
 
 impl DataType {
@@ -51,6 +53,11 @@ impl DataType {
         // Object identifiers are plain integers here.
         if matches!(s.as_str(), "oid" | "regtype" | "regclass" | "regproc" | "regnamespace") {
             return Ok(DataType::Int8);
+        }
+        // INTERVAL may carry a field restriction (`INTERVAL DAY TO SECOND`) or precision;
+        // values keep every field.
+        if s.starts_with("interval") {
+            return Ok(DataType::Interval);
         }
         // Temporal types may carry a precision in the middle: TIMESTAMP(3) WITH TIME ZONE.
         if s.starts_with("timestamp") || s == "date" {
@@ -131,6 +138,7 @@ impl DataType {
             DataType::Bytea => "bytea".into(),
             DataType::Numeric(None) => "numeric".into(),
             DataType::Numeric(Some((p, sc))) => format!("numeric({p},{sc})"),
+            DataType::Interval => "interval".into(),
         }
     }
 
@@ -151,6 +159,7 @@ impl DataType {
             DataType::TimestampTz => 1184,
             DataType::Bytea => 17,
             DataType::Numeric(_) => 1700,
+            DataType::Interval => 1186,
         }
     }
 
@@ -193,6 +202,8 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// An exact decimal (up to 28 significant digits).
     Numeric(Decimal),
+    /// An interval: months, days and microseconds.
+    Interval(crate::interval::Interval),
 }
 
 impl Value {
@@ -215,6 +226,7 @@ impl Value {
             Value::TimestampTz(_) => Some(DataType::TimestampTz),
             Value::Bytes(_) => Some(DataType::Bytea),
             Value::Numeric(_) => Some(DataType::Numeric(None)),
+            Value::Interval(_) => Some(DataType::Interval),
         }
     }
 
@@ -230,6 +242,7 @@ impl Value {
             Value::Timestamp(t) => crate::time::format_timestamp(*t, false),
             Value::TimestampTz(t) => crate::time::format_timestamp(*t, true),
             Value::Numeric(d) => d.to_string(),
+            Value::Interval(iv) => iv.format(),
             Value::Bytes(b) => {
                 let mut out = String::with_capacity(2 + 2 * b.len());
                 out.push_str("\\x");
@@ -308,7 +321,11 @@ impl Value {
             (Value::Timestamp(t) | Value::TimestampTz(t), DataType::Date) => Value::Date(t.div_euclid(86_400_000_000)),
             (Value::Timestamp(t) | Value::TimestampTz(t), DataType::Timestamp) => Value::Timestamp(t),
             (Value::Timestamp(t) | Value::TimestampTz(t), DataType::TimestampTz) => Value::TimestampTz(t),
-            (v @ (Value::Date(_) | Value::Timestamp(_) | Value::TimestampTz(_)), t) if t.is_text() => {
+            (Value::Interval(iv), DataType::Interval) => Value::Interval(iv),
+            (Value::Text(s), DataType::Interval) => Value::Interval(crate::interval::Interval::parse(&s)?),
+            (v @ (Value::Date(_) | Value::Timestamp(_) | Value::TimestampTz(_) | Value::Interval(_)), t)
+                if t.is_text() =>
+            {
                 Value::Text(v.to_pg_text(None).unwrap_or_default())
             }
             (v, t) => return Err(Error::InvalidInput(format!("cannot cast {} to {}", v.type_name(), t.pg_name()))),
@@ -370,6 +387,7 @@ impl Value {
             Value::TimestampTz(_) => "timestamp with time zone",
             Value::Bytes(_) => "bytea",
             Value::Numeric(_) => "numeric",
+            Value::Interval(_) => "interval",
         }
     }
 
@@ -395,6 +413,7 @@ impl Value {
             (Value::Timestamp(a) | Value::TimestampTz(a), Value::Timestamp(b) | Value::TimestampTz(b)) => a.cmp(b),
             (Value::Date(a), Value::Timestamp(b) | Value::TimestampTz(b)) => (a * 86_400_000_000).cmp(b),
             (Value::Timestamp(a) | Value::TimestampTz(a), Value::Date(b)) => a.cmp(&(b * 86_400_000_000)),
+            (Value::Interval(a), Value::Interval(b)) => a.cmp_span(b),
             // Unknown-typed literals compare as the other side's type, as in PostgreSQL.
             (
                 Value::Text(s),
@@ -404,7 +423,8 @@ impl Value {
                 | Value::Bool(_)
                 | Value::Date(_)
                 | Value::Timestamp(_)
-                | Value::TimestampTz(_)),
+                | Value::TimestampTz(_)
+                | Value::Interval(_)),
             ) => {
                 let parsed = Value::Text(s.clone()).cast(v.natural_type().unwrap_or(DataType::Text))?;
                 return parsed.sql_cmp(v);
@@ -441,6 +461,18 @@ impl Value {
             Value::Date(t) | Value::Timestamp(t) | Value::TimestampTz(t) => enc.bool(true).i64(*t),
             Value::Bytes(b) => enc.bool(true).bytes(b),
             Value::Numeric(d) => encode_decimal_key(enc.bool(true), d),
+            // By length first (equal spans sort together), then the fields, so the key
+            // decodes back to the same interval.
+            Value::Interval(iv) => {
+                let span = iv.span();
+                let day = 86_400_000_000i128;
+                enc.bool(true)
+                    .i64(span.div_euclid(day) as i64)
+                    .i64(span.rem_euclid(day) as i64)
+                    .i64(i64::from(iv.months))
+                    .i64(i64::from(iv.days))
+                    .i64(iv.micros)
+            }
         }
     }
 
@@ -459,6 +491,13 @@ impl Value {
             DataType::TimestampTz => Value::TimestampTz(dec.i64()?),
             DataType::Bytea => Value::Bytes(dec.bytes()?),
             DataType::Numeric(_) => Value::Numeric(decode_decimal_key(dec)?),
+            DataType::Interval => {
+                dec.i64()?;
+                dec.i64()?;
+                let months = i32::try_from(dec.i64()?).map_err(|_| Error::InvalidData("interval key months".into()))?;
+                let days = i32::try_from(dec.i64()?).map_err(|_| Error::InvalidData("interval key days".into()))?;
+                Value::Interval(crate::interval::Interval { months, days, micros: dec.i64()? })
+            }
         })
     }
 
@@ -495,6 +534,9 @@ impl Value {
             Value::Numeric(d) => {
                 w.u8(9).bytes(&d.serialize());
             }
+            Value::Interval(iv) => {
+                w.u8(10).u64(i64::from(iv.months) as u64).u64(i64::from(iv.days) as u64).u64(iv.micros as u64);
+            }
         }
     }
 
@@ -517,6 +559,15 @@ impl Value {
                 let raw: [u8; 16] =
                     r.bytes()?.try_into().map_err(|_| Error::InvalidData("numeric value is not 16 bytes".into()))?;
                 Value::Numeric(Decimal::deserialize(raw))
+            }
+            10 => {
+                let field = |v: u64, what: &str| {
+                    i32::try_from(v as i64)
+                        .map_err(|_| Error::InvalidData(format!("interval {what} out of range in row")))
+                };
+                let months = field(r.u64()?, "months")?;
+                let days = field(r.u64()?, "days")?;
+                Value::Interval(crate::interval::Interval { months, days, micros: r.u64()? as i64 })
             }
             t => return Err(Error::InvalidData(format!("unknown value tag {t} in row"))),
         })

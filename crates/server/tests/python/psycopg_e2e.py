@@ -2,6 +2,7 @@
 retry loop, COPY. Usage: psycopg_e2e.py PORT. Exits non-zero on the first failure."""
 import sys
 import threading
+from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import errors
@@ -28,6 +29,20 @@ def main():
             # Binary results.
             cur.execute("SELECT id, bal, owner FROM acct WHERE id = %s", (5,), binary=True)
             assert cur.fetchone() == (5, 100, "owner5")
+            # Intervals both ways, in text and binary (psycopg sends timedelta as interval).
+            for binary in (False, True):
+                cur.execute(
+                    "SELECT interval '1 day 02:00:03.5', %s::interval + interval '1 hour', "
+                    "timestamp '2024-01-31 10:00' + interval '1 mon'",
+                    (timedelta(hours=5, microseconds=7),),
+                    binary=binary,
+                )
+                got = cur.fetchone()
+                assert got == (
+                    timedelta(days=1, hours=2, seconds=3.5),
+                    timedelta(hours=6, microseconds=7),
+                    datetime(2024, 2, 29, 10, 0),
+                ), (binary, got)
             # NULL parameters and errors with SQLSTATE.
             try:
                 cur.execute("INSERT INTO acct (id, owner) VALUES (%s, %s)", (99, None))
