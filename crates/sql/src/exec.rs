@@ -360,6 +360,9 @@ fn catalog_name(txn: &mut Transaction, name: &ast::ObjectName) -> Result<Option<
         .collect();
     Ok(match parts.as_slice() {
         [schema, t] if schema == "pg_catalog" && crate::pg_catalog::is_catalog_table(t) => Some(t.clone()),
+        [schema, t] if schema == "information_schema" && crate::info_schema::is_view(t) => {
+            Some(format!("information_schema.{t}"))
+        }
         [t] if crate::pg_catalog::is_catalog_table(t) && Catalog::get(txn, t)?.is_none() => Some(t.clone()),
         _ => None,
     })
@@ -399,8 +402,13 @@ fn table_factor(
     match tf {
         ast::TableFactor::Table { name, alias, args: None, .. } if catalog_name(txn, name)?.is_some() => {
             let cname = catalog_name(txn, name)?.unwrap_or_default();
-            let alias = alias.as_ref().map(|a| ident(&a.name)).unwrap_or_else(|| cname.clone());
-            let (scope, rows) = crate::pg_catalog::catalog_table(txn, &cname, &alias)?;
+            let view = cname.strip_prefix("information_schema.");
+            let bare = view.unwrap_or(&cname);
+            let alias = alias.as_ref().map(|a| ident(&a.name)).unwrap_or_else(|| bare.to_string());
+            let (scope, rows) = match view {
+                Some(v) => crate::info_schema::view(txn, v, &alias)?,
+                None => crate::pg_catalog::catalog_table(txn, &cname, &alias)?,
+            };
             Ok(Source { scope, rows: materialized(rows), order: vec![] })
         }
         ast::TableFactor::Table { name, alias, args: None, .. } => {

@@ -27,6 +27,7 @@ mod copy;
 mod describe;
 mod exec;
 mod expr;
+mod info_schema;
 mod interval;
 mod pg_catalog;
 mod pipeline;

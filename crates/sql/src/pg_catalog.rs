@@ -23,7 +23,7 @@ const BTREE_AM: i64 = 403;
 /// The one role.
 pub const OWNER_OID: i64 = 10;
 
-fn text(s: &str) -> Value {
+pub(crate) fn text(s: &str) -> Value {
     Value::Text(s.to_string())
 }
 
