@@ -165,9 +165,21 @@ async fn wait_for_shutdown_signal() -> Result<()> {
     }
 }
 
+/// Turns transparent huge pages off for this process, as PostgreSQL's and Redis's
+/// operators are told to do system-wide: the kernel then zeroes (and compacts for) 2 MiB
+/// at a time on page faults of a growing memtable or read buffer, which showed up as
+/// ~8 % of CPU and multi-millisecond commit latency spikes in the commit benchmark
+/// (p99 at 64 writers: ~5–7 ms with THP, ~1.6 ms without).
+fn disable_transparent_huge_pages() {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::warn!(error = %e, "could not disable transparent huge pages for this process; carrying on");
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    disable_transparent_huge_pages();
     amberdb_backup::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
