@@ -10,15 +10,6 @@
 //!
 //! Versions are stored inverted (`!version`) so that a forward scan meets each user key's
 //! newest version first: a point read at version V is one seek to `(key, !V)`.
-//!
-//! Every user key also has a *head* entry at the reserved version [`HEAD`] (`u64::MAX`,
-//! stored as `!HEAD` = 0, so it sorts before all the key's versions): its value is the
-//! key's newest version, u64 LE. A point read first looks the head up by exact key —
-//! which the engine answers through bloom filters, touching one table, where a seek must
-//! look into every table — and then the version it names, also by exact key; only a
-//! reader older than the key's newest version falls back to the seek. Scans never see
-//! heads: no read version reaches `HEAD`. Invariant: a key has a head if and only if it
-//! has a data entry, and the head names its newest one.
 
 use amberdb_encoding::keycode::{prefix_end, KeyDecoder, KeyEncoder};
 use amberdb_error::{Error, Result};
@@ -34,12 +25,6 @@ pub(crate) const TAG_TIME_VERSION: u8 = 0x03;
 pub(crate) const META_APPLIED: &str = "mvcc.applied";
 /// Metadata record holding the GC watermark: no read below it is allowed.
 pub(crate) const META_GC_WATERMARK: &str = "mvcc.gc_watermark";
-/// Metadata record present once every key has its head entry (stores made before heads
-/// existed get them at open).
-pub(crate) const META_HEADS: &str = "mvcc.heads";
-
-/// The reserved version of a key's head entry (see the module docs).
-pub(crate) const HEAD: u64 = u64::MAX;
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {
     KeyEncoder::with_tag(TAG_META).str(name).finish()

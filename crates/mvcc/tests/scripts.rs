@@ -197,9 +197,6 @@ fn describe(k: &[u8], v: &[u8]) -> String {
         1 => {
             let key = d.bytes().unwrap();
             let ver = !d.u64().unwrap();
-            if ver == u64::MAX {
-                return format!("head {} → v{}", show(&key), u64::from_le_bytes(v.try_into().unwrap()));
-            }
             let val = match v.split_first() {
                 Some((1, rest)) => show(rest),
                 _ => "tombstone".into(),
