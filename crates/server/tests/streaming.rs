@@ -114,6 +114,20 @@ async fn abandoned_results_stop_and_the_server_keeps_serving() {
     assert_eq!(row.get::<_, i64>(0), 1000);
 }
 
+/// Reads an endless result after a cancel request: it must end in 57014, not run on.
+async fn assert_canceled<T>(
+    mut rows: std::pin::Pin<&mut impl futures::Stream<Item = Result<T, tokio_postgres::Error>>>,
+) {
+    let err = loop {
+        match rows.try_next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("an endless result ended"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_request_stops_a_streaming_result() {
     let s = Server::start();
@@ -126,14 +140,7 @@ async fn a_cancel_request_stops_a_streaming_result() {
         rows.try_next().await.unwrap().expect("a row");
     }
     client.cancel_token().cancel_query(NoTls).await.unwrap();
-    let err = loop {
-        match rows.try_next().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("an endless result ended"),
-            Err(e) => break e,
-        }
-    };
-    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{err}");
+    assert_canceled(rows).await;
 
     // Simple protocol (what psql uses).
     let msgs = client.simple_query_raw(endless).await.unwrap();
@@ -142,14 +149,7 @@ async fn a_cancel_request_stops_a_streaming_result() {
         msgs.try_next().await.unwrap().expect("a message");
     }
     client.cancel_token().cancel_query(NoTls).await.unwrap();
-    let err = loop {
-        match msgs.try_next().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("an endless result ended"),
-            Err(e) => break e,
-        }
-    };
-    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{err}");
+    assert_canceled(msgs).await;
 
     // The connection carries on.
     let row = client.query_one("SELECT count(*) FROM generate_series(1, 10)", &[]).await.unwrap();

@@ -113,6 +113,12 @@ fn constraints(t: &TableDef) -> Vec<(String, &'static str, Vec<usize>)> {
     out
 }
 
+/// The leading columns shared by constraint views: the constraint's catalog, schema
+/// and name, then its table's.
+fn constraint_of(name: &str, t: &TableDef) -> Vec<Value> {
+    vec![text(CATALOG), text(SCHEMA), text(name), text(CATALOG), text(SCHEMA), text(&t.name)]
+}
+
 /// The columns and rows of `information_schema.<name>`, seen under `alias`.
 pub fn view(txn: &mut Transaction, name: &str, alias: &str) -> Result<(Vec<ScopeCol>, Vec<Vec<Value>>)> {
     let tables = Catalog::list(txn)?;
@@ -190,18 +196,9 @@ pub fn view(txn: &mut Transaction, name: &str, alias: &str) -> Result<(Vec<Scope
             let mut rows = Vec::new();
             for t in &tables {
                 for (cname, kind, _) in constraints(t) {
-                    rows.push(vec![
-                        text(CATALOG),
-                        text(SCHEMA),
-                        text(&cname),
-                        text(CATALOG),
-                        text(SCHEMA),
-                        text(&t.name),
-                        text(kind),
-                        text("NO"),
-                        text("NO"),
-                        text("YES"),
-                    ]);
+                    let mut row = constraint_of(&cname, t);
+                    row.extend([text(kind), text("NO"), text("NO"), text("YES")]);
+                    rows.push(row);
                 }
             }
             let names = [
@@ -223,17 +220,9 @@ pub fn view(txn: &mut Transaction, name: &str, alias: &str) -> Result<(Vec<Scope
             for t in &tables {
                 for (cname, _, cols) in constraints(t) {
                     for (pos, &c) in cols.iter().enumerate() {
-                        rows.push(vec![
-                            text(CATALOG),
-                            text(SCHEMA),
-                            text(&cname),
-                            text(CATALOG),
-                            text(SCHEMA),
-                            text(&t.name),
-                            text(&t.columns[c].name),
-                            int(pos as i64 + 1),
-                            Value::Null,
-                        ]);
+                        let mut row = constraint_of(&cname, t);
+                        row.extend([text(&t.columns[c].name), int(pos as i64 + 1), Value::Null]);
+                        rows.push(row);
                     }
                 }
             }
