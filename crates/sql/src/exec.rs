@@ -581,6 +581,8 @@ enum Acc {
     AvgExact(rust_decimal::Decimal, i64, bool),
     Min(Option<Value>),
     Max(Option<Value>),
+    /// avg over intervals: their sum and count.
+    AvgInterval(crate::interval::Interval, i64),
 }
 
 impl Acc {
@@ -617,11 +619,26 @@ impl Acc {
                     (Some(Value::Numeric(a)), Value::Int(b)) | (Some(Value::Int(b)), Value::Numeric(a)) => {
                         Value::Numeric(a + rust_decimal::Decimal::from(b))
                     }
+                    (None, Value::Interval(iv)) => Value::Interval(iv),
+                    (Some(Value::Interval(a)), Value::Interval(b)) => Value::Interval(a.add(&b)?),
                     (_, v) => {
                         return Err(Error::sql("42883", format!("function sum({}) does not exist", v.type_name())))
                     }
                 })
             }
+            Acc::AvgExact(_, 0, _) if matches!(v, Value::Interval(_)) => {
+                *self = Acc::AvgInterval(crate::interval::Interval::default(), 0);
+                return self.add(v);
+            }
+            Acc::AvgInterval(sum, n) => match v {
+                Value::Interval(iv) => {
+                    *sum = sum.add(&iv)?;
+                    *n += 1;
+                }
+                other => {
+                    return Err(Error::sql("42883", format!("function avg({}) does not exist", other.type_name())))
+                }
+            },
             Acc::AvgExact(sum, n, inexact) if !*inexact => match v {
                 Value::Int(i) => {
                     *sum += rust_decimal::Decimal::from(i);
@@ -666,7 +683,10 @@ impl Acc {
         match self {
             Acc::CountStar(n) | Acc::Count(n) => Value::Int(n),
             Acc::Sum(s) | Acc::Min(s) | Acc::Max(s) => s.unwrap_or(Value::Null),
-            Acc::Avg(_, 0) | Acc::AvgExact(_, 0, _) => Value::Null,
+            Acc::Avg(_, 0) | Acc::AvgExact(_, 0, _) | Acc::AvgInterval(_, 0) => Value::Null,
+            Acc::AvgInterval(sum, n) => Value::Interval(
+                sum.div(n as f64).expect("a sum of valid intervals divided by their count stays in range"),
+            ),
             Acc::Avg(s, n) => Value::Float(s / n as f64),
             Acc::AvgExact(sum, n, _) => {
                 let q = sum / rust_decimal::Decimal::from(n);
@@ -683,10 +703,12 @@ fn agg_type(call: &AggCall, scope: &[ScopeCol]) -> Option<DataType> {
         AggFunc::CountStar | AggFunc::Count => Some(DataType::Int8),
         AggFunc::Avg => match call.arg.as_ref().and_then(|a| a.result_type(scope)) {
             Some(DataType::Float4 | DataType::Float8) => Some(DataType::Float8),
+            Some(DataType::Interval) => Some(DataType::Interval),
             _ => Some(DataType::Numeric(None)),
         },
         AggFunc::Sum => match call.arg.as_ref().and_then(|a| a.result_type(scope)) {
             Some(DataType::Float4 | DataType::Float8) => Some(DataType::Float8),
+            Some(DataType::Interval) => Some(DataType::Interval),
             Some(DataType::Numeric(_)) => Some(DataType::Numeric(None)),
             _ => Some(DataType::Int8),
         },

@@ -152,7 +152,8 @@ impl Session {
 
     /// The transaction state.
     pub fn state(&self) -> TxnState {
-        match (&self.txn, self.failed) {
+        let streamed_error = self.txn.is_some() && self.stream_failed.load(std::sync::atomic::Ordering::SeqCst);
+        match (&self.txn, self.failed || streamed_error) {
             (_, true) => TxnState::Failed,
             (Some(_), false) => TxnState::InBlock,
             (None, false) => TxnState::Idle,
