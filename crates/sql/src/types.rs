@@ -105,11 +105,18 @@ impl DataType {
                 Some(a) => {
                     let mut parts = a.split(',').map(|p| p.trim().parse::<u32>());
                     let bad = || Error::InvalidInput(format!("invalid NUMERIC type modifier: ({a})"));
-                    let p = parts.next().and_then(|r| r.ok()).filter(|p| (1..=28).contains(p)).ok_or_else(bad)?;
+                    // PostgreSQL's limits on the declaration; values are held exactly up to
+                    // 28 significant digits, and bigger ones are refused when they arrive.
+                    let p = parts.next().and_then(|r| r.ok()).filter(|p| (1..=1000).contains(p)).ok_or_else(bad)?;
                     let sc = match parts.next() {
                         None => 0,
                         Some(r) => r.ok().filter(|sc| *sc <= p).ok_or_else(bad)?,
                     };
+                    if sc > MAX_NUMERIC_DIGITS {
+                        return Err(Error::InvalidInput(format!(
+                            "NUMERIC scale {sc} is not supported (at most {MAX_NUMERIC_DIGITS} fractional digits)"
+                        )));
+                    }
                     Some((p, sc))
                 }
             }),
@@ -574,12 +581,24 @@ impl Value {
     }
 }
 
+/// Significant digits a NUMERIC value holds exactly.
+pub const MAX_NUMERIC_DIGITS: u32 = 28;
+
 /// Parses a decimal literal (`12.50`, `-3`, `1e3`).
 pub fn parse_decimal(s: &str) -> Result<Decimal> {
     let t = s.trim();
-    t.parse::<Decimal>()
-        .or_else(|_| Decimal::from_scientific(t))
-        .map_err(|_| Error::InvalidInput(format!("invalid input syntax for type numeric: \"{s}\"")))
+    t.parse::<Decimal>().or_else(|_| Decimal::from_scientific(t)).map_err(|_| {
+        // A well-formed number that does not fit is an overflow, not a syntax error.
+        let numeric_shape = t.bytes().any(|b| b.is_ascii_digit())
+            && t.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+        if numeric_shape {
+            Error::InvalidInput(format!(
+                "value overflows numeric format: {t} needs more than {MAX_NUMERIC_DIGITS} significant digits"
+            ))
+        } else {
+            Error::InvalidInput(format!("invalid input syntax for type numeric: \"{s}\""))
+        }
+    })
 }
 
 /// Order-preserving key encoding of a decimal: sign class, then (for non-zero values)
