@@ -264,7 +264,15 @@ impl JobManager {
             status: Mutex::new(JobStatus {
                 id: rec.id,
                 destination: rec.destination.clone(),
-                state: "starting".into(),
+                // What the record says until the runner reports (a paused job is paused
+                // from the moment the server is up, not "starting").
+                state: match rec.state {
+                    JobState::Running => "starting",
+                    JobState::Paused if rec.incremental => "incremental",
+                    JobState::Paused => "paused",
+                    JobState::Stopped => "stopped",
+                }
+                .into(),
                 ..JobStatus::default()
             }),
         });
