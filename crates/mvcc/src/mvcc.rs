@@ -100,35 +100,6 @@ fn decode_u64(raw: &[u8], what: &'static str) -> Result<u64> {
     Ok(v)
 }
 
-/// Gives every key of a store made before head entries existed its head (one pass over
-/// the data, in bounded batches), then records that heads are complete. Re-running
-/// after a crash part-way rewrites the same heads.
-fn build_heads(engine: &dyn Engine) -> Result<()> {
-    let mut batch = WriteBatch::new();
-    let mut last: Option<Vec<u8>> = None;
-    let mut built = 0u64;
-    for kv in engine.scan(keys::data_range(&KeyRange::all())) {
-        let (raw_key, _) = kv?;
-        let (user, version) = keys::decode_data(&raw_key)?;
-        if last.as_deref() == Some(user.as_slice()) {
-            continue;
-        }
-        // The first version met for a key is its newest.
-        batch.put(keys::head(&user), version.to_le_bytes().to_vec());
-        built += 1;
-        last = Some(user);
-        if batch.len() >= 4096 {
-            engine.write(std::mem::take(&mut batch), Durability::Buffered)?;
-        }
-    }
-    batch.put(keys::meta(keys::META_HEADS), vec![1]);
-    engine.write(batch, Durability::Sync)?;
-    if built > 0 {
-        tracing::info!(keys = built, "built mvcc head entries for a store that predates them");
-    }
-    Ok(())
-}
-
 impl Mvcc {
     /// Opens the store, loading the applied state and GC watermark from the engine.
     pub fn open(engine: Arc<dyn Engine>, config: MvccConfig, clock: Arc<dyn Clock>) -> Result<Self> {
@@ -140,9 +111,6 @@ impl Mvcc {
             Some(raw) => decode_u64(&raw, "mvcc GC watermark record")?,
             None => 0,
         };
-        if engine.get(&keys::meta(keys::META_HEADS))?.is_none() {
-            build_heads(engine.as_ref())?;
-        }
         Ok(Self {
             engine,
             config,
@@ -222,7 +190,6 @@ impl Mvcc {
                     state.time = time;
                     times.push(time);
                     for m in &commit.mutations {
-                        batch.put(keys::head(&m.key), version.to_le_bytes().to_vec());
                         batch.put(keys::data(&m.key, version), keys::encode_value(m.value.as_deref()));
                     }
                     batch.put(keys::version_time(version), time.to_le_bytes().to_vec());
@@ -390,25 +357,9 @@ impl Mvcc {
             Ok(())
         };
         // Data: for each key keep the newest version ≤ horizon (unless it is a tombstone)
-        // and everything newer; delete everything older. A key whose newest version is a
-        // collected tombstone loses its head too — checked again under the write lock,
-        // because a commit may have given the key a newer version since it was read.
+        // and everything newer; delete everything older.
         let mut current: Option<Vec<u8>> = None;
         let mut anchored = false;
-        let mut heads_to_drop: Vec<(Vec<u8>, Version)> = Vec::new();
-        let flush_all = |batch: &mut WriteBatch, heads: &mut Vec<(Vec<u8>, Version)>| -> Result<()> {
-            let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
-            for (key, expected) in heads.drain(..) {
-                let still = match self.engine.get(&key)? {
-                    Some(raw) => decode_u64(&raw, "mvcc head entry")? == expected,
-                    None => false,
-                };
-                if still {
-                    batch.delete(key);
-                }
-            }
-            flush(batch)
-        };
         for kv in self.engine.scan(keys::data_range(&KeyRange::all())) {
             let (raw_key, raw_value) = kv?;
             let (user, version) = keys::decode_data(&raw_key)?;
@@ -427,16 +378,12 @@ impl Mvcc {
                 if keys::decode_value(&raw_value)?.is_none() {
                     batch.delete(raw_key);
                     stats.versions_removed += 1;
-                    // The head goes too if this tombstone is the key's newest version.
-                    let user = current.as_deref().unwrap_or_default();
-                    heads_to_drop.push((keys::head(user), version));
                 }
             }
             if batch.len() >= 4096 {
-                flush_all(&mut batch, &mut heads_to_drop)?;
+                flush(&mut batch)?;
             }
         }
-        flush_all(&mut batch, &mut heads_to_drop)?;
         // Time index: entries for versions below the horizon describe states nobody may
         // read any more. The horizon's own entry stays so it can still be resolved.
         let vt_range = KeyRange::between(keys::version_time(0), keys::version_time(horizon));
@@ -467,8 +414,6 @@ impl BulkLoad<'_> {
     /// Adds the next entry; user keys must strictly ascend (the engine checks the
     /// encoded keys, whose order is the user keys' at one version).
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        // Heads go to the engine's side tree, ascending there as the data does here.
-        self.inner.put(keys::head(key), self.version.to_le_bytes().to_vec())?;
         self.inner.put(keys::data(key, self.version), keys::encode_value(Some(value)))
     }
 
@@ -544,23 +489,8 @@ impl ReadView {
         self.version
     }
 
-    /// Reads one key: by its head when the newest version is visible here (two exact
-    /// lookups), else by a seek to the newest version at or below this view's.
+    /// Reads one key.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.engine.get(&keys::head(key))? {
-            None => return Ok(None),
-            Some(raw) => {
-                let newest = decode_u64(&raw, "mvcc head entry")?;
-                if newest <= self.version {
-                    // Missing only if GC just collected it, which it does to a newest
-                    // version only when that is a tombstone: absent either way.
-                    return match self.engine.get(&keys::data(key, newest))? {
-                        Some(v) => keys::decode_value(&v),
-                        None => Ok(None),
-                    };
-                }
-            }
-        }
         let range = KeyRange {
             start: Bound::Included(keys::data(key, self.version)),
             end: Bound::Included(keys::data(key, 0)),
