@@ -383,6 +383,10 @@ const PG_EPOCH_DAYS: i64 = 10_957;
 /// Items pulled inline before a result moves to its own producer thread: small results
 /// (point reads, pgbench) never pay for a thread hand-off.
 const INLINE_ITEMS: usize = 256;
+/// Time spent producing inline before the rest moves to the producer thread, so a
+/// selective filter over a big table does not hold an async worker (or dodge a cancel
+/// request) while it looks for its first rows.
+const INLINE_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
 /// Items per message on the producer channel, and batches in flight: the producer runs
 /// at most this far ahead of the socket.
 const BATCH_ITEMS: usize = 256;
@@ -397,17 +401,20 @@ fn stream_items<T: Send + 'static>(
 ) -> futures::stream::BoxStream<'static, PgWireResult<T>> {
     use futures::StreamExt;
     let mut first = Vec::new();
+    let started = std::time::Instant::now();
+    let mut done = true;
     for item in items.by_ref() {
         let failed = item.is_err();
         first.push(item);
         if failed {
             return stream::iter(first).boxed();
         }
-        if first.len() == INLINE_ITEMS {
+        if first.len() == INLINE_ITEMS || started.elapsed() > INLINE_BUDGET {
+            done = false;
             break;
         }
     }
-    if first.len() < INLINE_ITEMS {
+    if done {
         return stream::iter(first).boxed();
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<PgWireResult<T>>>(BATCHES_IN_FLIGHT);
