@@ -125,7 +125,21 @@ impl BulkLoadHandle {
         let mut bl = self.mvcc.bulk_load(self.version)?;
         let out = load(&mut bl)?;
         bl.finish()?;
+        spawn_head_builder(self.mvcc.clone());
         Ok(out)
+    }
+}
+
+/// Adds heads to bulk-loaded (or pre-head) data in the background; reads are correct
+/// meanwhile, only slower there (they seek).
+fn spawn_head_builder(mvcc: Arc<Mvcc>) {
+    let spawned = std::thread::Builder::new().name("amber-heads".into()).spawn(move || {
+        if let Err(e) = mvcc.build_missing_heads() {
+            tracing::error!(error = %e, "adding mvcc heads failed; reads there keep seeking until the next start");
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the mvcc head builder; reads keep seeking where heads are missing");
     }
 }
 
@@ -179,6 +193,9 @@ impl Node {
         config: NodeConfig,
     ) -> Result<Arc<Node>> {
         let mvcc = Arc::new(Mvcc::open(engine, config.mvcc.clone(), clock)?);
+        if mvcc.has_headless() {
+            spawn_head_builder(mvcc.clone());
+        }
         let log = LogStore::open(raft_dir)?;
         let log_handle = LogStoreHandle::new(log.clone());
         let sm = StateMachine::open(mvcc.clone())?;

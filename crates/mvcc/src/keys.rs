@@ -10,6 +10,21 @@
 //!
 //! Versions are stored inverted (`!version`) so that a forward scan meets each user key's
 //! newest version first: a point read at version V is one seek to `(key, !V)`.
+//!
+//!
+//! ```text
+//!   0x04 ++ bytes(user_key)                   → u64 LE: the key's newest version (its head)
+//! ```
+//! A point read first looks the head up by exact key — which the engine answers through
+//! bloom filters, touching one table, where a seek must look into every table — and then
+//! the version it names, also by exact key; only a reader older than the key's newest
+//! version falls back to the seek. Heads use the storage layer's side tag
+//! ([`amberdb_storage::SIDE_TAG`]), so the engine keeps them in their own tree and scans
+//! of the data never walk past them. Invariant: a key has a head if and only if it has a
+//! data entry, and the head names its newest one — except inside the *headless* ranges
+//! listed in the `mvcc.headless` record (a bulk load writes no heads, so a restore does
+//! not pay for them): there a missing head means "seek", until a background pass has
+//! added the heads and removed the range.
 
 use amberdb_encoding::keycode::{prefix_end, KeyDecoder, KeyEncoder};
 use amberdb_error::{Error, Result};
@@ -25,6 +40,20 @@ pub(crate) const TAG_TIME_VERSION: u8 = 0x03;
 pub(crate) const META_APPLIED: &str = "mvcc.applied";
 /// Metadata record holding the GC watermark: no read below it is allowed.
 pub(crate) const META_GC_WATERMARK: &str = "mvcc.gc_watermark";
+/// Metadata record present once heads are maintained: every key has its head except
+/// in the ranges listed under [`META_HEADLESS`].
+pub(crate) const META_HEADS: &str = "mvcc.heads";
+/// Metadata record listing user-key ranges whose keys may lack a head (bulk loads, and
+/// a whole store made before heads existed) until a background pass adds them.
+pub(crate) const META_HEADLESS: &str = "mvcc.headless";
+
+/// Tag of the per-key head entries (see the module docs): the storage side tag.
+pub(crate) const TAG_HEAD: u8 = amberdb_storage::SIDE_TAG;
+
+/// The head entry of a user key.
+pub(crate) fn head(user_key: &[u8]) -> Vec<u8> {
+    KeyEncoder::with_tag(TAG_HEAD).bytes(user_key).finish()
+}
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {
     KeyEncoder::with_tag(TAG_META).str(name).finish()

@@ -72,6 +72,8 @@ pub struct Mvcc {
     readers: Arc<Mutex<Readers>>,
     /// Serializes `apply` calls and GC passes against each other's metadata writes.
     write_lock: Mutex<()>,
+    /// Ranges whose keys may lack a head (see `keys.rs`).
+    headless: HeadlessRanges,
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -100,6 +102,62 @@ fn decode_u64(raw: &[u8], what: &'static str) -> Result<u64> {
     Ok(v)
 }
 
+/// A user-key range (inclusive; `None`: no upper bound) whose keys may lack a head.
+type Headless = (Vec<u8>, Option<Vec<u8>>);
+/// The headless ranges, shared by the store and its read views.
+type HeadlessRanges = Arc<RwLock<Vec<Headless>>>;
+
+fn encode_headless(ranges: &[Headless]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (lo, hi) in ranges {
+        out.extend_from_slice(&(lo.len() as u32).to_le_bytes());
+        out.extend_from_slice(lo);
+        match hi {
+            Some(hi) => {
+                out.push(1);
+                out.extend_from_slice(&(hi.len() as u32).to_le_bytes());
+                out.extend_from_slice(hi);
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
+fn decode_headless(mut raw: &[u8]) -> Result<Vec<Headless>> {
+    let bad = || Error::InvalidData("corrupt mvcc headless-ranges record".into());
+    let take = |raw: &mut &[u8], n: usize| -> Result<Vec<u8>> {
+        if raw.len() < n {
+            return Err(bad());
+        }
+        let (a, b) = raw.split_at(n);
+        *raw = b;
+        Ok(a.to_vec())
+    };
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        let n = u32::from_le_bytes(take(&mut raw, 4)?.try_into().map_err(|_| bad())?) as usize;
+        let lo = take(&mut raw, n)?;
+        let hi = match take(&mut raw, 1)?.first() {
+            Some(1) => {
+                let n = u32::from_le_bytes(take(&mut raw, 4)?.try_into().map_err(|_| bad())?) as usize;
+                Some(take(&mut raw, n)?)
+            }
+            Some(0) => None,
+            _ => return Err(bad()),
+        };
+        out.push((lo, hi));
+    }
+    Ok(out)
+}
+
+fn in_headless(ranges: &HeadlessRanges, key: &[u8]) -> bool {
+    // A poisoned lock is treated as "maybe headless": a seek is always correct.
+    ranges.read().map_or(true, |r| {
+        r.iter().any(|(lo, hi)| key >= lo.as_slice() && hi.as_ref().is_none_or(|h| key <= h.as_slice()))
+    })
+}
+
 impl Mvcc {
     /// Opens the store, loading the applied state and GC watermark from the engine.
     pub fn open(engine: Arc<dyn Engine>, config: MvccConfig, clock: Arc<dyn Clock>) -> Result<Self> {
@@ -111,6 +169,21 @@ impl Mvcc {
             Some(raw) => decode_u64(&raw, "mvcc GC watermark record")?,
             None => 0,
         };
+        let mut headless = match engine.get(&keys::meta(keys::META_HEADLESS))? {
+            Some(raw) => decode_headless(&raw)?,
+            None => Vec::new(),
+        };
+        if engine.get(&keys::meta(keys::META_HEADS))?.is_none() {
+            // A store that predates heads: all of it is headless until the background
+            // pass (`build_missing_heads`) has been through it. A new store has no data.
+            if engine.scan(keys::data_range(&KeyRange::all())).next().is_some() {
+                headless = vec![(Vec::new(), None)];
+            }
+            let mut b = WriteBatch::new();
+            b.put(keys::meta(keys::META_HEADLESS), encode_headless(&headless));
+            b.put(keys::meta(keys::META_HEADS), vec![1]);
+            engine.write(b, Durability::Sync)?;
+        }
         Ok(Self {
             engine,
             config,
@@ -118,6 +191,7 @@ impl Mvcc {
             applied: RwLock::new(applied),
             readers: Arc::new(Mutex::new(Readers { watermark, active: BTreeMap::new() })),
             write_lock: Mutex::new(()),
+            headless: Arc::new(RwLock::new(headless)),
         })
     }
 
@@ -190,6 +264,7 @@ impl Mvcc {
                     state.time = time;
                     times.push(time);
                     for m in &commit.mutations {
+                        batch.put(keys::head(&m.key), version.to_le_bytes().to_vec());
                         batch.put(keys::data(&m.key, version), keys::encode_value(m.value.as_deref()));
                     }
                     batch.put(keys::version_time(version), time.to_le_bytes().to_vec());
@@ -212,7 +287,78 @@ impl Mvcc {
     /// entries appear at `version`, in the past, when [`BulkLoad::finish`] returns.
     /// `version` must be a commit version (its time is in the index).
     pub fn bulk_load(&self, version: Version) -> Result<BulkLoad<'_>> {
-        Ok(BulkLoad { inner: self.engine.ingest()?, version })
+        Ok(BulkLoad { mvcc: self, inner: self.engine.ingest()?, version, first: None, last: None })
+    }
+
+    /// Adds heads to the keys of every headless range (bulk loads, stores that predate
+    /// heads), then drops the range. Meant for a background thread: reads stay correct
+    /// throughout (they seek inside those ranges). A head is written under the write
+    /// lock and only where none exists, so a commit's newer head is never overwritten.
+    /// Returns how many heads it wrote.
+    pub fn build_missing_heads(&self) -> Result<u64> {
+        let ranges = self.headless.read().map(|r| r.clone()).unwrap_or_default();
+        let mut built = 0;
+        for (lo, hi) in ranges {
+            let user_range = KeyRange {
+                start: Bound::Included(lo.clone()),
+                end: hi.clone().map_or(Bound::Unbounded, Bound::Included),
+            };
+            let mut pending: Vec<(Vec<u8>, Version)> = Vec::new();
+            let mut last: Option<Vec<u8>> = None;
+            for kv in self.engine.scan(keys::data_range(&user_range)) {
+                let (raw_key, _) = kv?;
+                let (user, version) = keys::decode_data(&raw_key)?;
+                if last.as_deref() == Some(user.as_slice()) {
+                    continue;
+                }
+                // The first version met for a key is its newest.
+                last = Some(user.clone());
+                pending.push((user, version));
+                if pending.len() >= 1024 {
+                    built += self.put_missing_heads(std::mem::take(&mut pending))?;
+                }
+            }
+            built += self.put_missing_heads(pending)?;
+            let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
+            let mut list = self.headless.write().expect("headless ranges lock poisoned");
+            list.retain(|r| *r != (lo.clone(), hi.clone()));
+            let mut b = WriteBatch::new();
+            b.put(keys::meta(keys::META_HEADLESS), encode_headless(&list));
+            self.engine.write(b, Durability::Buffered)?;
+        }
+        if built > 0 {
+            tracing::info!(heads = built, "added mvcc heads to bulk-loaded or older data");
+        }
+        Ok(built)
+    }
+
+    fn put_missing_heads(&self, keys_versions: Vec<(Vec<u8>, Version)>) -> Result<u64> {
+        let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
+        let mut batch = WriteBatch::new();
+        for (user, version) in keys_versions {
+            let head = keys::head(&user);
+            if self.engine.get(&head)?.is_none() {
+                batch.put(head, version.to_le_bytes().to_vec());
+            }
+        }
+        let n = batch.len() as u64;
+        self.engine.write(batch, Durability::Buffered)?;
+        Ok(n)
+    }
+
+    /// Whether some range still lacks heads (see [`Mvcc::build_missing_heads`]).
+    pub fn has_headless(&self) -> bool {
+        self.headless.read().map_or(true, |r| !r.is_empty())
+    }
+
+    /// Records `(lo, hi)` as headless before a bulk load makes its keys visible.
+    fn add_headless(&self, lo: Vec<u8>, hi: Vec<u8>) -> Result<()> {
+        let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
+        let mut list = self.headless.write().expect("headless ranges lock poisoned");
+        list.push((lo, Some(hi)));
+        let mut b = WriteBatch::new();
+        b.put(keys::meta(keys::META_HEADLESS), encode_headless(&list));
+        self.engine.write(b, Durability::Sync)
     }
 
     /// The commit time of `version`, if it is a retained commit version.
@@ -321,7 +467,12 @@ impl Mvcc {
         }
         *readers.active.entry(version).or_insert(0) += 1;
         drop(readers);
-        Ok(ReadView { engine: self.engine.clone(), version, readers: self.readers.clone() })
+        Ok(ReadView {
+            engine: self.engine.clone(),
+            version,
+            readers: self.readers.clone(),
+            headless: self.headless.clone(),
+        })
     }
 
     /// Removes versions no reader can need: those older than the retention window and
@@ -357,9 +508,25 @@ impl Mvcc {
             Ok(())
         };
         // Data: for each key keep the newest version ≤ horizon (unless it is a tombstone)
-        // and everything newer; delete everything older.
+        // and everything newer; delete everything older. A key whose newest version is a
+        // collected tombstone loses its head too — checked again under the write lock,
+        // because a commit may have given the key a newer version since it was read.
         let mut current: Option<Vec<u8>> = None;
         let mut anchored = false;
+        let mut heads_to_drop: Vec<(Vec<u8>, Version)> = Vec::new();
+        let flush_all = |batch: &mut WriteBatch, heads: &mut Vec<(Vec<u8>, Version)>| -> Result<()> {
+            let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
+            for (key, expected) in heads.drain(..) {
+                let still = match self.engine.get(&key)? {
+                    Some(raw) => decode_u64(&raw, "mvcc head entry")? == expected,
+                    None => false,
+                };
+                if still {
+                    batch.delete(key);
+                }
+            }
+            flush(batch)
+        };
         for kv in self.engine.scan(keys::data_range(&KeyRange::all())) {
             let (raw_key, raw_value) = kv?;
             let (user, version) = keys::decode_data(&raw_key)?;
@@ -378,12 +545,16 @@ impl Mvcc {
                 if keys::decode_value(&raw_value)?.is_none() {
                     batch.delete(raw_key);
                     stats.versions_removed += 1;
+                    // The head goes too if this tombstone is the key's newest version.
+                    let user = current.as_deref().unwrap_or_default();
+                    heads_to_drop.push((keys::head(user), version));
                 }
             }
             if batch.len() >= 4096 {
-                flush(&mut batch)?;
+                flush_all(&mut batch, &mut heads_to_drop)?;
             }
         }
+        flush_all(&mut batch, &mut heads_to_drop)?;
         // Time index: entries for versions below the horizon describe states nobody may
         // read any more. The horizon's own entry stays so it can still be resolved.
         let vt_range = KeyRange::between(keys::version_time(0), keys::version_time(horizon));
@@ -406,19 +577,40 @@ impl Mvcc {
 
 /// A bulk load in progress (see [`Mvcc::bulk_load`]).
 pub struct BulkLoad<'a> {
+    mvcc: &'a Mvcc,
     inner: Box<dyn amberdb_storage::Ingestion + 'a>,
     version: Version,
+    /// The first and last user keys loaded: the range recorded as headless.
+    first: Option<Vec<u8>>,
+    last: Option<Vec<u8>>,
 }
 
 impl BulkLoad<'_> {
     /// Adds the next entry; user keys must strictly ascend (the engine checks the
     /// encoded keys, whose order is the user keys' at one version).
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.inner.put(keys::data(key, self.version), keys::encode_value(Some(value)))
+        // No heads: the loaded range is recorded as headless at `finish`, and a
+        // background pass adds them (`Mvcc::build_missing_heads`).
+        self.inner.put(keys::data(key, self.version), keys::encode_value(Some(value)))?;
+        if self.first.is_none() {
+            self.first = Some(key.to_vec());
+        }
+        match &mut self.last {
+            Some(l) => {
+                l.clear();
+                l.extend_from_slice(key);
+            }
+            None => self.last = Some(key.to_vec()),
+        }
+        Ok(())
     }
 
-    /// Makes everything durable and visible.
+    /// Makes everything durable and visible (the loaded range is recorded as headless
+    /// first, so no reader ever trusts a missing head there).
     pub fn finish(self) -> Result<()> {
+        if let (Some(lo), Some(hi)) = (self.first, self.last) {
+            self.mvcc.add_headless(lo, hi)?;
+        }
         self.inner.finish()
     }
 }
@@ -449,6 +641,7 @@ pub struct ReadView {
     engine: Arc<dyn Engine>,
     version: Version,
     readers: Arc<Mutex<Readers>>,
+    headless: HeadlessRanges,
 }
 
 impl std::fmt::Debug for ReadView {
@@ -464,7 +657,12 @@ impl Clone for ReadView {
         if let Ok(mut readers) = self.readers.lock() {
             *readers.active.entry(self.version).or_insert(0) += 1;
         }
-        Self { engine: self.engine.clone(), version: self.version, readers: self.readers.clone() }
+        Self {
+            engine: self.engine.clone(),
+            version: self.version,
+            readers: self.readers.clone(),
+            headless: self.headless.clone(),
+        }
     }
 }
 
@@ -489,8 +687,25 @@ impl ReadView {
         self.version
     }
 
-    /// Reads one key.
+    /// Reads one key: by its head when the newest version is visible here (two exact
+    /// lookups), else by a seek to the newest version at or below this view's.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.engine.get(&keys::head(key))? {
+            // No head: no version, unless the key is in a range still without heads.
+            None if !in_headless(&self.headless, key) => return Ok(None),
+            None => {}
+            Some(raw) => {
+                let newest = decode_u64(&raw, "mvcc head entry")?;
+                if newest <= self.version {
+                    // Missing only if GC just collected it, which it does to a newest
+                    // version only when that is a tombstone: absent either way.
+                    return match self.engine.get(&keys::data(key, newest))? {
+                        Some(v) => keys::decode_value(&v),
+                        None => Ok(None),
+                    };
+                }
+            }
+        }
         let range = KeyRange {
             start: Bound::Included(keys::data(key, self.version)),
             end: Bound::Included(keys::data(key, 0)),

@@ -208,6 +208,7 @@ fn describe(k: &[u8], v: &[u8]) -> String {
             let t = d.u64().unwrap();
             format!("version-index {} = v{}", secs(t), d.u64().unwrap())
         }
+        4 => format!("head {} → v{}", show(&d.bytes().unwrap()), u64::from_le_bytes(v.try_into().unwrap())),
         t => format!("unknown tag {t}"),
     }
 }

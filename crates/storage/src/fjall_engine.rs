@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const KEYSPACE: &str = "amber";
+/// The keyspace holding keys that start with [`crate::SIDE_TAG`].
+const SIDE_KEYSPACE: &str = "amber.side";
+/// Where the side tree's keys begin and end.
+const SIDE_LO: [u8; 1] = [crate::SIDE_TAG];
+const SIDE_HI: [u8; 1] = [crate::SIDE_TAG + 1];
 
 /// A fjall-backed engine rooted at a directory.
 #[derive(Clone)]
@@ -24,6 +29,7 @@ pub struct Fjall {
 struct Inner {
     db: Database,
     ks: Keyspace,
+    side: Keyspace,
     path: PathBuf,
 }
 
@@ -39,7 +45,30 @@ impl Fjall {
         let err = |e: fjall::Error| Error::io(path.display(), format!("opening fjall engine: {e}"));
         let db = Database::builder(path).cache_size(256 << 20).open().map_err(err)?;
         let ks = db.keyspace(KEYSPACE, KeyspaceCreateOptions::default).map_err(err)?;
-        Ok(Self { inner: Arc::new(Inner { db, ks, path: path.to_path_buf() }) })
+        let side = db.keyspace(SIDE_KEYSPACE, KeyspaceCreateOptions::default).map_err(err)?;
+        Ok(Self { inner: Arc::new(Inner { db, ks, side, path: path.to_path_buf() }) })
+    }
+
+    /// The keyspace `key` lives in.
+    fn tree(&self, key: &[u8]) -> &Keyspace {
+        if crate::is_side(key) {
+            &self.inner.side
+        } else {
+            &self.inner.ks
+        }
+    }
+
+    /// The non-empty pieces of `range` per keyspace, in key order: the keys before the
+    /// side tree's, the side tree's, the keys after.
+    fn parts(&self, range: &KeyRange) -> Vec<(&Keyspace, KeyRange)> {
+        [
+            (&self.inner.ks, range.clamp(None, Some(&SIDE_LO))),
+            (&self.inner.side, range.clamp(Some(&SIDE_LO), Some(&SIDE_HI))),
+            (&self.inner.ks, range.clamp(Some(&SIDE_HI), None)),
+        ]
+        .into_iter()
+        .filter(|(_, r)| !r.is_empty())
+        .collect()
     }
 
     fn err(&self, what: &str, e: fjall::Error) -> Error {
@@ -61,15 +90,27 @@ fn iter_to_scan(path: PathBuf, iter: fjall::Iter) -> ScanIterator {
 /// lives on a writer thread fed through a bounded channel (which also overlaps building
 /// the engine's tables with the caller's decoding). Ordering is checked here: fjall
 /// asserts it.
+/// Concatenates per-keyspace scans (already in key order) into one, both directions.
+fn chain(parts: impl Iterator<Item = ScanIterator>) -> ScanIterator {
+    let mut parts: Vec<ScanIterator> = parts.collect();
+    match parts.len() {
+        0 => Box::new(std::iter::empty()),
+        1 => parts.remove(0),
+        _ => parts.into_iter().reduce(|a, b| Box::new(a.chain(b))).unwrap_or_else(|| Box::new(std::iter::empty())),
+    }
+}
+
+/// A bulk load: puts are batched per tree (index 0: the main keyspace, 1: the side
+/// one) and handed to a writer thread that runs one fjall ingestion per tree.
 struct FjallIngestion {
     tx: Option<std::sync::mpsc::SyncSender<IngestMsg>>,
     writer: Option<std::thread::JoinHandle<Result<()>>>,
-    batch: Vec<(Bytes, Bytes)>,
-    last: Option<Bytes>,
+    batch: [Vec<(Bytes, Bytes)>; 2],
+    last: [Option<Bytes>; 2],
 }
 
 enum IngestMsg {
-    Batch(Vec<(Bytes, Bytes)>),
+    Batch(usize, Vec<(Bytes, Bytes)>),
     Finish,
 }
 
@@ -93,22 +134,27 @@ impl FjallIngestion {
 
 impl Ingestion for FjallIngestion {
     fn put(&mut self, key: Bytes, value: Bytes) -> Result<()> {
-        let prev = self.batch.last().map(|(k, _)| k).or(self.last.as_ref());
+        let t = usize::from(crate::is_side(&key));
+        let prev = self.batch[t].last().map(|(k, _)| k).or(self.last[t].as_ref());
         if prev.is_some_and(|l| *l >= key) {
             return Err(Error::Internal("engine ingestion: keys must strictly ascend".into()));
         }
-        self.batch.push((key, value));
-        if self.batch.len() >= INGEST_BATCH {
-            let b = std::mem::take(&mut self.batch);
-            self.last = b.last().map(|(k, _)| k.clone());
-            self.send(IngestMsg::Batch(b))?;
+        self.batch[t].push((key, value));
+        if self.batch[t].len() >= INGEST_BATCH {
+            let b = std::mem::take(&mut self.batch[t]);
+            self.last[t] = b.last().map(|(k, _)| k.clone());
+            self.send(IngestMsg::Batch(t, b))?;
         }
         Ok(())
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        let b = std::mem::take(&mut self.batch);
-        self.send(IngestMsg::Batch(b))?;
+        for t in 0..2 {
+            let b = std::mem::take(&mut self.batch[t]);
+            if !b.is_empty() {
+                self.send(IngestMsg::Batch(t, b))?;
+            }
+        }
         self.send(IngestMsg::Finish)?;
         self.tx = None;
         match self.writer.take().map(|w| w.join()) {
@@ -137,38 +183,73 @@ impl Engine for Fjall {
         let writer = std::thread::Builder::new()
             .name("amber-ingest".into())
             .spawn(move || -> Result<()> {
-                let mut ing = engine.inner.ks.start_ingestion().map_err(|e| engine.err("start ingestion", e))?;
+                // The main tree's ingestion always runs (an empty one is cheap); the
+                // side tree's starts with its first key.
+                let mut main = engine.inner.ks.start_ingestion().map_err(|e| engine.err("start ingestion", e))?;
+                let mut side = None;
                 for msg in rx {
                     match msg {
-                        IngestMsg::Batch(b) => {
+                        IngestMsg::Batch(0, b) => {
+                            for (k, v) in b {
+                                main.write(k, v).map_err(|e| engine.err("ingest", e))?;
+                            }
+                        }
+                        IngestMsg::Batch(_, b) => {
+                            let ing = match &mut side {
+                                Some(ing) => ing,
+                                None => side.insert(
+                                    engine
+                                        .inner
+                                        .side
+                                        .start_ingestion()
+                                        .map_err(|e| engine.err("start ingestion", e))?,
+                                ),
+                            };
                             for (k, v) in b {
                                 ing.write(k, v).map_err(|e| engine.err("ingest", e))?;
                             }
                         }
-                        IngestMsg::Finish => return ing.finish().map_err(|e| engine.err("finish ingestion", e)),
+                        IngestMsg::Finish => {
+                            // Two trees become visible one after the other, side first;
+                            // loads go under prefixes nobody reads until they return.
+                            if let Some(ing) = side {
+                                ing.finish().map_err(|e| engine.err("finish ingestion", e))?;
+                            }
+                            return main.finish().map_err(|e| engine.err("finish ingestion", e));
+                        }
                     }
                 }
                 Ok(()) // abandoned: dropped unfinished
             })
             .map_err(|e| Error::Internal(format!("spawn ingestion writer: {e}")))?;
-        Ok(Box::new(FjallIngestion { tx: Some(tx), writer: Some(writer), batch: Vec::new(), last: None }))
+        Ok(Box::new(FjallIngestion {
+            tx: Some(tx),
+            writer: Some(writer),
+            batch: [Vec::new(), Vec::new()],
+            last: [None, None],
+        }))
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        let v = self.inner.ks.get(key).map_err(|e| self.err("get", e))?;
+        let v = self.tree(key).get(key).map_err(|e| self.err("get", e))?;
         Ok(v.map(|v| v.to_vec()))
     }
 
     fn scan(&self, range: KeyRange) -> ScanIterator {
-        let iter = self.inner.ks.range::<Bytes, _>((range.start, range.end));
-        iter_to_scan(self.inner.path.clone(), iter)
+        chain(
+            self.parts(&range)
+                .into_iter()
+                .map(|(ks, r)| iter_to_scan(self.inner.path.clone(), ks.range::<Bytes, _>((r.start, r.end)))),
+        )
     }
 
     fn scan_each(&self, range: KeyRange, f: &mut Visitor<'_>) -> Result<()> {
-        for guard in self.inner.ks.range::<Bytes, _>((range.start, range.end)) {
-            let (k, v) = guard.into_inner().map_err(|e| self.err("scan", e))?;
-            if !f(&k, &v)? {
-                break;
+        for (ks, r) in self.parts(&range) {
+            for guard in ks.range::<Bytes, _>((r.start, r.end)) {
+                let (k, v) = guard.into_inner().map_err(|e| self.err("scan", e))?;
+                if !f(&k, &v)? {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -182,8 +263,8 @@ impl Engine for Fjall {
         let mut b = self.inner.db.batch().durability(Some(mode));
         for op in batch.ops {
             match op {
-                WriteOp::Put(k, v) => b.insert(&self.inner.ks, k, v),
-                WriteOp::Delete(k) => b.remove(&self.inner.ks, k),
+                WriteOp::Put(k, v) => b.insert(self.tree(&k), k, v),
+                WriteOp::Delete(k) => b.remove(self.tree(&k), k),
             }
         }
         b.commit().map_err(|e| self.err("write batch", e))
@@ -209,12 +290,13 @@ struct FjallSnapshot {
 
 impl EngineSnapshot for FjallSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        let v = self.snap.get(&self.engine.inner.ks, key).map_err(|e| self.engine.err("snapshot get", e))?;
+        let v = self.snap.get(self.engine.tree(key), key).map_err(|e| self.engine.err("snapshot get", e))?;
         Ok(v.map(|v| v.to_vec()))
     }
 
     fn scan(&self, range: KeyRange) -> ScanIterator {
-        let iter = self.snap.range::<Bytes, _>(&self.engine.inner.ks, (range.start, range.end));
-        iter_to_scan(self.engine.inner.path.clone(), iter)
+        chain(self.engine.parts(&range).into_iter().map(|(ks, r)| {
+            iter_to_scan(self.engine.inner.path.clone(), self.snap.range::<Bytes, _>(ks, (r.start, r.end)))
+        }))
     }
 }

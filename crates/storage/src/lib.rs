@@ -23,11 +23,26 @@
 //!    `Durability::Buffered` may lose a suffix of batches on power loss or kill -9.
 //! 4. Scans see keys in strict ascending (or, reversed, descending) byte order.
 //!
+//! Keys whose first byte is [`SIDE_TAG`] are kept apart from the rest: the disk engine
+//! stores them in their own LSM tree (a second fjall keyspace). Nothing about order or
+//! atomicity changes — a batch may mix both and a scan across the boundary merges them
+//! in key order — but scans of the other keys never walk past them. The layer above
+//! puts records there that are only ever read by exact key (mvcc's per-key heads), so
+//! they cost lookups nothing and scans nothing.
+//!
 //! The engine is a trait so that the ordered store can be swapped (redb scans ~3×
 //! faster here; fjall writes durably ~5× faster); the rest of AmberDB holds an
 //! `Arc<dyn Engine>`.
 
 mod fjall_engine;
+
+/// First byte of the keys kept in their own tree (see the crate docs).
+pub const SIDE_TAG: u8 = 0x04;
+
+/// Whether `key` lives in the side tree.
+pub fn is_side(key: &[u8]) -> bool {
+    key.first() == Some(&SIDE_TAG)
+}
 mod memory;
 
 pub use fjall_engine::Fjall;
@@ -95,6 +110,23 @@ impl KeyRange {
             Bound::Unbounded => true,
         };
         above && below
+    }
+
+    /// The part of this range inside `[lo, hi)` (`None`: unbounded on that side).
+    pub fn clamp(&self, lo: Option<&[u8]>, hi: Option<&[u8]>) -> KeyRange {
+        let start = match (lo, &self.start) {
+            (None, s) => s.clone(),
+            (Some(l), Bound::Unbounded) => Bound::Included(l.to_vec()),
+            (Some(l), Bound::Included(s) | Bound::Excluded(s)) if s.as_slice() < l => Bound::Included(l.to_vec()),
+            (Some(_), s) => s.clone(),
+        };
+        let end = match (hi, &self.end) {
+            (None, e) => e.clone(),
+            (Some(h), Bound::Unbounded) => Bound::Excluded(h.to_vec()),
+            (Some(h), Bound::Included(e) | Bound::Excluded(e)) if e.as_slice() >= h => Bound::Excluded(h.to_vec()),
+            (Some(_), e) => e.clone(),
+        };
+        KeyRange { start, end }
     }
 
     /// Whether the range can contain no key at all.
@@ -176,8 +208,9 @@ pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 
 /// A bulk load in progress (see [`Engine::ingest`]).
 pub trait Ingestion {
-    /// Adds the next entry; keys must strictly ascend across calls (an out-of-order key
-    /// is an error, never a panic). Takes ownership: bulk loads move, not copy.
+    /// Adds the next entry; keys must strictly ascend across calls within each tree
+    /// (side keys and the rest, see [`SIDE_TAG`]; an out-of-order key is an error, never
+    /// a panic). Takes ownership: bulk loads move, not copy.
     fn put(&mut self, key: Bytes, value: Bytes) -> Result<()>;
     /// Makes everything added durable and visible, at once.
     fn finish(self: Box<Self>) -> Result<()>;
@@ -188,7 +221,8 @@ pub trait Engine: Send + Sync {
     /// Starts a bulk load that writes sorted entries straight into the engine's on-disk
     /// tables, bypassing its journal and memtables. The keys must not exist in the
     /// engine (callers load under fresh key prefixes). Nothing is visible until
-    /// `finish`; an ingestion dropped unfinished leaves nothing visible.
+    /// `finish`; an ingestion dropped unfinished leaves nothing visible. A load into both
+    /// trees (see [`SIDE_TAG`]) may become visible tree by tree, side first.
     fn ingest(&self) -> Result<Box<dyn Ingestion + '_>>;
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>>;

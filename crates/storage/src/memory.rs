@@ -41,7 +41,7 @@ impl Engine for Memory {
     }
 
     fn ingest(&self) -> Result<Box<dyn Ingestion + '_>> {
-        Ok(Box::new(MemoryIngestion { engine: self, entries: Vec::new() }))
+        Ok(Box::new(MemoryIngestion { engine: self, entries: Vec::new(), last: [None, None] }))
     }
 
     fn write(&self, batch: WriteBatch, _durability: Durability) -> Result<()> {
@@ -76,13 +76,17 @@ impl Engine for Memory {
 struct MemoryIngestion<'a> {
     engine: &'a Memory,
     entries: Vec<(Bytes, Bytes)>,
+    /// The last key added to each tree (the rest, side keys).
+    last: [Option<Bytes>; 2],
 }
 
 impl Ingestion for MemoryIngestion<'_> {
     fn put(&mut self, key: Bytes, value: Bytes) -> Result<()> {
-        if self.entries.last().is_some_and(|(l, _)| *l >= key) {
+        let last = &mut self.last[usize::from(crate::is_side(&key))];
+        if last.as_ref().is_some_and(|l| *l >= key) {
             return Err(amberdb_error::Error::Internal("engine ingestion: keys must strictly ascend".into()));
         }
+        *last = Some(key.clone());
         self.entries.push((key, value));
         Ok(())
     }

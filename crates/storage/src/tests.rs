@@ -142,11 +142,21 @@ fn check_ingestion(e: &dyn Engine) {
     e.write(b, Durability::Buffered).unwrap();
     let mut ing = e.ingest().unwrap();
     for i in 0..10_000u32 {
+        // Interleaved with keys of the side tree, each tree in ascending order.
+        ing.put([&[SIDE_TAG][..], b"m", &i.to_be_bytes()].concat(), vec![1]).unwrap();
         ing.put([b"m".as_slice(), &i.to_be_bytes()].concat(), i.to_le_bytes().to_vec()).unwrap();
     }
     assert_eq!(e.get(&[b"m".as_slice(), &0u32.to_be_bytes()].concat()).unwrap(), None, "invisible before finish");
     ing.finish().unwrap();
     assert_eq!(e.scan(KeyRange::prefix(b"m")).count(), 10_000);
+    assert_eq!(e.scan(KeyRange::prefix(&[SIDE_TAG, b'm'])).count(), 10_000);
+    assert_eq!(e.get(&[&[SIDE_TAG][..], b"m", &7u32.to_be_bytes()].concat()).unwrap(), Some(vec![1]));
+    // A scan across both trees meets every key once, in order, both ways.
+    let all: Vec<Bytes> = e.scan(KeyRange::all()).map(|kv| kv.unwrap().0).collect();
+    assert_eq!(all.len(), 20_001);
+    assert!(all.windows(2).all(|w| w[0] < w[1]));
+    let back: Vec<Bytes> = e.scan(KeyRange::all()).rev().map(|kv| kv.unwrap().0).collect();
+    assert_eq!(back, all.iter().rev().cloned().collect::<Vec<_>>());
     assert_eq!(e.get(b"a").unwrap(), Some(b"journal".to_vec()), "earlier writes survive");
     let mut ing = e.ingest().unwrap();
     ing.put(b"x2".to_vec(), b"v".to_vec()).unwrap();
@@ -171,5 +181,6 @@ fn ingestion_fjall_is_durable() {
     }
     let e = Fjall::open(dir.path()).unwrap();
     assert_eq!(e.scan(KeyRange::prefix(b"m")).count(), 10_000);
+    assert_eq!(e.scan(KeyRange::prefix(&[SIDE_TAG, b'm'])).count(), 10_000);
     assert_eq!(e.get(b"y").unwrap(), None);
 }
