@@ -690,9 +690,12 @@ impl ReadView {
     /// Reads one key: by its head when the newest version is visible here (two exact
     /// lookups), else by a seek to the newest version at or below this view's.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        // Asked before the head is read: the head pass writes a range's heads before it
+        // drops the range, so a range gone by now means the head below is authoritative.
+        let maybe_headless = in_headless(&self.headless, key);
         match self.engine.get(&keys::head(key))? {
             // No head: no version, unless the key is in a range still without heads.
-            None if !in_headless(&self.headless, key) => return Ok(None),
+            None if !maybe_headless => return Ok(None),
             None => {}
             Some(raw) => {
                 let newest = decode_u64(&raw, "mvcc head entry")?;
