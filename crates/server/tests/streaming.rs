@@ -155,3 +155,24 @@ async fn a_cancel_request_stops_a_streaming_result() {
     let row = client.query_one("SELECT count(*) FROM generate_series(1, 10)", &[]).await.unwrap();
     assert_eq!(row.get::<_, i64>(0), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describing_a_statement_does_not_run_it() {
+    use tokio_postgres::types::Type;
+    let s = Server::start();
+    let (client, _conn) = connect(&s).await;
+    // Sorting an endless series never ends: preparing it (Parse + Describe, what every
+    // driver does) must only learn its columns.
+    let endless = "SELECT g FROM generate_series(1, 9223372036854775807) g ORDER BY g DESC LIMIT 1";
+    let stmt = tokio::time::timeout(Duration::from_secs(20), client.prepare(endless))
+        .await
+        .expect("Describe returned without running the query")
+        .unwrap();
+    assert_eq!(stmt.columns()[0].type_(), &Type::INT8);
+    // A scalar subquery still runs while describing: its column is typed by its value
+    // (an integer that fits int4), not left untyped.
+    let stmt = client.prepare("SELECT (SELECT count(*) FROM generate_series(1, 3)) AS n").await.unwrap();
+    assert_eq!(stmt.columns()[0].type_(), &Type::INT4);
+    let row = client.query_one(&stmt, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 3);
+}

@@ -15,7 +15,8 @@ use sqlparser::ast;
 pub type Description = (Vec<Option<DataType>>, Option<Vec<OutColumn>>);
 
 /// Infers parameter types from `column = $n`, `$n = column`, and INSERT value positions;
-/// result columns by executing the query with NULL parameters on an empty snapshot.
+/// result columns by running the query with NULL parameters over tables read as empty
+/// (uncorrelated subqueries, whose values become typed constants, still run).
 pub fn describe(node: &Node, stmt: &ast::Statement) -> Result<Description> {
     let mut txn = node.begin_read_only()?;
     let params_cell: std::cell::RefCell<Vec<Option<DataType>>> = std::cell::RefCell::new(Vec::new());
@@ -203,7 +204,8 @@ pub fn describe(node: &Node, stmt: &ast::Statement) -> Result<Description> {
     }
     if let ast::Statement::Query(q) = stmt {
         let nulls = vec![Value::Null; params.len()];
-        if let Ok((cols, _)) = crate::exec::query(&mut txn, q, &nulls) {
+        // Shape only: tables read as empty, so no aggregate or sort runs over real data.
+        if let Ok((cols, _)) = crate::exec::with_shape_only(true, || crate::exec::query(&mut txn, q, &nulls)) {
             columns = Some(cols);
         }
     }

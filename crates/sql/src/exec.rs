@@ -368,6 +368,26 @@ fn catalog_name(txn: &mut Transaction, name: &ast::ObjectName) -> Result<Option<
     })
 }
 
+thread_local! {
+    /// Set while a statement is only being described (extended-protocol Parse): table
+    /// scans then produce no rows, so learning a query's columns never runs its
+    /// aggregates or sorts over real data. Queries run synchronously on one thread.
+    static SHAPE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with table scans producing rows (`false`) or none (`true`, for describing a
+/// statement's shape); the previous mode is restored afterwards, even on panic.
+pub(crate) fn with_shape_only<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SHAPE_ONLY.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SHAPE_ONLY.with(|s| s.replace(on)));
+    f()
+}
+
 /// The FROM clause: its scope and its rows.
 struct Source {
     scope: Vec<ScopeCol>,
@@ -416,6 +436,9 @@ fn table_factor(
             let def = Catalog::must_get(txn, &tname)?;
             let alias = alias.as_ref().map(|a| ident(&a.name)).unwrap_or(tname);
             let scope = scope_of(&def, &alias);
+            if SHAPE_ONLY.with(|s| s.get()) {
+                return Ok(Source { scope, rows: materialized(vec![]), order: vec![] });
+            }
             let access = match filter_hint {
                 Some(f) => match Binder::new(&scope).bind(f) {
                     Ok(bound) => choose_access(&def, Some(&bound), params)?,
@@ -457,6 +480,7 @@ fn table_factor(
             };
             let rows: RowIter = match (start, stop, step) {
                 (Some(_), Some(_), Some(0)) => return Err(Error::sql("22023", "step size cannot equal zero")),
+                _ if SHAPE_ONLY.with(|s| s.get()) => materialized(vec![]),
                 (Some(start), Some(stop), Some(step)) => {
                     // Produced as pulled: the series is never held in memory.
                     let mut next = Some(start);

@@ -337,7 +337,9 @@ impl<'a> Binder<'a> {
         let Some((txn, params)) = self.txn.as_mut() else {
             return Err(err_feature("a subquery in this position"));
         };
-        match crate::exec::query_all(txn, q, params) {
+        // A subquery's value becomes a constant of the outer query, typed by its result,
+        // so it runs for real even while the outer statement is only being described.
+        match crate::exec::with_shape_only(false, || crate::exec::query_all(txn, q, params)) {
             Ok((cols, rows)) => {
                 if cols.len() != 1 {
                     return Err(Error::sql("42601", "subquery must return only one column"));
