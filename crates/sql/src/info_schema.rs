@@ -113,6 +113,10 @@ fn constraints(t: &TableDef) -> Vec<(String, &'static str, Vec<usize>)> {
     out
 }
 
+/// The names of [`constraint_of`]'s columns.
+const CONSTRAINT_OF: [&str; 6] =
+    ["constraint_catalog", "constraint_schema", "constraint_name", "table_catalog", "table_schema", "table_name"];
+
 /// The leading columns shared by constraint views: the constraint's catalog, schema
 /// and name, then its table's.
 fn constraint_of(name: &str, t: &TableDef) -> Vec<Value> {
@@ -201,18 +205,8 @@ pub fn view(txn: &mut Transaction, name: &str, alias: &str) -> Result<(Vec<Scope
                     rows.push(row);
                 }
             }
-            let names = [
-                "constraint_catalog",
-                "constraint_schema",
-                "constraint_name",
-                "table_catalog",
-                "table_schema",
-                "table_name",
-                "constraint_type",
-                "is_deferrable",
-                "initially_deferred",
-                "enforced",
-            ];
+            let names =
+                [&CONSTRAINT_OF[..], &["constraint_type", "is_deferrable", "initially_deferred", "enforced"]].concat();
             (scope(alias, &names, &[]), rows)
         }
         "key_column_usage" => {
@@ -226,17 +220,8 @@ pub fn view(txn: &mut Transaction, name: &str, alias: &str) -> Result<(Vec<Scope
                     }
                 }
             }
-            let names = [
-                "constraint_catalog",
-                "constraint_schema",
-                "constraint_name",
-                "table_catalog",
-                "table_schema",
-                "table_name",
-                "column_name",
-                "ordinal_position",
-                "position_in_unique_constraint",
-            ];
+            let names =
+                [&CONSTRAINT_OF[..], &["column_name", "ordinal_position", "position_in_unique_constraint"]].concat();
             (scope(alias, &names, &["ordinal_position", "position_in_unique_constraint"]), rows)
         }
         "views" => (scope(alias, &["table_catalog", "table_schema", "table_name", "view_definition"], &[]), vec![]),
