@@ -296,7 +296,11 @@ impl Mvcc {
     /// lock and only where none exists, so a commit's newer head is never overwritten.
     /// Returns how many heads it wrote.
     pub fn build_missing_heads(&self) -> Result<u64> {
-        let ranges = self.headless.read().map(|r| r.clone()).unwrap_or_default();
+        let ranges = self
+            .headless
+            .read()
+            .map_err(|_| Error::Internal("mvcc headless-ranges lock poisoned by a panicking thread".into()))?
+            .clone();
         let mut built = 0;
         for (lo, hi) in ranges {
             let user_range = KeyRange {
