@@ -30,6 +30,11 @@ pub struct ServerArgs {
     /// How long old versions stay readable, in seconds [default: 3600].
     #[arg(long, env = "AMBERDB_RETENTION_SECS")]
     pub retention_secs: Option<u64>,
+    /// Memory one sort, grouping or DISTINCT may hold before it spills to temporary
+    /// files under the data directory, as PostgreSQL's `work_mem` (`64MB`, `512kB`, a
+    /// plain number is kB); sessions may `SET work_mem` [default: 64MB].
+    #[arg(long, env = "AMBERDB_WORK_MEM")]
+    pub work_mem: Option<String>,
     /// Backup destinations.
     #[command(flatten)]
     pub backup: BackupArgs,
@@ -111,6 +116,7 @@ struct FileConfig {
     listen: Option<String>,
     http: Option<String>,
     retention_secs: Option<u64>,
+    work_mem: Option<String>,
     conflict_window_secs: Option<u64>,
     checkpoint_every: Option<u64>,
     gc_interval_secs: Option<u64>,
@@ -130,6 +136,8 @@ pub struct Config {
     pub http: String,
     /// Retention window of old versions.
     pub retention: Duration,
+    /// Default memory budget of one sort, grouping or DISTINCT before it spills.
+    pub work_mem: usize,
     /// Longest a read-write transaction may run and still commit.
     pub conflict_window: Duration,
     /// Checkpoint the engine (and purge the commit log behind it) every this many entries.
@@ -142,6 +150,10 @@ pub struct Config {
     /// Backup destinations: the root that relative paths resolve under (`backup_root`)
     /// and the `[s3]` table (endpoint, region, access_key_id, secret_access_key).
     pub backup: DestConfig,
+}
+
+fn work_mem(name: &str, v: &str) -> Result<usize> {
+    amberdb_sql::spill::parse_work_mem(v).map_err(|e| Error::InvalidInput(format!("{name}: {}", e.message())))
 }
 
 fn positive(name: &str, v: u64) -> Result<u64> {
@@ -170,6 +182,9 @@ impl Config {
         if let Some(v) = args.retention_secs {
             c.retention = Duration::from_secs(positive("--retention-secs", v)?);
         }
+        if let Some(v) = &args.work_mem {
+            c.work_mem = work_mem("--work-mem", v)?;
+        }
         args.backup.apply(&mut c.backup);
         Ok(c)
     }
@@ -190,6 +205,9 @@ impl Config {
         }
         if let Some(v) = f.retention_secs {
             self.retention = secs("retention_secs", v)?;
+        }
+        if let Some(v) = &f.work_mem {
+            self.work_mem = work_mem(&format!("work_mem in {}", path.display()), v)?;
         }
         if let Some(v) = f.conflict_window_secs {
             self.conflict_window = secs("conflict_window_secs", v)?;
@@ -237,6 +255,7 @@ impl Default for Config {
             listen: "127.0.0.1:5433".into(),
             http: "127.0.0.1:9433".into(),
             retention: Duration::from_secs(3600),
+            work_mem: amberdb_sql::spill::DEFAULT_WORK_MEM,
             conflict_window: Duration::from_secs(60),
             checkpoint_every: 20_000,
             gc_interval: Duration::from_secs(60),

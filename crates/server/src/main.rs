@@ -67,6 +67,23 @@ pub(crate) async fn open_node(data_dir: &Path, config: &Config) -> Result<Arc<No
     Node::open(&data_dir.join("raft"), engine, Arc::new(SystemClock), config.node_config()).await
 }
 
+/// Sorts, groupings and DISTINCT past `work_mem` spill into `<data dir>/tmp`. Their
+/// files are unnamed (nothing to clean up after a crash); anything else found there is
+/// left from elsewhere and removed.
+fn configure_spill(config: &Config) -> Result<()> {
+    let dir = config.data_dir.join("tmp");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), format!("create spill directory: {e}")))?;
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| Error::io(dir.display(), format!("list spill directory: {e}")))?;
+    for entry in entries.flatten() {
+        if let Err(e) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(file = %entry.path().display(), error = %e, "could not remove a leftover spill file");
+        }
+    }
+    amberdb_sql::spill::configure(Some(dir), config.work_mem);
+    Ok(())
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMBERDB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn"));
@@ -76,6 +93,7 @@ fn init_tracing() {
 async fn run_server(args: config::ServerArgs) -> Result<()> {
     let config = Config::load(&args)?;
     let node = open_node(&config.data_dir, &config).await?;
+    configure_spill(&config)?;
     amberdb_sql::cleanup_pending_restores(&node).await?;
     let collector = tokio::spawn(collect_dropped_loop(node.clone()));
     let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -86,6 +86,69 @@ async fn large_results_stream_in_bounded_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sorts_groupings_and_distinct_spill_past_work_mem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // The flag sets the server's default; nothing in the session changes it.
+    let s = Server::start_with(&data, &["--work-mem".as_ref(), "1MB".as_ref()]);
+    let pid = s.child.id();
+    let (client, _conn) = connect(&s).await;
+    let show = client.query_one("SHOW work_mem", &[]).await.unwrap();
+    assert_eq!(show.get::<_, &str>(0), "1MB");
+    let base = status_kb(pid, "VmHWM:");
+
+    // ~150 MB of rows sorted (no index gives this order), streamed back in order.
+    const N: i64 = 500_000;
+    let rows = client
+        .query_raw("SELECT g, repeat('s', 200) FROM generate_series(1, $1::bigint) g ORDER BY g % 1000, g DESC", [N])
+        .await
+        .unwrap();
+    let mut rows = std::pin::pin!(rows);
+    let (mut count, mut last) = (0i64, (-1i64, i64::MAX));
+    while let Some(r) = rows.try_next().await.unwrap() {
+        let g: i64 = r.get(0);
+        let key = (g % 1000, g);
+        assert!(key.0 > last.0 || (key.0 == last.0 && key.1 < last.1), "{key:?} after {last:?}");
+        last = key;
+        count += 1;
+    }
+    assert_eq!(count, N);
+
+    // 300,000 groups, each with a wide key.
+    let rows = client
+        .query_raw(
+            "SELECT g % 300000, repeat('k', 200), count(*), sum(g) FROM generate_series(1, 900000) g GROUP BY 1, 2",
+            Vec::<i64>::new(),
+        )
+        .await
+        .unwrap();
+    let (groups, total) = rows
+        .try_fold((0i64, 0i64), |(n, t), r| async move {
+            assert_eq!(r.get::<_, i64>(2), 3, "every group has three rows");
+            Ok((n + 1, t + r.get::<_, i64>(3)))
+        })
+        .await
+        .unwrap();
+    assert_eq!((groups, total), (300_000, 900_000 * 900_001 / 2));
+
+    // 400,000 distinct wide rows.
+    let rows = client
+        .query_raw("SELECT DISTINCT g % 400000, repeat('d', 200) FROM generate_series(1, 800000) g", Vec::<i64>::new())
+        .await
+        .unwrap();
+    let distinct = rows.try_fold(0i64, |n, _| async move { Ok(n + 1) }).await.unwrap();
+    assert_eq!(distinct, 400_000);
+
+    let grown = status_kb(pid, "VmHWM:").saturating_sub(base);
+    eprintln!("server peak RSS: {base} KiB before, grew by {grown} KiB");
+    // Held in memory, each of these would take well over 100 MiB.
+    assert!(grown < 60 * 1024, "server peak RSS grew by {grown} KiB over spilling sort/group/distinct");
+    // Spill files are unnamed: nothing is left behind.
+    let left: Vec<_> = std::fs::read_dir(data.join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "files left in the spill directory: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_results_stop_and_the_server_keeps_serving() {
     let s = Server::start();
     let pid = s.child.id();

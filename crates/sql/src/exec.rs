@@ -18,6 +18,7 @@
 use crate::catalog::{Catalog, Column, IndexDef, TableDef};
 use crate::expr::{ident, AggBinding, AggCall, AggFunc, BinOp, Binder, Expr, ScopeCol};
 use crate::pipeline::{self, materialized, Params, Row, RowIter, SortKey};
+use crate::spill;
 use crate::types::{DataType, Value};
 use amberdb_encoding::keycode::KeyEncoder;
 use amberdb_error::{Error, Result};
@@ -25,6 +26,7 @@ use amberdb_mvcc::Transaction;
 use sqlparser::ast;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 /// A result column.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +95,7 @@ fn scope_of(def: &TableDef, alias: &str) -> Vec<ScopeCol> {
         .collect()
 }
 
-fn row_identity(row: &[Value]) -> Vec<u8> {
+pub(crate) fn row_identity(row: &[Value]) -> Vec<u8> {
     row.iter().fold(KeyEncoder::new(), |e, v| v.encode_key(e)).finish()
 }
 
@@ -722,6 +724,105 @@ impl Acc {
     }
 }
 
+/// GROUP BY over rows already evaluated to `group keys ++ aggregate arguments`, with
+/// memory bounded by `work_mem`: groups met while there is room are folded in memory;
+/// rows of other groups go to partition files, each grouped the same way (one level
+/// down) after the groups in memory are out. See `spill` for why this terminates.
+struct Grouping {
+    keys: usize,
+    calls: Arc<[(AggFunc, bool)]>,
+    budget: usize,
+    out: std::vec::IntoIter<Row>,
+    pending: std::collections::VecDeque<(spill::SpillReader, u32)>,
+    failed: bool,
+}
+
+impl Grouping {
+    fn new(input: RowIter, keys: usize, calls: Arc<[(AggFunc, bool)]>, budget: usize, global: bool) -> Result<Self> {
+        let mut g =
+            Self { keys, calls, budget, out: Vec::new().into_iter(), pending: Default::default(), failed: false };
+        let mut rows = g.fold_level(input, 0)?;
+        if rows.is_empty() && global {
+            // An aggregate without GROUP BY has one row even over no input.
+            rows.push(g.calls.iter().map(|&(f, _)| Acc::new(f).finish()).collect());
+        }
+        g.out = rows.into_iter();
+        Ok(g)
+    }
+
+    /// Folds `input` into the groups that fit; queues the partitions of the rest.
+    fn fold_level(&mut self, input: RowIter, level: u32) -> Result<Vec<Row>> {
+        let mut groups: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
+        let mut bytes = 0usize;
+        let mut spilled = spill::Partitions::new(level);
+        for r in input {
+            let r = r?;
+            let id = row_identity(&r[..self.keys]);
+            let room = bytes < self.budget || groups.is_empty();
+            let entry = match groups.entry(id) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) if room => {
+                    bytes += v.key().len() + spill::row_bytes(&r[..self.keys]) + 64 * self.calls.len() + 64;
+                    let fresh = (
+                        r[..self.keys].to_vec(),
+                        self.calls.iter().map(|&(f, _)| Acc::new(f)).collect(),
+                        self.calls.iter().map(|_| HashSet::new()).collect(),
+                    );
+                    v.insert(fresh)
+                }
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    spilled.push(v.key(), &r)?;
+                    continue;
+                }
+            };
+            for (i, (&(_, distinct), v)) in self.calls.iter().zip(r.into_iter().skip(self.keys)).enumerate() {
+                if distinct && !v.is_null() {
+                    let seen = row_identity(std::slice::from_ref(&v));
+                    let len = seen.len();
+                    if !entry.2[i].insert(seen) {
+                        continue;
+                    }
+                    // Counted, but a group's DISTINCT set is not spilled: it stays in memory.
+                    bytes += len + 48;
+                }
+                entry.1[i].add(v)?;
+            }
+        }
+        let next = spilled.next_level();
+        self.pending.extend(spilled.finish()?.into_iter().map(|r| (r, next)));
+        Ok(groups
+            .into_values()
+            .map(|(mut keys, accs, _)| {
+                keys.extend(accs.into_iter().map(Acc::finish));
+                keys
+            })
+            .collect())
+    }
+}
+
+impl Iterator for Grouping {
+    type Item = Result<Row>;
+
+    fn next(&mut self) -> Option<Result<Row>> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            if let Some(r) = self.out.next() {
+                return Some(Ok(r));
+            }
+            let (part, level) = self.pending.pop_front()?;
+            match self.fold_level(Box::new(part), level) {
+                Ok(rows) => self.out = rows.into_iter(),
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
 fn agg_type(call: &AggCall, scope: &[ScopeCol]) -> Option<DataType> {
     match call.func {
         AggFunc::CountStar | AggFunc::Count => Some(DataType::Int8),
@@ -853,12 +954,7 @@ fn set_expr_rows(txn: &mut Transaction, e: &ast::SetExpr, params: &Params) -> Re
                     })
                 }
             };
-            let rows = if all {
-                rows
-            } else {
-                let mut seen = HashSet::new();
-                pipeline::filter(rows, move |r| Ok(seen.insert(row_identity(r))))
-            };
+            let rows = if all { rows } else { spill::distinct(rows, usize::MAX, spill::work_mem()) };
             Ok((columns, rows))
         }
         other => Err(feature(format!("query {other}"))),
@@ -892,7 +988,7 @@ fn order_output(
         let desc = matches!(o.options.sort, Some(ast::OrderBySort::Desc));
         keys.push((pos, desc, o.options.nulls_first.unwrap_or(desc)));
     }
-    Ok(materialized(pipeline::sorted(rows, &keys, top)?))
+    spill::sort(rows, &keys, top, spill::work_mem())
 }
 
 fn select_rows(
@@ -970,6 +1066,9 @@ fn select_rows(
     }
 
     let mut projection_correlated: Vec<crate::expr::Correlated> = Vec::new();
+    // GROUP BY 2 and GROUP BY <output alias> name select items, as in PostgreSQL.
+    let group_exprs: Vec<ast::Expr> =
+        group_exprs.into_iter().map(|g| group_item(g, &select.projection, &source.scope)).collect::<Result<_>>()?;
     let mut agg_binding =
         AggBinding { group_texts: group_exprs.iter().map(|e| e.to_string()).collect(), calls: vec![] };
     let (in_scope, mut exprs, mut columns, having) = if aggregate {
@@ -999,41 +1098,22 @@ fn select_rows(
             name: c.text.clone(),
             ty: agg_type(c, &source.scope),
         }));
-        // Group: input rows stream through; memory holds one entry per group.
-        let mut groups: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
-        for r in rows {
-            let r = r?;
-            let key_vals: Row = group_bound.iter().map(|g| g.eval(&r, params)).collect::<Result<_>>()?;
-            let entry = groups.entry(row_identity(&key_vals)).or_insert_with(|| {
-                (
-                    key_vals.clone(),
-                    agg_binding.calls.iter().map(|c| Acc::new(c.func)).collect(),
-                    agg_binding.calls.iter().map(|_| HashSet::new()).collect(),
-                )
-            });
-            for (i, c) in agg_binding.calls.iter().enumerate() {
-                let v = match &c.arg {
-                    Some(a) => a.eval(&r, params)?,
+        // Group: input rows stream through; memory holds one entry per group, up to
+        // work_mem (then rows of further groups are partitioned to disk, see `spill`).
+        let p = params.clone();
+        let calls: Arc<[(AggFunc, bool)]> = agg_binding.calls.iter().map(|c| (c.func, c.distinct)).collect();
+        let args: Vec<Option<Expr>> = agg_binding.calls.iter().map(|c| c.arg.clone()).collect();
+        let evaluated = pipeline::map(rows, move |r| {
+            let mut out: Row = group_bound.iter().map(|g| g.eval(&r, &p)).collect::<Result<_>>()?;
+            for a in &args {
+                out.push(match a {
+                    Some(a) => a.eval(&r, &p)?,
                     None => Value::Null,
-                };
-                if c.distinct && !v.is_null() && !entry.2[i].insert(row_identity(std::slice::from_ref(&v))) {
-                    continue;
-                }
-                entry.1[i].add(v)?;
+                });
             }
-        }
-        if groups.is_empty() && group_exprs.is_empty() {
-            groups.insert(vec![], (vec![], agg_binding.calls.iter().map(|c| Acc::new(c.func)).collect(), vec![]));
-        }
-        rows = materialized(
-            groups
-                .into_values()
-                .map(|(mut keys, accs, _)| {
-                    keys.extend(accs.into_iter().map(Acc::finish));
-                    keys
-                })
-                .collect(),
-        );
+            Ok(out)
+        });
+        rows = Box::new(Grouping::new(evaluated, group_exprs.len(), calls, spill::work_mem(), group_exprs.is_empty())?);
         let columns: Vec<OutColumn> =
             names.into_iter().zip(&exprs).map(|(name, e)| OutColumn { name, ty: e.result_type(&agg_scope) }).collect();
         (agg_scope, exprs, columns, having)
@@ -1128,13 +1208,12 @@ fn select_rows(
     match &select.distinct {
         None | Some(ast::Distinct::All) => {}
         Some(ast::Distinct::Distinct) => {
-            let mut seen = HashSet::new();
-            rows = pipeline::filter(rows, move |r| Ok(seen.insert(row_identity(&r[..visible]))));
+            rows = spill::distinct(rows, visible, spill::work_mem());
         }
         Some(ast::Distinct::On(_)) => return Err(feature("DISTINCT ON")),
     }
     if !order_keys.is_empty() && !presorted {
-        rows = materialized(pipeline::sorted(rows, &order_keys, top)?);
+        rows = spill::sort(rows, &order_keys, top, spill::work_mem())?;
     }
     if hidden {
         rows = pipeline::map(rows, move |mut r| {
@@ -1144,6 +1223,34 @@ fn select_rows(
     }
     columns.truncate(visible);
     Ok((columns, rows))
+}
+
+/// A GROUP BY item: a select-list position or an output column's alias stands for that
+/// select item's expression; anything else is itself (an input column name wins over
+/// an alias, as in PostgreSQL).
+fn group_item(g: ast::Expr, projection: &[ast::SelectItem], scope: &[ScopeCol]) -> Result<ast::Expr> {
+    let item_expr = |p: &ast::SelectItem| match p {
+        ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => Some(e.clone()),
+        _ => None,
+    };
+    match &g {
+        ast::Expr::Value(v) => {
+            let ast::Value::Number(n, _) = &v.value else { return Ok(g) };
+            let k: usize = n.parse().map_err(|_| Error::sql("42601", format!("invalid GROUP BY position {n}")))?;
+            k.checked_sub(1)
+                .and_then(|i| projection.get(i))
+                .and_then(item_expr)
+                .ok_or_else(|| Error::sql("42P10", format!("GROUP BY position {k} is not in select list")))
+        }
+        ast::Expr::Identifier(i) if !scope.iter().any(|c| c.name == ident(i)) => Ok(projection
+            .iter()
+            .find_map(|p| match p {
+                ast::SelectItem::ExprWithAlias { expr, alias } if ident(alias) == ident(i) => Some(expr.clone()),
+                _ => None,
+            })
+            .unwrap_or(g)),
+        _ => Ok(g),
+    }
 }
 
 /// The query's OFFSET and LIMIT (evaluated before any row is read).

@@ -32,6 +32,7 @@ mod interval;
 mod pg_catalog;
 mod pipeline;
 mod session;
+pub mod spill;
 mod time;
 mod types;
 

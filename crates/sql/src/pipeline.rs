@@ -4,10 +4,11 @@
 //! (its storage scans hold their own read-version registration, expressions are bound
 //! and parameters shared), so it can be pulled after the statement returned, on another
 //! thread, while the session runs its next statement. Stages that must see every row
-//! before emitting one (aggregation, sorting, the right side of a nested-loop join,
-//! INTERSECT/EXCEPT) collect what they need; everything else is a per-row adapter, so a
-//! scan, filter, projection, DISTINCT or LIMIT keeps memory independent of table size
-//! and a LIMIT stops reading early.
+//! before emitting one (grouping, sorting, DISTINCT) hold at most `work_mem` and spill
+//! the rest to temporary files (`spill`); the right side of a nested-loop join and
+//! INTERSECT/EXCEPT's right input are still held in memory. Everything else is a
+//! per-row adapter, so a scan, filter, projection or LIMIT keeps memory independent of
+//! table size and a LIMIT stops reading early.
 //!
 //! ```text
 //!   scan ─▶ filter ─▶ [join: right side collected] ─▶ project ─▶ distinct ─▶ limit ─▶ client
@@ -93,31 +94,6 @@ pub fn compare(a: &[Value], b: &[Value], keys: &[SortKey]) -> Ordering {
         }
     }
     Ordering::Equal
-}
-
-/// Sorts in place (stable, so rows equal under `keys` keep their input order).
-pub fn sort(rows: &mut [Row], keys: &[SortKey]) {
-    rows.sort_by(|a, b| compare(a, b, keys));
-}
-
-/// Collects and sorts the input. With `top`, keeps only the first `top` rows in sort
-/// order while reading (ORDER BY … LIMIT), so memory is bounded by the limit rather
-/// than the input.
-pub fn sorted(rows: RowIter, keys: &[SortKey], top: Option<usize>) -> Result<Vec<Row>> {
-    let mut buf = Vec::new();
-    let compact_at = top.map(|k| k.saturating_mul(2).max(1024));
-    for r in rows {
-        buf.push(r?);
-        if compact_at.is_some_and(|n| buf.len() >= n) {
-            sort(&mut buf, keys);
-            buf.truncate(top.unwrap_or(usize::MAX));
-        }
-    }
-    sort(&mut buf, keys);
-    if let Some(k) = top {
-        buf.truncate(k);
-    }
-    Ok(buf)
 }
 
 /// A nested-loop join: the left input streams, the right one is held in memory.
@@ -258,19 +234,6 @@ mod tests {
         let failing: RowIter =
             Box::new(vec![Ok(vec![Value::Int(1)]), Err(Error::sql("22012", "division by zero"))].into_iter());
         assert!(collect(limit(failing, 5, None)).is_err(), "an error inside OFFSET must not be skipped");
-    }
-
-    #[test]
-    fn top_k_equals_full_sort_prefix() {
-        let input: Vec<i64> = (0..5000).map(|i| (i * 7919) % 3001).collect();
-        let keys = [(0, false, false)];
-        for k in [0, 1, 10, 600, 5000, 9000] {
-            let top: Vec<i64> = collect(materialized(sorted(ints(&input), &keys, Some(k)).unwrap())).unwrap();
-            let mut full = input.clone();
-            full.sort();
-            full.truncate(k);
-            assert_eq!(top, full, "k = {k}");
-        }
     }
 
     #[test]

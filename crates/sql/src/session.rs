@@ -74,6 +74,8 @@ pub struct Session {
     /// (rows are produced lazily); the open transaction block is then failed, as it
     /// would have been had the error come before the first row.
     stream_failed: Arc<std::sync::atomic::AtomicBool>,
+    /// `SET work_mem` of this session (None: the server's default).
+    work_mem: Option<usize>,
 }
 
 /// A COPY FROM STDIN in progress.
@@ -138,6 +140,7 @@ fn show_value(name: &str) -> Option<String> {
             "standard_conforming_strings" => "on",
             "search_path" => "\"$user\", public",
             "max_identifier_length" => "63",
+            "work_mem" => return Some(crate::spill::format_work_mem(crate::spill::work_mem())),
             _ => return None,
         }
         .to_string(),
@@ -147,7 +150,7 @@ fn show_value(name: &str) -> Option<String> {
 impl Session {
     /// A new idle session.
     pub fn new(node: Arc<Node>, env: Arc<Env>) -> Self {
-        Self { node, env, txn: None, failed: false, copy: None, stream_failed: Arc::default() }
+        Self { node, env, txn: None, failed: false, copy: None, stream_failed: Arc::default(), work_mem: None }
     }
 
     /// The transaction state.
@@ -336,8 +339,53 @@ impl Session {
         if self.stream_failed.swap(false, std::sync::atomic::Ordering::SeqCst) && self.txn.is_some() {
             self.failed = true;
         }
+        if let Statement::Sql { ast, .. } = stmt {
+            if let Some(outcome) = self.session_setting(ast)? {
+                return Ok(outcome);
+            }
+        }
         let outcome = self.execute_inner(stmt, params).await?;
         Ok(self.watch(outcome))
+    }
+
+    /// `SET work_mem`, `SET work_mem TO DEFAULT`, `RESET work_mem`, `RESET ALL`: the
+    /// settings this session keeps (others are accepted and ignored by `run`). A setting
+    /// takes effect at once and is not undone by ROLLBACK.
+    fn session_setting(&mut self, stmt: &ast::Statement) -> Result<Option<Outcome>> {
+        let is_work_mem = |name: &ast::ObjectName| name.to_string().eq_ignore_ascii_case("work_mem");
+        let value = match stmt {
+            ast::Statement::Set(ast::Set::SingleAssignment { variable, values, .. }) if is_work_mem(variable) => {
+                match values.as_slice() {
+                    [ast::Expr::Identifier(i)] if i.value.eq_ignore_ascii_case("default") => None,
+                    [ast::Expr::Value(v)] => Some(match &v.value {
+                        ast::Value::Number(n, _) => crate::spill::parse_work_mem(n)?,
+                        ast::Value::SingleQuotedString(t) => crate::spill::parse_work_mem(t)?,
+                        other => crate::spill::parse_work_mem(&other.to_string())?,
+                    }),
+                    other => {
+                        let text = other.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                        return Err(Error::sql(
+                            "22023",
+                            format!("invalid value for parameter \"work_mem\": \"{text}\""),
+                        ));
+                    }
+                }
+            }
+            ast::Statement::Reset(r) => match &r.reset {
+                ast::Reset::ALL => None,
+                ast::Reset::ConfigurationParameter(name) if is_work_mem(name) => None,
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        if self.failed {
+            return Err(Error::sql(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        self.work_mem = value;
+        Ok(Some(Outcome::Command(if matches!(stmt, ast::Statement::Reset(_)) { "RESET" } else { "SET" }.into())))
     }
 
     async fn execute_inner(&mut self, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
@@ -370,7 +418,7 @@ impl Session {
                 Error::InvalidInput(m) => Error::sql("22023", m),
                 other => other,
             })?;
-            return run(&mut txn, stmt, params);
+            return crate::spill::with_work_mem(self.work_mem, || run(&mut txn, stmt, params));
         }
         if matches!(stmt, ast::Statement::Copy { .. }) {
             if self.failed {
@@ -379,7 +427,8 @@ impl Session {
                     "current transaction is aborted, commands ignored until end of transaction block",
                 ));
             }
-            let r = self.start_copy(stmt);
+            let work_mem = self.work_mem;
+            let r = crate::spill::with_work_mem(work_mem, || self.start_copy(stmt));
             if r.is_err() && self.txn.is_some() {
                 self.failed = true;
             }
@@ -416,8 +465,9 @@ impl Session {
                 "current transaction is aborted, commands ignored until end of transaction block",
             ));
         }
+        let work_mem = self.work_mem;
         if let Some(txn) = self.txn.as_mut() {
-            let r = run(txn, stmt, params);
+            let r = crate::spill::with_work_mem(work_mem, || run(txn, stmt, params));
             if r.is_err() {
                 self.failed = true;
             }
@@ -427,7 +477,7 @@ impl Session {
         let mut attempt = 0;
         loop {
             let mut txn = self.node.begin()?;
-            let outcome = run(&mut txn, stmt, params)?;
+            let outcome = crate::spill::with_work_mem(work_mem, || run(&mut txn, stmt, params))?;
             match self.node.commit(txn).await {
                 Ok(_) => return Ok(outcome),
                 Err(e) if e.is_retryable() && attempt < AUTOCOMMIT_RETRIES => attempt += 1,
