@@ -25,7 +25,6 @@ use pgwire::api::auth::{
     protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, DefaultServerParameterProvider,
     StartupHandler,
 };
-use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -110,6 +109,7 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     let connections = Arc::new(ConnectionManager::new());
+    let interrupts: Arc<Interrupts> = Arc::default();
     let scram = if auth.users.is_empty() {
         None
     } else {
@@ -123,7 +123,12 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    let handlers = Handlers::new(node.clone(), env.clone(), connections.clone(), scram.clone());
+                    let handlers = Handlers::new(
+                        node.clone(),
+                        env.clone(),
+                        Cancel { connections: connections.clone(), interrupts: interrupts.clone() },
+                        scram.clone(),
+                    );
                     tokio::spawn(async move {
                         if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -156,21 +161,59 @@ struct Conn {
 pub struct Handlers {
     conn: Arc<Conn>,
     parser: Arc<Parser>,
-    connections: Arc<ConnectionManager>,
+    cancel: Cancel,
+    /// The session's interrupt flag, registered for cancel requests at startup.
+    interrupt: Arc<std::sync::atomic::AtomicBool>,
     scram: Option<Arc<ScramAuth>>,
+}
+
+/// Interrupt flags of the open sessions by their cancel key (pid, secret). Weak: a
+/// closed connection's entry is dead and swept at the next registration.
+type Interrupts =
+    std::sync::Mutex<std::collections::HashMap<(i32, bytes::Bytes), std::sync::Weak<std::sync::atomic::AtomicBool>>>;
+
+/// Cancel requests: pgwire's (which drops the running `do_query` at its next await)
+/// plus the session's interrupt flag (which stops the loops of a statement executing
+/// synchronously: sorts, groupings, scans; see `amberdb_sql` interrupt).
+#[derive(Clone)]
+struct Cancel {
+    connections: Arc<ConnectionManager>,
+    interrupts: Arc<Interrupts>,
+}
+
+impl Cancel {
+    fn register(
+        &self,
+        pid: i32,
+        key: &pgwire::messages::startup::SecretKey,
+        flag: &Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        if let Ok(mut map) = self.interrupts.lock() {
+            map.retain(|_, f| f.strong_count() > 0);
+            map.insert((pid, key.to_bytes()), Arc::downgrade(flag));
+        }
+    }
+}
+
+#[async_trait]
+impl pgwire::api::cancel::CancelHandler for Cancel {
+    async fn on_cancel_request(&self, req: pgwire::messages::cancel::CancelRequest) {
+        let flag = self.interrupts.lock().ok().and_then(|m| m.get(&(req.pid, req.secret_key.to_bytes())).cloned());
+        if let Some(flag) = flag.and_then(|f| f.upgrade()) {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.connections.cancel(req.pid, &req.secret_key).await;
+    }
 }
 
 type ScramAuth = pgwire::api::auth::sasl::scram::ScramAuth;
 
 impl Handlers {
-    fn new(
-        node: Arc<Node>,
-        env: Arc<amberdb_sql::Env>,
-        connections: Arc<ConnectionManager>,
-        scram: Option<Arc<ScramAuth>>,
-    ) -> Self {
-        let conn = Arc::new(Conn { session: Mutex::new(Session::new(node.clone(), env)), node });
-        Self { parser: Arc::new(Parser { conn: conn.clone() }), conn, connections, scram }
+    fn new(node: Arc<Node>, env: Arc<amberdb_sql::Env>, cancel: Cancel, scram: Option<Arc<ScramAuth>>) -> Self {
+        let session = Session::new(node.clone(), env);
+        let interrupt = session.interrupt_flag();
+        let conn = Arc::new(Conn { session: Mutex::new(session), node });
+        Self { parser: Arc::new(Parser { conn: conn.clone() }), conn, cancel, interrupt, scram }
     }
 }
 
@@ -179,15 +222,18 @@ impl Handlers {
 struct Startup {
     driver: AuthDriver<DefaultServerParameterProvider>,
     scram: Option<Arc<ScramAuth>>,
+    cancel: Cancel,
+    interrupt: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Startup {
-    fn new(connections: Arc<ConnectionManager>, scram: Option<Arc<ScramAuth>>) -> Self {
+    fn new(cancel: Cancel, interrupt: Arc<std::sync::atomic::AtomicBool>, scram: Option<Arc<ScramAuth>>) -> Self {
+        let connections = cancel.connections.clone();
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = amberdb_sql::SERVER_VERSION.to_string();
         params.time_zone = "UTC".to_string();
         params.date_style = "ISO, MDY".to_string();
-        Self { driver: AuthDriver::new(params).with_connection_manager(connections), scram }
+        Self { driver: AuthDriver::new(params).with_connection_manager(connections), scram, cancel, interrupt }
     }
 }
 
@@ -200,8 +246,18 @@ impl Startup {
     {
         if let pgwire::api::auth::driver::AuthOutcome::Authenticated { final_message, .. } = outcome {
             self.driver.complete_authentication(client, final_message).await?;
+            self.registered(client);
         }
         Ok(())
+    }
+}
+
+impl Startup {
+    /// The connection has its cancel key now (sent in BackendKeyData): cancel requests
+    /// carrying it reach the session's interrupt flag.
+    fn registered<C: ClientInfo>(&self, client: &C) {
+        let (pid, key) = client.pid_and_secret_key();
+        self.cancel.register(pid, &key, &self.interrupt);
     }
 }
 
@@ -227,7 +283,10 @@ impl StartupHandler for Startup {
                 return Err(fatal("3D000", format!("database \"{database}\" does not exist")));
             }
             match &self.scram {
-                None => self.driver.complete_authentication(client, None).await?,
+                None => {
+                    self.driver.complete_authentication(client, None).await?;
+                    self.registered(client);
+                }
                 Some(scram) => {
                     use pgwire::api::auth::mechanism::AuthMechanismFactory;
                     let outcome = self.driver.begin_authentication(client, scram.create()).await?;
@@ -252,7 +311,7 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(Startup::new(self.connections.clone(), self.scram.clone()))
+        Arc::new(Startup::new(self.cancel.clone(), self.interrupt.clone(), self.scram.clone()))
     }
 
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
@@ -260,7 +319,7 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
-        Arc::new(DefaultCancelHandler::new(self.connections.clone()))
+        Arc::new(self.cancel.clone())
     }
 }
 

@@ -220,6 +220,49 @@ async fn a_cancel_request_stops_a_streaming_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_sorts_and_groupings_leave_workers_free_and_can_be_canceled() {
+    let s = Server::start();
+    // Two statements that would run for hours before their first row: a grouping and a
+    // sort over an endless series. The server has two async workers; neither may be
+    // held by them.
+    let heavy = [
+        "SELECT g % 7, count(*) FROM generate_series(1, 9223372036854775807) g GROUP BY 1",
+        "SELECT g FROM generate_series(1, 9223372036854775807) g ORDER BY g DESC",
+    ];
+    let mut running = Vec::new();
+    for sql in heavy {
+        let (client, conn) = connect(&s).await;
+        let cancel = client.cancel_token();
+        let task = tokio::spawn(async move {
+            let err = client.query(sql, &[]).await.expect_err("an endless statement ended");
+            (err, client)
+        });
+        running.push((cancel, task, conn));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = async {
+        let (other, _conn) = connect(&s).await;
+        other.query_one("SELECT count(*) FROM generate_series(1, 1000)", &[]).await
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(20), third)
+        .await
+        .expect("a third connection was not served while two long statements ran")
+        .unwrap();
+    assert_eq!(answered.get::<_, i64>(0), 1000);
+    for (cancel, task, _conn) in running {
+        cancel.cancel_query(NoTls).await.unwrap();
+        let (err, client) = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("a canceled statement kept running")
+            .unwrap();
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{err}");
+        // The connection carries on, and its next statement is not canceled.
+        let row = client.query_one("SELECT count(*) FROM generate_series(1, 10)", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i64>(0), 10);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn describing_a_statement_does_not_run_it() {
     use tokio_postgres::types::Type;
     let s = Server::start();

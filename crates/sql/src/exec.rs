@@ -133,6 +133,7 @@ fn read_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<Ve
         Access::Range(range, None) => txn
             .scan(range)
             .map(|kv| {
+                crate::interrupt::check_current()?;
                 let (key, raw) = kv?;
                 Ok(StoredRow { row: def.decode_row(&raw)?, key })
             })
@@ -140,6 +141,7 @@ fn read_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<Ve
         Access::Scan => txn
             .scan(def.rows_range())
             .map(|kv| {
+                crate::interrupt::check_current()?;
                 let (key, raw) = kv?;
                 Ok(StoredRow { row: def.decode_row(&raw)?, key })
             })
@@ -180,7 +182,7 @@ fn stream_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<
         other => return Ok(materialized(read_rows(txn, def, other)?.into_iter().map(|r| r.row).collect())),
     };
     let def = def.clone();
-    Ok(Box::new(txn.scan(range).map(move |kv| def.decode_row(&kv?.1))))
+    Ok(crate::interrupt::rows(Box::new(txn.scan(range).map(move |kv| def.decode_row(&kv?.1)))))
 }
 
 /// Splits a predicate into AND-ed conjuncts.
@@ -486,14 +488,14 @@ fn table_factor(
                 (Some(start), Some(stop), Some(step)) => {
                     // Produced as pulled: the series is never held in memory.
                     let mut next = Some(start);
-                    Box::new(std::iter::from_fn(move || {
+                    crate::interrupt::rows(Box::new(std::iter::from_fn(move || {
                         let v = next?;
                         if (step > 0 && v > stop) || (step < 0 && v < stop) {
                             return None;
                         }
                         next = v.checked_add(step);
                         Some(Ok(vec![Value::Int(v)]))
-                    }))
+                    })))
                 }
                 _ => materialized(vec![]),
             };

@@ -28,6 +28,7 @@ mod describe;
 mod exec;
 mod expr;
 mod info_schema;
+mod interrupt;
 mod interval;
 mod pg_catalog;
 mod pipeline;

@@ -76,6 +76,8 @@ pub struct Session {
     stream_failed: Arc<std::sync::atomic::AtomicBool>,
     /// `SET work_mem` of this session (None: the server's default).
     work_mem: Option<usize>,
+    /// Set by a cancel request; checked by the loops of the running statement.
+    interrupt: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A COPY FROM STDIN in progress.
@@ -150,7 +152,16 @@ fn show_value(name: &str) -> Option<String> {
 impl Session {
     /// A new idle session.
     pub fn new(node: Arc<Node>, env: Arc<Env>) -> Self {
-        Self { node, env, txn: None, failed: false, copy: None, stream_failed: Arc::default(), work_mem: None }
+        Self {
+            node,
+            env,
+            txn: None,
+            failed: false,
+            copy: None,
+            stream_failed: Arc::default(),
+            work_mem: None,
+            interrupt: Arc::default(),
+        }
     }
 
     /// The transaction state.
@@ -335,7 +346,31 @@ impl Session {
     }
 
     /// Executes one statement with bind parameters.
+    /// The flag a cancel request for this session sets (see `interrupt`).
+    pub fn interrupt_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.interrupt.clone()
+    }
+
+    /// Runs `f` (a statement's execution) with this session's settings, off the async
+    /// worker when there is a multi-threaded runtime: a long sort or grouping must not
+    /// hold a worker other connections (and cancel requests) need.
+    fn in_statement<T>(
+        work_mem: Option<usize>,
+        interrupt: &Arc<std::sync::atomic::AtomicBool>,
+        f: impl FnOnce() -> T,
+    ) -> T {
+        let flag = Some(interrupt.clone());
+        let run = || crate::interrupt::with_flag(flag, || crate::spill::with_work_mem(work_mem, f));
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
+    }
+
     pub async fn execute(&mut self, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
+        self.interrupt.store(false, std::sync::atomic::Ordering::SeqCst);
         if self.stream_failed.swap(false, std::sync::atomic::Ordering::SeqCst) && self.txn.is_some() {
             self.failed = true;
         }
@@ -418,7 +453,7 @@ impl Session {
                 Error::InvalidInput(m) => Error::sql("22023", m),
                 other => other,
             })?;
-            return crate::spill::with_work_mem(self.work_mem, || run(&mut txn, stmt, params));
+            return Self::in_statement(self.work_mem, &self.interrupt, || run(&mut txn, stmt, params));
         }
         if matches!(stmt, ast::Statement::Copy { .. }) {
             if self.failed {
@@ -427,8 +462,8 @@ impl Session {
                     "current transaction is aborted, commands ignored until end of transaction block",
                 ));
             }
-            let work_mem = self.work_mem;
-            let r = crate::spill::with_work_mem(work_mem, || self.start_copy(stmt));
+            let (work_mem, interrupt) = (self.work_mem, self.interrupt.clone());
+            let r = Self::in_statement(work_mem, &interrupt, || self.start_copy(stmt));
             if r.is_err() && self.txn.is_some() {
                 self.failed = true;
             }
@@ -465,9 +500,9 @@ impl Session {
                 "current transaction is aborted, commands ignored until end of transaction block",
             ));
         }
-        let work_mem = self.work_mem;
+        let (work_mem, interrupt) = (self.work_mem, self.interrupt.clone());
         if let Some(txn) = self.txn.as_mut() {
-            let r = crate::spill::with_work_mem(work_mem, || run(txn, stmt, params));
+            let r = Self::in_statement(work_mem, &interrupt, || run(txn, stmt, params));
             if r.is_err() {
                 self.failed = true;
             }
@@ -477,7 +512,7 @@ impl Session {
         let mut attempt = 0;
         loop {
             let mut txn = self.node.begin()?;
-            let outcome = crate::spill::with_work_mem(work_mem, || run(&mut txn, stmt, params))?;
+            let outcome = Self::in_statement(work_mem, &interrupt, || run(&mut txn, stmt, params))?;
             match self.node.commit(txn).await {
                 Ok(_) => return Ok(outcome),
                 Err(e) if e.is_retryable() && attempt < AUTOCOMMIT_RETRIES => attempt += 1,

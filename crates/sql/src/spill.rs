@@ -147,19 +147,56 @@ fn io_error(what: &str, e: std::io::Error) -> Error {
     }
 }
 
+/// Free space spilling leaves on the spill directory's file system for the database's
+/// own writes (commit log, engine): 1 GiB, or a tenth of a smaller file system.
+const RESERVE_BYTES: u64 = 1 << 30;
+
+/// Bytes a spill file grows by between two free-space checks.
+const CHECK_EVERY: u64 = 32 << 20;
+
+/// Fails (53100) rather than let a runaway sort fill the disk the database writes to.
+// statvfs field types differ by platform (u32 on some), hence the casts.
+#[allow(clippy::unnecessary_cast)]
+fn check_space(dir: &std::path::Path) -> Result<()> {
+    let Ok(st) = nix::sys::statvfs::statvfs(dir) else { return Ok(()) };
+    let frag = st.fragment_size() as u64;
+    let (total, avail) = (st.blocks() as u64 * frag, st.blocks_available() as u64 * frag);
+    if let Some(reserve) = short_of_reserve(total, avail) {
+        return Err(Error::sql(
+            "53100",
+            format!(
+                "could not write to temporary file: {} has {} MiB free, less than the {} MiB kept for the database's own writes; lower the sort's input or free space",
+                dir.display(),
+                avail >> 20,
+                reserve >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The reserve `avail` falls short of, on a file system of `total` bytes.
+fn short_of_reserve(total: u64, avail: u64) -> Option<u64> {
+    let reserve = RESERVE_BYTES.min(total / 10);
+    (avail < reserve).then_some(reserve)
+}
+
 /// A temporary file being written, one row after another.
 pub struct SpillWriter {
     out: BufWriter<File>,
     rows: u64,
     scratch: Vec<u8>,
+    dir: PathBuf,
+    unchecked: u64,
 }
 
 impl SpillWriter {
     /// A new, unnamed temporary file.
     pub fn new() -> Result<Self> {
         let dir = DIR.read().ok().and_then(|d| d.clone()).unwrap_or_else(std::env::temp_dir);
+        check_space(&dir)?;
         let file = tempfile::tempfile_in(&dir).map_err(|e| io_error("create", e))?;
-        Ok(Self { out: BufWriter::with_capacity(64 << 10, file), rows: 0, scratch: Vec::new() })
+        Ok(Self { out: BufWriter::with_capacity(64 << 10, file), rows: 0, scratch: Vec::new(), dir, unchecked: 0 })
     }
 
     /// Appends a row.
@@ -175,6 +212,11 @@ impl SpillWriter {
         self.out.write_all(&len.to_le_bytes()).map_err(|e| io_error("write to", e))?;
         self.out.write_all(&self.scratch).map_err(|e| io_error("write to", e))?;
         self.rows += 1;
+        self.unchecked += 4 + self.scratch.len() as u64;
+        if self.unchecked > CHECK_EVERY {
+            self.unchecked = 0;
+            check_space(&self.dir)?;
+        }
         Ok(())
     }
 
@@ -376,7 +418,7 @@ impl Iterator for Merge {
     }
 }
 
-/// Routes rows whose key is not held in memory to one of [`PARTITIONS`] files by a
+/// Routes rows whose key is not held in memory to one of 16 (`PARTITIONS`) files by a
 /// hash of the key that differs per level.
 pub struct Partitions {
     level: u32,
@@ -554,6 +596,17 @@ mod tests {
         // Only the first `width` columns decide.
         let got = pairs(distinct(ints(&[(1, 1), (1, 2), (2, 3)]), 1, 1));
         assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn spilling_keeps_a_reserve_of_free_space() {
+        assert_eq!(short_of_reserve(100 << 30, 2 << 30), None);
+        assert_eq!(short_of_reserve(100 << 30, 512 << 20), Some(1 << 30));
+        // A small file system keeps a tenth.
+        assert_eq!(short_of_reserve(1 << 30, 200 << 20), None);
+        assert_eq!(short_of_reserve(1 << 30, 50 << 20), Some((1 << 30) / 10));
+        // The spill directory of this machine has room: creating a file works.
+        assert!(SpillWriter::new().is_ok());
     }
 
     #[test]
