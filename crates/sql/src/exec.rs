@@ -1589,6 +1589,61 @@ fn target_table(txn: &mut Transaction, twj: &ast::TableWithJoins) -> Result<(Tab
     }
 }
 
+/// Whether a statement certainly finishes quickly: it reads or writes rows by their
+/// whole primary key, or inserts a short VALUES list, and has no subquery. The session
+/// runs such statements on the async worker; every other one moves off it first
+/// (`block_in_place`), which costs a thread hand-off that a point statement should not
+/// pay. Conservative: anything unsure is "not brief"; a statement that would fail
+/// (unknown table, bad expression) is brief, as it fails at once.
+pub fn runs_briefly(txn: &mut Transaction, stmt: &ast::Statement, params: &[Value]) -> bool {
+    let subqueries = stmt.to_string().matches("SELECT").count();
+    match stmt {
+        ast::Statement::Query(q) => {
+            let ast::SetExpr::Select(sel) = q.body.as_ref() else { return false };
+            let plain = subqueries == 1
+                && q.with.is_none()
+                && sel.from.len() == 1
+                && sel.from[0].joins.is_empty()
+                && sel.distinct.is_none()
+                && sel.having.is_none()
+                && matches!(&sel.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
+                && !sel.projection.iter().any(|p| match p {
+                    ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => {
+                        contains_aggregate(e)
+                    }
+                    _ => false,
+                });
+            plain && by_key(txn, &sel.from[0], sel.selection.as_ref(), params)
+        }
+        ast::Statement::Update(u) => {
+            subqueries == 0 && u.from.is_none() && by_key(txn, &u.table, u.selection.as_ref(), params)
+        }
+        ast::Statement::Delete(d) => {
+            let (ast::FromTable::WithFromKeyword(from) | ast::FromTable::WithoutKeyword(from)) = &d.from;
+            match from.as_slice() {
+                [twj] if subqueries == 0 && d.using.is_none() => by_key(txn, twj, d.selection.as_ref(), params),
+                _ => false,
+            }
+        }
+        ast::Statement::Insert(i) => {
+            subqueries == 0
+                && matches!(i.source.as_deref().map(|q| q.body.as_ref()),
+                    Some(ast::SetExpr::Values(v)) if v.rows.len() <= 1000)
+        }
+        _ => false,
+    }
+}
+
+/// Whether `selection` over the table of `twj` fixes its whole primary key.
+fn by_key(txn: &mut Transaction, twj: &ast::TableWithJoins, selection: Option<&ast::Expr>, params: &[Value]) -> bool {
+    let ast::TableFactor::Table { args: None, .. } = &twj.relation else { return false };
+    let Ok((def, alias)) = target_table(txn, twj) else { return true };
+    let scope = scope_of(&def, &alias);
+    let Some(selection) = selection else { return false };
+    let Ok(pred) = Binder::new(&scope).bind(selection) else { return true };
+    matches!(choose_access(&def, Some(&pred), params), Ok(Access::Key(_)) | Err(_))
+}
+
 fn matching_rows(
     txn: &mut Transaction,
     def: &TableDef,

@@ -57,7 +57,7 @@ pub fn describe_statement(
         Statement::Backup(b) => Ok((Vec::new(), Some(b.columns()))),
     }
 }
-pub use exec::{OutColumn, Outcome, RecordIter};
+pub use exec::{runs_briefly, OutColumn, Outcome, RecordIter};
 pub use interval::Interval;
 pub use pipeline::{Row, RowIter};
 pub use session::{parse, syntax_error, Session, Statement, TxnState};

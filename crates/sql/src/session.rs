@@ -357,12 +357,13 @@ impl Session {
     fn in_statement<T>(
         work_mem: Option<usize>,
         interrupt: &Arc<std::sync::atomic::AtomicBool>,
+        brief: bool,
         f: impl FnOnce() -> T,
     ) -> T {
         let flag = Some(interrupt.clone());
         let run = || crate::interrupt::with_flag(flag, || crate::spill::with_work_mem(work_mem, f));
         match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            Ok(h) if !brief && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(run)
             }
             _ => run(),
@@ -453,7 +454,8 @@ impl Session {
                 Error::InvalidInput(m) => Error::sql("22023", m),
                 other => other,
             })?;
-            return Self::in_statement(self.work_mem, &self.interrupt, || run(&mut txn, stmt, params));
+            let brief = exec::runs_briefly(&mut txn, stmt, params);
+            return Self::in_statement(self.work_mem, &self.interrupt, brief, || run(&mut txn, stmt, params));
         }
         if matches!(stmt, ast::Statement::Copy { .. }) {
             if self.failed {
@@ -463,7 +465,7 @@ impl Session {
                 ));
             }
             let (work_mem, interrupt) = (self.work_mem, self.interrupt.clone());
-            let r = Self::in_statement(work_mem, &interrupt, || self.start_copy(stmt));
+            let r = Self::in_statement(work_mem, &interrupt, false, || self.start_copy(stmt));
             if r.is_err() && self.txn.is_some() {
                 self.failed = true;
             }
@@ -502,7 +504,8 @@ impl Session {
         }
         let (work_mem, interrupt) = (self.work_mem, self.interrupt.clone());
         if let Some(txn) = self.txn.as_mut() {
-            let r = Self::in_statement(work_mem, &interrupt, || run(txn, stmt, params));
+            let brief = exec::runs_briefly(txn, stmt, params);
+            let r = Self::in_statement(work_mem, &interrupt, brief, || run(txn, stmt, params));
             if r.is_err() {
                 self.failed = true;
             }
@@ -512,7 +515,8 @@ impl Session {
         let mut attempt = 0;
         loop {
             let mut txn = self.node.begin()?;
-            let outcome = Self::in_statement(work_mem, &interrupt, || run(&mut txn, stmt, params))?;
+            let brief = exec::runs_briefly(&mut txn, stmt, params);
+            let outcome = Self::in_statement(work_mem, &interrupt, brief, || run(&mut txn, stmt, params))?;
             match self.node.commit(txn).await {
                 Ok(_) => return Ok(outcome),
                 Err(e) if e.is_retryable() && attempt < AUTOCOMMIT_RETRIES => attempt += 1,
