@@ -185,6 +185,18 @@ fn stream_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<
     Ok(crate::interrupt::rows(Box::new(txn.scan(range).map(move |kv| def.decode_row(&kv?.1)))))
 }
 
+/// Splits a WHERE clause into its AND-ed parts.
+fn ast_conjuncts(e: &ast::Expr, out: &mut Vec<ast::Expr>) {
+    match e {
+        ast::Expr::BinaryOp { left, op: ast::BinaryOperator::And, right } => {
+            ast_conjuncts(left, out);
+            ast_conjuncts(right, out);
+        }
+        ast::Expr::Nested(inner) => ast_conjuncts(inner, out),
+        other => out.push(other.clone()),
+    }
+}
+
 /// Splits a predicate into AND-ed conjuncts.
 fn conjuncts(e: &Expr, out: &mut Vec<Expr>) {
     if let Expr::Binary(BinOp::And, a, b) = e {
@@ -520,7 +532,53 @@ fn table_factor(
 }
 
 /// Joins two sources: the left streams, the right is collected (nested loop).
-fn join(left: Source, right: Source, kind: &ast::JoinOperator, params: &Params) -> Result<Source> {
+/// Pairs of (left, right) expressions that ON/WHERE conditions `conds` (bound over the
+/// joined scope, left columns first) require to be equal, for a hash join. Only types
+/// whose equal values have equal encodings qualify (integers, text/varchar, booleans,
+/// dates, timestamps, bytea — not floats, numerics, intervals or CHAR(n), whose
+/// equality is looser than their bytes).
+fn equi_keys(conds: &[Expr], lw: usize, scope: &[ScopeCol]) -> (Vec<Expr>, Vec<Expr>) {
+    fn family(t: Option<DataType>) -> Option<u8> {
+        Some(match t? {
+            DataType::Int2 | DataType::Int4 | DataType::Int8 => 0,
+            DataType::Text | DataType::Varchar(_) => 1,
+            DataType::Bool => 2,
+            DataType::Date => 3,
+            DataType::Timestamp => 4,
+            DataType::TimestampTz => 5,
+            DataType::Bytea => 6,
+            _ => return None,
+        })
+    }
+    let side = |e: &Expr| match e.column_span() {
+        Some((_, hi)) if hi < lw => Some(false),
+        Some((lo, _)) if lo >= lw => Some(true),
+        _ => None,
+    };
+    let (mut left, mut right) = (Vec::new(), Vec::new());
+    for c in conds {
+        let Expr::Binary(BinOp::Eq, a, b) = c else { continue };
+        let (l, r) = match (side(a), side(b)) {
+            (Some(false), Some(true)) => (a, b),
+            (Some(true), Some(false)) => (b, a),
+            _ => continue,
+        };
+        let fam = family(l.result_type(scope));
+        if fam.is_some() && fam == family(r.result_type(scope)) {
+            left.push((**l).clone());
+            right.push((**r).clone());
+        }
+    }
+    (left, right)
+}
+
+fn join(
+    left: Source,
+    right: Source,
+    kind: &ast::JoinOperator,
+    params: &Params,
+    where_conjuncts: &[ast::Expr],
+) -> Result<Source> {
     use ast::JoinOperator as J;
     let (constraint, keep_left, keep_right) = match kind {
         J::Join(c) | J::Inner(c) => (c, false, false),
@@ -538,8 +596,27 @@ fn join(left: Source, right: Source, kind: &ast::JoinOperator, params: &Params) 
         other => return Err(feature(format!("join constraint {other:?}"))),
     };
     let (lw, rw) = (left.scope.len(), right.scope.len());
+    // Equalities between a left and a right expression make it a hash join: the ON
+    // conjuncts, and for inner joins also the WHERE conjuncts that bind here (they
+    // filter these rows anyway; the WHERE still runs after).
+    let mut conds = Vec::new();
+    if let Some(on) = &on {
+        conjuncts(on, &mut conds);
+    }
+    if !keep_left && !keep_right {
+        for w in where_conjuncts {
+            if let Ok(bound) = Binder::new(&scope).bind(w) {
+                conds.push(bound);
+            }
+        }
+    }
+    let (left_keys, right_keys) = equi_keys(&conds, lw, &scope);
     let right_rows = right.rows.collect::<Result<Vec<_>>>()?;
-    let rows = pipeline::NestedLoop::new(left.rows, lw, right_rows, rw, on, params.clone(), keep_left, keep_right);
+    let mut rows = pipeline::NestedLoop::new(left.rows, lw, right_rows, rw, on, params.clone(), keep_left, keep_right);
+    if !left_keys.is_empty() {
+        let shifted: Vec<Expr> = right_keys.iter().map(|k| k.map_columns(&|i| i - lw)).collect();
+        rows = rows.hashed(left_keys, &shifted)?;
+    }
     // Inner and left joins keep the left side's order (each left row's matches are
     // emitted together, in turn).
     let order = if keep_right { vec![] } else { left.order };
@@ -554,15 +631,22 @@ fn from_clause(
 ) -> Result<Source> {
     let mut acc: Option<Source> = None;
     let single = from.len() == 1 && from[0].joins.is_empty();
+    // WHERE's AND-ed parts, offered to inner joins as hash keys.
+    let mut where_conjuncts = Vec::new();
+    if let (false, Some(f)) = (single, filter) {
+        ast_conjuncts(f, &mut where_conjuncts);
+    }
     for twj in from {
         let mut src = table_factor(txn, &twj.relation, if single { filter } else { None }, params)?;
         for j in &twj.joins {
             let right = table_factor(txn, &j.relation, None, params)?;
-            src = join(src, right, &j.join_operator, params)?;
+            src = join(src, right, &j.join_operator, params, &where_conjuncts)?;
         }
         acc = Some(match acc {
             None => src,
-            Some(prev) => join(prev, src, &ast::JoinOperator::CrossJoin(ast::JoinConstraint::None), params)?,
+            Some(prev) => {
+                join(prev, src, &ast::JoinOperator::CrossJoin(ast::JoinConstraint::None), params, &where_conjuncts)?
+            }
         });
     }
     Ok(acc.unwrap_or(Source { scope: vec![], rows: materialized(vec![vec![]]), order: vec![] }))

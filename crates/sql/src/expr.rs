@@ -1230,6 +1230,45 @@ impl Expr {
         Ok(truth(&self.eval(row, params)?)? == Some(true))
     }
 
+    /// The expression with every column reference mapped through `f`.
+    pub fn map_columns(&self, f: &impl Fn(usize) -> usize) -> Expr {
+        let m = |e: &Expr| Box::new(e.map_columns(f));
+        match self {
+            Expr::Const(_) | Expr::Param(_) => self.clone(),
+            Expr::Column(i) => Expr::Column(f(*i)),
+            Expr::Not(e) => Expr::Not(m(e)),
+            Expr::Neg(e) => Expr::Neg(m(e)),
+            Expr::Binary(op, a, b) => Expr::Binary(*op, m(a), m(b)),
+            Expr::IsNull(e, not) => Expr::IsNull(m(e), *not),
+            Expr::InList(e, list, not) => Expr::InList(m(e), list.iter().map(|x| x.map_columns(f)).collect(), *not),
+            Expr::Like { expr, pattern, negated, case_insensitive } => Expr::Like {
+                expr: m(expr),
+                pattern: m(pattern),
+                negated: *negated,
+                case_insensitive: *case_insensitive,
+            },
+            Expr::Case { operand, whens, otherwise } => Expr::Case {
+                operand: operand.as_deref().map(m),
+                whens: whens.iter().map(|(w, t)| (w.map_columns(f), t.map_columns(f))).collect(),
+                otherwise: otherwise.as_deref().map(m),
+            },
+            Expr::Cast(e, t) => Expr::Cast(m(e), *t),
+            Expr::Func(func, args) => Expr::Func(*func, args.iter().map(|a| a.map_columns(f)).collect()),
+        }
+    }
+
+    /// The lowest and highest column this expression reads (None: it reads none).
+    pub fn column_span(&self) -> Option<(usize, usize)> {
+        let lo = std::cell::Cell::new(usize::MAX);
+        let hi = std::cell::Cell::new(0);
+        self.map_columns(&|i| {
+            lo.set(lo.get().min(i));
+            hi.set(hi.get().max(i));
+            i
+        });
+        (lo.get() != usize::MAX).then(|| (lo.get(), hi.get()))
+    }
+
     /// The result type, when it can be told without evaluating.
     pub fn result_type(&self, scope: &[ScopeCol]) -> Option<DataType> {
         match self {

@@ -5,7 +5,7 @@
 //! and parameters shared), so it can be pulled after the statement returned, on another
 //! thread, while the session runs its next statement. Stages that must see every row
 //! before emitting one (grouping, sorting, DISTINCT) hold at most `work_mem` and spill
-//! the rest to temporary files (`spill`); the right side of a nested-loop join and
+//! the rest to temporary files (`spill`); the right side of a join and
 //! INTERSECT/EXCEPT's right input are still held in memory. Everything else is a
 //! per-row adapter, so a scan, filter, projection or LIMIT keeps memory independent of
 //! table size and a LIMIT stops reading early.
@@ -96,7 +96,9 @@ pub fn compare(a: &[Value], b: &[Value], keys: &[SortKey]) -> Ordering {
     Ordering::Equal
 }
 
-/// A nested-loop join: the left input streams, the right one is held in memory.
+/// A join: the left input streams, the right one is held in memory. Each left row
+/// tries every right row (nested loop) or, once [`NestedLoop::hashed`], only those
+/// with its key.
 pub struct NestedLoop {
     left: RowIter,
     right: Vec<Row>,
@@ -107,8 +109,11 @@ pub struct NestedLoop {
     left_width: usize,
     right_width: usize,
     right_matched: Vec<bool>,
-    /// The left row being joined, the next right row to try, and whether it matched.
-    current: Option<(Row, usize, bool)>,
+    /// Equi-join keys: the right rows by key, so a left row meets only its matches.
+    hash: Option<HashIndex>,
+    /// The left row being joined, its candidate right rows (None: all), the next
+    /// candidate to try, and whether it matched.
+    current: Option<(Row, Option<Candidates>, usize, bool)>,
     left_done: bool,
     /// After the left side: the next right row to check for RIGHT/FULL padding.
     tail: usize,
@@ -139,10 +144,54 @@ impl NestedLoop {
             left_width,
             right_width,
             right_matched,
+            hash: None,
             current: None,
             left_done: false,
             tail: 0,
         }
+    }
+}
+
+/// Positions of the right rows one left row may match.
+type Candidates = Arc<[usize]>;
+
+/// The right side of a hash join: row positions by the encoded values of the key.
+struct HashIndex {
+    left_keys: Vec<Expr>,
+    buckets: std::collections::HashMap<Vec<u8>, Candidates>,
+}
+
+/// The encoded key of `row` under `keys`, or None if a key value is NULL (which equals
+/// nothing).
+fn join_key(keys: &[Expr], row: &[Value], params: &[Value]) -> Result<Option<Vec<u8>>> {
+    let vals = keys.iter().map(|k| k.eval(row, params)).collect::<Result<Vec<_>>>()?;
+    Ok((!vals.iter().any(Value::is_null)).then(|| crate::exec::row_identity(&vals)))
+}
+
+impl NestedLoop {
+    /// Makes this a hash join: `left_keys` (over left rows) and `right_keys` (over right
+    /// rows) are equal in every row pair the ON condition accepts, and equal values
+    /// encode equally (the planner only pairs types for which that holds). The ON
+    /// condition is still checked on every candidate pair.
+    pub fn hashed(mut self, left_keys: Vec<Expr>, right_keys: &[Expr]) -> Result<Self> {
+        let mut buckets: std::collections::HashMap<Vec<u8>, Vec<usize>> = std::collections::HashMap::new();
+        for (i, r) in self.right.iter().enumerate() {
+            if let Some(k) = join_key(right_keys, r, &self.params)? {
+                buckets.entry(k).or_default().push(i);
+            }
+        }
+        let buckets = buckets.into_iter().map(|(k, v)| (k, Arc::from(v))).collect();
+        self.hash = Some(HashIndex { left_keys, buckets });
+        Ok(self)
+    }
+
+    /// The right rows `l` may match.
+    fn candidates(&self, l: &[Value]) -> Result<Option<Candidates>> {
+        let Some(h) = &self.hash else { return Ok(None) };
+        Ok(Some(match join_key(&h.left_keys, l, &self.params)? {
+            Some(k) => h.buckets.get(&k).cloned().unwrap_or_else(|| Arc::from(Vec::new())),
+            None => Arc::from(Vec::new()),
+        }))
     }
 }
 
@@ -151,9 +200,10 @@ impl Iterator for NestedLoop {
 
     fn next(&mut self) -> Option<Result<Row>> {
         loop {
-            if let Some((l, next, matched)) = &mut self.current {
-                while *next < self.right.len() {
-                    let i = *next;
+            if let Some((l, cands, next, matched)) = &mut self.current {
+                let total = cands.as_ref().map_or(self.right.len(), |c| c.len());
+                while *next < total {
+                    let i = cands.as_ref().map_or(*next, |c| c[*next]);
                     *next += 1;
                     let mut row = l.clone();
                     row.extend(self.right[i].iter().cloned());
@@ -167,7 +217,7 @@ impl Iterator for NestedLoop {
                         Err(e) => return Some(Err(e)),
                     }
                 }
-                let (mut l, _, matched) = self.current.take().expect("current was just matched as Some");
+                let (mut l, _, _, matched) = self.current.take().expect("current was just matched as Some");
                 if self.keep_left && !matched {
                     l.extend(std::iter::repeat_n(Value::Null, self.right_width));
                     return Some(Ok(l));
@@ -177,7 +227,10 @@ impl Iterator for NestedLoop {
             if !self.left_done {
                 match self.left.next() {
                     Some(Ok(l)) => {
-                        self.current = Some((l, 0, false));
+                        match self.candidates(&l) {
+                            Ok(cands) => self.current = Some((l, cands, 0, false)),
+                            Err(e) => return Some(Err(e)),
+                        }
                         continue;
                     }
                     Some(Err(e)) => return Some(Err(e)),
@@ -234,6 +287,55 @@ mod tests {
         let failing: RowIter =
             Box::new(vec![Ok(vec![Value::Int(1)]), Err(Error::sql("22012", "division by zero"))].into_iter());
         assert!(collect(limit(failing, 5, None)).is_err(), "an error inside OFFSET must not be skipped");
+    }
+
+    #[test]
+    fn hash_joins_equal_nested_loops() {
+        // Small value ranges make duplicates and NULLs common.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for case in 0..300 {
+            let mut side = |len: u64| -> Vec<Row> {
+                (0..next(len))
+                    .map(|_| {
+                        let k = match next(6) {
+                            0 => Value::Null,
+                            v => Value::Int(v as i64),
+                        };
+                        vec![k, Value::Int(next(3) as i64)]
+                    })
+                    .collect()
+            };
+            let (left, right) = (side(12), side(12));
+            // ON l.k = r.k AND l.x <= r.x
+            let on = Expr::Binary(
+                crate::expr::BinOp::And,
+                Box::new(Expr::Binary(crate::expr::BinOp::Eq, Box::new(Expr::Column(0)), Box::new(Expr::Column(2)))),
+                Box::new(Expr::Binary(crate::expr::BinOp::LtEq, Box::new(Expr::Column(1)), Box::new(Expr::Column(3)))),
+            );
+            for (keep_left, keep_right) in [(false, false), (true, false), (false, true), (true, true)] {
+                let run = |hashed: bool| -> Vec<Row> {
+                    let j = NestedLoop::new(
+                        materialized(left.clone()),
+                        2,
+                        right.clone(),
+                        2,
+                        Some(on.clone()),
+                        Arc::from(vec![]),
+                        keep_left,
+                        keep_right,
+                    );
+                    let j = if hashed { j.hashed(vec![Expr::Column(0)], &[Expr::Column(0)]).unwrap() } else { j };
+                    j.collect::<Result<_>>().unwrap()
+                };
+                assert_eq!(run(true), run(false), "case {case}, keep {keep_left}/{keep_right}");
+            }
+        }
     }
 
     #[test]
