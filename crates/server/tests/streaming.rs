@@ -86,7 +86,7 @@ async fn large_results_stream_in_bounded_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sorts_groupings_and_distinct_spill_past_work_mem() {
+async fn sorts_groupings_distinct_and_joins_spill_past_work_mem() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     // The flag sets the server's default; nothing in the session changes it.
@@ -139,10 +139,22 @@ async fn sorts_groupings_and_distinct_spill_past_work_mem() {
     let distinct = rows.try_fold(0i64, |n, _| async move { Ok(n + 1) }).await.unwrap();
     assert_eq!(distinct, 400_000);
 
+    // A join of two 300,000-row sides of ~200-byte rows.
+    let row = client
+        .query_one(
+            "SELECT count(*), sum(length(a.p) + length(b.p)) FROM
+               (SELECT g, repeat('a', 200) AS p FROM generate_series(1, 300000) g) a
+               JOIN (SELECT g, repeat('b', 200) AS p FROM generate_series(1, 300000) g) b ON a.g = b.g",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (300_000, 300_000 * 400));
+
     let grown = status_kb(pid, "VmHWM:").saturating_sub(base);
     eprintln!("server peak RSS: {base} KiB before, grew by {grown} KiB");
     // Held in memory, each of these would take well over 100 MiB.
-    assert!(grown < 60 * 1024, "server peak RSS grew by {grown} KiB over spilling sort/group/distinct");
+    assert!(grown < 60 * 1024, "server peak RSS grew by {grown} KiB over spilling sort/group/distinct/join");
     // Spill files are unnamed: nothing is left behind.
     let left: Vec<_> = std::fs::read_dir(data.join("tmp")).unwrap().collect();
     assert!(left.is_empty(), "files left in the spill directory: {left:?}");

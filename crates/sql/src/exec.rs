@@ -611,7 +611,33 @@ fn join(
         }
     }
     let (left_keys, right_keys) = equi_keys(&conds, lw, &scope);
-    let right_rows = right.rows.collect::<Result<Vec<_>>>()?;
+    // The right side is collected; with join keys, only up to work_mem.
+    let budget = spill::work_mem();
+    let mut right_rows = Vec::new();
+    let mut bytes = 0usize;
+    let mut rest = right.rows;
+    for r in rest.by_ref() {
+        let r = r?;
+        bytes += spill::row_bytes(&r);
+        right_rows.push(r);
+        if bytes > budget && !left_keys.is_empty() {
+            // Too large: a grace hash join over partition files (left order is lost).
+            let spec = pipeline::JoinSpec {
+                left_width: lw,
+                right_width: rw,
+                right_keys: right_keys.iter().map(|k| k.map_columns(&|i| i - lw)).collect(),
+                left_keys,
+                on,
+                params: params.clone(),
+                keep_left,
+                keep_right,
+                budget,
+            };
+            let right_all = Box::new(materialized(right_rows).chain(rest));
+            let rows = pipeline::GraceJoin::new(left.rows, right_all, Arc::new(spec), 0)?;
+            return Ok(Source { scope, rows: Box::new(rows), order: vec![] });
+        }
+    }
     let mut rows = pipeline::NestedLoop::new(left.rows, lw, right_rows, rw, on, params.clone(), keep_left, keep_right);
     if !left_keys.is_empty() {
         let shifted: Vec<Expr> = right_keys.iter().map(|k| k.map_columns(&|i| i - lw)).collect();
@@ -875,7 +901,11 @@ impl Grouping {
             }
         }
         let next = spilled.next_level();
-        self.pending.extend(spilled.finish()?.into_iter().map(|r| (r, next)));
+        // Depth first (before the partitions still waiting), so open partition files
+        // stay ~16 per level rather than 16 per partition split.
+        for part in spilled.finish()?.into_iter().rev() {
+            self.pending.push_front((part, next));
+        }
         Ok(groups
             .into_values()
             .map(|(mut keys, accs, _)| {

@@ -453,6 +453,12 @@ impl Partitions {
         self.files.into_iter().flatten().map(SpillWriter::into_reader).collect()
     }
 
+    /// Every partition by its number (None: no row went there), so that two inputs
+    /// partitioned at the same level pair up.
+    pub fn finish_aligned(self) -> Result<Vec<Option<SpillReader>>> {
+        self.files.into_iter().map(|f| f.map(SpillWriter::into_reader).transpose()).collect()
+    }
+
     /// The level the partitions' rows are processed at.
     pub fn next_level(&self) -> u32 {
         self.level + 1
@@ -494,7 +500,10 @@ impl Distinct {
                 // Input done: move to the next partition, one level down.
                 let level = self.spill.next_level();
                 let spilled = std::mem::replace(&mut self.spill, Partitions::new(level));
-                self.pending.extend(spilled.finish()?.into_iter().map(|r| (r, level)));
+                // Depth first, as for groupings: few partition files open at once.
+                for part in spilled.finish()?.into_iter().rev() {
+                    self.pending.push_front((part, level));
+                }
                 let Some((next, level)) = self.pending.pop_front() else { return Ok(None) };
                 self.input = Some(Box::new(next));
                 self.seen = std::collections::HashSet::new();
