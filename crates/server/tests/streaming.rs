@@ -287,10 +287,14 @@ async fn describing_a_statement_does_not_run_it() {
         .expect("Describe returned without running the query")
         .unwrap();
     assert_eq!(stmt.columns()[0].type_(), &Type::INT8);
-    // A scalar subquery still runs while describing: its column is typed by its value
-    // (an integer that fits int4), not left untyped.
+    // A scalar subquery is typed as its column, as in PostgreSQL: count(*) is bigint
+    // however small, and a subquery without rows keeps its type.
     let stmt = client.prepare("SELECT (SELECT count(*) FROM generate_series(1, 3)) AS n").await.unwrap();
+    assert_eq!(stmt.columns()[0].type_(), &Type::INT8);
+    let row = client.query_one(&stmt, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 3);
+    let stmt = client.prepare("SELECT (SELECT 1::int WHERE false) AS n, (SELECT 5::smallint) + 1 AS m").await.unwrap();
     assert_eq!(stmt.columns()[0].type_(), &Type::INT4);
     let row = client.query_one(&stmt, &[]).await.unwrap();
-    assert_eq!(row.get::<_, i32>(0), 3);
+    assert_eq!(row.get::<_, Option<i32>>(0), None);
 }

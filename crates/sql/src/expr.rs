@@ -52,6 +52,9 @@ pub enum BinOp {
     Regex(bool, bool),
 }
 
+/// An uncorrelated subquery's column type and rows (run while binding).
+type SubqueryResult = (Option<DataType>, Vec<Vec<Value>>);
+
 /// A bound expression.
 #[derive(Debug, Clone)]
 pub enum Expr {
@@ -333,7 +336,7 @@ impl<'a> Binder<'a> {
 
     /// Runs an uncorrelated subquery now; `Ok(None)` if it refers to outer columns (it
     /// is then correlated and must run per row).
-    fn subquery(&mut self, q: &ast::Query) -> Result<Option<Vec<Vec<Value>>>> {
+    fn subquery(&mut self, q: &ast::Query) -> Result<Option<SubqueryResult>> {
         let Some((txn, params)) = self.txn.as_mut() else {
             return Err(err_feature("a subquery in this position"));
         };
@@ -344,7 +347,7 @@ impl<'a> Binder<'a> {
                 if cols.len() != 1 {
                     return Err(Error::sql("42601", "subquery must return only one column"));
                 }
-                Ok(Some(rows))
+                Ok(Some((cols[0].ty, rows)))
             }
             Err(e) if is_missing_name(&e) && !self.scope.is_empty() => Ok(None),
             Err(e) => Err(e),
@@ -550,7 +553,7 @@ impl<'a> Binder<'a> {
                     return Err(Error::Internal("ARRAY subquery vanished".into()));
                 };
                 match self.subquery(q)? {
-                    Some(rows) => Expr::Const(text_array(rows.into_iter().filter_map(|r| r.into_iter().next()))),
+                    Some((_, rows)) => Expr::Const(text_array(rows.into_iter().filter_map(|r| r.into_iter().next()))),
                     None => self.correlate(q, CorrelatedKind::Array),
                 }
             }
@@ -566,19 +569,26 @@ impl<'a> Binder<'a> {
             }
             ast::Expr::Function(f) => self.bind_function(f)?,
             ast::Expr::Subquery(q) => match self.subquery(q)? {
-                Some(rows) => {
+                Some((ty, rows)) => {
                     if rows.len() > 1 {
                         return Err(Error::sql(
                             "21000",
                             "more than one row returned by a subquery used as an expression",
                         ));
                     }
-                    Expr::Const(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
+                    let value =
+                        Expr::Const(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null));
+                    // Typed as the subquery's column (count(*) is bigint even when small,
+                    // a NULL result keeps its type), not by the value it happened to have.
+                    match ty {
+                        Some(t) => Expr::Cast(Box::new(value), t),
+                        None => value,
+                    }
                 }
                 None => self.correlate(q, CorrelatedKind::Scalar),
             },
             ast::Expr::InSubquery { expr, subquery, negated } => match self.subquery(subquery)? {
-                Some(rows) => {
+                Some((_, rows)) => {
                     let list = rows.into_iter().filter_map(|r| r.into_iter().next()).map(Expr::Const).collect();
                     Expr::InList(Box::new(self.bind(expr)?), list, *negated)
                 }
