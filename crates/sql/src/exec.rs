@@ -1051,23 +1051,10 @@ fn set_expr_rows(txn: &mut Transaction, e: &ast::SetExpr, params: &Params) -> Re
             let rows: RowIter = match op {
                 ast::SetOperator::Union => Box::new(left.chain(right)),
                 ast::SetOperator::Intersect | ast::SetOperator::Except | ast::SetOperator::Minus => {
-                    // The right side is counted in memory; the left streams past it.
+                    // The right side is counted (to work_mem, then partitioned); the left
+                    // streams past the counts.
                     let intersect = matches!(op, ast::SetOperator::Intersect);
-                    let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
-                    for r in right {
-                        *counts.entry(row_identity(&r?)).or_insert(0) += 1;
-                    }
-                    pipeline::filter(left, move |r| {
-                        Ok(match counts.get_mut(&row_identity(r)) {
-                            Some(n) if *n > 0 => {
-                                if intersect || all {
-                                    *n -= 1;
-                                }
-                                intersect
-                            }
-                            _ => !intersect,
-                        })
-                    })
+                    spill::intersect_except(left, right, intersect, all, spill::work_mem())?
                 }
             };
             let rows = if all { rows } else { spill::distinct(rows, usize::MAX, spill::work_mem()) };

@@ -547,6 +547,118 @@ impl Iterator for Distinct {
     }
 }
 
+/// Levels of re-partitioning for INTERSECT/EXCEPT before a partition's right side is
+/// counted in memory whatever its size.
+const MAX_SET_LEVELS: u32 = 4;
+
+/// INTERSECT / EXCEPT (with `all`: INTERSECT ALL / EXCEPT ALL; without, the caller
+/// removes duplicates afterwards): the right side's rows are counted and the left side
+/// streams past the counts. Past `budget`, both sides are partitioned by a hash of the
+/// whole row (equal rows land in partitions of the same number) and each pair is
+/// handled the same way, one level down.
+pub fn intersect_except(left: RowIter, right: RowIter, intersect: bool, all: bool, budget: usize) -> Result<RowIter> {
+    set_op_at(left, right, intersect, all, budget, 0)
+}
+
+fn set_op_at(
+    left: RowIter,
+    mut right: RowIter,
+    intersect: bool,
+    all: bool,
+    budget: usize,
+    level: u32,
+) -> Result<RowIter> {
+    let mut counts: std::collections::HashMap<Vec<u8>, (Row, usize)> = std::collections::HashMap::new();
+    let mut bytes = 0usize;
+    while let Some(r) = right.next() {
+        let r = r?;
+        let id = crate::exec::row_identity(&r);
+        if let Some(e) = counts.get_mut(&id) {
+            e.1 += 1;
+            continue;
+        }
+        bytes += id.len() + row_bytes(&r) + 48;
+        counts.insert(id, (r, 1));
+        if bytes > budget && level + 1 < MAX_SET_LEVELS {
+            let mut right_parts = Partitions::new(level);
+            for (id, (row, n)) in counts.drain() {
+                for _ in 0..n {
+                    right_parts.push(&id, &row)?;
+                }
+            }
+            for r in right {
+                let r = r?;
+                right_parts.push(&crate::exec::row_identity(&r), &r)?;
+            }
+            let mut left_parts = Partitions::new(level);
+            for r in left {
+                let r = r?;
+                left_parts.push(&crate::exec::row_identity(&r), &r)?;
+            }
+            let pairs = left_parts
+                .finish_aligned()?
+                .into_iter()
+                .zip(right_parts.finish_aligned()?)
+                .filter_map(|(l, r)| l.map(|l| (l, r)))
+                .collect();
+            return Ok(Box::new(SetPairs { pairs, intersect, all, budget, level, current: None, failed: false }));
+        }
+    }
+    let mut counts: std::collections::HashMap<Vec<u8>, usize> = counts.into_iter().map(|(k, (_, n))| (k, n)).collect();
+    Ok(crate::pipeline::filter(left, move |r| {
+        Ok(match counts.get_mut(&crate::exec::row_identity(r)) {
+            Some(n) if *n > 0 => {
+                if intersect || all {
+                    *n -= 1;
+                }
+                intersect
+            }
+            _ => !intersect,
+        })
+    }))
+}
+
+/// The partition pairs of a spilled INTERSECT/EXCEPT, handled one after another.
+struct SetPairs {
+    pairs: std::collections::VecDeque<(SpillReader, Option<SpillReader>)>,
+    intersect: bool,
+    all: bool,
+    budget: usize,
+    level: u32,
+    current: Option<RowIter>,
+    failed: bool,
+}
+
+impl Iterator for SetPairs {
+    type Item = Result<Row>;
+
+    fn next(&mut self) -> Option<Result<Row>> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            if let Some(r) = self.current.as_mut().and_then(Iterator::next) {
+                if r.is_err() {
+                    self.failed = true;
+                }
+                return Some(r);
+            }
+            let (left, right) = self.pairs.pop_front()?;
+            let right: RowIter = match right {
+                Some(r) => Box::new(r),
+                None => Box::new(std::iter::empty()),
+            };
+            match set_op_at(Box::new(left), right, self.intersect, self.all, self.budget, self.level + 1) {
+                Ok(rows) => self.current = Some(rows),
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,6 +728,22 @@ mod tests {
         assert_eq!(short_of_reserve(1 << 30, 50 << 20), Some((1 << 30) / 10));
         // The spill directory of this machine has room: creating a file works.
         assert!(SpillWriter::new().is_ok());
+    }
+
+    #[test]
+    fn spilled_intersect_and_except_equal_in_memory_ones() {
+        let side = |n: i64, m: i64| -> Vec<(i64, i64)> { (0..n).map(|i| ((i * 7) % m, 0)).collect() };
+        let (left, right) = (side(3_000, 500), side(2_000, 700));
+        for intersect in [true, false] {
+            for all in [true, false] {
+                let run = |budget: usize| {
+                    let mut out = pairs(intersect_except(ints(&left), ints(&right), intersect, all, budget).unwrap());
+                    out.sort();
+                    out
+                };
+                assert_eq!(run(2_000), run(usize::MAX), "intersect {intersect}, all {all}");
+            }
+        }
     }
 
     #[test]
