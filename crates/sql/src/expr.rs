@@ -119,6 +119,8 @@ pub enum Func {
     DatePart,
     /// `date_trunc(unit, v)`
     DateTrunc,
+    /// `to_char(value, template)`
+    ToChar,
     /// `age(a [, b])`
     Age,
     /// `to_timestamp(seconds)`
@@ -740,6 +742,7 @@ impl<'a> Binder<'a> {
             "array_to_string" => (Func::ArrayToString, Some(2)),
             "date_part" => (Func::DatePart, Some(2)),
             "date_trunc" => (Func::DateTrunc, Some(2)),
+            "to_char" => (Func::ToChar, Some(2)),
             "age" if matches!(args.len(), 1 | 2) => (Func::Age, None),
             "to_timestamp" => (Func::ToTimestamp, Some(1)),
             "pg_get_indexdef" | "pg_get_constraintdef" => {
@@ -1157,6 +1160,10 @@ impl Expr {
                         let v = vals.next().transpose()?.unwrap_or(Value::Null);
                         crate::interval::extract(unit, v, *f == Func::DatePart)?
                     }
+                    Func::ToChar => {
+                        let v = vals.next().transpose()?.unwrap_or(Value::Null);
+                        crate::to_char::to_char(v, vals.next().transpose()?.unwrap_or(Value::Null))?
+                    }
                     Func::DateTrunc => {
                         let unit = vals.next().transpose()?.unwrap_or(Value::Null);
                         crate::interval::date_trunc(unit, vals.next().transpose()?.unwrap_or(Value::Null))?
@@ -1338,7 +1345,8 @@ impl Expr {
                 | Func::Repeat
                 | Func::UserById
                 | Func::FormatType
-                | Func::ArrayToString,
+                | Func::ArrayToString
+                | Func::ToChar,
                 _,
             ) => Some(DataType::Text),
             Expr::Func(Func::TableIsVisible | Func::AnyEq, _) => Some(DataType::Bool),

@@ -35,6 +35,7 @@ mod pipeline;
 mod session;
 pub mod spill;
 mod time;
+mod to_char;
 mod types;
 
 pub use asof::AsOf;
