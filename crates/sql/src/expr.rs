@@ -52,6 +52,47 @@ pub enum BinOp {
     Regex(bool, bool),
 }
 
+/// Lists shorter than this are scanned; longer ones are looked up by encoded value.
+const IN_SET_MIN: usize = 16;
+
+/// `lhs [NOT] IN (values)`: a hashed lookup when the list is long and every value and
+/// `lhs` are of one type whose equal values encode equally; the list otherwise.
+fn in_values(lhs: Expr, values: Vec<Value>, negated: bool, scope: &[ScopeCol]) -> Expr {
+    fn family_of_type(t: DataType) -> Option<u8> {
+        Some(match t {
+            DataType::Int2 | DataType::Int4 | DataType::Int8 => 0,
+            DataType::Text | DataType::Varchar(_) => 1,
+            DataType::Bool => 2,
+            DataType::Date => 3,
+            DataType::Timestamp => 4,
+            DataType::TimestampTz => 5,
+            DataType::Bytea => 6,
+            _ => return None,
+        })
+    }
+    fn family_of_value(v: &Value) -> Option<u8> {
+        Some(match v {
+            Value::Int(_) => 0,
+            Value::Text(_) => 1,
+            Value::Bool(_) => 2,
+            Value::Date(_) => 3,
+            Value::Timestamp(_) => 4,
+            Value::TimestampTz(_) => 5,
+            Value::Bytes(_) => 6,
+            _ => return None,
+        })
+    }
+    let family = lhs.result_type(scope).and_then(family_of_type);
+    let uniform = family.is_some() && values.iter().all(|v| v.is_null() || family_of_value(v) == family);
+    if values.len() < IN_SET_MIN || !uniform {
+        return Expr::InList(Box::new(lhs), values.into_iter().map(Expr::Const).collect(), negated);
+    }
+    let has_null = values.iter().any(Value::is_null);
+    let set =
+        values.iter().filter(|v| !v.is_null()).map(|v| crate::exec::row_identity(std::slice::from_ref(v))).collect();
+    Expr::InSet { expr: Box::new(lhs), set: std::sync::Arc::new(set), has_null, negated }
+}
+
 /// An uncorrelated subquery's column type and rows (run while binding).
 type SubqueryResult = (Option<DataType>, Vec<Vec<Value>>);
 
@@ -74,6 +115,10 @@ pub enum Expr {
     IsNull(Box<Expr>, bool),
     /// `e [NOT] IN (list)`
     InList(Box<Expr>, Vec<Expr>, bool),
+    /// `e [NOT] IN (…)` over many constants of one type whose equal values encode
+    /// equally (a subquery's result): a lookup by encoded value instead of a scan of the
+    /// list. `has_null`: the list holds a NULL (a miss is then NULL, not false).
+    InSet { expr: Box<Expr>, set: std::sync::Arc<std::collections::HashSet<Vec<u8>>>, has_null: bool, negated: bool },
     /// `e [NOT] [I]LIKE pattern`
     Like { expr: Box<Expr>, pattern: Box<Expr>, negated: bool, case_insensitive: bool },
     /// `CASE [operand] WHEN .. THEN .. ELSE .. END`
@@ -591,8 +636,9 @@ impl<'a> Binder<'a> {
             },
             ast::Expr::InSubquery { expr, subquery, negated } => match self.subquery(subquery)? {
                 Some((_, rows)) => {
-                    let list = rows.into_iter().filter_map(|r| r.into_iter().next()).map(Expr::Const).collect();
-                    Expr::InList(Box::new(self.bind(expr)?), list, *negated)
+                    let lhs = self.bind(expr)?;
+                    let values: Vec<Value> = rows.into_iter().filter_map(|r| r.into_iter().next()).collect();
+                    in_values(lhs, values, *negated, self.scope)
                 }
                 None => {
                     let lhs = self.bind(expr)?;
@@ -1029,6 +1075,18 @@ impl Expr {
                     Value::Bool(*negated)
                 }
             }
+            Expr::InSet { expr, set, has_null, negated } => {
+                let v = expr.eval(row, params)?;
+                if v.is_null() {
+                    Value::Null
+                } else if set.contains(&crate::exec::row_identity(std::slice::from_ref(&v))) {
+                    Value::Bool(!negated)
+                } else if *has_null {
+                    Value::Null
+                } else {
+                    Value::Bool(*negated)
+                }
+            }
             Expr::Like { expr, pattern, negated, case_insensitive } => {
                 match (expr.eval(row, params)?, pattern.eval(row, params)?) {
                     (Value::Null, _) | (_, Value::Null) => Value::Null,
@@ -1258,6 +1316,9 @@ impl Expr {
             Expr::Binary(op, a, b) => Expr::Binary(*op, m(a), m(b)),
             Expr::IsNull(e, not) => Expr::IsNull(m(e), *not),
             Expr::InList(e, list, not) => Expr::InList(m(e), list.iter().map(|x| x.map_columns(f)).collect(), *not),
+            Expr::InSet { expr, set, has_null, negated } => {
+                Expr::InSet { expr: m(expr), set: set.clone(), has_null: *has_null, negated: *negated }
+            }
             Expr::Like { expr, pattern, negated, case_insensitive } => Expr::Like {
                 expr: m(expr),
                 pattern: m(pattern),
@@ -1292,7 +1353,9 @@ impl Expr {
             Expr::Const(v) => v.natural_type(),
             Expr::Column(i) => scope.get(*i).and_then(|c| c.ty),
             Expr::Cast(_, t) => Some(*t),
-            Expr::Not(_) | Expr::IsNull(..) | Expr::InList(..) | Expr::Like { .. } => Some(DataType::Bool),
+            Expr::Not(_) | Expr::IsNull(..) | Expr::InList(..) | Expr::InSet { .. } | Expr::Like { .. } => {
+                Some(DataType::Bool)
+            }
             Expr::Binary(op, a, b) => match op {
                 BinOp::And
                 | BinOp::Or
