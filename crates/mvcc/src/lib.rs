@@ -56,7 +56,7 @@ mod transaction;
 pub use conflict::{ConflictWindow, ConflictWindowConfig, Ticket};
 pub use mvcc::{format_micros, AppliedState, ApplyItem, BulkLoad, GcStats, Mvcc, MvccConfig, ReadView, VersionedScan};
 pub use sequencer::{CommitInfo, LocalSequencer};
-pub use transaction::{CommitRequest, Transaction, TxnScan};
+pub use transaction::{CommitRequest, DetachedReader, Transaction, TxnScan};
 
 use amberdb_encoding::codec::{Reader, Writer};
 use amberdb_error::Result;

@@ -19,6 +19,23 @@ pub struct CommitRequest {
     pub writes: Vec<Mutation>,
 }
 
+/// See [`Transaction::detached_reader`]. Holds its own registration of the read
+/// version, so its reads stay answerable after the transaction is gone.
+pub struct DetachedReader {
+    view: ReadView,
+    own: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl DetachedReader {
+    /// Reads a key as the transaction would have (for keys within its range).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.own.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.view.get(key),
+        }
+    }
+}
+
 /// A serializable transaction. Dropping it without committing discards its writes.
 pub struct Transaction {
     view: ReadView,
@@ -106,6 +123,25 @@ impl Transaction {
             self.reads.push(range);
         }
         TxnScan { stored: stored.peekable(), own: own.into_iter().peekable(), reverse }
+    }
+
+    /// Point reads that outlive the statement (a result produced as the client reads
+    /// it): this transaction's snapshot plus a copy of its own writes within `range`.
+    /// The whole of `range` counts as read now, as a scan of it would, since the keys
+    /// read later are not known yet.
+    pub fn detached_reader(&mut self, range: KeyRange) -> DetachedReader {
+        let own = if range.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.writes
+                .range::<Vec<u8>, _>((range.start.clone(), range.end.clone()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        if !self.read_only {
+            self.reads.push(range);
+        }
+        DetachedReader { view: self.view.clone(), own }
     }
 
     /// Buffers a write.

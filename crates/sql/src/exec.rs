@@ -163,9 +163,7 @@ fn read_index_rows(
             let mut out = Vec::with_capacity(entries.len());
             for e in entries {
                 let key = def.row_key_of_entry(index, &e)?;
-                let raw = txn.get(&key)?.ok_or_else(|| {
-                    Error::InvalidData(format!("index {} points at a missing row of table {}", index.name, def.name))
-                })?;
+                let raw = txn.get(&key)?.ok_or_else(|| missing_indexed_row(def, i))?;
                 out.push(StoredRow { row: def.decode_row(&raw)?, key });
             }
             Ok(out)
@@ -179,10 +177,59 @@ fn stream_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<
     let range = match access {
         Access::Scan => def.rows_range(),
         Access::Range(range, None) => range,
+        Access::Index(i, values) => {
+            let prefix = def.index_prefix(&def.indexes[i], &values);
+            return stream_index_rows(txn, def, i, amberdb_storage::KeyRange::prefix(&prefix));
+        }
+        Access::Range(range, Some(i)) => return stream_index_rows(txn, def, i, range),
         other => return Ok(materialized(read_rows(txn, def, other)?.into_iter().map(|r| r.row).collect())),
     };
     let def = def.clone();
     Ok(crate::interrupt::rows(Box::new(txn.scan(range).map(move |kv| def.decode_row(&kv?.1)))))
+}
+
+/// Index entries read at once, with a point read of each row recorded as read; an index
+/// range with more entries streams the rest (see `stream_index_rows`).
+const EAGER_INDEX_ROWS: usize = 1024;
+
+/// The rows an index range points at, as a stream: the first entries' rows are read
+/// now, each recorded as a point read (what a selective lookup needs to conflict only
+/// with writers of those rows); past [`EAGER_INDEX_ROWS`] the rest are read as the
+/// result is pulled, through a detached reader that counts the table's rows as read
+/// (as a scan would), so a large index range never sits in memory.
+fn stream_index_rows(
+    txn: &mut Transaction,
+    def: &TableDef,
+    i: usize,
+    range: amberdb_storage::KeyRange,
+) -> Result<RowIter> {
+    let mut entries = txn.scan(range);
+    let mut first = Vec::new();
+    for kv in entries.by_ref() {
+        let (entry, _) = kv?;
+        let key = def.row_key_of_entry(&def.indexes[i], &entry)?;
+        let raw = txn.get(&key)?.ok_or_else(|| missing_indexed_row(def, i))?;
+        first.push(def.decode_row(&raw)?);
+        if first.len() == EAGER_INDEX_ROWS {
+            break;
+        }
+    }
+    if first.len() < EAGER_INDEX_ROWS {
+        return Ok(materialized(first));
+    }
+    let reader = txn.detached_reader(def.rows_range());
+    let def = def.clone();
+    let rest = entries.map(move |kv| {
+        let (entry, _) = kv?;
+        let key = def.row_key_of_entry(&def.indexes[i], &entry)?;
+        let raw = reader.get(&key)?.ok_or_else(|| missing_indexed_row(&def, i))?;
+        def.decode_row(&raw)
+    });
+    Ok(crate::interrupt::rows(Box::new(materialized(first).chain(rest))))
+}
+
+fn missing_indexed_row(def: &TableDef, i: usize) -> Error {
+    Error::InvalidData(format!("index {} points at a missing row of table {}", def.indexes[i].name, def.name))
 }
 
 /// Splits a WHERE clause into its AND-ed parts.
