@@ -585,18 +585,7 @@ fn table_factor(
 /// dates, timestamps, bytea — not floats, numerics, intervals or CHAR(n), whose
 /// equality is looser than their bytes).
 fn equi_keys(conds: &[Expr], lw: usize, scope: &[ScopeCol]) -> (Vec<Expr>, Vec<Expr>) {
-    fn family(t: Option<DataType>) -> Option<u8> {
-        Some(match t? {
-            DataType::Int2 | DataType::Int4 | DataType::Int8 => 0,
-            DataType::Text | DataType::Varchar(_) => 1,
-            DataType::Bool => 2,
-            DataType::Date => 3,
-            DataType::Timestamp => 4,
-            DataType::TimestampTz => 5,
-            DataType::Bytea => 6,
-            _ => return None,
-        })
-    }
+    let family = |t: Option<DataType>| t.and_then(DataType::hash_family);
     let side = |e: &Expr| match e.column_span() {
         Some((_, hi)) if hi < lw => Some(false),
         Some((lo, _)) if lo >= lw => Some(true),
@@ -681,8 +670,8 @@ fn join(
                 budget,
             };
             let right_all = Box::new(materialized(right_rows).chain(rest));
-            let rows = pipeline::GraceJoin::new(left.rows, right_all, Arc::new(spec), 0)?;
-            return Ok(Source { scope, rows: Box::new(rows), order: vec![] });
+            let rows = pipeline::grace_join(left.rows, right_all, Arc::new(spec))?;
+            return Ok(Source { scope, rows, order: vec![] });
         }
     }
     let mut rows = pipeline::NestedLoop::new(left.rows, lw, right_rows, rw, on, params.clone(), keep_left, keep_right);

@@ -58,32 +58,8 @@ const IN_SET_MIN: usize = 16;
 /// `lhs [NOT] IN (values)`: a hashed lookup when the list is long and every value and
 /// `lhs` are of one type whose equal values encode equally; the list otherwise.
 fn in_values(lhs: Expr, values: Vec<Value>, negated: bool, scope: &[ScopeCol]) -> Expr {
-    fn family_of_type(t: DataType) -> Option<u8> {
-        Some(match t {
-            DataType::Int2 | DataType::Int4 | DataType::Int8 => 0,
-            DataType::Text | DataType::Varchar(_) => 1,
-            DataType::Bool => 2,
-            DataType::Date => 3,
-            DataType::Timestamp => 4,
-            DataType::TimestampTz => 5,
-            DataType::Bytea => 6,
-            _ => return None,
-        })
-    }
-    fn family_of_value(v: &Value) -> Option<u8> {
-        Some(match v {
-            Value::Int(_) => 0,
-            Value::Text(_) => 1,
-            Value::Bool(_) => 2,
-            Value::Date(_) => 3,
-            Value::Timestamp(_) => 4,
-            Value::TimestampTz(_) => 5,
-            Value::Bytes(_) => 6,
-            _ => return None,
-        })
-    }
-    let family = lhs.result_type(scope).and_then(family_of_type);
-    let uniform = family.is_some() && values.iter().all(|v| v.is_null() || family_of_value(v) == family);
+    let family = lhs.result_type(scope).and_then(DataType::hash_family);
+    let uniform = family.is_some() && values.iter().all(|v| v.is_null() || v.hash_family() == family);
     if values.len() < IN_SET_MIN || !uniform {
         return Expr::InList(Box::new(lhs), values.into_iter().map(Expr::Const).collect(), negated);
     }

@@ -74,6 +74,30 @@ pub fn limit(mut rows: RowIter, offset: usize, limit: Option<usize>) -> RowIter 
     }))
 }
 
+/// The rows of one part after another, each part made when the previous one is used
+/// up (`next_part` returns None when there are no more). An error ends the rows.
+pub fn parts(mut next_part: impl FnMut() -> Result<Option<RowIter>> + Send + 'static) -> RowIter {
+    let mut current: Option<RowIter> = None;
+    let mut failed = false;
+    Box::new(std::iter::from_fn(move || loop {
+        if failed {
+            return None;
+        }
+        if let Some(r) = current.as_mut().and_then(Iterator::next) {
+            failed = r.is_err();
+            return Some(r);
+        }
+        match next_part() {
+            Ok(Some(p)) => current = Some(p),
+            Ok(None) => return None,
+            Err(e) => {
+                failed = true;
+                return Some(Err(e));
+            }
+        }
+    }))
+}
+
 /// A sort key: (column, descending, nulls first).
 pub type SortKey = (usize, bool, bool);
 
@@ -258,20 +282,18 @@ impl Iterator for NestedLoop {
 /// whatever its size (only reached when one key has more rows than `work_mem` holds).
 const MAX_JOIN_LEVELS: u32 = 4;
 
-/// A hash join whose right side does not fit in `work_mem` (a grace hash join): both
+/// State of a hash join whose right side does not fit in `work_mem` (a grace hash join): both
 /// inputs are partitioned to files by a hash of their key, so matching rows land in
 /// partitions with the same number, and each pair is joined in memory in turn (one
 /// level down, a pair whose right side is still too large is partitioned again). A
 /// row whose key is NULL matches nothing; it goes to some partition all the same, to
 /// be padded there if its side is kept by an outer join.
-pub struct GraceJoin {
+struct GraceJoin {
     spec: Arc<JoinSpec>,
     pairs: std::collections::VecDeque<(Option<crate::spill::SpillReader>, Option<crate::spill::SpillReader>, u32)>,
-    current: Option<RowIter>,
-    failed: bool,
 }
 
-/// What every partition pair of a [`GraceJoin`] is joined with.
+/// What every partition pair of a [`grace_join`] is joined with.
 pub struct JoinSpec {
     /// Width of left rows.
     pub left_width: usize,
@@ -293,14 +315,15 @@ pub struct JoinSpec {
     pub budget: usize,
 }
 
-impl GraceJoin {
-    /// Partitions `left` and `right` (all of both are read now) at `level`.
-    pub fn new(left: RowIter, right: RowIter, spec: Arc<JoinSpec>, level: u32) -> Result<Self> {
-        let mut join = Self { spec, pairs: Default::default(), current: None, failed: false };
-        join.split_inputs(left, right, level)?;
-        Ok(join)
-    }
+/// Joins `left` and `right` as a grace hash join (see `GraceJoin`); both inputs are
+/// read and partitioned now, the pairs joined as the rows are pulled.
+pub fn grace_join(left: RowIter, right: RowIter, spec: Arc<JoinSpec>) -> Result<RowIter> {
+    let mut join = GraceJoin { spec, pairs: Default::default() };
+    join.split_inputs(left, right, 0)?;
+    Ok(parts(move || join.next_pair()))
+}
 
+impl GraceJoin {
     fn split_inputs(&mut self, left: RowIter, right: RowIter, level: u32) -> Result<()> {
         let split = |rows: RowIter, keys: &[Expr]| -> Result<Vec<Option<crate::spill::SpillReader>>> {
             let mut parts = crate::spill::Partitions::new(level);
@@ -363,32 +386,6 @@ impl GraceJoin {
     }
 }
 
-impl Iterator for GraceJoin {
-    type Item = Result<Row>;
-
-    fn next(&mut self) -> Option<Result<Row>> {
-        loop {
-            if self.failed {
-                return None;
-            }
-            if let Some(r) = self.current.as_mut().and_then(Iterator::next) {
-                if r.is_err() {
-                    self.failed = true;
-                }
-                return Some(r);
-            }
-            match self.next_pair() {
-                Ok(Some(rows)) => self.current = Some(rows),
-                Ok(None) => return None,
-                Err(e) => {
-                    self.failed = true;
-                    return Some(Err(e));
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,16 +421,36 @@ mod tests {
         assert!(collect(limit(failing, 5, None)).is_err(), "an error inside OFFSET must not be skipped");
     }
 
-    #[test]
-    fn hash_joins_equal_nested_loops() {
-        // Small value ranges make duplicates and NULLs common.
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
+    /// A small deterministic generator: `next(n)` is in `0..n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed % n
-        };
+        }
+    }
+
+    /// Two-column rows joined on `on` by a nested loop, hashed on the first columns or not.
+    fn two_column_join(left: &[Row], right: &[Row], on: &Expr, keep: (bool, bool), hashed: bool) -> Vec<Row> {
+        let j = NestedLoop::new(
+            materialized(left.to_vec()),
+            2,
+            right.to_vec(),
+            2,
+            Some(on.clone()),
+            Arc::from(vec![]),
+            keep.0,
+            keep.1,
+        );
+        let j = if hashed { j.hashed(vec![Expr::Column(0)], &[Expr::Column(0)]).unwrap() } else { j };
+        j.collect::<Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn hash_joins_equal_nested_loops() {
+        // Small value ranges make duplicates and NULLs common.
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for case in 0..300 {
             let mut side = |len: u64| -> Vec<Row> {
                 (0..next(len))
@@ -454,20 +471,7 @@ mod tests {
                 Box::new(Expr::Binary(crate::expr::BinOp::LtEq, Box::new(Expr::Column(1)), Box::new(Expr::Column(3)))),
             );
             for (keep_left, keep_right) in [(false, false), (true, false), (false, true), (true, true)] {
-                let run = |hashed: bool| -> Vec<Row> {
-                    let j = NestedLoop::new(
-                        materialized(left.clone()),
-                        2,
-                        right.clone(),
-                        2,
-                        Some(on.clone()),
-                        Arc::from(vec![]),
-                        keep_left,
-                        keep_right,
-                    );
-                    let j = if hashed { j.hashed(vec![Expr::Column(0)], &[Expr::Column(0)]).unwrap() } else { j };
-                    j.collect::<Result<_>>().unwrap()
-                };
+                let run = |hashed| two_column_join(&left, &right, &on, (keep_left, keep_right), hashed);
                 assert_eq!(run(true), run(false), "case {case}, keep {keep_left}/{keep_right}");
             }
         }
@@ -475,13 +479,7 @@ mod tests {
 
     #[test]
     fn grace_joins_equal_in_memory_hash_joins() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for case in 0..12 {
             let mut side = |len: u64, keys: u64| -> Vec<Row> {
                 (0..len)
@@ -514,25 +512,11 @@ mod tests {
                     keep_right,
                     budget: 8_000,
                 });
-                let mut grace: Vec<Row> =
-                    GraceJoin::new(materialized(left.clone()), materialized(right.clone()), spec, 0)
-                        .unwrap()
-                        .collect::<Result<_>>()
-                        .unwrap();
-                let mut memory: Vec<Row> = NestedLoop::new(
-                    materialized(left.clone()),
-                    2,
-                    right.clone(),
-                    2,
-                    Some(on.clone()),
-                    Arc::from(vec![]),
-                    keep_left,
-                    keep_right,
-                )
-                .hashed(vec![Expr::Column(0)], &[Expr::Column(0)])
-                .unwrap()
-                .collect::<Result<_>>()
-                .unwrap();
+                let mut grace: Vec<Row> = grace_join(materialized(left.clone()), materialized(right.clone()), spec)
+                    .unwrap()
+                    .collect::<Result<_>>()
+                    .unwrap();
+                let mut memory = two_column_join(&left, &right, &on, (keep_left, keep_right), true);
                 let key = |r: &Row| crate::exec::row_identity(r);
                 grace.sort_by_key(key);
                 memory.sort_by_key(key);

@@ -595,13 +595,21 @@ fn set_op_at(
                 let r = r?;
                 left_parts.push(&crate::exec::row_identity(&r), &r)?;
             }
-            let pairs = left_parts
+            let mut pairs: VecDeque<(SpillReader, Option<SpillReader>)> = left_parts
                 .finish_aligned()?
                 .into_iter()
                 .zip(right_parts.finish_aligned()?)
                 .filter_map(|(l, r)| l.map(|l| (l, r)))
                 .collect();
-            return Ok(Box::new(SetPairs { pairs, intersect, all, budget, level, current: None, failed: false }));
+            // Each pair is handled the same way, one level down, when its turn comes.
+            return Ok(crate::pipeline::parts(move || {
+                let Some((left, right)) = pairs.pop_front() else { return Ok(None) };
+                let right: RowIter = match right {
+                    Some(r) => Box::new(r),
+                    None => Box::new(std::iter::empty()),
+                };
+                set_op_at(Box::new(left), right, intersect, all, budget, level + 1).map(Some)
+            }));
         }
     }
     let mut counts: std::collections::HashMap<Vec<u8>, usize> = counts.into_iter().map(|(k, (_, n))| (k, n)).collect();
@@ -616,47 +624,6 @@ fn set_op_at(
             _ => !intersect,
         })
     }))
-}
-
-/// The partition pairs of a spilled INTERSECT/EXCEPT, handled one after another.
-struct SetPairs {
-    pairs: std::collections::VecDeque<(SpillReader, Option<SpillReader>)>,
-    intersect: bool,
-    all: bool,
-    budget: usize,
-    level: u32,
-    current: Option<RowIter>,
-    failed: bool,
-}
-
-impl Iterator for SetPairs {
-    type Item = Result<Row>;
-
-    fn next(&mut self) -> Option<Result<Row>> {
-        loop {
-            if self.failed {
-                return None;
-            }
-            if let Some(r) = self.current.as_mut().and_then(Iterator::next) {
-                if r.is_err() {
-                    self.failed = true;
-                }
-                return Some(r);
-            }
-            let (left, right) = self.pairs.pop_front()?;
-            let right: RowIter = match right {
-                Some(r) => Box::new(r),
-                None => Box::new(std::iter::empty()),
-            };
-            match set_op_at(Box::new(left), right, self.intersect, self.all, self.budget, self.level + 1) {
-                Ok(rows) => self.current = Some(rows),
-                Err(e) => {
-                    self.failed = true;
-                    return Some(Err(e));
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

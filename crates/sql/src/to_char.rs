@@ -231,6 +231,15 @@ fn quoted(rest: &str, out: &mut String) -> usize {
     rest.len()
 }
 
+/// An AM/PM or BC/AD marker in the pattern's case.
+fn marker(s: &str, case: &str) -> String {
+    if case == "lower" {
+        s.to_lowercase()
+    } else {
+        s.to_string()
+    }
+}
+
 fn datetime(f: &Fields, fmt: &str, with_zone: bool) -> String {
     let mut out = String::new();
     let mut rest = fmt;
@@ -286,39 +295,19 @@ fn datetime(f: &Fields, fmt: &str, with_zone: bool) -> String {
         let piece = match p.to_ascii_uppercase().as_str() {
             "A.M." | "P.M." => {
                 value = None;
-                let s = if pm { "P.M." } else { "A.M." };
-                if case == "lower" {
-                    s.to_lowercase()
-                } else {
-                    s.to_string()
-                }
+                marker(if pm { "P.M." } else { "A.M." }, case)
             }
             "AM" | "PM" => {
                 value = None;
-                let s = if pm { "PM" } else { "AM" };
-                if case == "lower" {
-                    s.to_lowercase()
-                } else {
-                    s.to_string()
-                }
+                marker(if pm { "PM" } else { "AM" }, case)
             }
             "B.C." | "A.D." => {
                 value = None;
-                let s = if bc { "B.C." } else { "A.D." };
-                if case == "lower" {
-                    s.to_lowercase()
-                } else {
-                    s.to_string()
-                }
+                marker(if bc { "B.C." } else { "A.D." }, case)
             }
             "BC" | "AD" => {
                 value = None;
-                let s = if bc { "BC" } else { "AD" };
-                if case == "lower" {
-                    s.to_lowercase()
-                } else {
-                    s.to_string()
-                }
+                marker(if bc { "BC" } else { "AD" }, case)
             }
             "MONTH" => {
                 value = None;

@@ -46,6 +46,23 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// Types whose equal values have equal key encodings, grouped by the `Value` they
+    /// hold (so an int4 and an int8 column compare by encoding): hash joins and IN-sets
+    /// use them. Floats (-0 = 0), numerics (1.0 = 1.00), intervals (1 day = 24 hours)
+    /// and CHAR(n) (trailing blanks) compare looser than their encodings: None.
+    pub fn hash_family(self) -> Option<u8> {
+        Some(match self {
+            DataType::Int2 | DataType::Int4 | DataType::Int8 => 0,
+            DataType::Text | DataType::Varchar(_) => 1,
+            DataType::Bool => 2,
+            DataType::Date => 3,
+            DataType::Timestamp => 4,
+            DataType::TimestampTz => 5,
+            DataType::Bytea => 6,
+            _ => return None,
+        })
+    }
+
     /// Parses a type as sqlparser prints it (e.g. `INT`, `VARCHAR(100)`, `DOUBLE PRECISION`).
     pub fn parse(spelled: &str) -> Result<Self> {
         let s = spelled.trim().to_ascii_lowercase();
@@ -382,6 +399,20 @@ impl Value {
     }
 
     /// A short name of the value's kind, for error messages.
+    /// The [`DataType::hash_family`] of a value (None for NULL and looser types).
+    pub fn hash_family(&self) -> Option<u8> {
+        Some(match self {
+            Value::Int(_) => 0,
+            Value::Text(_) => 1,
+            Value::Bool(_) => 2,
+            Value::Date(_) => 3,
+            Value::Timestamp(_) => 4,
+            Value::TimestampTz(_) => 5,
+            Value::Bytes(_) => 6,
+            _ => return None,
+        })
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             Value::Null => "null",

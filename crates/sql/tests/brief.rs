@@ -1,28 +1,14 @@
 //! Which statements run on the async worker (point statements, which must not pay a
 //! thread hand-off) and which move off it first (anything that may run long).
 
-use amberdb_consensus::{Node, NodeConfig};
-use amberdb_mvcc::SystemClock;
-use amberdb_sql::{Env, Session, Statement, Value};
-use amberdb_storage::Memory;
-use std::sync::Arc;
+mod common;
+
+use amberdb_sql::{Statement, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_point_statements_count_as_brief() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node =
-        Node::open(&dir.path().join("raft"), Arc::new(Memory::new()), Arc::new(SystemClock), NodeConfig::default())
-            .await
-            .expect("node");
-    let env = Arc::new(Env {
-        backup: amberdb_backup::DestConfig {
-            backup_root: dir.path().join("backups"),
-            s3: amberdb_backup::S3Config::default(),
-        },
-        jobs: None,
-        backup_key: None,
-    });
-    let mut s = Session::new(node.clone(), env);
+    let (node, mut s) = common::node_and_session(dir.path()).await;
     for stmt in amberdb_sql::parse(
         "CREATE TABLE acc (id INT PRIMARY KEY, bal INT, owner TEXT); CREATE INDEX acc_owner ON acc (owner);
          CREATE TABLE pair (a INT, b INT, v INT, PRIMARY KEY (a, b))",

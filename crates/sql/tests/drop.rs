@@ -1,10 +1,10 @@
 //! DROP TABLE unlinks the table in one small commit; the collector deletes its data.
 
-use amberdb_consensus::{Node, NodeConfig};
-use amberdb_mvcc::SystemClock;
-use amberdb_sql::{Catalog, Env, Session};
-use amberdb_storage::{KeyRange, Memory};
-use std::sync::Arc;
+mod common;
+
+use amberdb_consensus::Node;
+use amberdb_sql::{Catalog, Session};
+use amberdb_storage::KeyRange;
 
 async fn run(session: &mut Session, sql: &str) {
     for stmt in amberdb_sql::parse(sql).expect("parse") {
@@ -20,19 +20,7 @@ fn entries_under(node: &Node, prefixes: &[Vec<u8>]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_tables_are_collected_in_bounded_transactions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node =
-        Node::open(&dir.path().join("raft"), Arc::new(Memory::new()), Arc::new(SystemClock), NodeConfig::default())
-            .await
-            .expect("node");
-    let env = Arc::new(Env {
-        backup: amberdb_backup::DestConfig {
-            backup_root: dir.path().join("backups"),
-            s3: amberdb_backup::S3Config::default(),
-        },
-        jobs: None,
-        backup_key: None,
-    });
-    let mut s = Session::new(node.clone(), env);
+    let (node, mut s) = common::node_and_session(dir.path()).await;
     run(&mut s, "CREATE TABLE t (id INT PRIMARY KEY, v TEXT)").await;
     run(&mut s, "CREATE INDEX t_v ON t (v)").await;
     run(&mut s, "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 30000) AS g(g)").await;
