@@ -41,6 +41,8 @@ pub struct Transaction {
     view: ReadView,
     reads: Vec<KeyRange>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Size of `writes` as a commit would count it (key + value + 16 per write).
+    write_bytes: usize,
     read_only: bool,
 }
 
@@ -61,12 +63,12 @@ fn point(key: &[u8]) -> KeyRange {
 impl Transaction {
     /// A read-write transaction reading at `view`'s version.
     pub fn new(view: ReadView) -> Self {
-        Self { view, reads: Vec::new(), writes: BTreeMap::new(), read_only: false }
+        Self { view, reads: Vec::new(), writes: BTreeMap::new(), write_bytes: 0, read_only: false }
     }
 
     /// A read-only transaction (time-travel reads are always read-only).
     pub fn read_only(view: ReadView) -> Self {
-        Self { view, reads: Vec::new(), writes: BTreeMap::new(), read_only: true }
+        Self { view, reads: Vec::new(), writes: BTreeMap::new(), write_bytes: 0, read_only: true }
     }
 
     /// The version this transaction reads at.
@@ -77,6 +79,13 @@ impl Transaction {
     /// Whether writes are refused.
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Bytes of buffered writes, counted as a commit counts them (key + value + 16 per
+    /// key), so a statement can stop as soon as its transaction grows past what one
+    /// commit may carry instead of at commit time.
+    pub fn write_bytes(&self) -> usize {
+        self.write_bytes
     }
 
     /// Whether the transaction has buffered any write.
@@ -161,7 +170,12 @@ impl Transaction {
                 self.view.version()
             )));
         }
-        self.writes.insert(key, value);
+        let size = |k: usize, v: &Option<Vec<u8>>| k + v.as_ref().map_or(0, Vec::len) + 16;
+        let (key_len, added) = (key.len(), size(key.len(), &value));
+        if let Some(old) = self.writes.insert(key, value) {
+            self.write_bytes -= size(key_len, &old);
+        }
+        self.write_bytes += added;
         Ok(())
     }
 

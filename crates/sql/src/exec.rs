@@ -111,7 +111,7 @@ enum Access {
     Range(amberdb_storage::KeyRange, Option<usize>),
 }
 
-/// Reads the rows an access path selects.
+/// Reads the row a key selects, or (ALTER TABLE's rewrite) every row of the table.
 fn read_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<Vec<StoredRow>> {
     match access {
         Access::Key(pk) => {
@@ -125,19 +125,9 @@ fn read_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<Ve
                 None => vec![],
             })
         }
-        Access::Index(i, values) => {
-            let prefix = def.index_prefix(&def.indexes[i], &values);
-            read_index_rows(txn, def, i, amberdb_storage::KeyRange::prefix(&prefix))
+        Access::Index(..) | Access::Range(..) => {
+            Err(Error::Internal("read_rows takes a key or a whole scan; ranges stream".into()))
         }
-        Access::Range(range, Some(i)) => read_index_rows(txn, def, i, range),
-        Access::Range(range, None) => txn
-            .scan(range)
-            .map(|kv| {
-                crate::interrupt::check_current()?;
-                let (key, raw) = kv?;
-                Ok(StoredRow { row: def.decode_row(&raw)?, key })
-            })
-            .collect(),
         Access::Scan => txn
             .scan(def.rows_range())
             .map(|kv| {
@@ -149,30 +139,9 @@ fn read_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<Ve
     }
 }
 
-/// The rows the entries of index `i` within `range` point at.
-fn read_index_rows(
-    txn: &mut Transaction,
-    def: &TableDef,
-    i: usize,
-    range: amberdb_storage::KeyRange,
-) -> Result<Vec<StoredRow>> {
-    let index = &def.indexes[i];
-    {
-        {
-            let entries: Vec<Vec<u8>> = txn.scan(range).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
-            let mut out = Vec::with_capacity(entries.len());
-            for e in entries {
-                let key = def.row_key_of_entry(index, &e)?;
-                let raw = txn.get(&key)?.ok_or_else(|| missing_indexed_row(def, i))?;
-                out.push(StoredRow { row: def.decode_row(&raw)?, key });
-            }
-            Ok(out)
-        }
-    }
-}
-
-/// The rows an access path selects, produced lazily for scans and key ranges (the
-/// storage scan owns its snapshot); point and index reads are collected here.
+/// The rows an access path selects, produced lazily for scans, key ranges (the storage
+/// scan owns its snapshot) and index ranges (see `stream_index_rows`); a point read is
+/// done here.
 fn stream_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<RowIter> {
     let range = match access {
         Access::Scan => def.rows_range(),
@@ -203,29 +172,41 @@ fn stream_index_rows(
     i: usize,
     range: amberdb_storage::KeyRange,
 ) -> Result<RowIter> {
+    Ok(Box::new(index_stored(txn, def, i, range)?.map(|r| r.map(|r| r.row))))
+}
+
+/// The rows an index range points at, with their keys (see `stream_index_rows`).
+fn index_stored(
+    txn: &mut Transaction,
+    def: &TableDef,
+    i: usize,
+    range: amberdb_storage::KeyRange,
+) -> Result<StoredRows> {
     let mut entries = txn.scan(range);
     let mut first = Vec::new();
     for kv in entries.by_ref() {
         let (entry, _) = kv?;
         let key = def.row_key_of_entry(&def.indexes[i], &entry)?;
         let raw = txn.get(&key)?.ok_or_else(|| missing_indexed_row(def, i))?;
-        first.push(def.decode_row(&raw)?);
+        first.push(StoredRow { row: def.decode_row(&raw)?, key });
         if first.len() == EAGER_INDEX_ROWS {
             break;
         }
     }
     if first.len() < EAGER_INDEX_ROWS {
-        return Ok(materialized(first));
+        return Ok(Box::new(first.into_iter().map(Ok)));
     }
     let reader = txn.detached_reader(def.rows_range());
     let def = def.clone();
+    let flag = crate::interrupt::current();
     let rest = entries.map(move |kv| {
+        crate::interrupt::check(&flag)?;
         let (entry, _) = kv?;
         let key = def.row_key_of_entry(&def.indexes[i], &entry)?;
         let raw = reader.get(&key)?.ok_or_else(|| missing_indexed_row(&def, i))?;
-        def.decode_row(&raw)
+        Ok(StoredRow { row: def.decode_row(&raw)?, key })
     });
-    Ok(crate::interrupt::rows(Box::new(materialized(first).chain(rest))))
+    Ok(Box::new(first.into_iter().map(Ok).chain(rest)))
 }
 
 fn missing_indexed_row(def: &TableDef, i: usize) -> Error {
@@ -1509,6 +1490,16 @@ fn write_row(
     if let Some((nk, row)) = new {
         txn.put(nk.to_vec(), def.encode_row(row))?;
     }
+    // Stop at the first row past what one commit may carry, not after reading them all.
+    if txn.write_bytes() > amberdb_consensus::MAX_TXN_BYTES {
+        return Err(Error::sql(
+            "54000",
+            format!(
+                "transaction too large: more than {} MiB of writes; split it into smaller transactions",
+                amberdb_consensus::MAX_TXN_BYTES >> 20
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -1781,22 +1772,52 @@ fn by_key(txn: &mut Transaction, twj: &ast::TableWithJoins, selection: Option<&a
     matches!(choose_access(&def, Some(&pred), params), Ok(Access::Key(_)) | Err(_))
 }
 
+/// The rows of `def` an UPDATE or DELETE's WHERE selects, produced as they are used, so
+/// a statement over a large table stops at the write-set limit instead of first
+/// reading everything (the scans own a snapshot of the transaction's writes taken now:
+/// rows this statement writes are not met again).
 fn matching_rows(
     txn: &mut Transaction,
     def: &TableDef,
     scope: &[ScopeCol],
     selection: &Option<ast::Expr>,
     params: &[Value],
-) -> Result<Vec<StoredRow>> {
+) -> Result<StoredRows> {
     let pred = selection.as_ref().map(|s| Binder::with_txn(scope, txn, params).bind(s)).transpose()?;
     let access = choose_access(def, pred.as_ref(), params)?;
-    let mut out = Vec::new();
-    for r in read_rows(txn, def, access)? {
-        if pred.as_ref().map_or(Ok(true), |p| p.matches(&r.row, params))? {
-            out.push(r);
+    let rows: StoredRows = match access {
+        Access::Scan => scan_stored(txn, def, def.rows_range()),
+        Access::Range(range, None) => scan_stored(txn, def, range),
+        Access::Index(i, values) => {
+            let prefix = def.index_prefix(&def.indexes[i], &values);
+            index_stored(txn, def, i, amberdb_storage::KeyRange::prefix(&prefix))?
         }
-    }
-    Ok(out)
+        Access::Range(range, Some(i)) => index_stored(txn, def, i, range)?,
+        key @ Access::Key(_) => Box::new(read_rows(txn, def, key)?.into_iter().map(Ok)),
+    };
+    let params: Params = params.into();
+    Ok(Box::new(rows.filter_map(move |r| match r {
+        Ok(r) => match pred.as_ref().map_or(Ok(true), |p| p.matches(&r.row, &params)) {
+            Ok(true) => Some(Ok(r)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        },
+        Err(e) => Some(Err(e)),
+    })))
+}
+
+/// Stored rows, produced on demand.
+type StoredRows = Box<dyn Iterator<Item = Result<StoredRow>> + Send>;
+
+/// The rows of a key range, with their keys, as a lazy scan.
+fn scan_stored(txn: &mut Transaction, def: &TableDef, range: amberdb_storage::KeyRange) -> StoredRows {
+    let def = def.clone();
+    let flag = crate::interrupt::current();
+    Box::new(txn.scan(range).map(move |kv| {
+        crate::interrupt::check(&flag)?;
+        let (key, raw) = kv?;
+        Ok(StoredRow { row: def.decode_row(&raw)?, key })
+    }))
 }
 
 /// UPDATE.
@@ -1807,8 +1828,10 @@ pub fn update(txn: &mut Transaction, up: &ast::Update, params: &[Value]) -> Resu
     let (def, alias) = target_table(txn, &up.table)?;
     let scope = scope_of(&def, &alias);
     let rows = matching_rows(txn, &def, &scope, &up.selection, params)?;
-    let mut written = Vec::new();
+    // New rows are kept only for RETURNING; otherwise counted.
+    let (mut written, mut count) = (Vec::new(), 0u64);
     for r in rows {
+        let r = r?;
         let mut new = r.row.clone();
         apply_assignments(&def, &scope, &up.assignments, &r.row, &mut new, params)?;
         let new = conform(&def, new)?;
@@ -1817,9 +1840,12 @@ pub fn update(txn: &mut Transaction, up: &ast::Update, params: &[Value]) -> Resu
             return Err(duplicate_key(&def, &new));
         }
         write_row(txn, &def, Some((&r.key, &r.row)), Some((&key, &new)))?;
-        written.push(new);
+        count += 1;
+        if up.returning.is_some() {
+            written.push(new);
+        }
     }
-    let tag = format!("UPDATE {}", written.len());
+    let tag = format!("UPDATE {count}");
     returning(&def, &up.returning, &written, params, tag)
 }
 
@@ -1835,12 +1861,16 @@ pub fn delete(txn: &mut Transaction, del: &ast::Delete, params: &[Value]) -> Res
     let (def, alias) = target_table(txn, twj)?;
     let scope = scope_of(&def, &alias);
     let rows = matching_rows(txn, &def, &scope, &del.selection, params)?;
-    let mut deleted = Vec::new();
+    let (mut deleted, mut count) = (Vec::new(), 0u64);
     for r in rows {
+        let r = r?;
         write_row(txn, &def, Some((&r.key, &r.row)), None)?;
-        deleted.push(r.row);
+        count += 1;
+        if del.returning.is_some() {
+            deleted.push(r.row);
+        }
     }
-    let tag = format!("DELETE {}", deleted.len());
+    let tag = format!("DELETE {count}");
     returning(&def, &del.returning, &deleted, params, tag)
 }
 
@@ -1990,7 +2020,8 @@ pub fn create_index(txn: &mut Transaction, ci: &ast::CreateIndex) -> Result<Outc
     let id = def.indexes.iter().map(|i| i.id).max().unwrap_or(0) + 1;
     let index = IndexDef { id, name, columns, unique: ci.unique };
     let mut seen = HashSet::new();
-    for r in read_rows(txn, &def, Access::Scan)? {
+    for r in scan_stored(txn, &def, def.rows_range()) {
+        let r = r?;
         let values: Vec<Value> = index.columns.iter().map(|&c| r.row[c].clone()).collect();
         if index.unique && !values.iter().any(Value::is_null) && !seen.insert(row_identity(&values)) {
             return Err(Error::sql(
