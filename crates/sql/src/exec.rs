@@ -111,32 +111,17 @@ enum Access {
     Range(amberdb_storage::KeyRange, Option<usize>),
 }
 
-/// Reads the row a key selects, or (ALTER TABLE's rewrite) every row of the table.
-fn read_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<Vec<StoredRow>> {
-    match access {
-        Access::Key(pk) => {
-            let mut probe = vec![Value::Null; def.columns.len()];
-            for (&i, v) in def.primary_key.iter().zip(pk) {
-                probe[i] = v;
-            }
-            let key = def.row_key(&probe, None);
-            Ok(match txn.get(&key)? {
-                Some(raw) => vec![StoredRow { row: def.decode_row(&raw)?, key }],
-                None => vec![],
-            })
-        }
-        Access::Index(..) | Access::Range(..) => {
-            Err(Error::Internal("read_rows takes a key or a whole scan; ranges stream".into()))
-        }
-        Access::Scan => txn
-            .scan(def.rows_range())
-            .map(|kv| {
-                crate::interrupt::check_current()?;
-                let (key, raw) = kv?;
-                Ok(StoredRow { row: def.decode_row(&raw)?, key })
-            })
-            .collect(),
+/// Reads the row with primary-key values `pk` (a point read, recorded as such).
+fn read_key(txn: &mut Transaction, def: &TableDef, pk: Vec<Value>) -> Result<Vec<StoredRow>> {
+    let mut probe = vec![Value::Null; def.columns.len()];
+    for (&i, v) in def.primary_key.iter().zip(pk) {
+        probe[i] = v;
     }
+    let key = def.row_key(&probe, None);
+    Ok(match txn.get(&key)? {
+        Some(raw) => vec![StoredRow { row: def.decode_row(&raw)?, key }],
+        None => vec![],
+    })
 }
 
 /// The rows an access path selects, produced lazily for scans, key ranges (the storage
@@ -151,7 +136,7 @@ fn stream_rows(txn: &mut Transaction, def: &TableDef, access: Access) -> Result<
             return stream_index_rows(txn, def, i, amberdb_storage::KeyRange::prefix(&prefix));
         }
         Access::Range(range, Some(i)) => return stream_index_rows(txn, def, i, range),
-        other => return Ok(materialized(read_rows(txn, def, other)?.into_iter().map(|r| r.row).collect())),
+        Access::Key(pk) => return Ok(materialized(read_key(txn, def, pk)?.into_iter().map(|r| r.row).collect())),
     };
     let def = def.clone();
     Ok(crate::interrupt::rows(Box::new(txn.scan(range).map(move |kv| def.decode_row(&kv?.1)))))
@@ -1490,7 +1475,12 @@ fn write_row(
     if let Some((nk, row)) = new {
         txn.put(nk.to_vec(), def.encode_row(row))?;
     }
-    // Stop at the first row past what one commit may carry, not after reading them all.
+    check_write_set(txn)
+}
+
+/// Stops a statement at the first row past what one commit may carry, rather than
+/// after reading (and buffering) all of them.
+fn check_write_set(txn: &Transaction) -> Result<()> {
     if txn.write_bytes() > amberdb_consensus::MAX_TXN_BYTES {
         return Err(Error::sql(
             "54000",
@@ -1793,7 +1783,7 @@ fn matching_rows(
             index_stored(txn, def, i, amberdb_storage::KeyRange::prefix(&prefix))?
         }
         Access::Range(range, Some(i)) => index_stored(txn, def, i, range)?,
-        key @ Access::Key(_) => Box::new(read_rows(txn, def, key)?.into_iter().map(Ok)),
+        Access::Key(pk) => Box::new(read_key(txn, def, pk)?.into_iter().map(Ok)),
     };
     let params: Params = params.into();
     Ok(Box::new(rows.filter_map(move |r| match r {
@@ -2116,8 +2106,9 @@ pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcom
                     ));
                 }
                 let value = default_value(&col)?.cast(col.ty).map_err(crate::expr::to_sql_err)?;
-                let rows = read_rows(txn, &def, Access::Scan)?;
-                if value.is_null() && !col.nullable && !rows.is_empty() {
+                // Decoded with the definition before the column exists.
+                let mut rows = scan_stored(txn, &def, def.rows_range()).peekable();
+                if value.is_null() && !col.nullable && rows.peek().is_some() {
                     return Err(Error::sql(
                         "23502",
                         format!("column \"{}\" of relation \"{}\" contains null values", col.name, def.name),
@@ -2127,10 +2118,12 @@ pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcom
                 if !value.is_null() {
                     for r in rows {
                         // Rows were read before the column existed: append its value.
+                        let r = r?;
                         let mut row = r.row;
                         row.resize(def.columns.len() - 1, Value::Null);
                         row.push(value.clone());
                         txn.put(r.key, def.encode_row(&row))?;
+                        check_write_set(txn)?;
                     }
                 }
             }
@@ -2158,7 +2151,8 @@ pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcom
                         delete_range(txn, def.index_range(&index))?;
                     }
                     def.indexes = kept;
-                    let rows = read_rows(txn, &def, Access::Scan)?;
+                    // Decoded with the definition that still has the column.
+                    let rows = scan_stored(txn, &def, def.rows_range());
                     def.columns.remove(pos);
                     let shift = |c: &mut usize| {
                         if *c > pos {
@@ -2168,9 +2162,11 @@ pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcom
                     def.primary_key.iter_mut().for_each(shift);
                     def.indexes.iter_mut().for_each(|i| i.columns.iter_mut().for_each(shift));
                     for r in rows {
+                        let r = r?;
                         let mut row = r.row;
                         row.remove(pos);
                         txn.put(r.key, def.encode_row(&row))?;
+                        check_write_set(txn)?;
                     }
                 }
             }

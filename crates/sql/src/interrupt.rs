@@ -42,11 +42,6 @@ pub(crate) fn check(flag: &Flag) -> Result<()> {
     }
 }
 
-/// Fails with 57014 if the statement executing on this thread was canceled.
-pub(crate) fn check_current() -> Result<()> {
-    CURRENT.with(|c| check(&c.borrow()))
-}
-
 /// `rows`, ending in a 57014 error once the statement is canceled.
 pub(crate) fn rows(rows: RowIter) -> RowIter {
     let flag = current();
