@@ -163,14 +163,14 @@ pub struct Handlers {
     parser: Arc<Parser>,
     cancel: Cancel,
     /// The session's interrupt flag, registered for cancel requests at startup.
-    interrupt: Arc<std::sync::atomic::AtomicBool>,
+    interrupt: Arc<amberdb_sql::Interrupt>,
     scram: Option<Arc<ScramAuth>>,
 }
 
 /// Interrupt flags of the open sessions by their cancel key (pid, secret). Weak: a
 /// closed connection's entry is dead and swept at the next registration.
 type Interrupts =
-    std::sync::Mutex<std::collections::HashMap<(i32, bytes::Bytes), std::sync::Weak<std::sync::atomic::AtomicBool>>>;
+    std::sync::Mutex<std::collections::HashMap<(i32, bytes::Bytes), std::sync::Weak<amberdb_sql::Interrupt>>>;
 
 /// Cancel requests: pgwire's (which drops the running `do_query` at its next await)
 /// plus the session's interrupt flag (which stops the loops of a statement executing
@@ -182,12 +182,7 @@ struct Cancel {
 }
 
 impl Cancel {
-    fn register(
-        &self,
-        pid: i32,
-        key: &pgwire::messages::startup::SecretKey,
-        flag: &Arc<std::sync::atomic::AtomicBool>,
-    ) {
+    fn register(&self, pid: i32, key: &pgwire::messages::startup::SecretKey, flag: &Arc<amberdb_sql::Interrupt>) {
         if let Ok(mut map) = self.interrupts.lock() {
             map.retain(|_, f| f.strong_count() > 0);
             map.insert((pid, key.to_bytes()), Arc::downgrade(flag));
@@ -200,7 +195,7 @@ impl pgwire::api::cancel::CancelHandler for Cancel {
     async fn on_cancel_request(&self, req: pgwire::messages::cancel::CancelRequest) {
         let flag = self.interrupts.lock().ok().and_then(|m| m.get(&(req.pid, req.secret_key.to_bytes())).cloned());
         if let Some(flag) = flag.and_then(|f| f.upgrade()) {
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            flag.cancel();
         }
         self.connections.cancel(req.pid, &req.secret_key).await;
     }
@@ -223,11 +218,11 @@ struct Startup {
     driver: AuthDriver<DefaultServerParameterProvider>,
     scram: Option<Arc<ScramAuth>>,
     cancel: Cancel,
-    interrupt: Arc<std::sync::atomic::AtomicBool>,
+    interrupt: Arc<amberdb_sql::Interrupt>,
 }
 
 impl Startup {
-    fn new(cancel: Cancel, interrupt: Arc<std::sync::atomic::AtomicBool>, scram: Option<Arc<ScramAuth>>) -> Self {
+    fn new(cancel: Cancel, interrupt: Arc<amberdb_sql::Interrupt>, scram: Option<Arc<ScramAuth>>) -> Self {
         let connections = cancel.connections.clone();
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = amberdb_sql::SERVER_VERSION.to_string();

@@ -29,6 +29,7 @@ mod exec;
 mod expr;
 mod info_schema;
 mod interrupt;
+pub use interrupt::Interrupt;
 mod interval;
 mod pg_catalog;
 mod pipeline;

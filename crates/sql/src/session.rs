@@ -77,7 +77,20 @@ pub struct Session {
     /// `SET work_mem` of this session (None: the server's default).
     work_mem: Option<usize>,
     /// Set by a cancel request; checked by the loops of the running statement.
-    interrupt: Arc<std::sync::atomic::AtomicBool>,
+    interrupt: Arc<crate::Interrupt>,
+    /// `SET statement_timeout` (None: no limit).
+    statement_timeout: Option<std::time::Duration>,
+    /// Fires the timeout of the statement running now; aborted when the next starts.
+    timer: Option<AbortOnDrop>,
+}
+
+/// A task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A COPY FROM STDIN in progress.
@@ -161,6 +174,8 @@ impl Session {
             stream_failed: Arc::default(),
             work_mem: None,
             interrupt: Arc::default(),
+            statement_timeout: None,
+            timer: None,
         }
     }
 
@@ -347,7 +362,7 @@ impl Session {
 
     /// Executes one statement with bind parameters.
     /// The flag a cancel request for this session sets (see `interrupt`).
-    pub fn interrupt_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+    pub fn interrupt_flag(&self) -> Arc<crate::Interrupt> {
         self.interrupt.clone()
     }
 
@@ -356,7 +371,7 @@ impl Session {
     /// hold a worker other connections (and cancel requests) need.
     fn in_statement<T>(
         work_mem: Option<usize>,
-        interrupt: &Arc<std::sync::atomic::AtomicBool>,
+        interrupt: &Arc<crate::Interrupt>,
         brief: bool,
         f: impl FnOnce() -> T,
     ) -> T {
@@ -371,13 +386,32 @@ impl Session {
     }
 
     pub async fn execute(&mut self, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
-        self.interrupt.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.timer = None;
+        self.interrupt.clear();
+        if let (Some(limit), Ok(rt)) = (self.statement_timeout, tokio::runtime::Handle::try_current()) {
+            let flag = self.interrupt.clone();
+            self.timer = Some(AbortOnDrop(rt.spawn(async move {
+                tokio::time::sleep(limit).await;
+                flag.time_out();
+            })));
+        }
         if self.stream_failed.swap(false, std::sync::atomic::Ordering::SeqCst) && self.txn.is_some() {
             self.failed = true;
         }
         if let Statement::Sql { ast, .. } = stmt {
             if let Some(outcome) = self.session_setting(ast)? {
                 return Ok(outcome);
+            }
+            if let ast::Statement::ShowVariable { variable } = ast {
+                if variable.len() == 1 && variable[0].value.eq_ignore_ascii_case("statement_timeout") {
+                    return Ok(Outcome::Rows {
+                        columns: vec![OutColumn { name: "statement_timeout".into(), ty: Some(DataType::Text) }],
+                        rows: crate::pipeline::materialized(vec![vec![Value::Text(crate::interrupt::format_timeout(
+                            self.statement_timeout,
+                        ))]]),
+                        tag: "SHOW".into(),
+                    });
+                }
             }
         }
         let outcome = self.execute_inner(stmt, params).await?;
@@ -388,6 +422,9 @@ impl Session {
     /// settings this session keeps (others are accepted and ignored by `run`). A setting
     /// takes effect at once and is not undone by ROLLBACK.
     fn session_setting(&mut self, stmt: &ast::Statement) -> Result<Option<Outcome>> {
+        if let Some(outcome) = self.timeout_setting(stmt)? {
+            return Ok(Some(outcome));
+        }
         let is_work_mem = |name: &ast::ObjectName| name.to_string().eq_ignore_ascii_case("work_mem");
         let value = match stmt {
             ast::Statement::Set(ast::Set::SingleAssignment { variable, values, .. }) if is_work_mem(variable) => {
@@ -408,7 +445,10 @@ impl Session {
                 }
             }
             ast::Statement::Reset(r) => match &r.reset {
-                ast::Reset::ALL => None,
+                ast::Reset::ALL => {
+                    self.statement_timeout = None;
+                    None
+                }
                 ast::Reset::ConfigurationParameter(name) if is_work_mem(name) => None,
                 _ => return Ok(None),
             },
@@ -422,6 +462,44 @@ impl Session {
         }
         self.work_mem = value;
         Ok(Some(Outcome::Command(if matches!(stmt, ast::Statement::Reset(_)) { "RESET" } else { "SET" }.into())))
+    }
+
+    /// `SET statement_timeout` / `RESET statement_timeout`: statements running longer
+    /// are canceled (57014), as a cancel request would.
+    fn timeout_setting(&mut self, stmt: &ast::Statement) -> Result<Option<Outcome>> {
+        let is_timeout = |name: &ast::ObjectName| name.to_string().eq_ignore_ascii_case("statement_timeout");
+        let (value, tag) = match stmt {
+            ast::Statement::Set(ast::Set::SingleAssignment { variable, values, .. }) if is_timeout(variable) => {
+                let v = match values.as_slice() {
+                    [ast::Expr::Identifier(i)] if i.value.eq_ignore_ascii_case("default") => None,
+                    [ast::Expr::Value(v)] => match &v.value {
+                        ast::Value::Number(n, _) => crate::interrupt::parse_timeout(n)?,
+                        ast::Value::SingleQuotedString(t) => crate::interrupt::parse_timeout(t)?,
+                        other => crate::interrupt::parse_timeout(&other.to_string())?,
+                    },
+                    other => {
+                        let text = other.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                        return Err(Error::sql(
+                            "22023",
+                            format!("invalid value for parameter \"statement_timeout\": \"{text}\""),
+                        ));
+                    }
+                };
+                (v, "SET")
+            }
+            ast::Statement::Reset(r) if matches!(&r.reset, ast::Reset::ConfigurationParameter(n) if is_timeout(n)) => {
+                (None, "RESET")
+            }
+            _ => return Ok(None),
+        };
+        if self.failed {
+            return Err(Error::sql(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        self.statement_timeout = value;
+        Ok(Some(Outcome::Command(tag.into())))
     }
 
     async fn execute_inner(&mut self, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
