@@ -183,9 +183,17 @@ struct Cancel {
 
 impl Cancel {
     fn register(&self, pid: i32, key: &pgwire::messages::startup::SecretKey, flag: &Arc<amberdb_sql::Interrupt>) {
-        if let Ok(mut map) = self.interrupts.lock() {
-            map.retain(|_, f| f.strong_count() > 0);
-            map.insert((pid, key.to_bytes()), Arc::downgrade(flag));
+        match self.interrupts.lock() {
+            Ok(mut map) => {
+                map.retain(|_, f| f.strong_count() > 0);
+                map.insert((pid, key.to_bytes()), Arc::downgrade(flag));
+            }
+            // Only a panic elsewhere poisons it; the connection still works, but a cancel
+            // request will only reach its awaiting phases.
+            Err(_) => tracing::warn!(
+                pid,
+                "cancel registry lock poisoned: this connection's statements cancel only between steps"
+            ),
         }
     }
 }
@@ -193,7 +201,13 @@ impl Cancel {
 #[async_trait]
 impl pgwire::api::cancel::CancelHandler for Cancel {
     async fn on_cancel_request(&self, req: pgwire::messages::cancel::CancelRequest) {
-        let flag = self.interrupts.lock().ok().and_then(|m| m.get(&(req.pid, req.secret_key.to_bytes())).cloned());
+        let flag = match self.interrupts.lock() {
+            Ok(m) => m.get(&(req.pid, req.secret_key.to_bytes())).cloned(),
+            Err(_) => {
+                tracing::warn!(pid = req.pid, "cancel registry lock poisoned: cancel reaches only awaiting phases");
+                None
+            }
+        };
         if let Some(flag) = flag.and_then(|f| f.upgrade()) {
             flag.cancel();
         }
