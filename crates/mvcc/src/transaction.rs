@@ -115,15 +115,15 @@ impl Transaction {
         self.scan_dir(range, true)
     }
 
+    /// Copies of this transaction's writes within `range`, in key order.
+    fn own_writes(&self, range: &KeyRange) -> impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)> + '_ {
+        // BTreeMap::range panics on an empty (inverted) range.
+        let bounds = (!range.is_empty()).then(|| (range.start.clone(), range.end.clone()));
+        bounds.into_iter().flat_map(|b| self.writes.range::<Vec<u8>, _>(b)).map(|(k, v)| (k.clone(), v.clone()))
+    }
+
     fn scan_dir(&mut self, range: KeyRange, reverse: bool) -> TxnScan {
-        let mut own: Vec<(Vec<u8>, Option<Vec<u8>>)> = if range.is_empty() {
-            Vec::new()
-        } else {
-            self.writes
-                .range::<Vec<u8>, _>((range.start.clone(), range.end.clone()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
+        let mut own: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.own_writes(&range).collect();
         if reverse {
             own.reverse();
         }
@@ -139,14 +139,7 @@ impl Transaction {
     /// The whole of `range` counts as read now, as a scan of it would, since the keys
     /// read later are not known yet.
     pub fn detached_reader(&mut self, range: KeyRange) -> DetachedReader {
-        let own = if range.is_empty() {
-            BTreeMap::new()
-        } else {
-            self.writes
-                .range::<Vec<u8>, _>((range.start.clone(), range.end.clone()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
+        let own = self.own_writes(&range).collect();
         if !self.read_only {
             self.reads.push(range);
         }

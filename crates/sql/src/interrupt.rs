@@ -76,12 +76,10 @@ pub(crate) fn check(flag: &Flag) -> Result<()> {
 /// Parses `statement_timeout` as PostgreSQL does: a plain number is milliseconds, or a
 /// number with a unit (`us`, `ms`, `s`, `min`, `h`, `d`); 0 turns it off (None).
 pub fn parse_timeout(text: &str) -> Result<Option<std::time::Duration>> {
-    let t = text.trim().trim_matches('\'');
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
+    let (num, unit) = crate::spill::number_and_unit(text);
     let invalid = || Error::sql("22023", format!("invalid value for parameter \"statement_timeout\": \"{text}\""));
     let n: u64 = num.parse().map_err(|_| invalid())?;
-    let micros_per: u64 = match unit.trim() {
+    let micros_per: u64 = match unit {
         "" | "ms" => 1_000,
         "us" => 1,
         "s" => 1_000_000,

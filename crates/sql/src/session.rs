@@ -418,87 +418,54 @@ impl Session {
         Ok(self.watch(outcome))
     }
 
-    /// `SET work_mem`, `SET work_mem TO DEFAULT`, `RESET work_mem`, `RESET ALL`: the
-    /// settings this session keeps (others are accepted and ignored by `run`). A setting
-    /// takes effect at once and is not undone by ROLLBACK.
+    /// The settings this session keeps: `work_mem` (see `spill`) and
+    /// `statement_timeout` (statements running longer are canceled, 57014, as a cancel
+    /// request would) — `SET x = v`, `SET x TO DEFAULT`, `RESET x`, `RESET ALL`. Other
+    /// settings are accepted and ignored by `run`. A setting takes effect at once and is
+    /// not undone by ROLLBACK.
     fn session_setting(&mut self, stmt: &ast::Statement) -> Result<Option<Outcome>> {
-        if let Some(outcome) = self.timeout_setting(stmt)? {
-            return Ok(Some(outcome));
-        }
-        let is_work_mem = |name: &ast::ObjectName| name.to_string().eq_ignore_ascii_case("work_mem");
-        let value = match stmt {
-            ast::Statement::Set(ast::Set::SingleAssignment { variable, values, .. }) if is_work_mem(variable) => {
-                match values.as_slice() {
-                    [ast::Expr::Identifier(i)] if i.value.eq_ignore_ascii_case("default") => None,
-                    [ast::Expr::Value(v)] => Some(match &v.value {
-                        ast::Value::Number(n, _) => crate::spill::parse_work_mem(n)?,
-                        ast::Value::SingleQuotedString(t) => crate::spill::parse_work_mem(t)?,
-                        other => crate::spill::parse_work_mem(&other.to_string())?,
-                    }),
-                    other => {
-                        let text = other.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                        return Err(Error::sql(
-                            "22023",
-                            format!("invalid value for parameter \"work_mem\": \"{text}\""),
-                        ));
-                    }
-                }
-            }
+        let kept = |name: &ast::ObjectName| {
+            let n = name.to_string().to_ascii_lowercase();
+            matches!(n.as_str(), "work_mem" | "statement_timeout").then_some(n)
+        };
+        let (name, values, tag) = match stmt {
+            ast::Statement::Set(ast::Set::SingleAssignment { variable, values, .. }) => match kept(variable) {
+                Some(n) => (Some(n), Some(values), "SET"),
+                None => return Ok(None),
+            },
             ast::Statement::Reset(r) => match &r.reset {
-                ast::Reset::ALL => {
-                    self.statement_timeout = None;
-                    None
-                }
-                ast::Reset::ConfigurationParameter(name) if is_work_mem(name) => None,
+                ast::Reset::ALL => (None, None, "RESET"),
+                ast::Reset::ConfigurationParameter(n) => match kept(n) {
+                    Some(n) => (Some(n), None, "RESET"),
+                    None => return Ok(None),
+                },
                 _ => return Ok(None),
             },
             _ => return Ok(None),
         };
+        let (mut work_mem, mut timeout) = (self.work_mem, self.statement_timeout);
+        match name.as_deref() {
+            Some("work_mem") => {
+                work_mem =
+                    values.map(|v| setting_value("work_mem", v, crate::spill::parse_work_mem)).transpose()?.flatten();
+            }
+            Some(_) => {
+                timeout = values
+                    .map(|v| setting_value("statement_timeout", v, crate::interrupt::parse_timeout))
+                    .transpose()?
+                    .flatten()
+                    .flatten();
+            }
+            None => (work_mem, timeout) = (None, None),
+        }
         if self.failed {
             return Err(Error::sql(
                 "25P02",
                 "current transaction is aborted, commands ignored until end of transaction block",
             ));
         }
-        self.work_mem = value;
-        Ok(Some(Outcome::Command(if matches!(stmt, ast::Statement::Reset(_)) { "RESET" } else { "SET" }.into())))
-    }
-
-    /// `SET statement_timeout` / `RESET statement_timeout`: statements running longer
-    /// are canceled (57014), as a cancel request would.
-    fn timeout_setting(&mut self, stmt: &ast::Statement) -> Result<Option<Outcome>> {
-        let is_timeout = |name: &ast::ObjectName| name.to_string().eq_ignore_ascii_case("statement_timeout");
-        let (value, tag) = match stmt {
-            ast::Statement::Set(ast::Set::SingleAssignment { variable, values, .. }) if is_timeout(variable) => {
-                let v = match values.as_slice() {
-                    [ast::Expr::Identifier(i)] if i.value.eq_ignore_ascii_case("default") => None,
-                    [ast::Expr::Value(v)] => match &v.value {
-                        ast::Value::Number(n, _) => crate::interrupt::parse_timeout(n)?,
-                        ast::Value::SingleQuotedString(t) => crate::interrupt::parse_timeout(t)?,
-                        other => crate::interrupt::parse_timeout(&other.to_string())?,
-                    },
-                    other => {
-                        let text = other.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                        return Err(Error::sql(
-                            "22023",
-                            format!("invalid value for parameter \"statement_timeout\": \"{text}\""),
-                        ));
-                    }
-                };
-                (v, "SET")
-            }
-            ast::Statement::Reset(r) if matches!(&r.reset, ast::Reset::ConfigurationParameter(n) if is_timeout(n)) => {
-                (None, "RESET")
-            }
-            _ => return Ok(None),
-        };
-        if self.failed {
-            return Err(Error::sql(
-                "25P02",
-                "current transaction is aborted, commands ignored until end of transaction block",
-            ));
-        }
-        self.statement_timeout = value;
+        self.work_mem = work_mem;
+        self.statement_timeout = timeout;
         Ok(Some(Outcome::Command(tag.into())))
     }
 
@@ -608,6 +575,22 @@ impl Session {
     /// is compared with or assigned to a column; otherwise unknown (text).
     pub fn describe(&mut self, stmt: &Statement) -> Result<crate::describe::Description> {
         crate::describe_statement(&self.node, stmt)
+    }
+}
+
+/// The value a `SET name = …` assigns, parsed by `parse` (None: `DEFAULT`).
+fn setting_value<T>(name: &str, values: &[ast::Expr], parse: impl Fn(&str) -> Result<T>) -> Result<Option<T>> {
+    match values {
+        [ast::Expr::Identifier(i)] if i.value.eq_ignore_ascii_case("default") => Ok(None),
+        [ast::Expr::Value(v)] => match &v.value {
+            ast::Value::Number(n, _) => parse(n).map(Some),
+            ast::Value::SingleQuotedString(t) => parse(t).map(Some),
+            other => parse(&other.to_string()).map(Some),
+        },
+        other => {
+            let text = other.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            Err(Error::sql("22023", format!("invalid value for parameter \"{name}\": \"{text}\"")))
+        }
     }
 }
 

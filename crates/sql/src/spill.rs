@@ -89,12 +89,10 @@ pub(crate) fn with_work_mem<T>(bytes: Option<usize>, f: impl FnOnce() -> T) -> T
 /// Parses a `work_mem` setting as PostgreSQL does: a plain number is kB, or a number
 /// with a unit (`B`, `kB`, `MB`, `GB`, `TB`).
 pub fn parse_work_mem(text: &str) -> Result<usize> {
-    let t = text.trim().trim_matches('\'');
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
+    let (num, unit) = number_and_unit(text);
     let invalid = || Error::sql("22023", format!("invalid value for parameter \"work_mem\": \"{text}\""));
     let n: u64 = num.parse().map_err(|_| invalid())?;
-    let scale: u64 = match unit.trim() {
+    let scale: u64 = match unit {
         "" | "kB" => 1 << 10,
         "B" => 1,
         "MB" => 1 << 20,
@@ -110,6 +108,14 @@ pub fn parse_work_mem(text: &str) -> Result<usize> {
         ));
     }
     Ok(bytes)
+}
+
+/// A setting's digits and unit (`'64kB'` → `64`, `kB`), quotes and blanks removed.
+pub(crate) fn number_and_unit(text: &str) -> (&str, &str) {
+    let t = text.trim().trim_matches('\'');
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    (num, unit.trim())
 }
 
 /// Formats a `work_mem` value as PostgreSQL's SHOW does.
