@@ -16,6 +16,14 @@
 //! a client before the fsync that covers it (openraft applies an entry only after its
 //! flush callback and a quorum's).
 //!
+//! ## Writing ahead
+//! Once [`LogStore::write_ahead_into`] names the mvcc store, `append` — after handing
+//! the fsync to the flusher — writes each commit's data into the store at its index
+//! (`Mvcc::speculate`), invisible until the state machine applies that index and only
+//! publishes it. The engine inserts, most of an apply, so run during the fsync instead
+//! of after it. A commit that never commits is undone: on a log truncation here, after a
+//! crash by `Mvcc::open` (the store keeps a record of what it wrote ahead).
+//!
 //! ## Recovery
 //! On open every segment is read and every frame's crc32c checked. A damaged frame at the
 //! very end of the *last* segment (shorter than its header claims, or followed only by
@@ -36,6 +44,7 @@ use crate::types::{sto_err, Entry, LogId, StorageError, TypeConfig, Vote};
 use amberdb_encoding::codec::{Reader, Writer};
 use amberdb_encoding::frame::{self, Decoded};
 use amberdb_error::{Error, Result};
+use amberdb_mvcc::{CommitBatch, Mvcc};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend, RaftLogReader, StorageIOError};
 use std::collections::{BTreeMap, VecDeque};
@@ -45,7 +54,7 @@ use std::io::Write;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 const SEGMENT_MAGIC: &[u8; 8] = b"AMBLOG01";
 const ENTRY_FORMAT: u8 = 1;
@@ -108,6 +117,9 @@ pub struct FlushStats {
 pub struct LogStore {
     state: Arc<Mutex<State>>,
     flusher: Arc<Flusher>,
+    /// The store whose commits are written ahead while their entries are made durable
+    /// (see the module docs, "Writing ahead").
+    ahead: Arc<OnceLock<Arc<Mvcc>>>,
 }
 
 /// Stops the flusher thread when the last `LogStore` handle is dropped.
@@ -264,13 +276,20 @@ impl LogStore {
             wake: Condvar::new(),
             stats: FlushStats::default(),
         });
-        let store = LogStore { state: Arc::new(Mutex::new(state)), flusher: flusher.clone() };
+        let store =
+            LogStore { state: Arc::new(Mutex::new(state)), flusher: flusher.clone(), ahead: Arc::new(OnceLock::new()) };
         let state = store.state.clone();
         std::thread::Builder::new()
             .name("amber-log-flush".into())
             .spawn(move || flush_loop(flusher, state))
             .map_err(|e| Error::Internal(format!("spawn log flusher: {e}")))?;
         Ok(store)
+    }
+
+    /// From now on, writes each appended commit into `mvcc` while the flusher makes it
+    /// durable (see the module docs, "Writing ahead"). Set once; later calls are ignored.
+    pub fn write_ahead_into(&self, mvcc: Arc<Mvcc>) {
+        let _ = self.ahead.set(mvcc);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -724,14 +743,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         self.flusher.stats.entries.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // The commits to write ahead (the entries themselves move into the log's cache).
+        let ahead: Vec<(u64, Vec<u8>)> = match self.ahead.get() {
+            Some(_) => entries
+                .iter()
+                .filter_map(|e| match &e.payload {
+                    EntryPayload::Normal(req) => Some((e.log_id.index, req.batch.clone())),
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         self.lock().append(entries).map_err(|e| sto_err(StorageIOError::write_logs, e))?;
-        let mut p = self.flusher.pending.lock().expect("flusher lock poisoned");
-        p.0.push(callback);
-        self.flusher.wake.notify_one();
+        {
+            let mut p = self.flusher.pending.lock().expect("flusher lock poisoned");
+            p.0.push(callback);
+            self.flusher.wake.notify_one();
+        }
+        if let Some(mvcc) = self.ahead.get() {
+            for (index, raw) in ahead {
+                // Best effort: an entry not written ahead is applied in full later.
+                let written = CommitBatch::decode(&raw).and_then(|batch| mvcc.speculate(index, &batch));
+                if let Err(e) = written {
+                    tracing::warn!(index, error = %e, "could not write a commit ahead; it is applied in full");
+                }
+            }
+        }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
+        // Entries written ahead must go with the log entries they came from.
+        if let Some(mvcc) = self.ahead.get() {
+            mvcc.abandon_speculation(log_id.index).map_err(|e| sto_err(StorageIOError::write_logs, e))?;
+        }
         self.lock().truncate(log_id.index).map_err(|e| sto_err(StorageIOError::write_logs, e))
     }
 

@@ -197,6 +197,7 @@ impl Node {
             spawn_head_builder(mvcc.clone());
         }
         let log = LogStore::open(raft_dir)?;
+        log.write_ahead_into(mvcc.clone());
         let log_handle = LogStoreHandle::new(log.clone());
         let sm = StateMachine::open(mvcc.clone())?;
         let raft_config = openraft::Config {

@@ -11,7 +11,7 @@
 //! durable, after which openraft may purge the log up to it.
 
 use crate::types::{sto_err, Checkpoint, Entry, LogId, Response, StorageError, StoredMembership, TypeConfig};
-use amberdb_mvcc::{ApplyItem, CommitBatch, Mvcc};
+use amberdb_mvcc::{ApplyItem, CommitBatch, Mvcc, Timestamp};
 use amberdb_storage::Durability;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
@@ -60,36 +60,50 @@ impl StateMachine {
     }
 
     fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
+        /// What an entry carries into mvcc.
+        enum Payload {
+            Commit(CommitBatch),
+            /// Written ahead by the log store (`Mvcc::speculate`): only its time is needed.
+            Speculated(Timestamp),
+            None,
+        }
         let mut record = self.shared().applied.clone();
-        let mut batches: Vec<Option<CommitBatch>> = Vec::with_capacity(entries.len());
+        let mut payloads = Vec::with_capacity(entries.len());
         for e in &entries {
+            let decode_err = |err: amberdb_error::Error| {
+                sto_err(StorageIOError::write_state_machine, format!("entry {}: {err}", e.log_id))
+            };
             match &e.payload {
+                // Speculation of an entry happens in its append, before it can commit,
+                // and nothing but this apply settles it: the answer cannot change.
+                EntryPayload::Normal(req) if self.mvcc.is_speculated(e.log_id.index) => {
+                    payloads
+                        .push(Payload::Speculated(CommitBatch::decode_commit_time(&req.batch).map_err(decode_err)?));
+                }
                 EntryPayload::Normal(req) => {
-                    let batch = CommitBatch::decode(&req.batch).map_err(|err| {
-                        sto_err(StorageIOError::write_state_machine, format!("entry {}: {err}", e.log_id))
-                    })?;
-                    batches.push(Some(batch));
+                    payloads.push(Payload::Commit(CommitBatch::decode(&req.batch).map_err(decode_err)?));
                 }
                 EntryPayload::Membership(m) => {
                     record.membership = StoredMembership::new(Some(e.log_id), m.clone());
-                    batches.push(None);
+                    payloads.push(Payload::None);
                 }
-                EntryPayload::Blank => batches.push(None),
+                EntryPayload::Blank => payloads.push(Payload::None),
             }
             record.last_applied = Some(e.log_id);
         }
         // Index 0 holds the initial membership and maps to the empty database (version 0).
         let mut items = Vec::with_capacity(entries.len());
         let mut positions = Vec::with_capacity(entries.len());
-        for (e, b) in entries.iter().zip(&batches) {
+        for (e, p) in entries.iter().zip(&payloads) {
             if e.log_id.index == 0 {
                 positions.push(None);
                 continue;
             }
             positions.push(Some(items.len()));
-            items.push(match b {
-                Some(b) => ApplyItem::Commit(e.log_id.index, b),
-                None => ApplyItem::Marker(e.log_id.index),
+            items.push(match p {
+                Payload::Commit(b) => ApplyItem::Commit(e.log_id.index, b),
+                Payload::Speculated(t) => ApplyItem::Speculated(e.log_id.index, *t),
+                Payload::None => ApplyItem::Marker(e.log_id.index),
             });
         }
         let meta = serde_json::to_vec(&record).map_err(|e| sto_err(StorageIOError::write_state_machine, e))?;

@@ -198,3 +198,47 @@ async fn log_holds_keep_purged_entries_readable_across_restarts() {
     assert!(err.contains("no longer on disk"), "{err}");
     assert!(node.hold_log("late", first).is_err(), "a hold cannot resurrect purged entries");
 }
+
+/// A commit is written into the store while its log entry is being made durable. If
+/// the node dies before the entry is durable, the entry is gone from the log, but what
+/// was written ahead is still in the store: start-up must undo it, or the next entry
+/// at that index would show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_written_ahead_but_lost_from_the_log_is_undone() {
+    use amberdb_mvcc::{CommitBatch, Mutation};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let node = open(dir.path()).await.unwrap();
+        put(&node, "a", "1").await;
+        put(&node, "b", "1").await;
+        let next = node.mvcc().applied().version + 1;
+        let ghost = CommitBatch {
+            commit_time: node.mvcc().clock().now(),
+            mutations: vec![
+                Mutation { key: b"a".to_vec(), value: Some(b"ghost".to_vec()) },
+                Mutation { key: b"b".to_vec(), value: None },
+                Mutation { key: b"g".to_vec(), value: Some(b"ghost".to_vec()) },
+            ],
+        };
+        // What the log store does in `append`, for an entry that then never reaches
+        // the disk (the node is stopped before anything commits at `next`).
+        assert!(node.mvcc().speculate(next, &ghost).unwrap());
+        assert_eq!(all(&node), vec![("a".into(), "1".into()), ("b".into(), "1".into())]);
+        node.shutdown().await.unwrap();
+    }
+    let node = open(dir.path()).await.unwrap();
+    assert!(node.mvcc().speculated().is_empty());
+    assert_eq!(all(&node), vec![("a".into(), "1".into()), ("b".into(), "1".into())]);
+    let mut txn = node.begin_read_only().unwrap();
+    assert_eq!(txn.get(b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(txn.get(b"b").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(txn.get(b"g").unwrap(), None);
+    // New commits take the versions the ghost had claimed, without a trace of it.
+    put(&node, "c", "1").await;
+    put(&node, "a", "2").await;
+    assert_eq!(all(&node), vec![("a".into(), "2".into()), ("b".into(), "1".into()), ("c".into(), "1".into())]);
+    let mut txn = node.begin_read_only().unwrap();
+    assert_eq!(txn.get(b"g").unwrap(), None);
+    assert_eq!(txn.get(b"b").unwrap(), Some(b"1".to_vec()));
+    node.shutdown().await.unwrap();
+}

@@ -47,6 +47,37 @@ pub(crate) const META_HEADS: &str = "mvcc.heads";
 /// a whole store made before heads existed) until a background pass adds them.
 pub(crate) const META_HEADLESS: &str = "mvcc.headless";
 
+/// Name under which a speculation record lives (followed by its version, see
+/// [`speculated`]).
+const SPECULATED: &str = "mvcc.speculated";
+
+/// The record of a commit batch written ahead of its commit at `version` (see
+/// `Mvcc::speculate`): the user keys it wrote, so that it can be undone if the version
+/// never commits. It sorts among the metadata records, by version.
+pub(crate) fn speculated(version: u64) -> Vec<u8> {
+    KeyEncoder::with_tag(TAG_META).str(SPECULATED).u64(version).finish()
+}
+
+/// The range holding every speculation record.
+pub(crate) fn speculated_range() -> KeyRange {
+    let prefix = KeyEncoder::with_tag(TAG_META).str(SPECULATED).finish();
+    match prefix_end(&prefix) {
+        Some(end) => KeyRange::between(prefix, end),
+        None => KeyRange { start: Bound::Included(prefix), end: Bound::Unbounded },
+    }
+}
+
+/// The version a speculation record is for.
+pub(crate) fn decode_speculated(key: &[u8]) -> Result<u64> {
+    let mut d = KeyDecoder::new(key);
+    if d.tag()? != TAG_META || d.string()? != SPECULATED {
+        return Err(Error::InvalidData(format!("not an mvcc speculation record: {key:x?}")));
+    }
+    let v = d.u64()?;
+    d.finish()?;
+    Ok(v)
+}
+
 /// Tag of the per-key head entries (see the module docs): the storage side tag.
 pub(crate) const TAG_HEAD: u8 = amberdb_storage::SIDE_TAG;
 

@@ -154,6 +154,17 @@ impl CommitBatch {
     }
 
     /// Decodes a batch, rejecting anything malformed.
+    /// Only the commit time of an encoded batch (for a batch whose mutations are
+    /// already in the store, see `Mvcc::speculate`).
+    pub fn decode_commit_time(raw: &[u8]) -> Result<Timestamp> {
+        let mut r = Reader::new(raw, "commit batch");
+        let format = r.u8()?;
+        if format != BATCH_FORMAT {
+            return Err(amberdb_error::Error::InvalidData(format!("commit batch: unknown format {format}")));
+        }
+        r.u64()
+    }
+
     pub fn decode(raw: &[u8]) -> Result<Self> {
         let mut r = Reader::new(raw, "commit batch");
         let format = r.u8()?;

@@ -6,7 +6,7 @@ use crate::{Clock, CommitBatch, Timestamp, Version};
 use amberdb_encoding::codec::{Reader, Writer};
 use amberdb_error::{Error, Result};
 use amberdb_storage::{Durability, Engine, KeyRange, ScanIterator, WriteBatch};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -39,6 +39,9 @@ pub struct AppliedState {
 pub enum ApplyItem<'a> {
     /// A commit batch at a version.
     Commit(Version, &'a CommitBatch),
+    /// A commit whose data [`Mvcc::speculate`] wrote already, with its proposed commit
+    /// time: applying it publishes the version (an error if it was not speculated).
+    Speculated(Version, Timestamp),
     /// A version that carries no data (e.g. a Raft blank or membership entry). It still
     /// advances the applied version so that the layer above can restart from it.
     Marker(Version),
@@ -74,6 +77,9 @@ pub struct Mvcc {
     write_lock: Mutex<()>,
     /// Ranges whose keys may lack a head (see `keys.rs`).
     headless: HeadlessRanges,
+    /// Versions written ahead of their commit and not yet applied (see
+    /// [`Mvcc::speculate`]): always the versions right after the applied one, in a row.
+    speculated: Mutex<BTreeSet<Version>>,
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -100,6 +106,62 @@ fn decode_u64(raw: &[u8], what: &'static str) -> Result<u64> {
     let v = r.u64()?;
     r.finish()?;
     Ok(v)
+}
+
+/// Removes what speculations at versions ≥ `from` and above `applied` wrote (see
+/// [`Mvcc::speculate`]): their data entries, their records, and their heads, which are
+/// set back to each key's newest remaining version (found by a seek, as a read without
+/// a head would). Records at or below `applied` were published; a publish deletes its
+/// record in the same batch, so one found here is only stale and is dropped. Synced:
+/// this runs at start-up, before any read, and on a log truncation.
+fn undo_speculation(engine: &dyn Engine, applied: Version, from: Version) -> Result<()> {
+    let mut undo = Vec::new();
+    for kv in engine.scan(keys::speculated_range()) {
+        let (raw_key, raw_value) = kv?;
+        undo.push((keys::decode_speculated(&raw_key)?, raw_key, raw_value));
+    }
+    if undo.is_empty() {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::new();
+    let mut touched = BTreeSet::new();
+    for (version, raw_key, raw_value) in undo {
+        if version > applied && version < from {
+            continue;
+        }
+        batch.delete(raw_key);
+        if version <= applied {
+            continue;
+        }
+        let mut r = Reader::new(&raw_value, "mvcc speculation record");
+        let n = r.varint()?;
+        for _ in 0..n {
+            let key = r.bytes()?.to_vec();
+            batch.delete(keys::data(&key, version));
+            touched.insert(key);
+        }
+        r.finish()?;
+        tracing::info!(version, "undid the speculative write of an entry that never committed");
+    }
+    for key in touched {
+        // The newest version left: below `from` (speculations between `applied` and
+        // `from` stay pending, and their heads must name them), at or below `applied`
+        // when everything above it is undone (at start-up, `from` is 0).
+        let newest = engine
+            .scan(KeyRange {
+                start: Bound::Included(keys::data(&key, from.saturating_sub(1).max(applied))),
+                end: Bound::Included(keys::data(&key, 0)),
+            })
+            .next()
+            .transpose()?
+            .map(|(k, _)| keys::decode_data(&k).map(|(_, v)| v))
+            .transpose()?;
+        match newest {
+            Some(v) => batch.put(keys::head(&key), v.to_le_bytes().to_vec()),
+            None => batch.delete(keys::head(&key)),
+        }
+    }
+    engine.write(batch, Durability::Sync)
 }
 
 /// A user-key range (inclusive; `None`: no upper bound) whose keys may lack a head.
@@ -184,6 +246,7 @@ impl Mvcc {
             b.put(keys::meta(keys::META_HEADS), vec![1]);
             engine.write(b, Durability::Sync)?;
         }
+        undo_speculation(engine.as_ref(), applied.version, 0)?;
         Ok(Self {
             engine,
             config,
@@ -192,6 +255,7 @@ impl Mvcc {
             readers: Arc::new(Mutex::new(Readers { watermark, active: BTreeMap::new() })),
             write_lock: Mutex::new(()),
             headless: Arc::new(RwLock::new(headless)),
+            speculated: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -243,12 +307,14 @@ impl Mvcc {
         durability: Durability,
     ) -> Result<Vec<Timestamp>> {
         let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
+        let mut speculated = self.speculated.lock().expect("mvcc speculation lock poisoned");
         let mut state = self.applied();
         let mut batch = WriteBatch::new();
         let mut times = Vec::with_capacity(items.len());
+        let mut published = Vec::new();
         for item in items {
             let version = match item {
-                ApplyItem::Commit(v, _) | ApplyItem::Marker(v) => *v,
+                ApplyItem::Commit(v, _) | ApplyItem::Speculated(v, _) | ApplyItem::Marker(v) => *v,
             };
             if version <= state.version {
                 return Err(Error::Internal(format!(
@@ -257,20 +323,38 @@ impl Mvcc {
                 )));
             }
             state.version = version;
-            match item {
-                ApplyItem::Marker(_) => times.push(0),
-                ApplyItem::Commit(_, commit) => {
-                    let time = commit.commit_time.max(state.time + 1);
-                    state.time = time;
-                    times.push(time);
-                    for m in &commit.mutations {
-                        batch.put(keys::head(&m.key), version.to_le_bytes().to_vec());
-                        batch.put(keys::data(&m.key, version), keys::encode_value(m.value.as_deref()));
-                    }
-                    batch.put(keys::version_time(version), time.to_le_bytes().to_vec());
-                    batch.put(keys::time_version(time, version), Vec::new());
+            let is_speculated = speculated.contains(&version);
+            let (commit_time, commit) = match item {
+                ApplyItem::Marker(_) if is_speculated => {
+                    return Err(Error::Internal(format!(
+                        "version {version} was speculated as a commit but is applied as a marker"
+                    )));
+                }
+                ApplyItem::Marker(_) => {
+                    times.push(0);
+                    continue;
+                }
+                ApplyItem::Speculated(_, _) if !is_speculated => {
+                    return Err(Error::Internal(format!("version {version} is applied as speculated but was not")));
+                }
+                ApplyItem::Speculated(_, t) => (*t, None),
+                ApplyItem::Commit(_, c) => (c.commit_time, Some(*c)),
+            };
+            let time = commit_time.max(state.time + 1);
+            state.time = time;
+            times.push(time);
+            if is_speculated {
+                // Data and heads are in the engine already: only publish.
+                batch.delete(keys::speculated(version));
+                published.push(version);
+            } else if let Some(commit) = commit {
+                for m in &commit.mutations {
+                    batch.put(keys::head(&m.key), version.to_le_bytes().to_vec());
+                    batch.put(keys::data(&m.key, version), keys::encode_value(m.value.as_deref()));
                 }
             }
+            batch.put(keys::version_time(version), time.to_le_bytes().to_vec());
+            batch.put(keys::time_version(time, version), Vec::new());
         }
         batch.put(keys::meta(keys::META_APPLIED), encode_applied(&state));
         for (name, value) in meta {
@@ -278,7 +362,76 @@ impl Mvcc {
         }
         self.engine.write(batch, durability)?;
         *self.applied.write().expect("applied-state lock poisoned") = state;
+        for v in published {
+            speculated.remove(&v);
+        }
         Ok(times)
+    }
+
+    /// Writes a commit batch's data and heads at `version` *before* it is known to be
+    /// committed — while the commit log is being made durable — so that [`Mvcc::apply`]
+    /// of that version later only publishes it: the engine inserts, most of an apply's
+    /// work, then overlap the log's fsync instead of following it.
+    ///
+    /// Nothing written here is visible until `apply` publishes the version: every read
+    /// is at or below the applied version, so a data entry above it is skipped and a
+    /// head naming it sends a point read to the seek path. A speculation record (the
+    /// keys written) goes into the same engine batch; `apply` deletes it when it
+    /// publishes, and [`Mvcc::open`] undoes any record left above the applied version
+    /// (a crash before the commit), as does [`Mvcc::abandon_speculation`] when the
+    /// commit log drops the entries (a Raft log truncation).
+    ///
+    /// Only the version right after the applied one, or after the last speculated one,
+    /// is taken, so an apply that is not a publish never runs after a speculation of a
+    /// newer version (a head never goes back). Returns whether it wrote anything; a
+    /// version it skips is applied in full later, as without speculation.
+    pub fn speculate(&self, version: Version, batch: &CommitBatch) -> Result<bool> {
+        if batch.mutations.is_empty() {
+            return Ok(false);
+        }
+        let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
+        let mut speculated = self.speculated.lock().expect("mvcc speculation lock poisoned");
+        let after = speculated.last().copied().unwrap_or(self.applied().version);
+        if version != after + 1 {
+            return Ok(false);
+        }
+        let mut b = WriteBatch::new();
+        let mut record = Writer::with_capacity(batch.mutations.iter().map(|m| m.key.len() + 2).sum::<usize>() + 8);
+        record.varint(batch.mutations.len() as u64);
+        for m in &batch.mutations {
+            b.put(keys::head(&m.key), version.to_le_bytes().to_vec());
+            b.put(keys::data(&m.key, version), keys::encode_value(m.value.as_deref()));
+            record.bytes(&m.key);
+        }
+        b.put(keys::speculated(version), record.finish());
+        self.engine.write(b, Durability::Buffered)?;
+        speculated.insert(version);
+        Ok(true)
+    }
+
+    /// Undoes the speculation of every version from `from` on (see [`Mvcc::speculate`]):
+    /// for when the commit log drops those entries before they commit.
+    pub fn abandon_speculation(&self, from: Version) -> Result<()> {
+        let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
+        let mut speculated = self.speculated.lock().expect("mvcc speculation lock poisoned");
+        let floor = from.max(self.applied().version + 1);
+        if speculated.range(floor..).next().is_none() {
+            return Ok(());
+        }
+        undo_speculation(self.engine.as_ref(), self.applied().version, floor)?;
+        speculated.retain(|&v| v < floor);
+        Ok(())
+    }
+
+    /// Whether `version` was speculated and is not applied yet (see
+    /// [`ApplyItem::Speculated`]).
+    pub fn is_speculated(&self, version: Version) -> bool {
+        self.speculated.lock().is_ok_and(|s| s.contains(&version))
+    }
+
+    /// The versions speculated and not yet applied (for tests and status).
+    pub fn speculated(&self) -> Vec<Version> {
+        self.speculated.lock().map(|s| s.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Starts a bulk load of entries written at `version` straight into the engine's

@@ -6,8 +6,14 @@
 //!   scan [FROM] [TO]  scan_rev [FROM] [TO]   commit    rollback
 //! Global commands: `advance SECS`, `gc`, `dump`, `status`, `version_at SECS`,
 //! `reset retention=SECS`. Times in scripts are seconds after the epoch of the test clock.
+//! Speculation (writes ahead of a commit, as the Raft log store does during its fsync):
+//! `speculate [version=V] KEY=VALUE|KEY="" ...` (default: the next free version; `""`
+//! deletes), `publish` (applies the oldest speculated batch), `abandon FROM`, and
+//! `reopen` (a restart on the same engine: pending speculations are lost, as in a crash).
 
-use amberdb_mvcc::{ConflictWindowConfig, LocalSequencer, ManualClock, Mvcc, MvccConfig, Transaction};
+use amberdb_mvcc::{
+    ApplyItem, CommitBatch, ConflictWindowConfig, LocalSequencer, ManualClock, Mutation, Mvcc, MvccConfig, Transaction,
+};
 use amberdb_storage::{Durability, Engine, KeyRange, Memory};
 use std::collections::HashMap;
 use std::error::Error;
@@ -23,17 +29,22 @@ struct Runner {
     clock: Arc<ManualClock>,
     engine: Arc<Memory>,
     txns: HashMap<String, Transaction>,
+    retention: Duration,
+    /// Speculated batches awaiting `publish`, oldest first.
+    speculated: Vec<(u64, CommitBatch)>,
 }
 
 impl Runner {
     fn new(retention_secs: u64) -> Self {
         let engine = Arc::new(Memory::new());
         let clock = Arc::new(ManualClock::new(EPOCH));
-        let mvcc =
-            Mvcc::open(engine.clone(), MvccConfig { retention: Duration::from_secs(retention_secs) }, clock.clone())
-                .unwrap();
+        Self::open(engine, clock, Duration::from_secs(retention_secs))
+    }
+
+    fn open(engine: Arc<Memory>, clock: Arc<ManualClock>, retention: Duration) -> Self {
+        let mvcc = Mvcc::open(engine.clone(), MvccConfig { retention }, clock.clone()).unwrap();
         let seq = LocalSequencer::new(Arc::new(mvcc), ConflictWindowConfig::default(), Durability::Buffered);
-        Self { seq, clock, engine, txns: HashMap::new() }
+        Self { seq, clock, engine, txns: HashMap::new(), retention, speculated: Vec::new() }
     }
 }
 
@@ -174,6 +185,44 @@ impl goldenscript::Runner for Runner {
                     None => writeln!(out, "no version")?,
                 }
             }
+            "speculate" => {
+                let next = mvcc.applied().version + 1 + self.speculated.len() as u64;
+                let version = match args.take_key("version") {
+                    Some(v) => v.parse()?,
+                    None => next,
+                };
+                let mut mutations = Vec::new();
+                while let Some((k, v)) = args.next_key() {
+                    let value = (!v.is_empty()).then(|| v.as_bytes().to_vec());
+                    mutations.push(Mutation { key: k.as_bytes().to_vec(), value });
+                }
+                mutations.sort_by(|a, b| a.key.cmp(&b.key));
+                let batch = CommitBatch { commit_time: mvcc.clock().now(), mutations };
+                let taken = mvcc.speculate(version, &batch)?;
+                writeln!(out, "speculate v{version} → {}", if taken { "written" } else { "skipped" })?;
+                if taken {
+                    self.speculated.push((version, batch));
+                }
+            }
+            "publish" => {
+                if self.speculated.is_empty() {
+                    return Err("nothing speculated".into());
+                }
+                let (version, batch) = self.speculated.remove(0);
+                mvcc.apply(&[ApplyItem::Commit(version, &batch)], &[], Durability::Buffered)?;
+                writeln!(out, "published v{version}")?;
+            }
+            "abandon" => {
+                let from: u64 = args.next_pos().ok_or("FROM")?.parse()?;
+                mvcc.abandon_speculation(from)?;
+                self.speculated.retain(|(v, _)| *v < from);
+                writeln!(out, "speculated now {:?}", mvcc.speculated())?;
+            }
+            "reopen" => {
+                self.txns.clear();
+                *self = Runner::open(self.engine.clone(), self.clock.clone(), self.retention);
+                writeln!(out, "reopened at version {}", self.seq.mvcc().applied().version)?;
+            }
             "dump" => {
                 for kv in self.engine.scan(KeyRange::all()) {
                     let (k, v) = kv?;
@@ -193,7 +242,17 @@ fn describe(k: &[u8], v: &[u8]) -> String {
     use amberdb_encoding::keycode::KeyDecoder;
     let mut d = KeyDecoder::new(k);
     match d.tag().unwrap() {
-        0 => format!("meta {} = {:?}", d.string().unwrap(), v),
+        0 => {
+            let name = d.string().unwrap();
+            if name == "mvcc.speculated" {
+                let ver = d.u64().unwrap();
+                let mut r = amberdb_encoding::codec::Reader::new(v, "speculation record");
+                let keys: Vec<String> = (0..r.varint().unwrap()).map(|_| show(r.bytes().unwrap())).collect();
+                format!("meta {name} v{ver} = keys {}", keys.join(","))
+            } else {
+                format!("meta {name} = {v:?}")
+            }
+        }
         1 => {
             let key = d.bytes().unwrap();
             let ver = !d.u64().unwrap();
