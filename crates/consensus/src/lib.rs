@@ -12,11 +12,18 @@
 //!              │        │ one entry per batch      │
 //!              │        ▼                          │
 //!              │   openraft core ──▶ LogStore ─────┼──▶ raft/log/*.seg  (fsync, grouped)
-//!              │        │ committed                │
+//!              │        │           │ meanwhile:   │
+//!              │        │           └─ write ahead ┼──▶ engine: data + heads at the
+//!              │        │ committed    (invisible) │     entry's index, a record of it
 //!              │        ▼                          │
 //!              │   StateMachine ──▶ Mvcc ──────────┼──▶ engine (one batch per apply:
-//!              └───────────────────────────────────┘     data + applied log id)
+//!              └───────────────────────────────────┘     publish + applied log id)
 //! ```
+//!
+//! While an entry's fsync runs, the log store writes its commits into the store
+//! (`Mvcc::speculate`), above the applied version where no reader looks; the apply
+//! that follows the fsync then only publishes them. What a crash or a log truncation
+//! leaves written ahead of an entry that never committed is undone.
 //!
 //! Invariants:
 //! 1. A commit is acknowledged only after the fsync covering its log entry.
@@ -28,6 +35,8 @@
 //!    the purged entries.
 //! 5. A torn log tail (never acknowledged) is repaired with a warning; any other damage
 //!    stops start-up with an error naming the file and offset.
+//! 6. Nothing written ahead is visible before its entry is applied, and nothing written
+//!    ahead survives (a restart, a truncation) its entry leaving the log uncommitted.
 //!
 //! Why openraft 0.9.25 and not 0.10: 0.10 is still alpha with a changing storage API.
 //! 0.9.25 draws its election timeout once per process, so in a future multi-node

@@ -65,6 +65,8 @@ const SEGMENT_TARGET: u64 = 64 << 20;
 /// as a restore's bulk loads, must not pin gigabytes).
 const CACHE_ENTRIES: usize = 16_384;
 const CACHE_BYTES: usize = 64 << 20;
+/// Entries larger than this are not written ahead (see `append`).
+const WRITE_AHEAD_MAX_BYTES: usize = 4 << 20;
 
 /// Where an entry lives on disk.
 #[derive(Debug, Clone, Copy)]
@@ -744,11 +746,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         self.flusher.stats.entries.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
         // The commits to write ahead (the entries themselves move into the log's cache).
+        // Large ones are left to the apply: copying them here would raise the peak
+        // memory of a big transaction by its size, for little gain.
         let ahead: Vec<(u64, Vec<u8>)> = match self.ahead.get() {
             Some(_) => entries
                 .iter()
                 .filter_map(|e| match &e.payload {
-                    EntryPayload::Normal(req) => Some((e.log_id.index, req.batch.clone())),
+                    EntryPayload::Normal(req) if req.batch.len() <= WRITE_AHEAD_MAX_BYTES => {
+                        Some((e.log_id.index, req.batch.clone()))
+                    }
                     _ => None,
                 })
                 .collect(),

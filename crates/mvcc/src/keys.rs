@@ -25,6 +25,14 @@
 //! listed in the `mvcc.headless` record (a bulk load writes no heads, so a restore does
 //! not pay for them): there a missing head means "seek", until a background pass has
 //! added the heads and removed the range.
+//!
+//! ```text
+//!   0x00 ++ str("mvcc.speculated") ++ u64(version) → varint n, n × bytes(user_key)
+//! ```
+//! A commit written ahead of its commit (`Mvcc::speculate`): its data entries and heads
+//! are in place at `version`, above the applied version, and this record says which keys
+//! to undo if `version` never commits. Invariant: data entries and heads above the
+//! applied version exist only for versions with such a record.
 
 use amberdb_encoding::keycode::{prefix_end, KeyDecoder, KeyEncoder};
 use amberdb_error::{Error, Result};

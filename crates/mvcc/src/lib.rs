@@ -38,6 +38,9 @@
 //!    removes a version a live reader may need (readers register their version). A read
 //!    that is too old fails with `TooOld`; it never returns wrong data.
 //! 5. GC persists its watermark before it deletes anything.
+//! 6. A commit written ahead ([`Mvcc::speculate`], while its log entry is fsynced) is
+//!    invisible until [`Mvcc::apply`] publishes its version, and is undone at open (or
+//!    by [`Mvcc::abandon_speculation`]) if it never is.
 //!
 //! ## Where we depart from the literature
 //! - Versions are not allocated by a central clock (FoundationDB) or a counter (toyDB):
