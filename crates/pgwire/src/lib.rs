@@ -513,8 +513,9 @@ fn rows_response(
     rows: amberdb_sql::RowIter,
     format: Option<&Format>,
     tag: &str,
+    zone: Option<amberdb_sql::Zone>,
 ) -> PgWireResult<Response> {
-    Ok(Response::Query(query_response(columns, rows, format, tag)))
+    Ok(Response::Query(query_response(columns, rows, format, tag, zone)))
 }
 
 /// Sends a result straight to the client as its rows are produced — from inside
@@ -543,21 +544,25 @@ where
     Ok(Tag::new(&verb).with_rows(sent))
 }
 
+/// `zone`: the session's time zone, in which `timestamptz` values are written as text.
 fn query_response(
     columns: &[OutColumn],
     rows: amberdb_sql::RowIter,
     format: Option<&Format>,
     tag: &str,
+    zone: Option<amberdb_sql::Zone>,
 ) -> QueryResponse {
     let schema = Arc::new(fields(columns, format));
     let row_schema = schema.clone();
     let mut enc = DataRowEncoder::new(schema.clone());
     let encoded = rows.map(move |row| {
         let row = row.map_err(user_error)?;
-        for (v, f) in row.iter().zip(row_schema.iter()) {
-            encode_value(&mut enc, v, f)?;
-        }
-        Ok(enc.take_row())
+        amberdb_sql::with_zone(zone.as_ref(), || {
+            for (v, f) in row.iter().zip(row_schema.iter()) {
+                encode_value(&mut enc, v, f)?;
+            }
+            Ok(enc.take_row())
+        })
     });
     let mut resp = QueryResponse::new(schema, stream_items(Box::new(encoded)));
     if let Some((verb, _)) = tag.split_once(' ') {
@@ -588,9 +593,9 @@ fn tag_response(tag: &str) -> Response {
     }
 }
 
-fn outcome_response(o: Outcome, format: Option<&Format>) -> PgWireResult<Response> {
+fn outcome_response(o: Outcome, format: Option<&Format>, zone: Option<amberdb_sql::Zone>) -> PgWireResult<Response> {
     match o {
-        Outcome::Rows { columns, rows, tag } => rows_response(&columns, rows, format, &tag),
+        Outcome::Rows { columns, rows, tag } => rows_response(&columns, rows, format, &tag, zone),
         Outcome::Command(tag) => Ok(tag_response(&tag)),
         Outcome::CopyIn { columns } => Ok(Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))),
         Outcome::CopyOut { columns, records } => {
@@ -635,9 +640,10 @@ impl SimpleQueryHandler for Query {
                 // Rows go out as they are produced while nothing else is waiting to be
                 // sent before them (responses in `out` are sent after this returns).
                 Ok(Outcome::Rows { columns, rows, tag }) if out.is_empty() => {
-                    send_rows(client, query_response(&columns, rows, None, &tag), true).await?;
+                    let resp = query_response(&columns, rows, None, &tag, session.time_zone());
+                    send_rows(client, resp, true).await?;
                 }
-                Ok(o) => out.push(outcome_response(o, None)?),
+                Ok(o) => out.push(outcome_response(o, None, session.time_zone())?),
                 Err(e) => {
                     out.push(Response::Error(Box::new(error_info(&e))));
                     break;
@@ -786,10 +792,11 @@ impl ExtendedQueryHandler for Query {
             // A row limit (a driver's fetch size) leaves the result in the portal, which
             // then holds at most that many rows at a time.
             Outcome::Rows { columns, rows, tag } if max_rows == 0 => {
-                let resp = query_response(&columns, rows, Some(&portal.result_column_format), &tag);
+                let resp =
+                    query_response(&columns, rows, Some(&portal.result_column_format), &tag, session.time_zone());
                 Ok(Response::Execution(send_rows(client, resp, false).await?))
             }
-            outcome => outcome_response(outcome, Some(&portal.result_column_format)),
+            outcome => outcome_response(outcome, Some(&portal.result_column_format), session.time_zone()),
         }
     }
 

@@ -146,6 +146,9 @@ pub enum Func {
     Age,
     /// `to_timestamp(seconds)`
     ToTimestamp,
+    /// `v AT TIME ZONE zone`: an instant (or date, or untyped string) to the local time
+    /// there, a local time to the instant it is there.
+    AtTimeZone,
 }
 
 /// Aggregate functions.
@@ -557,6 +560,9 @@ impl<'a> Binder<'a> {
                 };
                 Expr::Cast(Box::new(Expr::Const(Value::Text(text))), DataType::Interval)
             }
+            ast::Expr::AtTimeZone { timestamp, time_zone } => {
+                Expr::Func(Func::AtTimeZone, vec![self.bind(timestamp)?, self.bind(time_zone)?])
+            }
             ast::Expr::Extract { field, expr, .. } => Expr::Func(
                 Func::Extract,
                 vec![Expr::Const(Value::Text(field.to_string().to_lowercase())), self.bind(expr)?],
@@ -723,23 +729,18 @@ impl<'a> Binder<'a> {
                 "now" | "current_timestamp" | "transaction_timestamp" | "statement_timestamp" | "localtimestamp",
                 true,
             ) => {
-                let us = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_micros() as i64)
-                    .unwrap_or(0);
+                let us = if name == "statement_timestamp" {
+                    crate::interval::statement_now()
+                } else {
+                    crate::interval::transaction_now()
+                };
                 return Ok(Expr::Const(if name == "localtimestamp" {
-                    Value::Timestamp(us)
+                    Value::Timestamp(crate::zone::current().to_local(us))
                 } else {
                     Value::TimestampTz(us)
                 }));
             }
-            ("current_date", true) => {
-                let us = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_micros() as i64)
-                    .unwrap_or(0);
-                return Ok(Expr::Const(Value::Date(us.div_euclid(86_400_000_000))));
-            }
+            ("current_date", true) => return Ok(Expr::Const(Value::Date(crate::interval::today()))),
             _ => {}
         }
         let args: Vec<Expr> = args
@@ -1194,6 +1195,10 @@ impl Expr {
                         let v = vals.next().transpose()?.unwrap_or(Value::Null);
                         crate::interval::extract(unit, v, *f == Func::DatePart)?
                     }
+                    Func::AtTimeZone => {
+                        let v = vals.next().transpose()?.unwrap_or(Value::Null);
+                        crate::zone::at_time_zone(v, vals.next().transpose()?.unwrap_or(Value::Null))?
+                    }
                     Func::ToChar => {
                         let v = vals.next().transpose()?.unwrap_or(Value::Null);
                         crate::to_char::to_char(v, vals.next().transpose()?.unwrap_or(Value::Null))?
@@ -1393,6 +1398,10 @@ impl Expr {
             Expr::Func(Func::DatePart, _) => Some(DataType::Float8),
             Expr::Func(Func::Age, _) => Some(DataType::Interval),
             Expr::Func(Func::ToTimestamp, _) => Some(DataType::TimestampTz),
+            Expr::Func(Func::AtTimeZone, args) => match args.first().and_then(|a| a.result_type(scope)) {
+                Some(DataType::Timestamp) => Some(DataType::TimestampTz),
+                _ => Some(DataType::Timestamp),
+            },
             Expr::Func(Func::DateTrunc, args) => match args.get(1).and_then(|a| a.result_type(scope)) {
                 Some(DataType::Timestamp) => Some(DataType::Timestamp),
                 _ => Some(DataType::TimestampTz),

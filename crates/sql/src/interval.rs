@@ -334,6 +334,18 @@ pub fn add_to_timestamp(ts: i64, iv: &Interval) -> Result<i64> {
     ts.checked_add(iv.micros).ok_or_else(ts_out_of_range)
 }
 
+/// `timestamptz + interval`: months and days are calendar steps in the session's time
+/// zone (a day across a DST change is 23 or 25 hours), the rest is elapsed time.
+pub fn add_to_instant(ts: i64, iv: &Interval) -> Result<i64> {
+    let zone = crate::zone::current();
+    let mut ts = ts;
+    if iv.months != 0 || iv.days != 0 {
+        let calendar = Interval { months: iv.months, days: iv.days, micros: 0 };
+        ts = zone.to_utc(add_to_timestamp(zone.to_local(ts), &calendar)?);
+    }
+    ts.checked_add(iv.micros).ok_or_else(ts_out_of_range)
+}
+
 /// `timestamp - timestamp`: whole days and the rest (PostgreSQL's justified hours).
 pub fn between(a: i64, b: i64) -> Result<Interval> {
     let diff = a.checked_sub(b).ok_or_else(out_of_range)?;
@@ -530,22 +542,31 @@ pub fn arith(op: crate::expr::BinOp, a: &Value, b: &Value) -> Result<Option<Valu
             Value::Timestamp(add_to_timestamp(*t, iv)?)
         }
         (Add, Value::TimestampTz(t), Value::Interval(iv)) | (Add, Value::Interval(iv), Value::TimestampTz(t)) => {
-            Value::TimestampTz(add_to_timestamp(*t, iv)?)
+            Value::TimestampTz(add_to_instant(*t, iv)?)
         }
         (Add, Value::Date(d), Value::Interval(iv)) | (Add, Value::Interval(iv), Value::Date(d)) => {
             Value::Timestamp(add_to_timestamp(date_us(*d)?, iv)?)
         }
         (Sub, Value::Timestamp(t), Value::Interval(iv)) => Value::Timestamp(add_to_timestamp(*t, &iv.neg()?)?),
-        (Sub, Value::TimestampTz(t), Value::Interval(iv)) => Value::TimestampTz(add_to_timestamp(*t, &iv.neg()?)?),
+        (Sub, Value::TimestampTz(t), Value::Interval(iv)) => Value::TimestampTz(add_to_instant(*t, &iv.neg()?)?),
         (Sub, Value::Date(d), Value::Interval(iv)) => Value::Timestamp(add_to_timestamp(date_us(*d)?, &iv.neg()?)?),
-        (Sub, Value::Timestamp(x) | Value::TimestampTz(x), Value::Timestamp(y) | Value::TimestampTz(y)) => {
+        (Sub, Value::Timestamp(x), Value::Timestamp(y)) | (Sub, Value::TimestampTz(x), Value::TimestampTz(y)) => {
             Value::Interval(between(*x, *y)?)
         }
-        (Sub, Value::Timestamp(x) | Value::TimestampTz(x), Value::Date(d)) => {
-            Value::Interval(between(*x, date_us(*d)?)?)
+        // A local time meets an instant: as an instant in the session's time zone.
+        (Sub, Value::Timestamp(x), Value::TimestampTz(y)) => {
+            Value::Interval(between(crate::zone::current().to_utc(*x), *y)?)
         }
-        (Sub, Value::Date(d), Value::Timestamp(y) | Value::TimestampTz(y)) => {
-            Value::Interval(between(date_us(*d)?, *y)?)
+        (Sub, Value::TimestampTz(x), Value::Timestamp(y)) => {
+            Value::Interval(between(*x, crate::zone::current().to_utc(*y))?)
+        }
+        (Sub, Value::Timestamp(x), Value::Date(d)) => Value::Interval(between(*x, date_us(*d)?)?),
+        (Sub, Value::Date(d), Value::Timestamp(y)) => Value::Interval(between(date_us(*d)?, *y)?),
+        (Sub, Value::TimestampTz(x), Value::Date(d)) => {
+            Value::Interval(between(*x, crate::zone::current().to_utc(date_us(*d)?))?)
+        }
+        (Sub, Value::Date(d), Value::TimestampTz(y)) => {
+            Value::Interval(between(crate::zone::current().to_utc(date_us(*d)?), *y)?)
         }
         (Add, Value::Interval(x), Value::Interval(y)) => Value::Interval(x.add(y)?),
         (Sub, Value::Interval(x), Value::Interval(y)) => Value::Interval(x.sub(y)?),
@@ -559,16 +580,21 @@ pub fn arith(op: crate::expr::BinOp, a: &Value, b: &Value) -> Result<Option<Valu
     }))
 }
 
-/// The timestamp (µs) a date/time argument stands for; untyped strings are read as
-/// timestamps. `None` for NULL.
-fn instant(v: Value, what: &str) -> Result<Option<i64>> {
+/// The local wall-clock time (µs) a date/time argument stands for, for field-wise work
+/// (`extract`, `date_trunc`, `age`): a timestamp as it is, a date at midnight, an instant
+/// (`timestamptz`, or an untyped string read as one) in the session's time zone. `None`
+/// for NULL.
+fn local_time(v: Value, what: &str) -> Result<Option<i64>> {
     Ok(match v {
         Value::Null => None,
-        Value::Timestamp(t) | Value::TimestampTz(t) => Some(t),
+        Value::Timestamp(t) => Some(t),
+        Value::TimestampTz(t) => Some(crate::zone::current().to_local(t)),
         Value::Date(d) => Some(d.checked_mul(USEC_PER_DAY).ok_or_else(ts_out_of_range)?),
-        Value::Text(s) => Some(crate::time::parse_timestamp(&s, true).ok_or_else(|| {
-            Error::sql("22007", format!("invalid input syntax for type timestamp with time zone: \"{s}\""))
-        })?),
+        Value::Text(s) => {
+            Some(crate::zone::current().to_local(crate::time::parse_timestamp(&s, true).ok_or_else(|| {
+                Error::sql("22007", format!("invalid input syntax for type timestamp with time zone: \"{s}\""))
+            })?))
+        }
         other => return Err(Error::sql("42883", format!("function {what}({}) does not exist", other.type_name()))),
     })
 }
@@ -586,10 +612,37 @@ fn unit_of(v: Value, what: &str) -> Result<Option<String>> {
 pub fn extract(unit: Value, v: Value, as_float: bool) -> Result<Value> {
     let what = if as_float { "date_part" } else { "extract" };
     let Some(unit) = unit_of(unit, what)? else { return Ok(Value::Null) };
+    // An untyped string is read as a timestamp with time zone.
+    let v = match v {
+        Value::Text(s) => Value::TimestampTz(crate::time::parse_timestamp(&s, true).ok_or_else(|| {
+            Error::sql("22007", format!("invalid input syntax for type timestamp with time zone: \"{s}\""))
+        })?),
+        v => v,
+    };
     let d = match v {
         Value::Null => return Ok(Value::Null),
         Value::Interval(iv) => interval_field(&unit, &iv)?,
-        other => match instant(other, what)? {
+        // The fields of an instant are those of its local time; its epoch and zone
+        // fields are its own.
+        Value::TimestampTz(t) => {
+            let offset = crate::zone::current().offset_at(t);
+            match unit.to_ascii_lowercase().as_str() {
+                "epoch" => rust_decimal::Decimal::new(t, 6),
+                "timezone" => rust_decimal::Decimal::from(offset),
+                "timezone_hour" => rust_decimal::Decimal::from(offset / 3600),
+                "timezone_minute" => rust_decimal::Decimal::from(offset / 60 % 60),
+                _ => timestamp_field(&unit, t.saturating_add(offset * USEC_PER_SEC))?,
+            }
+        }
+        Value::Timestamp(_) | Value::Date(_)
+            if matches!(unit.to_ascii_lowercase().as_str(), "timezone" | "timezone_hour" | "timezone_minute") =>
+        {
+            return Err(Error::sql(
+                "0A000",
+                format!("unit \"{}\" not supported for type timestamp without time zone", unit.to_ascii_lowercase()),
+            ));
+        }
+        other => match local_time(other, what)? {
             Some(t) => timestamp_field(&unit, t)?,
             None => return Ok(Value::Null),
         },
@@ -608,8 +661,9 @@ pub fn date_trunc(unit: Value, v: Value) -> Result<Value> {
     Ok(match v {
         Value::Null => Value::Null,
         Value::Timestamp(t) => Value::Timestamp(trunc_timestamp(&unit, t)?),
-        other => match instant(other, "date_trunc")? {
-            Some(t) => Value::TimestampTz(trunc_timestamp(&unit, t)?),
+        // Truncated in local time, in the session's time zone.
+        other => match local_time(other, "date_trunc")? {
+            Some(t) => Value::TimestampTz(crate::zone::current().to_utc(trunc_timestamp(&unit, t)?)),
             None => Value::Null,
         },
     })
@@ -618,8 +672,8 @@ pub fn date_trunc(unit: Value, v: Value) -> Result<Value> {
 /// `age(a, b)`, or `age(a)` = `age(current_date, a)`.
 pub fn age_of(a: Value, b: Option<Value>, today: i64) -> Result<Value> {
     let (x, y) = match b {
-        Some(b) => (instant(a, "age")?, instant(b, "age")?),
-        None => (Some(today * USEC_PER_DAY), instant(a, "age")?),
+        Some(b) => (local_time(a, "age")?, local_time(b, "age")?),
+        None => (Some(today * USEC_PER_DAY), local_time(a, "age")?),
     };
     Ok(match (x, y) {
         (Some(x), Some(y)) => Value::Interval(age(x, y)?),
@@ -645,13 +699,42 @@ pub fn to_timestamp(v: Value) -> Result<Value> {
     Ok(Value::TimestampTz(us as i64))
 }
 
-/// Whole days since the epoch, today (UTC).
+/// The current instant (µs since the Unix epoch).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+thread_local! {
+    /// The start of the running statement's transaction and of the statement itself.
+    static NOW: std::cell::Cell<Option<(i64, i64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with `now()` fixed at `transaction` and `statement_timestamp()` at
+/// `statement` (µs since the epoch), as PostgreSQL fixes them for a transaction.
+pub fn with_now<T>(transaction: i64, statement: i64, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<(i64, i64)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NOW.with(|n| n.set(self.0));
+        }
+    }
+    let _restore = Restore(NOW.with(|n| n.replace(Some((transaction, statement)))));
+    f()
+}
+
+/// `now()`: the start of the current transaction (the clock outside a statement).
+pub fn transaction_now() -> i64 {
+    NOW.with(|n| n.get()).map_or_else(now_micros, |(t, _)| t)
+}
+
+/// `statement_timestamp()`: the start of the current statement.
+pub fn statement_now() -> i64 {
+    NOW.with(|n| n.get()).map_or_else(now_micros, |(_, s)| s)
+}
+
+/// Whole days since the epoch, today (as of `now()`) in the session's time zone.
 pub fn today() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-        .div_euclid(USEC_PER_DAY)
+    crate::zone::current().to_local(transaction_now()).div_euclid(USEC_PER_DAY)
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ pub mod spill;
 mod time;
 mod to_char;
 mod types;
+mod zone;
 
 pub use asof::AsOf;
 pub use backup_job::{parse_duration, Control, Increment, JobManager, JobRecord, JobState, JobStatus};
@@ -64,6 +65,7 @@ pub use interval::Interval;
 pub use pipeline::{Row, RowIter};
 pub use session::{parse, syntax_error, Session, Statement, TxnState};
 pub use types::{format_float, DataType, Value};
+pub use zone::{with_zone, Zone};
 
 /// The version string reported to clients (`SELECT version()`, `server_version`).
 pub const SERVER_VERSION: &str = "15.0";

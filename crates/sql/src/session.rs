@@ -82,6 +82,34 @@ pub struct Session {
     statement_timeout: Option<std::time::Duration>,
     /// Fires the timeout of the statement running now; aborted when the next starts.
     timer: Option<AbortOnDrop>,
+    /// `SET TIME ZONE` (None: UTC, the default).
+    time_zone: Option<crate::Zone>,
+    /// When the open transaction block began (its `now()`).
+    txn_started: Option<i64>,
+}
+
+/// The settings a statement runs with (see `Session::in_statement`).
+#[derive(Clone)]
+struct Settings {
+    work_mem: Option<usize>,
+    zone: Option<crate::Zone>,
+    /// `now()` (the transaction's start) and `statement_timestamp()`.
+    now: (i64, i64),
+}
+
+/// A result stream producing each row under its session's time zone (text forms of
+/// `timestamptz` values are made as rows are produced).
+struct InZone<I> {
+    inner: I,
+    zone: crate::Zone,
+}
+
+impl<I: Iterator> Iterator for InZone<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        crate::zone::with_zone(Some(&self.zone), || self.inner.next())
+    }
 }
 
 /// A task that is aborted when this is dropped.
@@ -150,7 +178,6 @@ fn show_value(name: &str) -> Option<String> {
             "server_version" => crate::SERVER_VERSION,
             "server_encoding" | "client_encoding" => "UTF8",
             "datestyle" => "ISO, MDY",
-            "timezone" => "UTC",
             "integer_datetimes" => "on",
             "standard_conforming_strings" => "on",
             "search_path" => "\"$user\", public",
@@ -175,6 +202,8 @@ impl Session {
             work_mem: None,
             interrupt: Arc::default(),
             statement_timeout: None,
+            time_zone: None,
+            txn_started: None,
             timer: None,
         }
     }
@@ -208,11 +237,21 @@ impl Session {
         match outcome {
             Outcome::Rows { columns, rows, tag } => {
                 let on_err = flag(self.stream_failed.clone());
-                Outcome::Rows { columns, rows: Box::new(rows.map(move |r| r.map_err(&on_err))), tag }
+                let rows: crate::RowIter = Box::new(rows.map(move |r| r.map_err(&on_err)));
+                let rows = match &self.time_zone {
+                    Some(zone) => Box::new(InZone { inner: rows, zone: zone.clone() }),
+                    None => rows,
+                };
+                Outcome::Rows { columns, rows, tag }
             }
             Outcome::CopyOut { columns, records } => {
                 let on_err = flag(self.stream_failed.clone());
-                Outcome::CopyOut { columns, records: Box::new(records.map(move |r| r.map_err(&on_err))) }
+                let records: crate::RecordIter = Box::new(records.map(move |r| r.map_err(&on_err)));
+                let records = match &self.time_zone {
+                    Some(zone) => Box::new(InZone { inner: records, zone: zone.clone() }),
+                    None => records,
+                };
+                Outcome::CopyOut { columns, records }
             }
             other => other,
         }
@@ -287,6 +326,12 @@ impl Session {
 
     /// Feeds COPY FROM STDIN data. Errors are kept and reported at the end of the copy.
     pub fn copy_data(&mut self, data: &[u8]) {
+        // Values are parsed as they arrive: `timestamptz` text in the session's zone.
+        let zone = self.time_zone.clone();
+        crate::zone::with_zone(zone.as_ref(), || self.copy_records(data))
+    }
+
+    fn copy_records(&mut self, data: &[u8]) {
         let Some(copy) = self.copy.as_mut() else { return };
         if copy.error.is_some() || copy.done {
             return;
@@ -361,6 +406,21 @@ impl Session {
     }
 
     /// Executes one statement with bind parameters.
+    /// The settings of a statement starting now.
+    fn settings(&self) -> Settings {
+        let now = crate::interval::now_micros();
+        // A block's start stays its `now()`; outside a block each statement is its own
+        // transaction.
+        let started = self.txn.as_ref().and(self.txn_started).unwrap_or(now);
+        Settings { work_mem: self.work_mem, zone: self.time_zone.clone(), now: (started, now) }
+    }
+
+    /// The session's time zone (None: UTC), for the protocol layer's text forms of
+    /// `timestamptz` values.
+    pub fn time_zone(&self) -> Option<crate::Zone> {
+        self.time_zone.clone()
+    }
+
     /// The flag a cancel request for this session sets (see `interrupt`).
     pub fn interrupt_flag(&self) -> Arc<crate::Interrupt> {
         self.interrupt.clone()
@@ -369,14 +429,17 @@ impl Session {
     /// Runs `f` (a statement's execution) with this session's settings, off the async
     /// worker when there is a multi-threaded runtime: a long sort or grouping must not
     /// hold a worker other connections (and cancel requests) need.
-    fn in_statement<T>(
-        work_mem: Option<usize>,
-        interrupt: &Arc<crate::Interrupt>,
-        brief: bool,
-        f: impl FnOnce() -> T,
-    ) -> T {
+    fn in_statement<T>(settings: Settings, interrupt: &Arc<crate::Interrupt>, brief: bool, f: impl FnOnce() -> T) -> T {
         let flag = Some(interrupt.clone());
-        let run = || crate::interrupt::with_flag(flag, || crate::spill::with_work_mem(work_mem, f));
+        let run = || {
+            crate::interrupt::with_flag(flag, || {
+                crate::spill::with_work_mem(settings.work_mem, || {
+                    crate::interval::with_now(settings.now.0, settings.now.1, || {
+                        crate::zone::with_zone(settings.zone.as_ref(), f)
+                    })
+                })
+            })
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(h) if !brief && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(run)
@@ -403,12 +466,17 @@ impl Session {
                 return Ok(outcome);
             }
             if let ast::Statement::ShowVariable { variable } = ast {
-                if variable.len() == 1 && variable[0].value.eq_ignore_ascii_case("statement_timeout") {
+                let name = variable.iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(" ");
+                let value = match name.as_str() {
+                    "statement_timeout" => Some(crate::interrupt::format_timeout(self.statement_timeout)),
+                    "timezone" | "time zone" => Some(self.time_zone.as_ref().map_or("UTC", |z| z.name()).to_string()),
+                    _ => None,
+                };
+                if let Some(value) = value {
+                    let column = if name == "time zone" { "TimeZone".to_string() } else { name };
                     return Ok(Outcome::Rows {
-                        columns: vec![OutColumn { name: "statement_timeout".into(), ty: Some(DataType::Text) }],
-                        rows: crate::pipeline::materialized(vec![vec![Value::Text(crate::interrupt::format_timeout(
-                            self.statement_timeout,
-                        ))]]),
+                        columns: vec![OutColumn { name: column, ty: Some(DataType::Text) }],
+                        rows: crate::pipeline::materialized(vec![vec![Value::Text(value)]]),
                         tag: "SHOW".into(),
                     });
                 }
@@ -418,21 +486,30 @@ impl Session {
         Ok(self.watch(outcome))
     }
 
-    /// The settings this session keeps: `work_mem` (see `spill`) and
-    /// `statement_timeout` (statements running longer are canceled, 57014, as a cancel
-    /// request would) — `SET x = v`, `SET x TO DEFAULT`, `RESET x`, `RESET ALL`. Other
+    /// The settings this session keeps: `work_mem` (see `spill`), `statement_timeout`
+    /// (statements running longer are canceled, 57014, as a cancel request would) and
+    /// `TimeZone` (see `zone`; also `SET TIME ZONE …`) — `SET x = v`, `SET x TO DEFAULT`,
+    /// `RESET x`, `RESET ALL`. Other
     /// settings are accepted and ignored by `run`. A setting takes effect at once and is
     /// not undone by ROLLBACK.
     fn session_setting(&mut self, stmt: &ast::Statement) -> Result<Option<Outcome>> {
         let kept = |name: &ast::ObjectName| {
             let n = name.to_string().to_ascii_lowercase();
-            matches!(n.as_str(), "work_mem" | "statement_timeout").then_some(n)
+            matches!(n.as_str(), "work_mem" | "statement_timeout" | "timezone").then_some(n)
         };
+        let time_zone_value;
         let (name, values, tag) = match stmt {
             ast::Statement::Set(ast::Set::SingleAssignment { variable, values, .. }) => match kept(variable) {
-                Some(n) => (Some(n), Some(values), "SET"),
+                Some(n) => (Some(n), Some(values.as_slice()), "SET"),
                 None => return Ok(None),
             },
+            ast::Statement::Set(ast::Set::SetTimeZone { local: true, .. }) => {
+                return Err(Error::sql("0A000", "SET LOCAL TIME ZONE is not supported; use SET TIME ZONE"));
+            }
+            ast::Statement::Set(ast::Set::SetTimeZone { value, .. }) => {
+                time_zone_value = [value.clone()];
+                (Some("timezone".to_string()), Some(time_zone_value.as_slice()), "SET")
+            }
             ast::Statement::Reset(r) => match &r.reset {
                 ast::Reset::ALL => (None, None, "RESET"),
                 ast::Reset::ConfigurationParameter(n) => match kept(n) {
@@ -443,12 +520,13 @@ impl Session {
             },
             _ => return Ok(None),
         };
-        let (mut work_mem, mut timeout) = (self.work_mem, self.statement_timeout);
+        let (mut work_mem, mut timeout, mut zone) = (self.work_mem, self.statement_timeout, self.time_zone.clone());
         match name.as_deref() {
             Some("work_mem") => {
                 work_mem =
                     values.map(|v| setting_value("work_mem", v, crate::spill::parse_work_mem)).transpose()?.flatten();
             }
+            Some("timezone") => zone = values.map(zone_setting).transpose()?.flatten(),
             Some(_) => {
                 timeout = values
                     .map(|v| setting_value("statement_timeout", v, crate::interrupt::parse_timeout))
@@ -456,7 +534,7 @@ impl Session {
                     .flatten()
                     .flatten();
             }
-            None => (work_mem, timeout) = (None, None),
+            None => (work_mem, timeout, zone) = (None, None, None),
         }
         if self.failed {
             return Err(Error::sql(
@@ -466,6 +544,7 @@ impl Session {
         }
         self.work_mem = work_mem;
         self.statement_timeout = timeout;
+        self.time_zone = zone;
         Ok(Some(Outcome::Command(tag.into())))
     }
 
@@ -500,7 +579,7 @@ impl Session {
                 other => other,
             })?;
             let brief = exec::runs_briefly(&mut txn, stmt, params);
-            return Self::in_statement(self.work_mem, &self.interrupt, brief, || run(&mut txn, stmt, params));
+            return Self::in_statement(self.settings(), &self.interrupt, brief, || run(&mut txn, stmt, params));
         }
         if matches!(stmt, ast::Statement::Copy { .. }) {
             if self.failed {
@@ -509,8 +588,8 @@ impl Session {
                     "current transaction is aborted, commands ignored until end of transaction block",
                 ));
             }
-            let (work_mem, interrupt) = (self.work_mem, self.interrupt.clone());
-            let r = Self::in_statement(work_mem, &interrupt, false, || self.start_copy(stmt));
+            let (settings, interrupt) = (self.settings(), self.interrupt.clone());
+            let r = Self::in_statement(settings, &interrupt, false, || self.start_copy(stmt));
             if r.is_err() && self.txn.is_some() {
                 self.failed = true;
             }
@@ -520,6 +599,7 @@ impl Session {
             ast::Statement::StartTransaction { .. } => {
                 if self.txn.is_none() && !self.failed {
                     self.txn = Some(self.node.begin()?);
+                    self.txn_started = Some(crate::interval::now_micros());
                 }
                 // PostgreSQL warns and carries on if a block is already open.
                 return Ok(Outcome::Command("BEGIN".into()));
@@ -547,10 +627,10 @@ impl Session {
                 "current transaction is aborted, commands ignored until end of transaction block",
             ));
         }
-        let (work_mem, interrupt) = (self.work_mem, self.interrupt.clone());
+        let (settings, interrupt) = (self.settings(), self.interrupt.clone());
         if let Some(txn) = self.txn.as_mut() {
             let brief = exec::runs_briefly(txn, stmt, params);
-            let r = Self::in_statement(work_mem, &interrupt, brief, || run(txn, stmt, params));
+            let r = Self::in_statement(settings, &interrupt, brief, || run(txn, stmt, params));
             if r.is_err() {
                 self.failed = true;
             }
@@ -561,7 +641,7 @@ impl Session {
         loop {
             let mut txn = self.node.begin()?;
             let brief = exec::runs_briefly(&mut txn, stmt, params);
-            let outcome = Self::in_statement(work_mem, &interrupt, brief, || run(&mut txn, stmt, params))?;
+            let outcome = Self::in_statement(settings.clone(), &interrupt, brief, || run(&mut txn, stmt, params))?;
             match self.node.commit(txn).await {
                 Ok(_) => return Ok(outcome),
                 Err(e) if e.is_retryable() && attempt < AUTOCOMMIT_RETRIES => attempt += 1,
@@ -591,6 +671,40 @@ fn setting_value<T>(name: &str, values: &[ast::Expr], parse: impl Fn(&str) -> Re
             let text = other.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
             Err(Error::sql("22023", format!("invalid value for parameter \"{name}\": \"{text}\"")))
         }
+    }
+}
+
+/// The zone a `SET TIME ZONE` / `SET timezone` value names (None: the default, UTC):
+/// a name or POSIX string, a number of hours east of UTC, an interval, `LOCAL` or
+/// `DEFAULT`.
+fn zone_setting(values: &[ast::Expr]) -> Result<Option<crate::Zone>> {
+    let invalid = |text: &str| Error::sql("22023", format!("invalid value for parameter \"TimeZone\": \"{text}\""));
+    match values {
+        [ast::Expr::Identifier(i)]
+            if i.value.eq_ignore_ascii_case("default") || i.value.eq_ignore_ascii_case("local") =>
+        {
+            Ok(None)
+        }
+        [ast::Expr::Value(v)] => match &v.value {
+            ast::Value::SingleQuotedString(t) => crate::Zone::parse(t).map(Some),
+            other => crate::Zone::parse(&other.to_string()).map(Some),
+        },
+        [ast::Expr::Interval(iv)] => {
+            let text = match &*iv.value {
+                ast::Expr::Value(v) => match &v.value {
+                    ast::Value::SingleQuotedString(t) => t.clone(),
+                    other => other.to_string(),
+                },
+                other => other.to_string(),
+            };
+            let parsed = crate::interval::Interval::parse(&text).map_err(|_| invalid(&text))?;
+            if parsed.months != 0 || parsed.days != 0 {
+                return Err(invalid(&text));
+            }
+            crate::Zone::fixed(parsed.micros / 1_000_000).map(Some)
+        }
+        [e] => crate::Zone::parse(&e.to_string()).map(Some),
+        other => Err(invalid(&other.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))),
     }
 }
 

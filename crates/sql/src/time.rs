@@ -1,5 +1,6 @@
 //! Dates and timestamps: PostgreSQL's ISO text forms, proleptic Gregorian calendar,
-//! µs resolution, UTC as the session time zone.
+//! µs resolution. `timestamp with time zone` text is read and written in the session's
+//! time zone (`crate::zone`).
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
 pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
@@ -49,13 +50,24 @@ pub fn parse_date(s: &str) -> Option<i64> {
     Some(days_from_civil(y, m, d))
 }
 
-/// Parses `YYYY-MM-DD[ T]HH:MM[:SS[.ffffff]][Z|±HH[:MM]]` (or a bare date, at
-/// midnight) into µs since the epoch. A zone offset is applied when `use_zone`, ignored
-/// otherwise (as PostgreSQL does for `timestamp without time zone`).
+/// Parses `YYYY-MM-DD[ T]HH:MM[:SS[.ffffff]][Z|±HH[:MM]| zone name]` (or a bare date,
+/// at midnight) into µs since the epoch. With `use_zone` (`timestamp with time zone`)
+/// an offset or zone name in the text is applied, and a time without one is local time
+/// in the session's zone; without it both are ignored (as PostgreSQL does for
+/// `timestamp without time zone`).
 pub fn parse_timestamp(s: &str, use_zone: bool) -> Option<i64> {
     let s = s.trim();
+    // A trailing zone name ("… UTC", "… America/New_York").
+    if let Some((head, name)) = s.rsplit_once(' ') {
+        if name.starts_with(|c: char| c.is_ascii_alphabetic()) && !head.trim().is_empty() {
+            let zone = crate::zone::Zone::parse(name).ok()?;
+            let local = parse_timestamp(head, false)?;
+            return Some(if use_zone { zone.to_utc(local) } else { local });
+        }
+    }
     if s.len() == 10 {
-        return parse_date(s).map(|d| d * 86_400_000_000);
+        let local = parse_date(s)? * 86_400_000_000;
+        return Some(if use_zone { crate::zone::current().to_utc(local) } else { local });
     }
     let (date, rest) = (s.get(..10)?, s.get(11..)?);
     if !matches!(s.as_bytes().get(10), Some(b' ') | Some(b'T')) {
@@ -85,7 +97,9 @@ pub fn parse_timestamp(s: &str, use_zone: bool) -> Option<i64> {
     if hms.next().is_some() || h > 24 || mi > 59 || sec > 60 {
         return None;
     }
+    let local = (days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000 + micros;
     let offset = match zone.trim() {
+        "" if use_zone => return Some(crate::zone::current().to_utc(local)),
         "" | "Z" | "z" => 0,
         z => {
             let sign = if z.starts_with('-') { -1 } else { 1 };
@@ -99,7 +113,7 @@ pub fn parse_timestamp(s: &str, use_zone: bool) -> Option<i64> {
         }
     };
     let offset = if use_zone { offset } else { 0 };
-    Some((days * 86_400 + h * 3600 + mi * 60 + sec - offset) * 1_000_000 + micros)
+    Some(local - offset * 1_000_000)
 }
 
 /// `YYYY-MM-DD`.
@@ -108,8 +122,16 @@ pub fn format_date(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// `YYYY-MM-DD HH:MM:SS[.ffffff]`, plus `+00` for `timestamp with time zone`.
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]`; for `timestamp with time zone` the local time in the
+/// session's zone followed by its offset (`-04`, `+05:30`).
 pub fn format_timestamp(us: i64, with_zone: bool) -> String {
+    if with_zone {
+        let zone = crate::zone::current();
+        let offset = zone.offset_at(us);
+        let mut out = format_timestamp(us.saturating_add(offset * 1_000_000), false);
+        out.push_str(&crate::zone::format_offset(offset));
+        return out;
+    }
     let secs = us.div_euclid(1_000_000);
     let micros = us.rem_euclid(1_000_000);
     let days = secs.div_euclid(86_400);
@@ -119,9 +141,6 @@ pub fn format_timestamp(us: i64, with_zone: bool) -> String {
         let frac = format!("{micros:06}");
         out.push('.');
         out.push_str(frac.trim_end_matches('0'));
-    }
-    if with_zone {
-        out.push_str("+00");
     }
     out
 }

@@ -40,10 +40,16 @@ pub fn to_char(v: Value, template: Value) -> Result<Value> {
     };
     Ok(Value::Text(match v {
         Value::Null => return Ok(Value::Null),
-        Value::Timestamp(us) => datetime(&Fields::of_timestamp(us), &fmt, false),
-        Value::TimestampTz(us) => datetime(&Fields::of_timestamp(us), &fmt, true),
-        Value::Date(d) => datetime(&Fields::of_timestamp(d.saturating_mul(MICROS_PER_DAY)), &fmt, false),
-        Value::Interval(iv) => datetime(&Fields::of_interval(&iv), &fmt, false),
+        Value::Timestamp(us) => datetime(&Fields::of_timestamp(us), &fmt, None),
+        // The local time in the session's zone, which `TZ` and `OF` name.
+        Value::TimestampTz(us) => {
+            let zone = crate::zone::current();
+            let offset = zone.offset_at(us);
+            let local = us.saturating_add(offset * 1_000_000);
+            datetime(&Fields::of_timestamp(local), &fmt, Some((&zone.abbreviation_at(us), offset)))
+        }
+        Value::Date(d) => datetime(&Fields::of_timestamp(d.saturating_mul(MICROS_PER_DAY)), &fmt, None),
+        Value::Interval(iv) => datetime(&Fields::of_interval(&iv), &fmt, None),
         Value::Int(i) => number(Decimal::from(i), &fmt)?,
         Value::Numeric(d) => number(d, &fmt)?,
         Value::Float(f) => match Decimal::from_f64(f) {
@@ -240,7 +246,7 @@ fn marker(s: &str, case: &str) -> String {
     }
 }
 
-fn datetime(f: &Fields, fmt: &str, with_zone: bool) -> String {
+fn datetime(f: &Fields, fmt: &str, zone: Option<(&str, i64)>) -> String {
     let mut out = String::new();
     let mut rest = fmt;
     while !rest.is_empty() {
@@ -334,19 +340,15 @@ fn datetime(f: &Fields, fmt: &str, with_zone: bool) -> String {
             }
             "TZ" => {
                 value = None;
-                match (with_zone, case) {
-                    (false, _) => String::new(),
-                    (true, "lower") => "utc".into(),
-                    (true, _) => "UTC".into(),
+                match (zone, case) {
+                    (None, _) => String::new(),
+                    (Some((abbrev, _)), "lower") => abbrev.to_lowercase(),
+                    (Some((abbrev, _)), _) => abbrev.to_string(),
                 }
             }
             "OF" => {
                 value = None;
-                if with_zone {
-                    "+00".into()
-                } else {
-                    String::new()
-                }
+                zone.map(|(_, offset)| crate::zone::format_offset(offset)).unwrap_or_default()
             }
             "Y,YYY" => {
                 value = Some(year);
@@ -587,7 +589,7 @@ mod tests {
     }
 
     fn fmt_ts(s: &str, f: &str) -> String {
-        datetime(&Fields::of_timestamp(ts(s)), f, false)
+        datetime(&Fields::of_timestamp(ts(s)), f, None)
     }
 
     #[test]
@@ -603,7 +605,7 @@ mod tests {
         assert_eq!(fmt_ts(t, "DDD D ID WW IW Q CC J YY Y SSSS"), "065 3 2 10 10 1 21 2460375 24 4 14829");
         assert_eq!(fmt_ts(t, "DDth Mon, \"week\" IW p.m. PM a.m."), "05th Mar, week 10 a.m. AM a.m.");
         assert_eq!(
-            datetime(&Fields::of_timestamp(ts(t)), "YYYY-MM-DD\"T\"HH24:MI:SSOF TZ", true),
+            datetime(&Fields::of_timestamp(ts(t)), "YYYY-MM-DD\"T\"HH24:MI:SSOF TZ", Some(("UTC", 0))),
             "2024-03-05T04:07:09+00 UTC"
         );
         assert_eq!(fmt_ts(t, "YYYY-MM-DD TZ|"), "2024-03-05 |");
@@ -612,9 +614,9 @@ mod tests {
         assert_eq!(fmt_ts("2024-03-05 00:07:09", "HH HH12 HH24 AM"), "12 12 00 AM");
         assert_eq!(fmt_ts("2024-03-05 12:07:09", "HH HH12 AM"), "12 12 PM");
         let iv = crate::interval::Interval::parse("1 day 03:04:05").unwrap();
-        assert_eq!(datetime(&Fields::of_interval(&iv), "DD HH24:MI:SS", false), "01 03:04:05");
+        assert_eq!(datetime(&Fields::of_interval(&iv), "DD HH24:MI:SS", None), "01 03:04:05");
         let iv = crate::interval::Interval::parse("27 hours 5 minutes").unwrap();
-        assert_eq!(datetime(&Fields::of_interval(&iv), "HH24:MI", false), "27:05");
+        assert_eq!(datetime(&Fields::of_interval(&iv), "HH24:MI", None), "27:05");
     }
 
     fn n(v: &str, f: &str) -> String {

@@ -341,10 +341,19 @@ impl Value {
             (v @ Value::Bytes(_), t) if t.is_text() => Value::Text(v.to_pg_text(None).unwrap_or_default()),
             (Value::Date(d), DataType::Date) => Value::Date(d),
             (Value::Date(d), DataType::Timestamp) => Value::Timestamp(d * 86_400_000_000),
-            (Value::Date(d), DataType::TimestampTz) => Value::TimestampTz(d * 86_400_000_000),
-            (Value::Timestamp(t) | Value::TimestampTz(t), DataType::Date) => Value::Date(t.div_euclid(86_400_000_000)),
-            (Value::Timestamp(t) | Value::TimestampTz(t), DataType::Timestamp) => Value::Timestamp(t),
-            (Value::Timestamp(t) | Value::TimestampTz(t), DataType::TimestampTz) => Value::TimestampTz(t),
+            // Between local (date, timestamp) and absolute (timestamptz) time: through the
+            // session's time zone.
+            (Value::Date(d), DataType::TimestampTz) => {
+                Value::TimestampTz(crate::zone::current().to_utc(d.saturating_mul(86_400_000_000)))
+            }
+            (Value::Timestamp(t), DataType::Date) => Value::Date(t.div_euclid(86_400_000_000)),
+            (Value::TimestampTz(t), DataType::Date) => {
+                Value::Date(crate::zone::current().to_local(t).div_euclid(86_400_000_000))
+            }
+            (Value::Timestamp(t), DataType::Timestamp) => Value::Timestamp(t),
+            (Value::TimestampTz(t), DataType::Timestamp) => Value::Timestamp(crate::zone::current().to_local(t)),
+            (Value::Timestamp(t), DataType::TimestampTz) => Value::TimestampTz(crate::zone::current().to_utc(t)),
+            (Value::TimestampTz(t), DataType::TimestampTz) => Value::TimestampTz(t),
             (Value::Interval(iv), DataType::Interval) => Value::Interval(iv),
             (Value::Text(s), DataType::Interval) => Value::Interval(crate::interval::Interval::parse(&s)?),
             (v @ (Value::Date(_) | Value::Timestamp(_) | Value::TimestampTz(_) | Value::Interval(_)), t)
@@ -448,9 +457,18 @@ impl Value {
             (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
             (Value::Bytes(a), Value::Text(t)) => a.cmp(&parse_bytea(t)?),
             (Value::Text(t), Value::Bytes(b)) => parse_bytea(t)?.cmp(b),
-            (Value::Timestamp(a) | Value::TimestampTz(a), Value::Timestamp(b) | Value::TimestampTz(b)) => a.cmp(b),
-            (Value::Date(a), Value::Timestamp(b) | Value::TimestampTz(b)) => (a * 86_400_000_000).cmp(b),
-            (Value::Timestamp(a) | Value::TimestampTz(a), Value::Date(b)) => a.cmp(&(b * 86_400_000_000)),
+            (Value::Timestamp(a), Value::Timestamp(b)) | (Value::TimestampTz(a), Value::TimestampTz(b)) => a.cmp(b),
+            // A local time meets an instant in the session's time zone.
+            (Value::Timestamp(a), Value::TimestampTz(b)) => crate::zone::current().to_utc(*a).cmp(b),
+            (Value::TimestampTz(a), Value::Timestamp(b)) => a.cmp(&crate::zone::current().to_utc(*b)),
+            (Value::Date(a), Value::Timestamp(b)) => a.saturating_mul(86_400_000_000).cmp(b),
+            (Value::Timestamp(a), Value::Date(b)) => a.cmp(&b.saturating_mul(86_400_000_000)),
+            (Value::Date(a), Value::TimestampTz(b)) => {
+                crate::zone::current().to_utc(a.saturating_mul(86_400_000_000)).cmp(b)
+            }
+            (Value::TimestampTz(a), Value::Date(b)) => {
+                a.cmp(&crate::zone::current().to_utc(b.saturating_mul(86_400_000_000)))
+            }
             (Value::Interval(a), Value::Interval(b)) => a.cmp_span(b),
             // Unknown-typed literals compare as the other side's type, as in PostgreSQL.
             (
