@@ -226,23 +226,56 @@ impl Handlers {
     }
 }
 
+/// The startup parameter naming the client's time zone (JDBC sends it; libpq sends
+/// `PGTZ` as it), looked up without regard to case as PostgreSQL's settings are.
+fn startup_time_zone<C: ClientInfo>(client: &C) -> Option<&String> {
+    client.metadata().iter().find(|(k, _)| k.eq_ignore_ascii_case("timezone")).map(|(_, v)| v)
+}
+
+/// The parameters reported at startup: PostgreSQL 15's, with the session's time zone
+/// (a valid `TimeZone` startup parameter, else UTC).
+struct ServerParams(DefaultServerParameterProvider);
+
+impl pgwire::api::auth::ServerParameterProvider for ServerParams {
+    fn server_parameters<C: ClientInfo>(&self, client: &C) -> Option<std::collections::HashMap<String, String>> {
+        let mut params = self.0.server_parameters(client)?;
+        if let Some(zone) = startup_time_zone(client).and_then(|v| amberdb_sql::Zone::parse(v).ok()) {
+            params.insert("TimeZone".into(), zone.name().to_string());
+        }
+        Some(params)
+    }
+}
+
 /// Startup: checks the database name and trusts loopback clients (no password is
-/// configured yet); reports PostgreSQL 15 parameters.
+/// configured yet); applies a `TimeZone` startup parameter; reports PostgreSQL 15
+/// parameters.
 struct Startup {
-    driver: AuthDriver<DefaultServerParameterProvider>,
+    driver: AuthDriver<ServerParams>,
+    conn: Arc<Conn>,
     scram: Option<Arc<ScramAuth>>,
     cancel: Cancel,
     interrupt: Arc<amberdb_sql::Interrupt>,
 }
 
 impl Startup {
-    fn new(cancel: Cancel, interrupt: Arc<amberdb_sql::Interrupt>, scram: Option<Arc<ScramAuth>>) -> Self {
+    fn new(
+        conn: Arc<Conn>,
+        cancel: Cancel,
+        interrupt: Arc<amberdb_sql::Interrupt>,
+        scram: Option<Arc<ScramAuth>>,
+    ) -> Self {
         let connections = cancel.connections.clone();
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = amberdb_sql::SERVER_VERSION.to_string();
         params.time_zone = "UTC".to_string();
         params.date_style = "ISO, MDY".to_string();
-        Self { driver: AuthDriver::new(params).with_connection_manager(connections), scram, cancel, interrupt }
+        Self {
+            driver: AuthDriver::new(ServerParams(params)).with_connection_manager(connections),
+            conn,
+            scram,
+            cancel,
+            interrupt,
+        }
     }
 }
 
@@ -291,6 +324,10 @@ impl StartupHandler for Startup {
             if database != DATABASE {
                 return Err(fatal("3D000", format!("database \"{database}\" does not exist")));
             }
+            if let Some(value) = startup_time_zone(client) {
+                let zone = amberdb_sql::Zone::parse(value).map_err(|e| fatal("22023", e.to_string()))?;
+                self.conn.session.lock().await.set_time_zone(Some(zone));
+            }
             match &self.scram {
                 None => {
                     self.driver.complete_authentication(client, None).await?;
@@ -320,7 +357,7 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(Startup::new(self.cancel.clone(), self.interrupt.clone(), self.scram.clone()))
+        Arc::new(Startup::new(self.conn.clone(), self.cancel.clone(), self.interrupt.clone(), self.scram.clone()))
     }
 
     fn copy_handler(&self) -> Arc<impl CopyHandler> {

@@ -294,3 +294,27 @@ fn scram_sha_256_when_users_are_configured() {
     let (ok, _) = run("amberdb", None);
     assert!(!ok, "connected without a password");
 }
+
+/// A `TimeZone` startup parameter (libpq sends `PGTZ` as one, JDBC its JVM's zone) sets
+/// the session's time zone and is reported back; an unknown zone refuses the
+/// connection as PostgreSQL does.
+#[test]
+fn time_zone_startup_parameter_sets_the_session_zone() {
+    let server = Server::start();
+    let run = |tz: &str| {
+        Command::new("psql")
+            .args(["-X", "-At", "-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "amberdb", "-d", "amberdb"])
+            .args(["-c", "SHOW timezone", "-c", "SELECT '2024-07-01 02:00:00+00'::timestamptz"])
+            .env("PGTZ", tz)
+            .output()
+            .expect("psql is installed (scripts/test installs it)")
+    };
+    let out = run("America/New_York");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), vec!["America/New_York", "2024-06-30 22:00:00-04"]);
+    let out = run("Nowhere/Special");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("invalid value for parameter \"TimeZone\": \"Nowhere/Special\""), "{stderr}");
+}

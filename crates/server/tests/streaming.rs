@@ -147,6 +147,16 @@ async fn sorts_groupings_distinct_and_joins_spill_past_work_mem() {
     let distinct = rows.try_fold(0i64, |n, _| async move { Ok(n + 1) }).await.unwrap();
     assert_eq!(distinct, 400_000);
 
+    // count(DISTINCT …) over 400,000 distinct wide values.
+    let row = client
+        .query_one(
+            "SELECT count(DISTINCT repeat('v', 200) || (g % 400000)::text) FROM generate_series(1, 800000) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 400_000);
+
     // A join of two 300,000-row sides of ~200-byte rows.
     let row = client
         .query_one(

@@ -1206,7 +1206,18 @@ fn select_rows(
         // Group: input rows stream through; memory holds one entry per group, up to
         // work_mem (then rows of further groups are partitioned to disk, see `spill`).
         let p = params.clone();
-        let calls: Arc<[(AggFunc, bool)]> = agg_binding.calls.iter().map(|c| (c.func, c.distinct)).collect();
+        // DISTINCT aggregates keep each group's set of values seen in memory. When every
+        // aggregate is DISTINCT over one and the same argument (count(DISTINCT x), or
+        // with sum/avg(DISTINCT x) beside it), the (group, value) pairs are made
+        // distinct first by the spilling DISTINCT stage instead, and the grouping keeps
+        // no sets: memory stays within work_mem however many values there are.
+        let distinct_first = agg_binding.calls.first().is_some_and(|first| {
+            let arg = format!("{:?}", first.arg);
+            agg_binding.calls.iter().all(|c| c.distinct && c.arg.is_some() && format!("{:?}", c.arg) == arg)
+        });
+        let calls: Arc<[(AggFunc, bool)]> =
+            agg_binding.calls.iter().map(|c| (c.func, c.distinct && !distinct_first)).collect();
+        let width = group_exprs.len() + agg_binding.calls.len();
         let args: Vec<Option<Expr>> = agg_binding.calls.iter().map(|c| c.arg.clone()).collect();
         let evaluated = pipeline::map(rows, move |r| {
             let mut out: Row = group_bound.iter().map(|g| g.eval(&r, &p)).collect::<Result<_>>()?;
@@ -1218,6 +1229,7 @@ fn select_rows(
             }
             Ok(out)
         });
+        let evaluated = if distinct_first { spill::distinct(evaluated, width, spill::work_mem()) } else { evaluated };
         rows = Box::new(Grouping::new(evaluated, group_exprs.len(), calls, spill::work_mem(), group_exprs.is_empty())?);
         let columns: Vec<OutColumn> =
             names.into_iter().zip(&exprs).map(|(name, e)| OutColumn { name, ty: e.result_type(&agg_scope) }).collect();

@@ -649,11 +649,27 @@ impl<'a> Binder<'a> {
             ast::Value::Number(n, _) => {
                 if let Ok(i) = n.parse::<i64>() {
                     Value::Int(i)
-                } else if let Ok(d) = crate::types::parse_decimal(n) {
-                    // Like PostgreSQL, a literal with a point or exponent is numeric.
-                    Value::Numeric(d)
                 } else {
-                    Value::Float(n.parse::<f64>().map_err(|_| Error::sql("22P02", format!("invalid number {n}")))?)
+                    match crate::types::parse_decimal(n) {
+                        // Like PostgreSQL, a literal with a point or exponent is numeric.
+                        Ok(d) => Value::Numeric(d),
+                        // Beyond our numeric's range: a double only if it keeps every digit
+                        // (1e300), never by silently rounding a long literal.
+                        Err(e) => {
+                            let mantissa = n.split(['e', 'E']).next().unwrap_or(n);
+                            let digits = mantissa.trim_start_matches(['+', '-', '0', '.']).replace('.', "");
+                            match n.parse::<f64>() {
+                                Ok(f) if f.is_finite() && digits.trim_end_matches('0').len() <= 15 => Value::Float(f),
+                                _ => {
+                                    let message = match e {
+                                        Error::InvalidInput(m) => m,
+                                        other => other.to_string(),
+                                    };
+                                    return Err(Error::sql("22003", message));
+                                }
+                            }
+                        }
+                    }
                 }
             }
             ast::Value::SingleQuotedString(s) | ast::Value::EscapedStringLiteral(s) => Value::Text(s.clone()),

@@ -415,6 +415,11 @@ impl Session {
         Settings { work_mem: self.work_mem, zone: self.time_zone.clone(), now: (started, now) }
     }
 
+    /// Sets the session's time zone (None: UTC), as a `TimeZone` startup parameter does.
+    pub fn set_time_zone(&mut self, zone: Option<crate::Zone>) {
+        self.time_zone = zone;
+    }
+
     /// The session's time zone (None: UTC), for the protocol layer's text forms of
     /// `timestamptz` values.
     pub fn time_zone(&self) -> Option<crate::Zone> {
