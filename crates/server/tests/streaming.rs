@@ -169,10 +169,23 @@ async fn sorts_groupings_distinct_and_joins_spill_past_work_mem() {
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (300_000, 300_000 * 400));
 
+    // A join without equality keys whose right side is 150,000 rows of ~400 bytes.
+    let row = client
+        .query_one(
+            "SELECT count(*), sum(b.g - a.g) FROM
+               (SELECT g FROM generate_series(1, 20) g) a
+               JOIN (SELECT g, repeat('r', 400) AS p FROM generate_series(1, 150000) g) b
+                 ON a.g < b.g AND b.g <= a.g + 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (40, 60));
+
     let grown = status_kb(pid, "VmHWM:").saturating_sub(base);
     eprintln!("server peak RSS: {base} KiB before, grew by {grown} KiB");
     // Held in memory, each of these would take well over 100 MiB.
-    assert!(grown < 60 * 1024, "server peak RSS grew by {grown} KiB over spilling sort/group/distinct/join");
+    assert!(grown < 60 * 1024, "server peak RSS grew by {grown} KiB over spilling sort/group/distinct/joins");
     // Spill files are unnamed: nothing is left behind.
     let left: Vec<_> = std::fs::read_dir(data.join("tmp")).unwrap().collect();
     assert!(left.is_empty(), "files left in the spill directory: {left:?}");

@@ -639,6 +639,29 @@ fn join(
             let rows = pipeline::grace_join(left.rows, right_all, Arc::new(spec))?;
             return Ok(Source { scope, rows, order: vec![] });
         }
+        if bytes > budget {
+            // Too large and no keys: the right side goes to a file, read once per block
+            // of left rows (left order is lost).
+            let mut file = spill::SpillWriter::new()?;
+            for r in right_rows.drain(..) {
+                file.push(&r)?;
+            }
+            for r in rest.by_ref() {
+                file.push(&r?)?;
+            }
+            let rows = pipeline::BlockNestedLoop::new(
+                left.rows,
+                lw,
+                file.into_reader()?,
+                rw,
+                on,
+                params.clone(),
+                keep_left,
+                keep_right,
+                budget,
+            );
+            return Ok(Source { scope, rows: Box::new(rows), order: vec![] });
+        }
     }
     let mut rows = pipeline::NestedLoop::new(left.rows, lw, right_rows, rw, on, params.clone(), keep_left, keep_right);
     if !left_keys.is_empty() {

@@ -278,6 +278,201 @@ impl Iterator for NestedLoop {
     }
 }
 
+/// A join without equality keys whose right side does not fit in `work_mem`: the right
+/// rows are in a spill file, the left side is read in blocks of up to `budget` bytes,
+/// and the file is read once per block, each right row tried against every left row of
+/// the block. Memory holds one block and one right row; the output has no order. LEFT
+/// and FULL joins pad a block's unmatched left rows after its pass; RIGHT and FULL joins
+/// keep one flag per right row (a bit each) and pad the unmatched ones at the end.
+pub struct BlockNestedLoop {
+    left: RowIter,
+    left_done: bool,
+    right: crate::spill::SpillReader,
+    on: Option<Expr>,
+    params: Params,
+    keep_left: bool,
+    keep_right: bool,
+    left_width: usize,
+    right_width: usize,
+    budget: usize,
+    /// Which right rows matched some left row (RIGHT/FULL joins only).
+    right_matched: Vec<u64>,
+    /// The left rows of this block, each with whether it matched.
+    block: Vec<(Row, bool)>,
+    /// The right row being tried against the block, its position, and the next left row.
+    current: Option<(Row, u64, usize)>,
+    /// Right rows read in this pass.
+    right_read: u64,
+    /// After the block's pass: the next block row to check for LEFT padding.
+    pad_left: Option<usize>,
+    /// After the left side: padding unmatched right rows (the file read once more).
+    pad_right: Option<u64>,
+    failed: bool,
+}
+
+impl BlockNestedLoop {
+    /// Joins `left` with the right rows in `right` (see the type's docs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        left: RowIter,
+        left_width: usize,
+        right: crate::spill::SpillReader,
+        right_width: usize,
+        on: Option<Expr>,
+        params: Params,
+        keep_left: bool,
+        keep_right: bool,
+        budget: usize,
+    ) -> Self {
+        let flags = if keep_right { right.total().div_ceil(64) as usize } else { 0 };
+        Self {
+            left,
+            left_done: false,
+            right,
+            on,
+            params,
+            keep_left,
+            keep_right,
+            left_width,
+            right_width,
+            budget,
+            right_matched: vec![0; flags],
+            block: Vec::new(),
+            current: None,
+            right_read: 0,
+            pad_left: None,
+            pad_right: None,
+            failed: false,
+        }
+    }
+
+    /// Reads the next block of left rows and starts a pass over the right rows; false
+    /// once the left side is exhausted.
+    fn next_block(&mut self) -> Result<bool> {
+        self.block.clear();
+        let mut bytes = 0usize;
+        while !self.left_done && (bytes < self.budget || self.block.is_empty()) {
+            match self.left.next() {
+                Some(r) => {
+                    let r = r?;
+                    bytes += crate::spill::row_bytes(&r);
+                    self.block.push((r, false));
+                }
+                None => self.left_done = true,
+            }
+        }
+        if self.block.is_empty() {
+            return Ok(false);
+        }
+        self.right.rewind()?;
+        self.right_read = 0;
+        Ok(true)
+    }
+
+    fn step(&mut self) -> Result<Option<Row>> {
+        loop {
+            if let Some((r, j, next)) = &mut self.current {
+                while *next < self.block.len() {
+                    let i = *next;
+                    *next += 1;
+                    let mut row = self.block[i].0.clone();
+                    row.extend(r.iter().cloned());
+                    if self.on.as_ref().map_or(Ok(true), |p| p.matches(&row, &self.params))? {
+                        self.block[i].1 = true;
+                        if let Some(w) = self.right_matched.get_mut((*j / 64) as usize) {
+                            *w |= 1 << (*j % 64);
+                        }
+                        return Ok(Some(row));
+                    }
+                }
+                self.current = None;
+            }
+            if let Some(i) = &mut self.pad_left {
+                while *i < self.block.len() {
+                    let (l, matched) = &self.block[*i];
+                    *i += 1;
+                    if !matched {
+                        let mut row = l.clone();
+                        row.extend(std::iter::repeat_n(Value::Null, self.right_width));
+                        return Ok(Some(row));
+                    }
+                }
+                self.pad_left = None;
+                if !self.next_block()? {
+                    return self.start_right_padding();
+                }
+                continue;
+            }
+            if let Some(j) = &mut self.pad_right {
+                for r in self.right.by_ref() {
+                    let r = r?;
+                    let at = *j;
+                    *j += 1;
+                    let matched = self.right_matched.get((at / 64) as usize).is_some_and(|w| w & (1 << (at % 64)) != 0);
+                    if !matched {
+                        let mut row = vec![Value::Null; self.left_width];
+                        row.extend(r);
+                        return Ok(Some(row));
+                    }
+                }
+                return Ok(None);
+            }
+            if self.block.is_empty() {
+                if !self.next_block()? {
+                    return self.start_right_padding();
+                }
+                continue;
+            }
+            match self.right.next() {
+                Some(r) => {
+                    self.current = Some((r?, self.right_read, 0));
+                    self.right_read += 1;
+                }
+                // The pass over the block is done.
+                None if self.keep_left => self.pad_left = Some(0),
+                None => {
+                    if !self.next_block()? {
+                        return self.start_right_padding();
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the last block: RIGHT/FULL joins read the right rows once more for the
+    /// unmatched ones; other joins are done.
+    fn start_right_padding(&mut self) -> Result<Option<Row>> {
+        if !self.keep_right || self.pad_right.is_some() {
+            return Ok(None);
+        }
+        self.block.clear();
+        self.right.rewind()?;
+        self.pad_right = Some(0);
+        self.step()
+    }
+}
+
+impl Iterator for BlockNestedLoop {
+    type Item = Result<Row>;
+
+    fn next(&mut self) -> Option<Result<Row>> {
+        if self.failed {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.failed = true;
+                None
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// Levels of re-partitioning before a partition's right side is held in memory
 /// whatever its size (only reached when one key has more rows than `work_mem` holds).
 const MAX_JOIN_LEVELS: u32 = 4;
@@ -473,6 +668,57 @@ mod tests {
             for (keep_left, keep_right) in [(false, false), (true, false), (false, true), (true, true)] {
                 let run = |hashed| two_column_join(&left, &right, &on, (keep_left, keep_right), hashed);
                 assert_eq!(run(true), run(false), "case {case}, keep {keep_left}/{keep_right}");
+            }
+        }
+    }
+
+    #[test]
+    fn block_nested_loops_equal_nested_loops() {
+        let mut next = xorshift(0x1234_5678_9abc_def1);
+        for case in 0..200 {
+            let mut side = |len: u64| -> Vec<Row> {
+                (0..next(len))
+                    .map(|_| {
+                        let k = match next(6) {
+                            0 => Value::Null,
+                            v => Value::Int(v as i64),
+                        };
+                        vec![k, Value::Int(next(3) as i64)]
+                    })
+                    .collect()
+            };
+            let (left, right) = (side(30), side(30));
+            // ON l.k < r.k OR l.x = r.x: no equality keys.
+            let on = Expr::Binary(
+                crate::expr::BinOp::Or,
+                Box::new(Expr::Binary(crate::expr::BinOp::Lt, Box::new(Expr::Column(0)), Box::new(Expr::Column(2)))),
+                Box::new(Expr::Binary(crate::expr::BinOp::Eq, Box::new(Expr::Column(1)), Box::new(Expr::Column(3)))),
+            );
+            for (keep_left, keep_right) in [(false, false), (true, false), (false, true), (true, true)] {
+                let mut expected = two_column_join(&left, &right, &on, (keep_left, keep_right), false);
+                let mut spilled = crate::spill::SpillWriter::new().unwrap();
+                for r in &right {
+                    spilled.push(r).unwrap();
+                }
+                // A budget of a few rows: many blocks.
+                let budget = 1 + (case % 5) * 40;
+                let mut got: Vec<Row> = BlockNestedLoop::new(
+                    materialized(left.clone()),
+                    2,
+                    spilled.into_reader().unwrap(),
+                    2,
+                    Some(on.clone()),
+                    Arc::from(vec![]),
+                    keep_left,
+                    keep_right,
+                    budget as usize,
+                )
+                .collect::<Result<_>>()
+                .unwrap();
+                let key = |r: &Row| format!("{r:?}");
+                expected.sort_by_key(key);
+                got.sort_by_key(key);
+                assert_eq!(got, expected, "case {case}, keep {keep_left}/{keep_right}");
             }
         }
     }

@@ -235,7 +235,12 @@ impl SpillWriter {
     pub fn into_reader(self) -> Result<SpillReader> {
         let mut file = self.out.into_inner().map_err(|e| io_error("write to", e.into_error()))?;
         std::io::Seek::rewind(&mut file).map_err(|e| io_error("seek in", e))?;
-        Ok(SpillReader { input: BufReader::with_capacity(64 << 10, file), remaining: self.rows, buf: Vec::new() })
+        Ok(SpillReader {
+            input: BufReader::with_capacity(64 << 10, file),
+            remaining: self.rows,
+            total: self.rows,
+            buf: Vec::new(),
+        })
     }
 }
 
@@ -243,10 +248,24 @@ impl SpillWriter {
 pub struct SpillReader {
     input: BufReader<File>,
     remaining: u64,
+    total: u64,
     buf: Vec<u8>,
 }
 
 impl SpillReader {
+    /// Starts reading again from the first row (a block nested loop reads its right side
+    /// once per block of left rows).
+    pub fn rewind(&mut self) -> Result<()> {
+        std::io::Seek::rewind(&mut self.input).map_err(|e| io_error("seek in", e))?;
+        self.remaining = self.total;
+        Ok(())
+    }
+
+    /// How many rows the file holds.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
     fn read_row(&mut self) -> Result<Row> {
         let mut len = [0u8; 4];
         self.input.read_exact(&mut len).map_err(|e| io_error("read from", e))?;
