@@ -414,7 +414,90 @@ enum NumTok {
     Sign(&'static str),
     /// `PR`: negative values in angle brackets.
     Brackets,
+    /// `EEEE`: scientific notation (with only digits and a point beside it).
+    Sci,
+    /// `RN` / `rn`: the value as a Roman numeral (1–3999).
+    Roman {
+        lower: bool,
+    },
+    /// `V`: the digits after it shift the value left by as many places.
+    Shift,
     Text(String),
+}
+
+/// `RN`: 1–3999 as a Roman numeral (rounded half away from zero), right-aligned in 15
+/// characters unless `FM`; anything else is 15 `#`.
+fn roman(v: Decimal, lower: bool, fill: bool) -> String {
+    const NUMERALS: [(i64, &str); 13] = [
+        (1000, "M"),
+        (900, "CM"),
+        (500, "D"),
+        (400, "CD"),
+        (100, "C"),
+        (90, "XC"),
+        (50, "L"),
+        (40, "XL"),
+        (10, "X"),
+        (9, "IX"),
+        (5, "V"),
+        (4, "IV"),
+        (1, "I"),
+    ];
+    let n = v.round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero).to_i64().unwrap_or(0);
+    if !(1..=3999).contains(&n) {
+        return "#".repeat(15);
+    }
+    let mut left = n;
+    let mut out = String::new();
+    for (value, numeral) in NUMERALS {
+        while left >= value {
+            out.push_str(numeral);
+            left -= value;
+        }
+    }
+    if lower {
+        out = out.to_lowercase();
+    }
+    if fill {
+        out
+    } else {
+        format!("{out:>15}")
+    }
+}
+
+/// `EEEE`: `d.ddde±XX` with as many decimals as the pattern has after its point, and a
+/// sign place (blank or `-`). As PostgreSQL, the exponent is that of the value before
+/// rounding (9.999 with two decimals is `10.00e+00`), and only digits and a point may
+/// stand beside it.
+fn scientific(v: Decimal, toks: &[NumTok], fill: bool) -> Result<String> {
+    if fill || toks.iter().any(|t| !matches!(t, NumTok::Digit { .. } | NumTok::Point | NumTok::Sci)) {
+        return Err(Error::sql(
+            "42601",
+            "\"EEEE\" is incompatible with other formats (it may only be used together with digit and decimal point patterns)",
+        ));
+    }
+    let places = toks.iter().filter(|t| matches!(t, NumTok::Digit { frac: true, .. })).count() as u32;
+    let negative = v.is_sign_negative() && !v.is_zero();
+    let abs = v.abs();
+    let mut exponent: i64 = 0;
+    let mut mantissa = abs;
+    if !abs.is_zero() {
+        // The decimal exponent of the leading digit, from the digits and scale.
+        let digits = abs.normalize().mantissa().to_string();
+        exponent = digits.len() as i64 - 1 - i64::from(abs.normalize().scale());
+        let mut m = abs;
+        for _ in 0..exponent.unsigned_abs() {
+            m = if exponent > 0 { m / Decimal::TEN } else { m * Decimal::TEN };
+        }
+        mantissa = m;
+    }
+    let mantissa = mantissa.round_dp_with_strategy(places, RoundingStrategy::MidpointAwayFromZero);
+    let mut text = format!("{mantissa:.prec$}", prec = places as usize);
+    if places == 0 {
+        text = text.trim_end_matches('.').to_string();
+    }
+    let sign = if exponent < 0 { '-' } else { '+' };
+    Ok(format!("{}{text}e{sign}{:02}", if negative { '-' } else { ' ' }, exponent.abs()))
 }
 
 fn number(v: Decimal, fmt: &str) -> Result<String> {
@@ -422,6 +505,7 @@ fn number(v: Decimal, fmt: &str) -> Result<String> {
     let mut fill = false;
     let mut rest = fmt;
     let mut frac = false;
+    let mut shift = false;
     while let Some(c) = rest.chars().next() {
         let upper = rest.get(..2).map(str::to_ascii_uppercase);
         let (tok, n) = match (c, upper.as_deref()) {
@@ -434,20 +518,32 @@ fn number(v: Decimal, fmt: &str) -> Result<String> {
             (_, Some("PL")) => (NumTok::Sign("PL"), 2),
             (_, Some("SG")) => (NumTok::Sign("S"), 2),
             (_, Some("PR")) => (NumTok::Brackets, 2),
-            (_, Some("EE") | Some("RN") | Some("TH")) => {
+            _ if rest.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("EEEE")) => (NumTok::Sci, 4),
+            (_, Some("RN")) => (NumTok::Roman { lower: rest.starts_with('r') }, 2),
+            (_, Some("EE") | Some("TH")) => {
                 return Err(Error::sql("0A000", format!("to_char number pattern \"{}\" is not supported", &rest[..2])))
             }
             ('9', _) => (NumTok::Digit { zero: false, frac }, 1),
             ('0', _) => (NumTok::Digit { zero: true, frac }, 1),
+            ('.' | 'D' | 'd', _) if shift => {
+                return Err(Error::sql("42601", "cannot use \"V\" and decimal point together"));
+            }
             ('.' | 'D' | 'd', _) if !frac => {
                 frac = true;
                 (NumTok::Point, 1)
             }
+            ('V' | 'v', _) if frac => {
+                return Err(Error::sql("42601", "cannot use \"V\" and decimal point together"));
+            }
+            ('V' | 'v', _) => {
+                shift = true;
+                (NumTok::Shift, 1)
+            }
+            // The locale's currency symbol: the C locale has none, which PostgreSQL
+            // prints as a blank.
+            ('L' | 'l', _) => (NumTok::Text(" ".into()), 1),
             (',' | 'G' | 'g', _) => (NumTok::Group, 1),
             ('S' | 's', _) => (NumTok::Sign("S"), 1),
-            ('V' | 'v' | 'L' | 'l', _) => {
-                return Err(Error::sql("0A000", format!("to_char number pattern \"{c}\" is not supported")))
-            }
             ('"', _) => {
                 let mut lit = String::new();
                 let n = quoted(rest, &mut lit);
@@ -457,6 +553,23 @@ fn number(v: Decimal, fmt: &str) -> Result<String> {
         };
         toks.push(tok);
         rest = &rest[n..];
+    }
+    if let Some(lower) = toks.iter().find_map(|t| if let NumTok::Roman { lower } = t { Some(*lower) } else { None }) {
+        return Ok(roman(v, lower, fill));
+    }
+    if toks.iter().any(|t| matches!(t, NumTok::Sci)) {
+        return scientific(v, &toks, fill);
+    }
+    // `V`: the value shifted left by the digits after it, which print as integer places.
+    let mut v = v;
+    if let Some(at) = toks.iter().position(|t| matches!(t, NumTok::Shift)) {
+        let places = toks[at..].iter().filter(|t| matches!(t, NumTok::Digit { .. })).count();
+        for _ in 0..places {
+            v = v
+                .checked_mul(Decimal::TEN)
+                .ok_or_else(|| Error::sql("22003", "value out of range for to_char's V pattern"))?;
+        }
+        toks.remove(at);
     }
     let int_places = toks.iter().filter(|t| matches!(t, NumTok::Digit { frac: false, .. })).count();
     let frac_places = toks.iter().filter(|t| matches!(t, NumTok::Digit { frac: true, .. })).count();
@@ -551,6 +664,7 @@ fn number(v: Decimal, fmt: &str) -> Result<String> {
                 " "
             }),
             NumTok::Text(s) => out.push_str(s),
+            NumTok::Sci | NumTok::Roman { .. } | NumTok::Shift => {}
         }
     }
     // The sign goes right before the number's first printed character.
@@ -655,6 +769,28 @@ mod tests {
         assert_eq!(n("0", "FM999"), "0");
         assert_eq!(n("0", "990.00"), "   0.00");
         assert_eq!(n("42", "\"Total: \"999"), "Total:   42");
-        assert!(number(Decimal::ONE, "9.99EEEE").is_err());
+        assert_eq!(n("485", "RN"), "        CDLXXXV");
+        assert_eq!(n("485", "FMRN"), "CDLXXXV");
+        assert_eq!(n("485", "rn"), "        cdlxxxv");
+        assert_eq!(n("4000", "RN"), "###############");
+        assert_eq!(n("0", "RN"), "###############");
+        assert_eq!(n("3.5", "RN"), "             IV");
+        assert_eq!(n("-5", "RN"), "###############");
+        assert_eq!(n("12.4", "99V9"), " 124");
+        assert_eq!(n("12.45", "99V99"), " 1245");
+        assert_eq!(n("-0.5", "9V9"), " -5");
+        assert_eq!(n("12.4", "FM99V999"), "12400");
+        assert_eq!(n("12345.678", "9.99EEEE"), " 1.23e+04");
+        assert_eq!(n("-0.000123", "9.99EEEE"), "-1.23e-04");
+        assert_eq!(n("0", "9.99EEEE"), " 0.00e+00");
+        assert_eq!(n("5", "9EEEE"), " 5e+00");
+        assert_eq!(n("100000000000000000000", "9.9EEEE"), " 1.0e+20");
+        assert_eq!(n("9.999", "9.99EEEE"), " 10.00e+00");
+        assert_eq!(n("12345.678", "99.99EEEE"), " 1.23e+04");
+        assert_eq!(n("1.5", "9.9eeee"), " 1.5e+00");
+        assert!(number(Decimal::ONE, "FM9.99EEEE").is_err());
+        assert!(number(Decimal::ONE, "9.9V9").is_err());
+        assert_eq!(n("12", "L99"), "  12");
+        assert_eq!(n("12", "FML99"), " 12");
     }
 }
