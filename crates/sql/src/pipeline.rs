@@ -584,6 +584,7 @@ impl GraceJoin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::expr::BinOp;
     use amberdb_error::Error;
 
     fn ints(rows: &[i64]) -> RowIter {
@@ -617,6 +618,24 @@ mod tests {
     }
 
     /// A small deterministic generator: `next(n)` is in `0..n`.
+    /// Up to `max_len` rows of (key, x): keys 1–5 or NULL, x 0–2 — small ranges make
+    /// duplicates and NULLs common.
+    fn random_side(next: &mut impl FnMut(u64) -> u64, max_len: u64) -> Vec<Row> {
+        (0..next(max_len))
+            .map(|_| {
+                let k = match next(6) {
+                    0 => Value::Null,
+                    v => Value::Int(v as i64),
+                };
+                vec![k, Value::Int(next(3) as i64)]
+            })
+            .collect()
+    }
+
+    fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
+        Expr::Binary(op, Box::new(a), Box::new(b))
+    }
+
     fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
         move |n| {
             seed ^= seed << 13;
@@ -647,23 +666,12 @@ mod tests {
         // Small value ranges make duplicates and NULLs common.
         let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for case in 0..300 {
-            let mut side = |len: u64| -> Vec<Row> {
-                (0..next(len))
-                    .map(|_| {
-                        let k = match next(6) {
-                            0 => Value::Null,
-                            v => Value::Int(v as i64),
-                        };
-                        vec![k, Value::Int(next(3) as i64)]
-                    })
-                    .collect()
-            };
-            let (left, right) = (side(12), side(12));
+            let (left, right) = (random_side(&mut next, 12), random_side(&mut next, 12));
             // ON l.k = r.k AND l.x <= r.x
-            let on = Expr::Binary(
-                crate::expr::BinOp::And,
-                Box::new(Expr::Binary(crate::expr::BinOp::Eq, Box::new(Expr::Column(0)), Box::new(Expr::Column(2)))),
-                Box::new(Expr::Binary(crate::expr::BinOp::LtEq, Box::new(Expr::Column(1)), Box::new(Expr::Column(3)))),
+            let on = bin(
+                BinOp::And,
+                bin(BinOp::Eq, Expr::Column(0), Expr::Column(2)),
+                bin(BinOp::LtEq, Expr::Column(1), Expr::Column(3)),
             );
             for (keep_left, keep_right) in [(false, false), (true, false), (false, true), (true, true)] {
                 let run = |hashed| two_column_join(&left, &right, &on, (keep_left, keep_right), hashed);
@@ -676,23 +684,12 @@ mod tests {
     fn block_nested_loops_equal_nested_loops() {
         let mut next = xorshift(0x1234_5678_9abc_def1);
         for case in 0..200 {
-            let mut side = |len: u64| -> Vec<Row> {
-                (0..next(len))
-                    .map(|_| {
-                        let k = match next(6) {
-                            0 => Value::Null,
-                            v => Value::Int(v as i64),
-                        };
-                        vec![k, Value::Int(next(3) as i64)]
-                    })
-                    .collect()
-            };
-            let (left, right) = (side(30), side(30));
+            let (left, right) = (random_side(&mut next, 30), random_side(&mut next, 30));
             // ON l.k < r.k OR l.x = r.x: no equality keys.
-            let on = Expr::Binary(
-                crate::expr::BinOp::Or,
-                Box::new(Expr::Binary(crate::expr::BinOp::Lt, Box::new(Expr::Column(0)), Box::new(Expr::Column(2)))),
-                Box::new(Expr::Binary(crate::expr::BinOp::Eq, Box::new(Expr::Column(1)), Box::new(Expr::Column(3)))),
+            let on = bin(
+                BinOp::Or,
+                bin(BinOp::Lt, Expr::Column(0), Expr::Column(2)),
+                bin(BinOp::Eq, Expr::Column(1), Expr::Column(3)),
             );
             for (keep_left, keep_right) in [(false, false), (true, false), (false, true), (true, true)] {
                 let mut expected = two_column_join(&left, &right, &on, (keep_left, keep_right), false);
@@ -741,10 +738,10 @@ mod tests {
             // Some cases have one hot key (more rows than the budget): the levels run out.
             let keys = if case % 4 == 0 { 2 } else { 400 };
             let (left, right) = (side(600, keys), side(700, keys));
-            let on = Expr::Binary(
-                crate::expr::BinOp::And,
-                Box::new(Expr::Binary(crate::expr::BinOp::Eq, Box::new(Expr::Column(0)), Box::new(Expr::Column(2)))),
-                Box::new(Expr::Binary(crate::expr::BinOp::LtEq, Box::new(Expr::Column(1)), Box::new(Expr::Column(3)))),
+            let on = bin(
+                BinOp::And,
+                bin(BinOp::Eq, Expr::Column(0), Expr::Column(2)),
+                bin(BinOp::LtEq, Expr::Column(1), Expr::Column(3)),
             );
             for (keep_left, keep_right) in [(false, false), (true, false), (false, true), (true, true)] {
                 let spec = Arc::new(JoinSpec {
@@ -774,7 +771,7 @@ mod tests {
     #[test]
     fn nested_loop_outer_joins_pad_unmatched_rows() {
         // l.a = r.a with left {1,2}, right {2,3}: full join gives (1,N), (2,2), (N,3).
-        let on = Expr::Binary(crate::expr::BinOp::Eq, Box::new(Expr::Column(0)), Box::new(Expr::Column(1)));
+        let on = bin(BinOp::Eq, Expr::Column(0), Expr::Column(1));
         let right = vec![vec![Value::Int(2)], vec![Value::Int(3)]];
         let rows: Vec<Row> = NestedLoop::new(ints(&[1, 2]), 1, right, 1, Some(on), Arc::from(vec![]), true, true)
             .collect::<Result<_>>()

@@ -405,7 +405,6 @@ impl Session {
         }
     }
 
-    /// Executes one statement with bind parameters.
     /// The settings of a statement starting now.
     fn settings(&self) -> Settings {
         let now = crate::interval::now_micros();
@@ -453,6 +452,7 @@ impl Session {
         }
     }
 
+    /// Executes one statement with bind parameters.
     pub async fn execute(&mut self, stmt: &Statement, params: &[Value]) -> Result<Outcome> {
         self.timer = None;
         self.interrupt.clear();

@@ -31,10 +31,10 @@ use std::cell::RefCell;
 const USEC_PER_SEC: i64 = 1_000_000;
 
 /// A session time zone: the name it was set by (what `SHOW timezone` prints) and the
-/// rules behind it.
+/// rules behind it. Cheap to clone (it is set around every row produced).
 #[derive(Clone, Debug)]
 pub struct Zone {
-    name: String,
+    name: std::sync::Arc<str>,
     tz: TimeZone,
 }
 
@@ -104,7 +104,7 @@ impl Zone {
             .ok_or_else(|| invalid(&secs.to_string()))?;
         let east = format_offset(secs);
         let posix = format_offset(-secs);
-        Ok(Zone { name: format!("<{east}>{posix}"), tz: TimeZone::fixed(offset) })
+        Ok(Zone { name: format!("<{east}>{posix}").into(), tz: TimeZone::fixed(offset) })
     }
 
     /// A zone by name: an IANA name (`America/New_York`, `UTC`), a POSIX TZ string
@@ -118,7 +118,7 @@ impl Zone {
             return Ok(Zone::utc());
         }
         if let Ok(tz) = TimeZone::get(v) {
-            return Ok(Zone { name: v.to_string(), tz });
+            return Ok(Zone { name: v.into(), tz });
         }
         // A bare number of hours east of UTC, as `SET TIME ZONE -7` gives.
         if let Ok(hours) = v.parse::<f64>() {
@@ -128,7 +128,7 @@ impl Zone {
         }
         if v.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '<') {
             if let Ok(tz) = TimeZone::posix(v) {
-                return Ok(Zone { name: v.to_string(), tz });
+                return Ok(Zone { name: v.into(), tz });
             }
         }
         Err(invalid(value))
