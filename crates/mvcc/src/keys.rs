@@ -21,18 +21,23 @@
 //! version falls back to the seek. Heads use the storage layer's side tag
 //! ([`amberdb_storage::SIDE_TAG`]), so the engine keeps them in their own tree and scans
 //! of the data never walk past them. Invariant: a key has a head if and only if it has a
-//! data entry, and the head names its newest one — except inside the *headless* ranges
-//! listed in the `mvcc.headless` record (a bulk load writes no heads, so a restore does
-//! not pay for them): there a missing head means "seek", until a background pass has
-//! added the heads and removed the range.
+//! data entry, and the head names its newest one — except for keys named by a write
+//! record (below: their heads are held in memory, `heads.rs`, and written after the
+//! version is published) and inside the *headless* ranges listed in the
+//! `mvcc.headless` record (a bulk load writes no heads, so a restore does not pay for
+//! them): there a missing head means "seek", until a background pass has added the
+//! heads and removed the range.
 //!
 //! ```text
 //!   0x00 ++ str("mvcc.speculated") ++ u64(version) → varint n, n × bytes(user_key)
 //! ```
-//! A commit written ahead of its commit (`Mvcc::speculate`): its data entries and heads
-//! are in place at `version`, above the applied version, and this record says which keys
-//! to undo if `version` never commits. Invariant: data entries and heads above the
-//! applied version exist only for versions with such a record.
+//! A *write record*: the keys `version` wrote, whose heads are not in the engine yet.
+//! Written with the version's data (by `Mvcc::speculate` ahead of the commit, or by
+//! `Mvcc::apply`), deleted in the batch that writes its heads. Above the applied version
+//! it marks a speculation to undo if `version` never commits; at or below it, heads to
+//! write at open if the store stopped first. (The name predates the second use.)
+//! Invariant: data entries above the applied version exist only for versions with a
+//! record, and a key's newest version is either named by its head or by a record.
 
 use amberdb_encoding::keycode::{prefix_end, KeyDecoder, KeyEncoder};
 use amberdb_error::{Error, Result};
@@ -55,18 +60,17 @@ pub(crate) const META_HEADS: &str = "mvcc.heads";
 /// a whole store made before heads existed) until a background pass adds them.
 pub(crate) const META_HEADLESS: &str = "mvcc.headless";
 
-/// Name under which a speculation record lives (followed by its version, see
+/// Name under which a write record lives (followed by its version, see
 /// [`speculated`]).
 const SPECULATED: &str = "mvcc.speculated";
 
-/// The record of a commit batch written ahead of its commit at `version` (see
-/// `Mvcc::speculate`): the user keys it wrote, so that it can be undone if the version
-/// never commits. It sorts among the metadata records, by version.
+/// The write record of `version` (see the module docs): the user keys it wrote, while
+/// their heads are not in the engine. It sorts among the metadata records, by version.
 pub(crate) fn speculated(version: u64) -> Vec<u8> {
     KeyEncoder::with_tag(TAG_META).str(SPECULATED).u64(version).finish()
 }
 
-/// The range holding every speculation record.
+/// The range holding every write record.
 pub(crate) fn speculated_range() -> KeyRange {
     let prefix = KeyEncoder::with_tag(TAG_META).str(SPECULATED).finish();
     match prefix_end(&prefix) {
@@ -75,11 +79,11 @@ pub(crate) fn speculated_range() -> KeyRange {
     }
 }
 
-/// The version a speculation record is for.
+/// The version a write record is for.
 pub(crate) fn decode_speculated(key: &[u8]) -> Result<u64> {
     let mut d = KeyDecoder::new(key);
     if d.tag()? != TAG_META || d.string()? != SPECULATED {
-        return Err(Error::InvalidData(format!("not an mvcc speculation record: {key:x?}")));
+        return Err(Error::InvalidData(format!("not an mvcc write record: {key:x?}")));
     }
     let v = d.u64()?;
     d.finish()?;

@@ -41,6 +41,9 @@
 //! 6. A commit written ahead ([`Mvcc::speculate`], while its log entry is fsynced) is
 //!    invisible until [`Mvcc::apply`] publishes its version, and is undone at open (or
 //!    by [`Mvcc::abandon_speculation`]) if it never is.
+//! 7. A key's newest version is named by its head entry, or — for versions whose heads
+//!    are not written yet — by the in-memory table of held heads and a write record in
+//!    the engine (`heads.rs`): point reads consult the table first.
 //!
 //! ## Where we depart from the literature
 //! - Versions are not allocated by a central clock (FoundationDB) or a counter (toyDB):
@@ -51,6 +54,7 @@
 //!   retryable error, as in FoundationDB's 5-second limit (ours is configurable).
 
 mod conflict;
+mod heads;
 mod keys;
 mod mvcc;
 mod sequencer;
@@ -156,7 +160,6 @@ impl CommitBatch {
         w.finish()
     }
 
-    /// Decodes a batch, rejecting anything malformed.
     /// Only the commit time of an encoded batch (for a batch whose mutations are
     /// already in the store, see `Mvcc::speculate`).
     pub fn decode_commit_time(raw: &[u8]) -> Result<Timestamp> {
@@ -168,6 +171,7 @@ impl CommitBatch {
         r.u64()
     }
 
+    /// Decodes a batch, rejecting anything malformed.
     pub fn decode(raw: &[u8]) -> Result<Self> {
         let mut r = Reader::new(raw, "commit batch");
         let format = r.u8()?;

@@ -1,6 +1,7 @@
 //! The `Mvcc` store: applies commit batches at versions, serves reads at versions,
 //! maps versions to commit times and back, and garbage-collects old versions.
 
+use crate::heads::{self, PendingHeads, MAX_PENDING_KEYS};
 use crate::keys;
 use crate::{Clock, CommitBatch, Timestamp, Version};
 use amberdb_encoding::codec::{Reader, Writer};
@@ -17,11 +18,15 @@ pub struct MvccConfig {
     /// How long old versions stay readable (`AS OF SYSTEM TIME`, backups). Reads of a
     /// state older than this fail with `TooOld`; GC removes what is older.
     pub retention: Duration,
+    /// Whether a background thread writes the heads of published versions (see
+    /// `heads.rs`). Off, they are written by [`Mvcc::persist_heads`] or by an apply once
+    /// too many are held — for tests that look at the engine's contents step by step.
+    pub background_heads: bool,
 }
 
 impl Default for MvccConfig {
     fn default() -> Self {
-        Self { retention: Duration::from_secs(3600) }
+        Self { retention: Duration::from_secs(3600), background_heads: true }
     }
 }
 
@@ -73,13 +78,27 @@ pub struct Mvcc {
     clock: Arc<dyn Clock>,
     applied: RwLock<AppliedState>,
     readers: Arc<Mutex<Readers>>,
-    /// Serializes `apply` calls and GC passes against each other's metadata writes.
-    write_lock: Mutex<()>,
+    /// Serializes `apply` calls, GC passes and head writes against each other.
+    write_lock: Arc<Mutex<()>>,
     /// Ranges whose keys may lack a head (see `keys.rs`).
     headless: HeadlessRanges,
     /// Versions written ahead of their commit and not yet applied (see
     /// [`Mvcc::speculate`]): always the versions right after the applied one, in a row.
     speculated: Mutex<BTreeSet<Version>>,
+    /// Heads of recent versions not yet in the engine (see `heads.rs`).
+    pending: Arc<PendingHeads>,
+    /// The background heads writer, joined on drop.
+    heads_writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Mvcc {
+    fn drop(&mut self) {
+        self.pending.stop();
+        if let Some(t) = self.heads_writer.take() {
+            // A panicked writer has nothing left to clean up; its records settle at open.
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -108,60 +127,105 @@ fn decode_u64(raw: &[u8], what: &'static str) -> Result<u64> {
     Ok(v)
 }
 
-/// Removes what speculations at versions ≥ `from` and above `applied` wrote (see
-/// [`Mvcc::speculate`]): their data entries, their records, and their heads, which are
-/// set back to each key's newest remaining version (found by a seek, as a read without
-/// a head would). Records at or below `applied` were published; a publish deletes its
-/// record in the same batch, so one found here is only stale and is dropped. Synced:
-/// this runs at start-up, before any read, and on a log truncation.
-fn undo_speculation(engine: &dyn Engine, applied: Version, from: Version) -> Result<()> {
-    let mut undo = Vec::new();
+/// Settles the write records left in the engine (see `heads.rs`).
+///
+/// At start-up (`undo_from` is `None`), every record is settled: one at or below
+/// `applied` is a published version whose heads were not written yet — they are written
+/// now — and one above it is a speculation whose entry never committed (a crash before
+/// the log fsync): its data entries go. On a log truncation (`Some(from)`), only the
+/// speculations from `from` on (and above `applied`) are undone; published versions
+/// are left to the heads writer. Either way each record handled is deleted, and every
+/// undone key's head is set to its newest remaining version, found by a seek as a read
+/// without a head would (stores written before heads moved off the commit path had
+/// heads naming speculated versions). Synced: this runs before any read, or on a
+/// truncation.
+fn settle_records(engine: &dyn Engine, applied: Version, undo_from: Option<Version>) -> Result<()> {
+    let from = undo_from.unwrap_or(0);
+    let mut batch = WriteBatch::new();
+    let mut heads: BTreeMap<Vec<u8>, Option<Version>> = BTreeMap::new();
+    let mut touched = BTreeSet::new();
     for kv in engine.scan(keys::speculated_range()) {
         let (raw_key, raw_value) = kv?;
-        undo.push((keys::decode_speculated(&raw_key)?, raw_key, raw_value));
-    }
-    if undo.is_empty() {
-        return Ok(());
-    }
-    let mut batch = WriteBatch::new();
-    let mut touched = BTreeSet::new();
-    for (version, raw_key, raw_value) in undo {
-        if version > applied && version < from {
+        let version = keys::decode_speculated(&raw_key)?;
+        let undo = version > applied && version >= from;
+        if !undo && (undo_from.is_some() || version > applied) {
             continue;
         }
         batch.delete(raw_key);
-        if version <= applied {
-            continue;
+        for key in heads::decode_record(&raw_value)? {
+            if undo {
+                batch.delete(keys::data(&key, version));
+                touched.insert(key);
+            } else {
+                // Records are met in version order: the last one naming a key wins.
+                heads.insert(key, Some(version));
+            }
         }
-        let mut r = Reader::new(&raw_value, "mvcc speculation record");
-        let n = r.varint()?;
-        for _ in 0..n {
-            let key = r.bytes()?.to_vec();
-            batch.delete(keys::data(&key, version));
-            touched.insert(key);
+        if undo {
+            tracing::info!(version, "undid the speculative write of an entry that never committed");
         }
-        r.finish()?;
-        tracing::info!(version, "undid the speculative write of an entry that never committed");
+    }
+    if batch.is_empty() {
+        return Ok(());
     }
     for key in touched {
-        // The newest version left: below `from` (speculations between `applied` and
-        // `from` stay pending, and their heads must name them), at or below `applied`
-        // when everything above it is undone (at start-up, `from` is 0).
+        // The newest published version: heads of speculations still pending (between
+        // `applied` and `from`) are held in memory, never in the engine.
         let newest = engine
             .scan(KeyRange {
-                start: Bound::Included(keys::data(&key, from.saturating_sub(1).max(applied))),
+                start: Bound::Included(keys::data(&key, applied)),
                 end: Bound::Included(keys::data(&key, 0)),
             })
             .next()
             .transpose()?
             .map(|(k, _)| keys::decode_data(&k).map(|(_, v)| v))
             .transpose()?;
+        heads.insert(key, newest);
+    }
+    for (key, newest) in heads {
         match newest {
             Some(v) => batch.put(keys::head(&key), v.to_le_bytes().to_vec()),
             None => batch.delete(keys::head(&key)),
         }
     }
     engine.write(batch, Durability::Sync)
+}
+
+/// Writes the heads of every published version held in `pending` (see `heads.rs`),
+/// deleting their write records in the same batch. Returns how many heads it wrote.
+fn persist_heads(engine: &dyn Engine, write_lock: &Mutex<()>, pending: &PendingHeads) -> Result<usize> {
+    let _guard = write_lock.lock().expect("mvcc write lock poisoned");
+    let through = pending.published();
+    let p = pending.take_through(through);
+    if p.versions.is_empty() {
+        return Ok(0);
+    }
+    let mut batch = WriteBatch::new();
+    for (key, v) in &p.heads {
+        batch.put(keys::head(key), v.to_le_bytes().to_vec());
+    }
+    for v in &p.versions {
+        batch.delete(keys::speculated(*v));
+    }
+    engine.write(batch, Durability::Buffered)?;
+    pending.persisted(&p, &[]);
+    Ok(p.heads.len())
+}
+
+/// The heads writer thread (see `heads.rs`): persists published heads as they come,
+/// and what is left when the store closes (a restart then has no records to settle).
+fn heads_writer(engine: Arc<dyn Engine>, write_lock: Arc<Mutex<()>>, pending: Arc<PendingHeads>) {
+    while pending.wait_for_work() {
+        if let Err(e) = persist_heads(engine.as_ref(), &write_lock, &pending) {
+            // Reads stay correct (the heads are held in memory) and applies persist them
+            // themselves past a bound; retry after a pause rather than spin.
+            tracing::error!(error = %e, "could not write mvcc heads; retrying");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    if let Err(e) = persist_heads(engine.as_ref(), &write_lock, &pending) {
+        tracing::warn!(error = %e, "could not write the last mvcc heads at close; the next open writes them");
+    }
 }
 
 /// A user-key range (inclusive; `None`: no upper bound) whose keys may lack a head.
@@ -246,16 +310,27 @@ impl Mvcc {
             b.put(keys::meta(keys::META_HEADS), vec![1]);
             engine.write(b, Durability::Sync)?;
         }
-        undo_speculation(engine.as_ref(), applied.version, 0)?;
+        settle_records(engine.as_ref(), applied.version, None)?;
+        let write_lock = Arc::new(Mutex::new(()));
+        let pending = Arc::new(PendingHeads::default());
+        let heads_writer = if config.background_heads {
+            let (e, l, p) = (engine.clone(), write_lock.clone(), pending.clone());
+            let spawned = std::thread::Builder::new().name("mvcc-heads".into()).spawn(move || heads_writer(e, l, p));
+            Some(spawned.map_err(|e| Error::Internal(format!("could not start the mvcc heads writer thread: {e}")))?)
+        } else {
+            None
+        };
         Ok(Self {
             engine,
             config,
             clock,
             applied: RwLock::new(applied),
             readers: Arc::new(Mutex::new(Readers { watermark, active: BTreeMap::new() })),
-            write_lock: Mutex::new(()),
+            write_lock,
             headless: Arc::new(RwLock::new(headless)),
             speculated: Mutex::new(BTreeSet::new()),
+            pending,
+            heads_writer,
         })
     }
 
@@ -312,6 +387,18 @@ impl Mvcc {
         let mut batch = WriteBatch::new();
         let mut times = Vec::with_capacity(items.len());
         let mut published = Vec::new();
+        // Heads of the commits applied in full here: held like a speculation's (a write
+        // record now, the heads later), unless too many are held already — then every
+        // published head goes into this batch, and these commits' heads with them.
+        let new_keys: usize = items
+            .iter()
+            .map(|i| match i {
+                ApplyItem::Commit(_, c) => c.mutations.len(),
+                _ => 0,
+            })
+            .sum();
+        let inline = new_keys > 0 && self.pending.len() + new_keys > MAX_PENDING_KEYS;
+        let mut held: Vec<(Version, Vec<Vec<u8>>)> = Vec::new();
         for item in items {
             let version = match item {
                 ApplyItem::Commit(v, _) | ApplyItem::Speculated(v, _) | ApplyItem::Marker(v) => *v,
@@ -344,47 +431,86 @@ impl Mvcc {
             state.time = time;
             times.push(time);
             if is_speculated {
-                // Data and heads are in the engine already: only publish.
-                batch.delete(keys::speculated(version));
+                // Data and write record are in the engine already: only publish.
                 published.push(version);
             } else if let Some(commit) = commit {
                 for m in &commit.mutations {
-                    batch.put(keys::head(&m.key), version.to_le_bytes().to_vec());
                     batch.put(keys::data(&m.key, version), keys::encode_value(m.value.as_deref()));
+                }
+                if !inline {
+                    batch.put(
+                        keys::speculated(version),
+                        heads::encode_record(commit.mutations.iter().map(|m| &m.key[..])),
+                    );
+                    held.push((version, commit.mutations.iter().map(|m| m.key.clone()).collect()));
                 }
             }
             batch.put(keys::version_time(version), time.to_le_bytes().to_vec());
             batch.put(keys::time_version(time, version), Vec::new());
+        }
+        let flushed = inline.then(|| self.pending.take_through(state.version));
+        if let Some(p) = &flushed {
+            for (key, v) in &p.heads {
+                batch.put(keys::head(key), v.to_le_bytes().to_vec());
+            }
+            for v in &p.versions {
+                batch.delete(keys::speculated(*v));
+            }
+            // Later in the batch, so these (newer) heads win over held ones.
+            for item in items {
+                if let ApplyItem::Commit(v, c) = item {
+                    for m in &c.mutations {
+                        batch.put(keys::head(&m.key), v.to_le_bytes().to_vec());
+                    }
+                }
+            }
         }
         batch.put(keys::meta(keys::META_APPLIED), encode_applied(&state));
         for (name, value) in meta {
             batch.put(keys::meta(name), value.clone());
         }
         self.engine.write(batch, durability)?;
+        if let Some(p) = &flushed {
+            let newer: Vec<(&[u8], Version)> = items
+                .iter()
+                .filter_map(|i| match i {
+                    ApplyItem::Commit(v, c) => Some(c.mutations.iter().map(move |m| (&m.key[..], *v))),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            self.pending.persisted(p, &newer);
+        }
+        for (v, keys) in held {
+            self.pending.add(v, keys);
+        }
         *self.applied.write().expect("applied-state lock poisoned") = state;
+        self.pending.publish(state.version);
         for v in published {
             speculated.remove(&v);
         }
         Ok(times)
     }
 
-    /// Writes a commit batch's data and heads at `version` *before* it is known to be
-    /// committed — while the commit log is being made durable — so that [`Mvcc::apply`]
-    /// of that version later only publishes it: the engine inserts, most of an apply's
-    /// work, then overlap the log's fsync instead of following it.
+    /// Writes a commit batch's data at `version` *before* it is known to be committed —
+    /// while the commit log is being made durable — so that [`Mvcc::apply`] of that
+    /// version later only publishes it: the engine inserts, most of an apply's work,
+    /// then overlap the log's fsync instead of following it.
     ///
     /// Nothing written here is visible until `apply` publishes the version: every read
-    /// is at or below the applied version, so a data entry above it is skipped and a
-    /// head naming it sends a point read to the seek path. A speculation record (the
-    /// keys written) goes into the same engine batch; `apply` deletes it when it
-    /// publishes, and [`Mvcc::open`] undoes any record left above the applied version
-    /// (a crash before the commit), as does [`Mvcc::abandon_speculation`] when the
-    /// commit log drops the entries (a Raft log truncation).
+    /// is at or below the applied version, so a data entry above it is skipped, and the
+    /// key's head (held in memory until published, see `heads.rs`) names a version
+    /// above the read's, which sends a point read to the seek path. A write record (the
+    /// keys written) goes into the same engine batch; it stays until the heads writer
+    /// puts the version's heads in the engine. [`Mvcc::open`] undoes any record left
+    /// above the applied version (a crash before the commit), as does
+    /// [`Mvcc::abandon_speculation`] when the commit log drops the entries (a Raft log
+    /// truncation).
     ///
     /// Only the version right after the applied one, or after the last speculated one,
     /// is taken, so an apply that is not a publish never runs after a speculation of a
-    /// newer version (a head never goes back). Returns whether it wrote anything; a
-    /// version it skips is applied in full later, as without speculation.
+    /// newer version. Returns whether it wrote anything; a version it skips is applied
+    /// in full later, as without speculation.
     pub fn speculate(&self, version: Version, batch: &CommitBatch) -> Result<bool> {
         if batch.mutations.is_empty() {
             return Ok(false);
@@ -396,15 +522,13 @@ impl Mvcc {
             return Ok(false);
         }
         let mut b = WriteBatch::new();
-        let mut record = Writer::with_capacity(batch.mutations.iter().map(|m| m.key.len() + 2).sum::<usize>() + 8);
-        record.varint(batch.mutations.len() as u64);
         for m in &batch.mutations {
-            b.put(keys::head(&m.key), version.to_le_bytes().to_vec());
             b.put(keys::data(&m.key, version), keys::encode_value(m.value.as_deref()));
-            record.bytes(&m.key);
         }
-        b.put(keys::speculated(version), record.finish());
+        b.put(keys::speculated(version), heads::encode_record(batch.mutations.iter().map(|m| &m.key[..])));
         self.engine.write(b, Durability::Buffered)?;
+        // Held before the version can be published, so a read finds its heads here.
+        self.pending.add(version, batch.mutations.iter().map(|m| m.key.clone()).collect());
         speculated.insert(version);
         Ok(true)
     }
@@ -418,7 +542,8 @@ impl Mvcc {
         if speculated.range(floor..).next().is_none() {
             return Ok(());
         }
-        undo_speculation(self.engine.as_ref(), self.applied().version, floor)?;
+        settle_records(self.engine.as_ref(), self.applied().version, Some(floor))?;
+        self.pending.abandon(floor);
         speculated.retain(|&v| v < floor);
         Ok(())
     }
@@ -629,7 +754,15 @@ impl Mvcc {
             version,
             readers: self.readers.clone(),
             headless: self.headless.clone(),
+            pending: self.pending.clone(),
         })
+    }
+
+    /// Writes the heads of every published version still held in memory (the background
+    /// writer's job, see `heads.rs`; for tests and a store opened without it). Returns
+    /// how many heads it wrote.
+    pub fn persist_heads(&self) -> Result<usize> {
+        persist_heads(self.engine.as_ref(), &self.write_lock, &self.pending)
     }
 
     /// Removes versions no reader can need: those older than the retention window and
@@ -639,7 +772,10 @@ impl Mvcc {
         let horizon = {
             let mut readers = self.readers.lock().expect("readers lock poisoned");
             let oldest_reader = readers.active.keys().next().copied().unwrap_or(Version::MAX);
-            let horizon = time_floor.min(oldest_reader).min(self.applied().version);
+            // Below every version whose heads are still held: collecting a held tombstone
+            // would leave the head written after it naming nothing.
+            let held = self.pending.oldest().map_or(Version::MAX, |v| v - 1);
+            let horizon = time_floor.min(oldest_reader).min(self.applied().version).min(held);
             if horizon <= readers.watermark {
                 return Ok(GcStats::default());
             }
@@ -799,6 +935,7 @@ pub struct ReadView {
     version: Version,
     readers: Arc<Mutex<Readers>>,
     headless: HeadlessRanges,
+    pending: Arc<PendingHeads>,
 }
 
 impl std::fmt::Debug for ReadView {
@@ -819,6 +956,7 @@ impl Clone for ReadView {
             version: self.version,
             readers: self.readers.clone(),
             headless: self.headless.clone(),
+            pending: self.pending.clone(),
         }
     }
 }
@@ -850,21 +988,25 @@ impl ReadView {
         // Asked before the head is read: the head pass writes a range's heads before it
         // drops the range, so a range gone by now means the head below is authoritative.
         let maybe_headless = in_headless(&self.headless, key);
-        match self.engine.get(&keys::head(key))? {
+        // A head held in memory is newer than the engine's (heads.rs, invariant 1); asked
+        // first, because one leaves memory only once it is in the engine.
+        let head = match self.pending.newest(key) {
+            Some(v) => Some(v),
+            None => self.engine.get(&keys::head(key))?.map(|raw| decode_u64(&raw, "mvcc head entry")).transpose()?,
+        };
+        match head {
             // No head: no version, unless the key is in a range still without heads.
             None if !maybe_headless => return Ok(None),
-            None => {}
-            Some(raw) => {
-                let newest = decode_u64(&raw, "mvcc head entry")?;
-                if newest <= self.version {
-                    // Missing only if GC just collected it, which it does to a newest
-                    // version only when that is a tombstone: absent either way.
-                    return match self.engine.get(&keys::data(key, newest))? {
-                        Some(v) => keys::decode_value(&v),
-                        None => Ok(None),
-                    };
-                }
+            // Missing only if GC just collected it, which it does to a newest version
+            // only when that is a tombstone: absent either way.
+            Some(newest) if newest <= self.version => {
+                return match self.engine.get(&keys::data(key, newest))? {
+                    Some(v) => keys::decode_value(&v),
+                    None => Ok(None),
+                };
             }
+            // Headless, or newer than this view: seek.
+            None | Some(_) => {}
         }
         let range = KeyRange {
             start: Bound::Included(keys::data(key, self.version)),

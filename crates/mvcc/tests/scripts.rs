@@ -10,6 +10,8 @@
 //! `speculate [version=V] KEY=VALUE|KEY="" ...` (default: the next free version; `""`
 //! deletes), `publish` (applies the oldest speculated batch), `abandon FROM`, and
 //! `reopen` (a restart on the same engine: pending speculations are lost, as in a crash).
+//! Heads of published versions are held in memory (with a write record in the engine)
+//! until `persist_heads` writes them: the store runs without its background writer here.
 
 use amberdb_mvcc::{
     ApplyItem, CommitBatch, ConflictWindowConfig, LocalSequencer, ManualClock, Mutation, Mvcc, MvccConfig, Transaction,
@@ -42,7 +44,8 @@ impl Runner {
     }
 
     fn open(engine: Arc<Memory>, clock: Arc<ManualClock>, retention: Duration) -> Self {
-        let mvcc = Mvcc::open(engine.clone(), MvccConfig { retention }, clock.clone()).unwrap();
+        let mvcc =
+            Mvcc::open(engine.clone(), MvccConfig { retention, background_heads: false }, clock.clone()).unwrap();
         let seq = LocalSequencer::new(Arc::new(mvcc), ConflictWindowConfig::default(), Durability::Buffered);
         Self { seq, clock, engine, txns: HashMap::new(), retention, speculated: Vec::new() }
     }
@@ -222,6 +225,9 @@ impl goldenscript::Runner for Runner {
                 self.txns.clear();
                 *self = Runner::open(self.engine.clone(), self.clock.clone(), self.retention);
                 writeln!(out, "reopened at version {}", self.seq.mvcc().applied().version)?;
+            }
+            "persist_heads" => {
+                writeln!(out, "persisted {} heads", mvcc.persist_heads()?)?;
             }
             "dump" => {
                 for kv in self.engine.scan(KeyRange::all()) {

@@ -239,7 +239,7 @@ impl Config {
     /// The node configuration this implies.
     pub fn node_config(&self) -> NodeConfig {
         NodeConfig {
-            mvcc: MvccConfig { retention: self.retention },
+            mvcc: MvccConfig { retention: self.retention, ..MvccConfig::default() },
             conflict: ConflictWindowConfig { max_age: self.conflict_window, ..ConflictWindowConfig::default() },
             checkpoint_every: self.checkpoint_every,
             gc_interval: self.gc_interval,
