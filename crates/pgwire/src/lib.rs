@@ -239,9 +239,8 @@ struct ServerParams(DefaultServerParameterProvider);
 impl pgwire::api::auth::ServerParameterProvider for ServerParams {
     fn server_parameters<C: ClientInfo>(&self, client: &C) -> Option<std::collections::HashMap<String, String>> {
         let mut params = self.0.server_parameters(client)?;
-        if let Some(zone) = startup_time_zone(client).and_then(|v| amberdb_sql::Zone::parse(v).ok()) {
-            params.insert("TimeZone".into(), zone.name().to_string());
-        }
+        let zone = startup_time_zone(client).and_then(|v| amberdb_sql::Zone::parse(v).ok());
+        params.insert("TimeZone".into(), zone_name(zone.as_ref()));
         Some(params)
     }
 }
@@ -455,8 +454,14 @@ fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWir
             Value::Date(d) => enc.encode_field(&Some((d - PG_EPOCH_DAYS) as i32)),
             _ => enc.encode_field(&None::<i32>),
         },
-        Type::TIMESTAMP | Type::TIMESTAMPTZ => match cast(DataType::Timestamp)? {
-            Value::Timestamp(t) => enc.encode_field(&Some(t - PG_EPOCH_DAYS * 86_400_000_000)),
+        Type::TIMESTAMP => match cast(DataType::Timestamp)? {
+            Value::Timestamp(t) => enc.encode_field(&Some(t - PG_EPOCH_MICROS)),
+            _ => enc.encode_field(&None::<i64>),
+        },
+        // An instant: µs since 2000-01-01 UTC, whatever the session's zone (the cast to
+        // timestamp would give the local wall-clock time).
+        Type::TIMESTAMPTZ => match cast(DataType::TimestampTz)? {
+            Value::TimestampTz(t) => enc.encode_field(&Some(t - PG_EPOCH_MICROS)),
             _ => enc.encode_field(&None::<i64>),
         },
         Type::NUMERIC => match cast(DataType::Numeric(None))? {
@@ -484,6 +489,8 @@ fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWir
 
 /// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
 const PG_EPOCH_DAYS: i64 = 10_957;
+/// The same, in microseconds.
+const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400_000_000;
 
 /// Items pulled inline before a result moves to its own producer thread: small results
 /// (point reads, pgbench) never pay for a thread hand-off.
@@ -561,6 +568,29 @@ fn rows_response(
 /// `describe` (simple protocol) the row description goes first and the command
 /// completion last; otherwise (Execute) the returned tag completes it. An error after
 /// some rows ends the result with an ErrorResponse, as in PostgreSQL.
+/// A session zone as `SHOW timezone` and the `TimeZone` parameter name it.
+fn zone_name(zone: Option<&amberdb_sql::Zone>) -> String {
+    zone.map_or_else(|| "UTC".to_string(), |z| z.name().to_string())
+}
+
+/// Reports the session's `TimeZone` if a statement changed it from `before`, as
+/// PostgreSQL reports its GUC_REPORT settings: drivers present timestamptz values in
+/// the zone they were last told (psycopg, pgjdbc), and libpq's `PQparameterStatus`.
+async fn report_zone<C>(client: &mut C, before: &str, session: &Session) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use futures::SinkExt;
+    let now = zone_name(session.time_zone().as_ref());
+    if now != before {
+        let status = pgwire::messages::startup::ParameterStatus::new("TimeZone".into(), now);
+        client.send(PgWireBackendMessage::ParameterStatus(status)).await?;
+    }
+    Ok(())
+}
+
 async fn send_rows<C>(client: &mut C, mut resp: QueryResponse, describe: bool) -> PgWireResult<Tag>
 where
     C: Sink<PgWireBackendMessage> + Unpin + Send,
@@ -673,7 +703,10 @@ impl SimpleQueryHandler for Query {
                 out.push(Response::Execution(Tag::new("DEALLOCATE")));
                 continue;
             }
-            match session.execute(stmt, &[]).await {
+            let zone_before = zone_name(session.time_zone().as_ref());
+            let result = session.execute(stmt, &[]).await;
+            report_zone(client, &zone_before, &session).await?;
+            match result {
                 // Rows go out as they are produced while nothing else is waiting to be
                 // sent before them (responses in `out` are sent after this returns).
                 Ok(Outcome::Rows { columns, rows, tag }) if out.is_empty() => {
@@ -786,11 +819,34 @@ fn decode_params(portal: &Portal<Prepared>) -> PgWireResult<Vec<Value>> {
                 Some(raw) if portal.parameter_format.is_binary(i) => Some(Value::Interval(binary_interval(&raw)?)),
                 Some(raw) => Some(Value::Text(String::from_utf8_lossy(&raw).into_owned())),
             },
+            // Binary dates and timestamps (sqlx, tokio-postgres send them so): days as
+            // i32 and µs as i64 since 2000-01-01; a timestamptz's µs are UTC.
+            Type::DATE | Type::TIMESTAMP | Type::TIMESTAMPTZ if portal.parameter_format.is_binary(i) => {
+                match portal.parameters.get(i).cloned().flatten() {
+                    None => None,
+                    Some(raw) => Some(binary_datetime(&ty, &raw)?),
+                }
+            }
             _ => portal.parameter::<String>(i, &Type::TEXT)?.map(Value::Text),
         };
         out.push(v.unwrap_or(Value::Null));
     }
     Ok(out)
+}
+
+/// Decodes PostgreSQL's binary date, timestamp or timestamptz.
+fn binary_datetime(ty: &Type, raw: &[u8]) -> PgWireResult<Value> {
+    let bad = |n: usize| user_error(Error::sql("22P03", format!("invalid binary {}: expected {n} bytes", ty.name())));
+    if *ty == Type::DATE {
+        let days: [u8; 4] = raw.try_into().map_err(|_| bad(4))?;
+        return Ok(Value::Date(i64::from(i32::from_be_bytes(days)) + PG_EPOCH_DAYS));
+    }
+    let micros = i64::from_be_bytes(raw.try_into().map_err(|_| bad(8))?).checked_add(PG_EPOCH_MICROS);
+    // ±infinity (i64::MAX/MIN) and values past our range are refused, never wrapped.
+    let micros = micros
+        .filter(|m| m.abs() < i64::MAX / 2)
+        .ok_or_else(|| user_error(Error::sql("22008", format!("{} out of range", ty.name()))))?;
+    Ok(if *ty == Type::TIMESTAMP { Value::Timestamp(micros) } else { Value::TimestampTz(micros) })
 }
 
 /// Decodes PostgreSQL's binary interval (µs i64, days i32, months i32, big-endian).
@@ -825,7 +881,10 @@ impl ExtendedQueryHandler for Query {
         let Some(stmt) = &portal.statement.statement.stmt else { return Ok(Response::EmptyQuery) };
         let params = decode_params(portal)?;
         let mut session = self.conn.session.lock().await;
-        match session.execute(stmt, &params).await.map_err(user_error)? {
+        let zone_before = zone_name(session.time_zone().as_ref());
+        let result = session.execute(stmt, &params).await;
+        report_zone(client, &zone_before, &session).await?;
+        match result.map_err(user_error)? {
             // A row limit (a driver's fetch size) leaves the result in the portal, which
             // then holds at most that many rows at a time.
             Outcome::Rows { columns, rows, tag } if max_rows == 0 => {

@@ -318,3 +318,42 @@ fn time_zone_startup_parameter_sets_the_session_zone() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("invalid value for parameter \"TimeZone\": \"Nowhere/Special\""), "{stderr}");
 }
+
+/// tokio-postgres (like sqlx) sends timestamps as binary parameters and reads binary
+/// results: a timestamptz is an instant (µs since 2000-01-01 UTC) both ways, whatever
+/// the session's zone, and a timestamp is the wall-clock time as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_timestamps_are_instants_in_any_session_zone() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let server = Server::start();
+    let (client, conn) = tokio_postgres::connect(&server.conn_string(), tokio_postgres::NoTls).await.expect("connect");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let instant = UNIX_EPOCH + Duration::from_micros(1_704_067_200_000_001); // 2024-01-01 00:00:00.000001Z
+    for zone in ["UTC", "Asia/Tokyo", "America/New_York"] {
+        client.batch_execute(&format!("SET TIME ZONE '{zone}'")).await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT $1::timestamptz, $1::timestamptz::text, '2024-01-01 09:00:00+09'::timestamptz",
+                &[&instant],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, SystemTime>(0), instant, "{zone}");
+        assert_eq!(row.get::<_, SystemTime>(2), UNIX_EPOCH + Duration::from_secs(1_704_067_200), "{zone}");
+        let text: String = row.get(1);
+        let want = match zone {
+            "UTC" => "2024-01-01 00:00:00.000001+00",
+            "Asia/Tokyo" => "2024-01-01 09:00:00.000001+09",
+            _ => "2023-12-31 19:00:00.000001-05",
+        };
+        assert_eq!(text, want);
+    }
+    // A timestamp parameter is the wall-clock time as sent, in and out.
+    let row = client.query_one("SELECT $1::timestamp, $1::timestamp::text", &[&instant]).await.unwrap();
+    assert_eq!(row.get::<_, SystemTime>(0), instant);
+    assert_eq!(row.get::<_, String>(1), "2024-01-01 00:00:00.000001");
+    drop(client);
+    let _ = task.await;
+}

@@ -29,6 +29,20 @@ def main():
             # Binary results.
             cur.execute("SELECT id, bal, owner FROM acct WHERE id = %s", (5,), binary=True)
             assert cur.fetchone() == (5, 100, "owner5")
+            # A session zone change is reported (ParameterStatus) over the extended protocol
+            # and the simple one (PQexec): psycopg presents timestamptz in the zone it was
+            # last told, so without the report it would show them in the old one.
+            assert conn.info.parameter_status("TimeZone") == "UTC", conn.info.parameter_status("TimeZone")
+            cur.execute("SET TIME ZONE 'Asia/Tokyo'")
+            assert conn.info.parameter_status("TimeZone") == "Asia/Tokyo", conn.info.parameter_status("TimeZone")
+            for binary in (False, True):
+                cur.execute("SELECT %s::timestamptz", ("2024-01-01 00:00:00+00",), binary=binary)
+                got = cur.fetchone()[0]
+                assert str(got.tzinfo) == "Asia/Tokyo" and got.hour == 9, (binary, got)
+            conn.pgconn.exec_(b"SET TIME ZONE 'Europe/Paris'")
+            assert conn.info.parameter_status("TimeZone") == "Europe/Paris"
+            cur.execute("RESET timezone")
+            assert conn.info.parameter_status("TimeZone") == "UTC"
             # Intervals both ways, in text and binary (psycopg sends timedelta as interval).
             for binary in (False, True):
                 cur.execute(
