@@ -182,10 +182,21 @@ async fn sorts_groupings_distinct_and_joins_spill_past_work_mem() {
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (40, 60));
 
+    // IN (subquery) over 400,000 distinct wide values (~90 MiB as constants).
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM generate_series(1, 300000) g
+               WHERE repeat('i', 200) || g::text IN (SELECT repeat('i', 200) || (h * 2)::text FROM generate_series(1, 400000) h)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 150_000);
+
     let grown = status_kb(pid, "VmHWM:").saturating_sub(base);
     eprintln!("server peak RSS: {base} KiB before, grew by {grown} KiB");
     // Held in memory, each of these would take well over 100 MiB.
-    assert!(grown < 60 * 1024, "server peak RSS grew by {grown} KiB over spilling sort/group/distinct/joins");
+    assert!(grown < 60 * 1024, "server peak RSS grew by {grown} KiB over spilling sort/group/distinct/joins/IN");
     // Spill files are unnamed: nothing is left behind.
     let left: Vec<_> = std::fs::read_dir(data.join("tmp")).unwrap().collect();
     assert!(left.is_empty(), "files left in the spill directory: {left:?}");

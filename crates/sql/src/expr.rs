@@ -1,7 +1,9 @@
 //! Expressions: binding sqlparser's AST to column positions, and evaluation with SQL's
 //! three-valued logic.
 
+use crate::pipeline::RowIter;
 use crate::types::{DataType, Value};
+use crate::valueset::ValueSet;
 use amberdb_error::{Error, Result};
 use sqlparser::ast;
 use std::cmp::Ordering;
@@ -66,7 +68,63 @@ fn in_values(lhs: Expr, values: Vec<Value>, negated: bool, scope: &[ScopeCol]) -
     let has_null = values.iter().any(Value::is_null);
     let set =
         values.iter().filter(|v| !v.is_null()).map(|v| crate::exec::row_identity(std::slice::from_ref(v))).collect();
-    Expr::InSet { expr: Box::new(lhs), set: std::sync::Arc::new(set), has_null, negated }
+    Expr::InSet { expr: Box::new(lhs), set: std::sync::Arc::new(ValueSet::Memory(set)), has_null, negated }
+}
+
+/// `lhs [NOT] IN (subquery)` for an uncorrelated subquery whose result `rows` (one
+/// column) is being read: held as constants while it fits in `work_mem`, past that
+/// sorted into a set on disk (see `valueset.rs`). A result whose values do not all
+/// encode like `lhs`'s type (compared by casting, value by value) stays in memory.
+fn in_subquery_rows(lhs: Expr, rows: RowIter, negated: bool, scope: &[ScopeCol]) -> Result<Expr> {
+    let budget = crate::spill::work_mem();
+    let family = lhs.result_type(scope).and_then(DataType::hash_family);
+    let uniform = move |v: &Value| v.is_null() || (family.is_some() && v.hash_family() == family);
+    let mut rows = rows;
+    let mut values = Vec::new();
+    let mut bytes = 0usize;
+    let mut all_uniform = true;
+    for r in rows.by_ref() {
+        let v = r?.into_iter().next().unwrap_or(Value::Null);
+        bytes += crate::spill::row_bytes(std::slice::from_ref(&v));
+        all_uniform &= uniform(&v);
+        values.push(v);
+        if bytes > budget && all_uniform {
+            break;
+        }
+    }
+    if bytes <= budget || !all_uniform {
+        // Read to the end (a mixed-type result is held whole: its values compare by
+        // casting, one by one).
+        for r in rows {
+            values.push(r?.into_iter().next().unwrap_or(Value::Null));
+        }
+        return Ok(in_values(lhs, values, negated, scope));
+    }
+    // Past work_mem: every value, held and still to come, as a key to sort.
+    let has_null = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_null = has_null.clone();
+    let keys: RowIter = Box::new(
+        values
+            .into_iter()
+            .map(Ok)
+            .chain(rows.map(|r| r.map(|r| r.into_iter().next().unwrap_or(Value::Null))))
+            .filter_map(move |v| match v {
+                Ok(Value::Null) => {
+                    seen_null.store(true, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
+                Ok(v) if !uniform(&v) => Some(Err(Error::Internal(format!(
+                    "IN subquery: a {} value among {:?} values",
+                    v.type_name(),
+                    family
+                )))),
+                Ok(v) => Some(Ok(vec![Value::Bytes(crate::exec::row_identity(std::slice::from_ref(&v)))])),
+                Err(e) => Some(Err(e)),
+            }),
+    );
+    let set = ValueSet::spill(keys, budget)?;
+    let has_null = has_null.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Expr::InSet { expr: Box::new(lhs), set: std::sync::Arc::new(set), has_null, negated })
 }
 
 /// An uncorrelated subquery's column type and rows (run while binding).
@@ -94,7 +152,7 @@ pub enum Expr {
     /// `e [NOT] IN (…)` over many constants of one type whose equal values encode
     /// equally (a subquery's result): a lookup by encoded value instead of a scan of the
     /// list. `has_null`: the list holds a NULL (a miss is then NULL, not false).
-    InSet { expr: Box<Expr>, set: std::sync::Arc<std::collections::HashSet<Vec<u8>>>, has_null: bool, negated: bool },
+    InSet { expr: Box<Expr>, set: std::sync::Arc<ValueSet>, has_null: bool, negated: bool },
     /// `e [NOT] [I]LIKE pattern`
     Like { expr: Box<Expr>, pattern: Box<Expr>, negated: bool, case_insensitive: bool },
     /// `CASE [operand] WHEN .. THEN .. ELSE .. END`
@@ -616,17 +674,25 @@ impl<'a> Binder<'a> {
                 }
                 None => self.correlate(q, CorrelatedKind::Scalar),
             },
-            ast::Expr::InSubquery { expr, subquery, negated } => match self.subquery(subquery)? {
-                Some((_, rows)) => {
-                    let lhs = self.bind(expr)?;
-                    let values: Vec<Value> = rows.into_iter().filter_map(|r| r.into_iter().next()).collect();
-                    in_values(lhs, values, *negated, self.scope)
+            ast::Expr::InSubquery { expr, subquery, negated } => {
+                let lhs = self.bind(expr)?;
+                let scope = self.scope;
+                let Some((txn, params)) = self.txn.as_mut() else {
+                    return Err(err_feature("a subquery in this position"));
+                };
+                // Run for real even while the outer statement is only described (see
+                // `subquery`), and read while still inside.
+                let bound = crate::exec::with_shape_only(false, || match crate::exec::query(txn, subquery, params) {
+                    Ok((cols, _)) if cols.len() != 1 => Err(Error::sql("42601", "subquery has too many columns")),
+                    Ok((_, rows)) => in_subquery_rows(lhs.clone(), rows, *negated, scope).map(Some),
+                    Err(e) if is_missing_name(&e) && !scope.is_empty() => Ok(None),
+                    Err(e) => Err(e),
+                })?;
+                match bound {
+                    Some(e) => e,
+                    None => self.correlate(subquery, CorrelatedKind::In(lhs, *negated)),
                 }
-                None => {
-                    let lhs = self.bind(expr)?;
-                    self.correlate(subquery, CorrelatedKind::In(lhs, *negated))
-                }
-            },
+            }
             ast::Expr::Exists { subquery, negated } => {
                 let Some((txn, params)) = self.txn.as_mut() else {
                     return Err(err_feature("EXISTS in this position"));
@@ -1072,7 +1138,7 @@ impl Expr {
                 let v = expr.eval(row, params)?;
                 if v.is_null() {
                     Value::Null
-                } else if set.contains(&crate::exec::row_identity(std::slice::from_ref(&v))) {
+                } else if set.contains(&crate::exec::row_identity(std::slice::from_ref(&v)))? {
                     Value::Bool(!negated)
                 } else if *has_null {
                     Value::Null

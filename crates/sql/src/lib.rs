@@ -38,6 +38,7 @@ pub mod spill;
 mod time;
 mod to_char;
 mod types;
+mod valueset;
 mod zone;
 
 pub use asof::AsOf;

@@ -145,7 +145,7 @@ pub fn row_bytes(row: &[Value]) -> usize {
         .sum::<usize>()
 }
 
-fn io_error(what: &str, e: std::io::Error) -> Error {
+pub(crate) fn io_error(what: &str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
         Error::sql("53100", format!("could not {what} temporary file: {e}"))
     } else {
@@ -158,12 +158,12 @@ fn io_error(what: &str, e: std::io::Error) -> Error {
 const RESERVE_BYTES: u64 = 1 << 30;
 
 /// Bytes a spill file grows by between two free-space checks.
-const CHECK_EVERY: u64 = 32 << 20;
+pub(crate) const CHECK_EVERY: u64 = 32 << 20;
 
 /// Fails (53100) rather than let a runaway sort fill the disk the database writes to.
 // statvfs field types differ by platform (u32 on some), hence the casts.
 #[allow(clippy::unnecessary_cast)]
-fn check_space(dir: &std::path::Path) -> Result<()> {
+pub(crate) fn check_space(dir: &std::path::Path) -> Result<()> {
     let Ok(st) = nix::sys::statvfs::statvfs(dir) else { return Ok(()) };
     let frag = st.fragment_size() as u64;
     let (total, avail) = (st.blocks() as u64 * frag, st.blocks_available() as u64 * frag);
@@ -187,6 +187,15 @@ fn short_of_reserve(total: u64, avail: u64) -> Option<u64> {
     (avail < reserve).then_some(reserve)
 }
 
+/// A new, unnamed temporary file in the spill directory (which is returned with it, for
+/// later free-space checks), if that has room left.
+pub(crate) fn temp_file() -> Result<(File, PathBuf)> {
+    let dir = DIR.read().ok().and_then(|d| d.clone()).unwrap_or_else(std::env::temp_dir);
+    check_space(&dir)?;
+    let file = tempfile::tempfile_in(&dir).map_err(|e| io_error("create", e))?;
+    Ok((file, dir))
+}
+
 /// A temporary file being written, one row after another.
 pub struct SpillWriter {
     out: BufWriter<File>,
@@ -199,9 +208,7 @@ pub struct SpillWriter {
 impl SpillWriter {
     /// A new, unnamed temporary file.
     pub fn new() -> Result<Self> {
-        let dir = DIR.read().ok().and_then(|d| d.clone()).unwrap_or_else(std::env::temp_dir);
-        check_space(&dir)?;
-        let file = tempfile::tempfile_in(&dir).map_err(|e| io_error("create", e))?;
+        let (file, dir) = temp_file()?;
         Ok(Self { out: BufWriter::with_capacity(64 << 10, file), rows: 0, scratch: Vec::new(), dir, unchecked: 0 })
     }
 
