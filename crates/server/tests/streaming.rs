@@ -182,6 +182,16 @@ async fn sorts_groupings_distinct_and_joins_spill_past_work_mem() {
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (40, 60));
 
+    // The same DISTINCT aggregate beside plain ones.
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT repeat('w', 200) || (g % 400000)::text), sum(g) FROM generate_series(1, 800000) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)), (800_000, 400_000, 320_000_400_000));
+
     // IN (subquery) over 400,000 distinct wide values (~90 MiB as constants).
     let row = client
         .query_one(
@@ -196,7 +206,10 @@ async fn sorts_groupings_distinct_and_joins_spill_past_work_mem() {
     let grown = status_kb(pid, "VmHWM:").saturating_sub(base);
     eprintln!("server peak RSS: {base} KiB before, grew by {grown} KiB");
     // Held in memory, each of these would take well over 100 MiB.
-    assert!(grown < 60 * 1024, "server peak RSS grew by {grown} KiB over spilling sort/group/distinct/joins/IN");
+    assert!(
+        grown < 60 * 1024,
+        "server peak RSS grew by {grown} KiB over spilling sort/group/distinct/aggregates/joins/IN"
+    );
     // Spill files are unnamed: nothing is left behind.
     let left: Vec<_> = std::fs::read_dir(data.join("tmp")).unwrap().collect();
     assert!(left.is_empty(), "files left in the spill directory: {left:?}");

@@ -730,9 +730,9 @@ fn contains_aggregate(e: &ast::Expr) -> bool {
     }
 }
 
-/// Per group: the key values, one accumulator per aggregate, and the values seen by
-/// each DISTINCT aggregate.
-type Group = (Row, Vec<Acc>, Vec<HashSet<Vec<u8>>>);
+/// Per group: the key values and one accumulator per aggregate. (DISTINCT aggregates
+/// get their values de-duplicated before the grouping, see `select`.)
+type Group = (Row, Vec<Acc>);
 
 #[derive(Debug)]
 enum Acc {
@@ -867,7 +867,7 @@ impl Acc {
 /// down) after the groups in memory are out. See `spill` for why this terminates.
 struct Grouping {
     keys: usize,
-    calls: Arc<[(AggFunc, bool)]>,
+    calls: Arc<[AggFunc]>,
     budget: usize,
     out: std::vec::IntoIter<Row>,
     pending: std::collections::VecDeque<(spill::SpillReader, u32)>,
@@ -875,13 +875,13 @@ struct Grouping {
 }
 
 impl Grouping {
-    fn new(input: RowIter, keys: usize, calls: Arc<[(AggFunc, bool)]>, budget: usize, global: bool) -> Result<Self> {
+    fn new(input: RowIter, keys: usize, calls: Arc<[AggFunc]>, budget: usize, global: bool) -> Result<Self> {
         let mut g =
             Self { keys, calls, budget, out: Vec::new().into_iter(), pending: Default::default(), failed: false };
         let mut rows = g.fold_level(input, 0)?;
         if rows.is_empty() && global {
             // An aggregate without GROUP BY has one row even over no input.
-            rows.push(g.calls.iter().map(|&(f, _)| Acc::new(f).finish()).collect());
+            rows.push(g.calls.iter().map(|&f| Acc::new(f).finish()).collect());
         }
         g.out = rows.into_iter();
         Ok(g)
@@ -900,29 +900,15 @@ impl Grouping {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) if room => {
                     bytes += v.key().len() + spill::row_bytes(&r[..self.keys]) + 64 * self.calls.len() + 64;
-                    let fresh = (
-                        r[..self.keys].to_vec(),
-                        self.calls.iter().map(|&(f, _)| Acc::new(f)).collect(),
-                        self.calls.iter().map(|_| HashSet::new()).collect(),
-                    );
-                    v.insert(fresh)
+                    v.insert((r[..self.keys].to_vec(), self.calls.iter().map(|&f| Acc::new(f)).collect()))
                 }
                 std::collections::btree_map::Entry::Vacant(v) => {
                     spilled.push(v.key(), &r)?;
                     continue;
                 }
             };
-            for (i, (&(_, distinct), v)) in self.calls.iter().zip(r.into_iter().skip(self.keys)).enumerate() {
-                if distinct && !v.is_null() {
-                    let seen = row_identity(std::slice::from_ref(&v));
-                    let len = seen.len();
-                    if !entry.2[i].insert(seen) {
-                        continue;
-                    }
-                    // Counted, but a group's DISTINCT set is not spilled: it stays in memory.
-                    bytes += len + 48;
-                }
-                entry.1[i].add(v)?;
+            for (acc, v) in entry.1.iter_mut().zip(r.into_iter().skip(self.keys)) {
+                acc.add(v)?;
             }
         }
         let next = spilled.next_level();
@@ -933,7 +919,7 @@ impl Grouping {
         }
         Ok(groups
             .into_values()
-            .map(|(mut keys, accs, _)| {
+            .map(|(mut keys, accs)| {
                 keys.extend(accs.into_iter().map(Acc::finish));
                 keys
             })
@@ -1229,18 +1215,48 @@ fn select_rows(
         // Group: input rows stream through; memory holds one entry per group, up to
         // work_mem (then rows of further groups are partitioned to disk, see `spill`).
         let p = params.clone();
-        // DISTINCT aggregates keep each group's set of values seen in memory. When every
-        // aggregate is DISTINCT over one and the same argument (count(DISTINCT x), or
-        // with sum/avg(DISTINCT x) beside it), the (group, value) pairs are made
-        // distinct first by the spilling DISTINCT stage instead, and the grouping keeps
-        // no sets: memory stays within work_mem however many values there are.
+        // DISTINCT aggregates see their values de-duplicated per group by the spilling
+        // DISTINCT stage before the grouping, so no group holds a set of values: memory
+        // stays within work_mem however many values there are. When every aggregate is
+        // DISTINCT over one and the same argument (count(DISTINCT x), or with
+        // sum/avg(DISTINCT x) beside it), the (group, value) rows themselves are made
+        // distinct. Otherwise each input row becomes a plain row (the other aggregates'
+        // arguments; count(*) counts a marker) that passes the stage untouched, plus one
+        // row per DISTINCT argument (its value in its aggregates' columns, NULL in the
+        // rest) that the stage de-duplicates; every aggregate skips the NULLs.
         let distinct_first = agg_binding.calls.first().is_some_and(|first| {
             let arg = format!("{:?}", first.arg);
             agg_binding.calls.iter().all(|c| c.distinct && c.arg.is_some() && format!("{:?}", c.arg) == arg)
         });
-        let calls: Arc<[(AggFunc, bool)]> =
-            agg_binding.calls.iter().map(|c| (c.func, c.distinct && !distinct_first)).collect();
+        let mixed = !distinct_first && agg_binding.calls.iter().any(|c| c.distinct && c.arg.is_some());
+        // Per aggregate: the DISTINCT argument class it belongs to (1, 2, …; 0: none).
+        let mut class_of: Vec<usize> = Vec::new();
+        let mut class_args: Vec<String> = Vec::new();
+        for c in &agg_binding.calls {
+            class_of.push(match (c.distinct && c.arg.is_some(), mixed) {
+                (true, true) => {
+                    let arg = format!("{:?}", c.arg);
+                    match class_args.iter().position(|a| *a == arg) {
+                        Some(i) => i + 1,
+                        None => {
+                            class_args.push(arg);
+                            class_args.len()
+                        }
+                    }
+                }
+                _ => 0,
+            });
+        }
+        let calls: Arc<[AggFunc]> = agg_binding
+            .calls
+            .iter()
+            .map(|c| match c.func {
+                AggFunc::CountStar if mixed => AggFunc::Count,
+                f => f,
+            })
+            .collect();
         let width = group_exprs.len() + agg_binding.calls.len();
+        let count_star: Vec<bool> = agg_binding.calls.iter().map(|c| c.func == AggFunc::CountStar).collect();
         let args: Vec<Option<Expr>> = agg_binding.calls.iter().map(|c| c.arg.clone()).collect();
         let evaluated = pipeline::map(rows, move |r| {
             let mut out: Row = group_bound.iter().map(|g| g.eval(&r, &p)).collect::<Result<_>>()?;
@@ -1252,7 +1268,68 @@ fn select_rows(
             }
             Ok(out)
         });
-        let evaluated = if distinct_first { spill::distinct(evaluated, width, spill::work_mem()) } else { evaluated };
+        let evaluated = if distinct_first {
+            spill::distinct(evaluated, width, spill::work_mem())
+        } else if mixed {
+            let keys = group_exprs.len();
+            let classes = class_args.len();
+            // (group, argument, value) triples already sent to the DISTINCT stage, up to
+            // a quarter of work_mem: most repeats are dropped here, before a row is
+            // built for them (the stage would drop them anyway; this only saves work).
+            let mut sent: HashSet<Vec<u8>> = HashSet::new();
+            let mut sent_bytes = 0usize;
+            let sent_cap = spill::work_mem() / 4;
+            let split: RowIter = Box::new(evaluated.flat_map(move |r| -> Vec<Result<Row>> {
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => return vec![Err(e)],
+                };
+                let mut out = Vec::with_capacity(1 + classes);
+                for class in 1..=classes {
+                    let Some(i) = class_of.iter().position(|&c| c == class) else { continue };
+                    if r[keys + i].is_null() {
+                        continue;
+                    }
+                    let id = r[..keys]
+                        .iter()
+                        .chain([&Value::Int(class as i64), &r[keys + i]])
+                        .fold(KeyEncoder::new(), |e, v| v.encode_key(e))
+                        .finish();
+                    if sent.contains(&id) {
+                        continue;
+                    }
+                    if sent_bytes < sent_cap {
+                        sent_bytes += id.len() + 48;
+                        sent.insert(id);
+                    }
+                    let mut row = r[..keys].to_vec();
+                    row.extend(class_of.iter().enumerate().map(|(j, &c)| {
+                        if c == class {
+                            r[keys + j].clone()
+                        } else {
+                            Value::Null
+                        }
+                    }));
+                    row.push(Value::Int(class as i64));
+                    out.push(Ok(row));
+                }
+                let mut plain = r;
+                for (j, &c) in class_of.iter().enumerate() {
+                    if c != 0 {
+                        plain[keys + j] = Value::Null;
+                    } else if plain[keys + j].is_null() && count_star[j] {
+                        plain[keys + j] = Value::Int(1);
+                    }
+                }
+                plain.push(Value::Int(0));
+                out.push(Ok(plain));
+                out
+            }));
+            let passes: spill::Passes = Box::new(|r: &[Value]| matches!(r.last(), Some(Value::Int(0))));
+            spill::distinct_some(split, width + 1, spill::work_mem(), Some(passes))
+        } else {
+            evaluated
+        };
         rows = Box::new(Grouping::new(evaluated, group_exprs.len(), calls, spill::work_mem(), group_exprs.is_empty())?);
         let columns: Vec<OutColumn> =
             names.into_iter().zip(&exprs).map(|(name, e)| OutColumn { name, ty: e.result_type(&agg_scope) }).collect();

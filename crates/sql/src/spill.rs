@@ -501,8 +501,19 @@ impl Partitions {
 /// are first seen while the seen set fits in `budget`; past it, unseen rows go to
 /// partitions that are de-duplicated the same way after the input ends.
 pub fn distinct(rows: RowIter, width: usize, budget: usize) -> RowIter {
+    distinct_some(rows, width, budget, None)
+}
+
+/// Rows `passes` picks out, unchanged and unremembered.
+pub type Passes = Box<dyn Fn(&[Value]) -> bool + Send>;
+
+/// [`distinct`] for the rows `passes` does not pick out; the rows it picks come out
+/// as they arrive, never de-duplicated, held or spilled (the plain rows beside a
+/// DISTINCT aggregate's values, see `exec.rs`).
+pub fn distinct_some(rows: RowIter, width: usize, budget: usize, passes: Option<Passes>) -> RowIter {
     Box::new(Distinct {
         input: Some(rows),
+        passes,
         width,
         budget,
         seen: std::collections::HashSet::new(),
@@ -515,6 +526,7 @@ pub fn distinct(rows: RowIter, width: usize, budget: usize) -> RowIter {
 
 struct Distinct {
     input: Option<RowIter>,
+    passes: Option<Passes>,
     width: usize,
     budget: usize,
     seen: std::collections::HashSet<Vec<u8>>,
@@ -548,6 +560,9 @@ impl Distinct {
                 continue;
             };
             let row = row?;
+            if self.passes.as_ref().is_some_and(|p| p(&row)) {
+                return Ok(Some(row));
+            }
             let id = crate::exec::row_identity(&row[..self.width.min(row.len())]);
             if self.seen.contains(&id) {
                 continue;
