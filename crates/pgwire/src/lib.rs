@@ -385,6 +385,7 @@ fn pg_type(ty: Option<DataType>) -> Type {
         Some(DataType::Bytea) => Type::BYTEA,
         Some(DataType::Numeric(_)) => Type::NUMERIC,
         Some(DataType::Interval) => Type::INTERVAL,
+        Some(DataType::Time) => Type::TIME,
         None => Type::TEXT,
     }
 }
@@ -453,6 +454,11 @@ fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWir
         Type::DATE => match cast(DataType::Date)? {
             Value::Date(d) => enc.encode_field(&Some((d - PG_EPOCH_DAYS) as i32)),
             _ => enc.encode_field(&None::<i32>),
+        },
+        // µs since midnight (i64).
+        Type::TIME => match cast(DataType::Time)? {
+            Value::Time(t) => enc.encode_field(&Some(t)),
+            _ => enc.encode_field(&None::<i64>),
         },
         Type::TIMESTAMP => match cast(DataType::Timestamp)? {
             Value::Timestamp(t) => enc.encode_field(&Some(t - PG_EPOCH_MICROS)),
@@ -819,9 +825,10 @@ fn decode_params(portal: &Portal<Prepared>) -> PgWireResult<Vec<Value>> {
                 Some(raw) if portal.parameter_format.is_binary(i) => Some(Value::Interval(binary_interval(&raw)?)),
                 Some(raw) => Some(Value::Text(String::from_utf8_lossy(&raw).into_owned())),
             },
-            // Binary dates and timestamps (sqlx, tokio-postgres send them so): days as
-            // i32 and µs as i64 since 2000-01-01; a timestamptz's µs are UTC.
-            Type::DATE | Type::TIMESTAMP | Type::TIMESTAMPTZ if portal.parameter_format.is_binary(i) => {
+            // Binary dates, times and timestamps (sqlx, tokio-postgres send them so):
+            // days as i32 and µs as i64 since 2000-01-01 (a timestamptz's µs are UTC),
+            // a time's µs since midnight.
+            Type::DATE | Type::TIMESTAMP | Type::TIMESTAMPTZ | Type::TIME if portal.parameter_format.is_binary(i) => {
                 match portal.parameters.get(i).cloned().flatten() {
                     None => None,
                     Some(raw) => Some(binary_datetime(&ty, &raw)?),
@@ -834,12 +841,19 @@ fn decode_params(portal: &Portal<Prepared>) -> PgWireResult<Vec<Value>> {
     Ok(out)
 }
 
-/// Decodes PostgreSQL's binary date, timestamp or timestamptz.
+/// Decodes PostgreSQL's binary date, time, timestamp or timestamptz.
 fn binary_datetime(ty: &Type, raw: &[u8]) -> PgWireResult<Value> {
     let bad = |n: usize| user_error(Error::sql("22P03", format!("invalid binary {}: expected {n} bytes", ty.name())));
     if *ty == Type::DATE {
         let days: [u8; 4] = raw.try_into().map_err(|_| bad(4))?;
         return Ok(Value::Date(i64::from(i32::from_be_bytes(days)) + PG_EPOCH_DAYS));
+    }
+    if *ty == Type::TIME {
+        let us = i64::from_be_bytes(raw.try_into().map_err(|_| bad(8))?);
+        if !(0..=86_400_000_000).contains(&us) {
+            return Err(user_error(Error::sql("22008", "time out of range")));
+        }
+        return Ok(Value::Time(us));
     }
     let micros = i64::from_be_bytes(raw.try_into().map_err(|_| bad(8))?).checked_add(PG_EPOCH_MICROS);
     // ±infinity (i64::MAX/MIN) and values past our range are refused, never wrapped.

@@ -332,6 +332,7 @@ fn key_range(
             Value::TimestampTz(_) => Some(DataType::TimestampTz),
             Value::Bytes(_) => Some(DataType::Bytea),
             Value::Interval(_) => Some(DataType::Interval),
+            Value::Time(_) => Some(DataType::Time),
             Value::Text(_) | Value::Null => None,
         };
         let exact = match natural {

@@ -823,6 +823,14 @@ impl<'a> Binder<'a> {
                 }));
             }
             ("current_date", true) => return Ok(Expr::Const(Value::Date(crate::interval::today()))),
+            ("localtime", true) => {
+                let local = crate::zone::current().to_local(crate::interval::transaction_now());
+                return Ok(Expr::Const(Value::Time(local.rem_euclid(86_400_000_000))));
+            }
+            ("current_time", true) => return Err(Error::sql(
+                "0A000",
+                "CURRENT_TIME returns time with time zone, which is not supported; use LOCALTIME or CURRENT_TIMESTAMP",
+            )),
             _ => {}
         }
         let args: Vec<Expr> = args
@@ -1319,6 +1327,7 @@ impl Expr {
                                     1082 => Some(DataType::Date),
                                     1114 => Some(DataType::Timestamp),
                                     1186 => Some(DataType::Interval),
+                                    1083 => Some(DataType::Time),
                                     1184 => Some(DataType::TimestampTz),
                                     1700 => Some(DataType::Numeric(match typmod {
                                         Value::Int(m) if m >= 4 => {
@@ -1439,6 +1448,12 @@ impl Expr {
                         if *op == BinOp::Sub =>
                     {
                         Some(DataType::Interval)
+                    }
+                    (Some(DataType::Time), Some(DataType::Interval))
+                    | (Some(DataType::Interval), Some(DataType::Time)) => Some(DataType::Time),
+                    (Some(DataType::Time), Some(DataType::Time)) if *op == BinOp::Sub => Some(DataType::Interval),
+                    (Some(DataType::Date), Some(DataType::Time)) | (Some(DataType::Time), Some(DataType::Date)) => {
+                        Some(DataType::Timestamp)
                     }
                     (Some(t @ (DataType::Timestamp | DataType::TimestampTz)), Some(DataType::Interval))
                     | (Some(DataType::Interval), Some(t @ (DataType::Timestamp | DataType::TimestampTz))) => Some(t),

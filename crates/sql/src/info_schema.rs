@@ -79,6 +79,7 @@ fn udt_name(ty: DataType) -> &'static str {
         DataType::Bytea => "bytea",
         DataType::Numeric(_) => "numeric",
         DataType::Interval => "interval",
+        DataType::Time => "time",
     }
 }
 
@@ -96,7 +97,9 @@ fn type_facts(ty: DataType) -> [Option<i64>; 5] {
         DataType::Numeric(Some((p, s))) => [None, Some(i64::from(p)), Some(10), Some(i64::from(s)), None],
         DataType::Numeric(None) => [None, None, Some(10), None, None],
         DataType::Date => [None, None, None, None, Some(0)],
-        DataType::Timestamp | DataType::TimestampTz | DataType::Interval => [None, None, None, None, Some(6)],
+        DataType::Timestamp | DataType::TimestampTz | DataType::Interval | DataType::Time => {
+            [None, None, None, None, Some(6)]
+        }
         DataType::Bool | DataType::Text | DataType::Bytea => [None; 5],
     }
 }

@@ -461,6 +461,26 @@ pub fn timestamp_field(unit: &str, ts: i64) -> Result<rust_decimal::Decimal> {
     })
 }
 
+/// A field of a time of day (only the clock's fields exist, as in PostgreSQL).
+fn time_field(unit: &str, t: i64) -> Result<rust_decimal::Decimal> {
+    use rust_decimal::Decimal;
+    let lower = unit.to_ascii_lowercase();
+    Ok(match lower.as_str() {
+        // 24:00:00 is hour 24, not the next day's 0.
+        "hour" | "hours" => Decimal::from(t / (3600 * USEC_PER_SEC)),
+        "minute" | "minutes" => Decimal::from(t / (60 * USEC_PER_SEC) % 60),
+        "second" | "seconds" => Decimal::new(t % (60 * USEC_PER_SEC), 6),
+        "milliseconds" | "millisecond" => Decimal::new(t % (60 * USEC_PER_SEC), 3),
+        "microseconds" | "microsecond" => Decimal::from(t % (60 * USEC_PER_SEC)),
+        "epoch" => Decimal::new(t, 6),
+        "year" | "years" | "month" | "months" | "day" | "days" | "dow" | "isodow" | "doy" | "quarter" | "week"
+        | "decade" | "century" | "millennium" | "julian" | "timezone" | "timezone_hour" | "timezone_minute" => {
+            return Err(Error::sql("0A000", format!("unit \"{lower}\" not supported for type time without time zone")))
+        }
+        other => return Err(unit_error(other, "time without time zone")),
+    })
+}
+
 /// The ISO 8601 week number of a day.
 fn iso_week(day: i64) -> i64 {
     // The Thursday of this ISO week decides its year.
@@ -516,10 +536,16 @@ pub fn arith(op: crate::expr::BinOp, a: &Value, b: &Value) -> Result<Option<Valu
             _ => None,
         }
     };
-    let is_time = |v: &Value| matches!(v, Value::Timestamp(_) | Value::TimestampTz(_) | Value::Date(_));
+    let is_time =
+        |v: &Value| matches!(v, Value::Timestamp(_) | Value::TimestampTz(_) | Value::Date(_) | Value::Time(_));
     // Resolve an untyped literal beside a date/time value.
     let resolve = |text: &str, other: &Value| -> Result<Value> {
-        if op == Sub && is_time(other) {
+        if op == Sub && matches!(other, Value::Time(_)) {
+            if let Some(t) = crate::time::parse_time(text) {
+                return Ok(Value::Time(t));
+            }
+        }
+        if op == Sub && is_time(other) && !matches!(other, Value::Time(_)) {
             if let Some(t) = crate::time::parse_timestamp(text, true) {
                 return Ok(Value::TimestampTz(t));
             }
@@ -567,6 +593,18 @@ pub fn arith(op: crate::expr::BinOp, a: &Value, b: &Value) -> Result<Option<Valu
         }
         (Sub, Value::Date(d), Value::TimestampTz(y)) => {
             Value::Interval(between(crate::zone::current().to_utc(date_us(*d)?), *y)?)
+        }
+        // A time of day moves by an interval's time part and wraps around midnight; its
+        // days and months do nothing (as in PostgreSQL).
+        (Add, Value::Time(t), Value::Interval(iv)) | (Add, Value::Interval(iv), Value::Time(t)) => {
+            Value::Time((t.rem_euclid(day) + iv.micros.rem_euclid(day)).rem_euclid(day))
+        }
+        (Sub, Value::Time(t), Value::Interval(iv)) => {
+            Value::Time((t.rem_euclid(day) - iv.micros.rem_euclid(day)).rem_euclid(day))
+        }
+        (Sub, Value::Time(x), Value::Time(y)) => Value::Interval(Interval { months: 0, days: 0, micros: x - y }),
+        (Add, Value::Date(d), Value::Time(t)) | (Add, Value::Time(t), Value::Date(d)) => {
+            Value::Timestamp(date_us(*d)?.checked_add(*t).ok_or_else(ts_out_of_range)?)
         }
         (Add, Value::Interval(x), Value::Interval(y)) => Value::Interval(x.add(y)?),
         (Sub, Value::Interval(x), Value::Interval(y)) => Value::Interval(x.sub(y)?),
@@ -622,6 +660,7 @@ pub fn extract(unit: Value, v: Value, as_float: bool) -> Result<Value> {
     let d = match v {
         Value::Null => return Ok(Value::Null),
         Value::Interval(iv) => interval_field(&unit, &iv)?,
+        Value::Time(t) => time_field(&unit, t)?,
         // The fields of an instant are those of its local time; its epoch and zone
         // fields are its own.
         Value::TimestampTz(t) => {

@@ -268,6 +268,7 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                 (1184, "timestamptz"),
                 (1700, "numeric"),
                 (1186, "interval"),
+                (1083, "time"),
             ];
             (
                 cols(alias, &[("oid", Int8), ("typname", Text), ("typnamespace", Int8), ("typcollation", Int8)]),

@@ -76,28 +76,7 @@ pub fn parse_timestamp(s: &str, use_zone: bool) -> Option<i64> {
     let days = parse_date(date)?;
     let zone_at = rest.find(['+', '-', 'Z', 'z']).unwrap_or(rest.len());
     let (clock, zone) = rest.split_at(zone_at);
-    let mut hms = clock.trim().split(':');
-    let h: i64 = hms.next()?.parse().ok()?;
-    let mi: i64 = hms.next()?.parse().ok()?;
-    let (sec, micros) = match hms.next() {
-        None => (0, 0),
-        Some(sf) => {
-            let (sec, frac) = sf.split_once('.').unwrap_or((sf, ""));
-            let micros = if frac.is_empty() {
-                0
-            } else {
-                if !frac.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                format!("{:0<6}", &frac[..frac.len().min(6)]).parse().ok()?
-            };
-            (sec.parse::<i64>().ok()?, micros)
-        }
-    };
-    if hms.next().is_some() || h > 24 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let local = (days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000 + micros;
+    let local = days * 86_400_000_000 + parse_clock(clock)?;
     let offset = match zone.trim() {
         "" if use_zone => return Some(crate::zone::current().to_utc(local)),
         "" | "Z" | "z" => 0,
@@ -114,6 +93,74 @@ pub fn parse_timestamp(s: &str, use_zone: bool) -> Option<i64> {
     };
     let offset = if use_zone { offset } else { 0 };
     Some(local - offset * 1_000_000)
+}
+
+/// Parses `HH:MM[:SS[.ffffff]]` into µs since midnight (up to 24:00:00, which
+/// PostgreSQL accepts as the end of a day; a 60th second is the leap second's).
+fn parse_clock(clock: &str) -> Option<i64> {
+    let mut hms = clock.trim().split(':');
+    let h: i64 = hms.next()?.parse().ok()?;
+    let mi: i64 = hms.next()?.parse().ok()?;
+    let (sec, micros) = match hms.next() {
+        None => (0, 0),
+        Some(sf) => {
+            let (sec, frac) = sf.split_once('.').unwrap_or((sf, ""));
+            let micros = if frac.is_empty() {
+                0
+            } else {
+                if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                // Rounded to the microsecond, half to even, as PostgreSQL (a carry
+                // moves the second: the sum below takes it).
+                let us: i64 = format!("{:0<6}", &frac[..frac.len().min(6)]).parse().ok()?;
+                let rest = frac.get(6..).unwrap_or("").as_bytes();
+                let up = match rest.split_first() {
+                    Some((&d, more)) if d > b'5' || (d == b'5' && more.iter().any(|&m| m != b'0')) => true,
+                    Some((b'5', _)) => us % 2 == 1,
+                    _ => false,
+                };
+                us + i64::from(up)
+            };
+            (sec.parse::<i64>().ok()?, micros)
+        }
+    };
+    if hms.next().is_some() || !(0..=24).contains(&h) || !(0..=59).contains(&mi) || !(0..=60).contains(&sec) {
+        return None;
+    }
+    Some((h * 3600 + mi * 60 + sec) * 1_000_000 + micros)
+}
+
+/// Parses a `time [without time zone]` value: `HH:MM[:SS[.ffffff]]`, or a timestamp
+/// whose date (and any zone) is ignored, as PostgreSQL does. µs since midnight, at
+/// most 24:00:00.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let t = s.trim();
+    let us = match parse_clock(t) {
+        Some(us) => us,
+        None => {
+            // A trailing offset or zone name is dropped, as for a timestamp without one.
+            let clock = t.find(['+', '-', 'Z', 'z']).filter(|&i| i > 0).map_or(t, |i| &t[..i]);
+            match parse_clock(clock) {
+                Some(us) => us,
+                None => parse_timestamp(t, false)?.rem_euclid(86_400_000_000),
+            }
+        }
+    };
+    (us <= 86_400_000_000).then_some(us)
+}
+
+/// `HH:MM:SS[.ffffff]` of µs since midnight.
+pub fn format_time(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let mut out = format!("{:02}:{:02}:{:02}", secs / 3600, (secs % 3600) / 60, secs % 60);
+    if micros != 0 {
+        let frac = format!("{micros:06}");
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+    out
 }
 
 /// `YYYY-MM-DD`.

@@ -50,6 +50,10 @@ pub fn to_char(v: Value, template: Value) -> Result<Value> {
         }
         Value::Date(d) => datetime(&Fields::of_timestamp(d.saturating_mul(MICROS_PER_DAY)), &fmt, None),
         Value::Interval(iv) => datetime(&Fields::of_interval(&iv), &fmt, None),
+        // As PostgreSQL, through its implicit cast to interval.
+        Value::Time(t) => {
+            datetime(&Fields::of_interval(&crate::interval::Interval { months: 0, days: 0, micros: t }), &fmt, None)
+        }
         Value::Int(i) => number(Decimal::from(i), &fmt)?,
         Value::Numeric(d) => number(d, &fmt)?,
         Value::Float(f) => match Decimal::from_f64(f) {

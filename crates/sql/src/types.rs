@@ -43,6 +43,8 @@ pub enum DataType {
     Numeric(Option<(u32, u32)>),
     /// `INTERVAL`
     Interval,
+    /// `TIME` (without time zone)
+    Time,
 }
 
 impl DataType {
@@ -59,6 +61,7 @@ impl DataType {
             DataType::Timestamp => 4,
             DataType::TimestampTz => 5,
             DataType::Bytea => 6,
+            DataType::Time => 7,
             _ => return None,
         })
     }
@@ -77,6 +80,22 @@ impl DataType {
             return Ok(DataType::Interval);
         }
         // Temporal types may carry a precision in the middle: TIMESTAMP(3) WITH TIME ZONE.
+        // TIME [(p)] [WITHOUT TIME ZONE]; the zoned variant is not supported.
+        if s.starts_with("time") && !s.starts_with("timestamp") {
+            let plain: String = match (s.find('('), s.find(')')) {
+                (Some(a), Some(b)) if b > a => format!("{}{}", &s[..a], &s[b + 1..]),
+                _ => s.clone(),
+            };
+            let plain = plain.split_whitespace().collect::<Vec<_>>().join(" ");
+            return match plain.as_str() {
+                "time" | "time without time zone" => Ok(DataType::Time),
+                "timetz" | "time with time zone" => Err(Error::sql(
+                    "0A000",
+                    "type time with time zone is not supported; use time, or timestamp with time zone",
+                )),
+                _ => Err(Error::InvalidInput(format!("type \"{}\" is not supported", spelled.trim()))),
+            };
+        }
         if s.starts_with("timestamp") || s == "date" {
             let plain: String = match (s.find('('), s.find(')')) {
                 (Some(a), Some(b)) if b > a => format!("{}{}", &s[..a], &s[b + 1..]),
@@ -163,6 +182,7 @@ impl DataType {
             DataType::Numeric(None) => "numeric".into(),
             DataType::Numeric(Some((p, sc))) => format!("numeric({p},{sc})"),
             DataType::Interval => "interval".into(),
+            DataType::Time => "time without time zone".into(),
         }
     }
 
@@ -184,6 +204,7 @@ impl DataType {
             DataType::Bytea => 17,
             DataType::Numeric(_) => 1700,
             DataType::Interval => 1186,
+            DataType::Time => 1083,
         }
     }
 
@@ -228,6 +249,8 @@ pub enum Value {
     Numeric(Decimal),
     /// An interval: months, days and microseconds.
     Interval(crate::interval::Interval),
+    /// A time of day: µs since midnight (0 to 24:00:00 inclusive).
+    Time(i64),
 }
 
 impl Value {
@@ -251,6 +274,7 @@ impl Value {
             Value::Bytes(_) => Some(DataType::Bytea),
             Value::Numeric(_) => Some(DataType::Numeric(None)),
             Value::Interval(_) => Some(DataType::Interval),
+            Value::Time(_) => Some(DataType::Time),
         }
     }
 
@@ -267,6 +291,7 @@ impl Value {
             Value::TimestampTz(t) => crate::time::format_timestamp(*t, true),
             Value::Numeric(d) => d.to_string(),
             Value::Interval(iv) => iv.format(),
+            Value::Time(t) => crate::time::format_time(*t),
             Value::Bytes(b) => {
                 let mut out = String::with_capacity(2 + 2 * b.len());
                 out.push_str("\\x");
@@ -355,12 +380,34 @@ impl Value {
             (Value::Timestamp(t), DataType::TimestampTz) => Value::TimestampTz(crate::zone::current().to_utc(t)),
             (Value::TimestampTz(t), DataType::TimestampTz) => Value::TimestampTz(t),
             (Value::Interval(iv), DataType::Interval) => Value::Interval(iv),
-            (Value::Text(s), DataType::Interval) => Value::Interval(crate::interval::Interval::parse(&s)?),
-            (v @ (Value::Date(_) | Value::Timestamp(_) | Value::TimestampTz(_) | Value::Interval(_)), t)
-                if t.is_text() =>
-            {
-                Value::Text(v.to_pg_text(None).unwrap_or_default())
+            (Value::Time(t), DataType::Time) => Value::Time(t),
+            (Value::Text(s), DataType::Time) => Value::Time(crate::time::parse_time(&s).ok_or_else(|| {
+                // A clock with a field out of range ('25:00') is 22008, other text 22007.
+                let t = s.trim();
+                let clock = t.contains(':')
+                    && t.split(':').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+                if clock {
+                    Error::sql("22008", format!("date/time field value out of range: \"{s}\""))
+                } else {
+                    Error::sql("22007", format!("invalid input syntax for type time: \"{s}\""))
+                }
+            })?),
+            // The time of day of a local time; of an instant, in the session's zone.
+            (Value::Timestamp(t), DataType::Time) => Value::Time(t.rem_euclid(86_400_000_000)),
+            (Value::TimestampTz(t), DataType::Time) => {
+                Value::Time(crate::zone::current().to_local(t).rem_euclid(86_400_000_000))
             }
+            // As PostgreSQL: an interval's time part, modulo a day; a time as an interval.
+            (Value::Interval(iv), DataType::Time) => Value::Time(iv.micros.rem_euclid(86_400_000_000)),
+            (Value::Time(t), DataType::Interval) => {
+                Value::Interval(crate::interval::Interval { months: 0, days: 0, micros: t })
+            }
+            (Value::Text(s), DataType::Interval) => Value::Interval(crate::interval::Interval::parse(&s)?),
+            (
+                v
+                @ (Value::Date(_) | Value::Timestamp(_) | Value::TimestampTz(_) | Value::Interval(_) | Value::Time(_)),
+                t,
+            ) if t.is_text() => Value::Text(v.to_pg_text(None).unwrap_or_default()),
             (v, t) => return Err(Error::InvalidInput(format!("cannot cast {} to {}", v.type_name(), t.pg_name()))),
         };
         v.check(ty)
@@ -435,6 +482,7 @@ impl Value {
             Value::Bytes(_) => "bytea",
             Value::Numeric(_) => "numeric",
             Value::Interval(_) => "interval",
+            Value::Time(_) => "time without time zone",
         }
     }
 
@@ -470,6 +518,7 @@ impl Value {
                 a.cmp(&crate::zone::current().to_utc(b.saturating_mul(86_400_000_000)))
             }
             (Value::Interval(a), Value::Interval(b)) => a.cmp_span(b),
+            (Value::Time(a), Value::Time(b)) => a.cmp(b),
             // Unknown-typed literals compare as the other side's type, as in PostgreSQL.
             (
                 Value::Text(s),
@@ -480,7 +529,8 @@ impl Value {
                 | Value::Date(_)
                 | Value::Timestamp(_)
                 | Value::TimestampTz(_)
-                | Value::Interval(_)),
+                | Value::Interval(_)
+                | Value::Time(_)),
             ) => {
                 let parsed = Value::Text(s.clone()).cast(v.natural_type().unwrap_or(DataType::Text))?;
                 return parsed.sql_cmp(v);
@@ -514,7 +564,7 @@ impl Value {
             Value::Int(i) => enc.bool(true).i64(*i),
             Value::Float(f) => enc.bool(true).f64(*f),
             Value::Text(s) => enc.bool(true).str(s),
-            Value::Date(t) | Value::Timestamp(t) | Value::TimestampTz(t) => enc.bool(true).i64(*t),
+            Value::Date(t) | Value::Timestamp(t) | Value::TimestampTz(t) | Value::Time(t) => enc.bool(true).i64(*t),
             Value::Bytes(b) => enc.bool(true).bytes(b),
             Value::Numeric(d) => encode_decimal_key(enc.bool(true), d),
             // By length first (equal spans sort together), then the fields, so the key
@@ -545,6 +595,7 @@ impl Value {
             DataType::Date => Value::Date(dec.i64()?),
             DataType::Timestamp => Value::Timestamp(dec.i64()?),
             DataType::TimestampTz => Value::TimestampTz(dec.i64()?),
+            DataType::Time => Value::Time(dec.i64()?),
             DataType::Bytea => Value::Bytes(dec.bytes()?),
             DataType::Numeric(_) => Value::Numeric(decode_decimal_key(dec)?),
             DataType::Interval => {
@@ -593,6 +644,9 @@ impl Value {
             Value::Interval(iv) => {
                 w.u8(10).u64(i64::from(iv.months) as u64).u64(i64::from(iv.days) as u64).u64(iv.micros as u64);
             }
+            Value::Time(t) => {
+                w.u8(11).u64(*t as u64);
+            }
         }
     }
 
@@ -625,6 +679,7 @@ impl Value {
                 let days = field(r.u64()?, "days")?;
                 Value::Interval(crate::interval::Interval { months, days, micros: r.u64()? as i64 })
             }
+            11 => Value::Time(r.u64()? as i64),
             t => return Err(Error::InvalidData(format!("unknown value tag {t} in row"))),
         })
     }

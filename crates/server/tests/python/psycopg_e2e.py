@@ -3,6 +3,7 @@ retry loop, COPY. Usage: psycopg_e2e.py PORT. Exits non-zero on the first failur
 import sys
 import threading
 from datetime import datetime, timedelta
+from datetime import time as dtime
 
 import psycopg
 from psycopg import errors
@@ -43,6 +44,10 @@ def main():
             assert conn.info.parameter_status("TimeZone") == "Europe/Paris"
             cur.execute("RESET timezone")
             assert conn.info.parameter_status("TimeZone") == "UTC"
+            # TIME both ways, in text and binary.
+            for binary in (False, True):
+                cur.execute("SELECT time '10:11:12.5', %s::time + interval '1 hour'", (dtime(1, 2, 3),), binary=binary)
+                assert cur.fetchone() == (dtime(10, 11, 12, 500000), dtime(2, 2, 3)), binary
             # Intervals both ways, in text and binary (psycopg sends timedelta as interval).
             for binary in (False, True):
                 cur.execute(
