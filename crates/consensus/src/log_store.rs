@@ -65,8 +65,11 @@ const SEGMENT_TARGET: u64 = 64 << 20;
 /// as a restore's bulk loads, must not pin gigabytes).
 const CACHE_ENTRIES: usize = 16_384;
 const CACHE_BYTES: usize = 64 << 20;
-/// Entries larger than this are not written ahead (see `append`).
-const WRITE_AHEAD_MAX_BYTES: usize = 4 << 20;
+/// Entries larger than this are not written ahead (see `append`), nor kept in the cache:
+/// the apply reads them back (from the page cache, most likely) rather than holding a
+/// second copy of a large commit for as long as smaller entries keep it there. The
+/// same bound as mvcc's for applying a commit in pieces.
+const WRITE_AHEAD_MAX_BYTES: usize = amberdb_mvcc::CHUNKED_APPLY_BYTES;
 
 /// Where an entry lives on disk.
 #[derive(Debug, Clone, Copy)]
@@ -174,7 +177,12 @@ fn read_atomic(path: &Path) -> Result<Option<Vec<u8>>> {
 
 /// Encodes an entry (layout in `docs/formats/commit-log.md`).
 pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
-    let mut w = Writer::new();
+    // Sized up front: a large commit's entry is not grown (and copied) by doubling.
+    let payload = match &entry.payload {
+        EntryPayload::Normal(req) => req.batch.len(),
+        _ => 0,
+    };
+    let mut w = Writer::with_capacity(64 + payload);
     w.u8(ENTRY_FORMAT).u64(entry.log_id.leader_id.term).u64(entry.log_id.leader_id.node_id).u64(entry.log_id.index);
     match &entry.payload {
         EntryPayload::Blank => {
@@ -548,6 +556,8 @@ impl State {
         for e in &entries {
             let payload = encode_entry(e)?;
             let offset = seg.len + buf.len() as u64;
+            // Exactly, not by doubling: a large entry's frame is one copy, not two.
+            buf.reserve(payload.len() + 64);
             frame::encode_into(&mut buf, &payload);
             locs.push(Loc {
                 segment: seg_first,
@@ -561,6 +571,9 @@ impl State {
         let n = locs.len();
         self.index.extend(locs);
         for (e, loc) in entries.into_iter().zip(self.index.iter().rev().take(n).rev()) {
+            if loc.len as usize > WRITE_AHEAD_MAX_BYTES {
+                continue;
+            }
             self.cache_bytes += loc.len as usize;
             self.cache.insert(e.log_id.index, (e, loc.len as usize));
         }

@@ -11,7 +11,7 @@
 //! durable, after which openraft may purge the log up to it.
 
 use crate::types::{sto_err, Checkpoint, Entry, LogId, Response, StorageError, StoredMembership, TypeConfig};
-use amberdb_mvcc::{ApplyItem, CommitBatch, Mvcc, Timestamp};
+use amberdb_mvcc::{ApplyItem, CommitBatch, Mvcc, CHUNKED_APPLY_BYTES};
 use amberdb_storage::Durability;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
@@ -60,51 +60,57 @@ impl StateMachine {
     }
 
     fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
-        /// What an entry carries into mvcc.
-        enum Payload {
-            Commit(CommitBatch),
-            /// Written ahead by the log store (`Mvcc::speculate`): only its time is needed.
-            Speculated(Timestamp),
-            None,
+        // Commits go to mvcc still encoded (no decoded copy of a large one); a large one
+        // is applied on its own so mvcc can write it in pieces (`CHUNKED_APPLY_BYTES`),
+        // the others together, in one engine batch per run.
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut start = 0;
+        while start < entries.len() {
+            let large =
+                |e: &Entry| matches!(&e.payload, EntryPayload::Normal(req) if req.batch.len() > CHUNKED_APPLY_BYTES);
+            let end = if large(&entries[start]) {
+                start + 1
+            } else {
+                entries[start..].iter().position(large).map_or(entries.len(), |p| start + p)
+            };
+            responses.extend(self.apply_run(&entries[start..end])?);
+            start = end;
         }
+        Ok(responses)
+    }
+
+    /// Applies entries in one `Mvcc::apply`, with the Raft applied record of the last.
+    fn apply_run(&self, entries: &[Entry]) -> Result<Vec<Response>, StorageError> {
         let mut record = self.shared().applied.clone();
-        let mut payloads = Vec::with_capacity(entries.len());
-        for e in &entries {
+        let mut items = Vec::with_capacity(entries.len());
+        let mut positions = Vec::with_capacity(entries.len());
+        for e in entries {
             let decode_err = |err: amberdb_error::Error| {
                 sto_err(StorageIOError::write_state_machine, format!("entry {}: {err}", e.log_id))
             };
-            match &e.payload {
+            let item = match &e.payload {
                 // Speculation of an entry happens in its append, before it can commit,
                 // and nothing but this apply settles it: the answer cannot change.
-                EntryPayload::Normal(req) if self.mvcc.is_speculated(e.log_id.index) => {
-                    payloads
-                        .push(Payload::Speculated(CommitBatch::decode_commit_time(&req.batch).map_err(decode_err)?));
-                }
-                EntryPayload::Normal(req) => {
-                    payloads.push(Payload::Commit(CommitBatch::decode(&req.batch).map_err(decode_err)?));
-                }
+                EntryPayload::Normal(req) if self.mvcc.is_speculated(e.log_id.index) => ApplyItem::Speculated(
+                    e.log_id.index,
+                    CommitBatch::decode_commit_time(&req.batch).map_err(decode_err)?,
+                ),
+                EntryPayload::Normal(req) => ApplyItem::Encoded(e.log_id.index, &req.batch),
                 EntryPayload::Membership(m) => {
                     record.membership = StoredMembership::new(Some(e.log_id), m.clone());
-                    payloads.push(Payload::None);
+                    ApplyItem::Marker(e.log_id.index)
                 }
-                EntryPayload::Blank => payloads.push(Payload::None),
-            }
+                EntryPayload::Blank => ApplyItem::Marker(e.log_id.index),
+            };
             record.last_applied = Some(e.log_id);
-        }
-        // Index 0 holds the initial membership and maps to the empty database (version 0).
-        let mut items = Vec::with_capacity(entries.len());
-        let mut positions = Vec::with_capacity(entries.len());
-        for (e, p) in entries.iter().zip(&payloads) {
+            // Index 0 holds the initial membership and maps to the empty database
+            // (version 0).
             if e.log_id.index == 0 {
                 positions.push(None);
                 continue;
             }
             positions.push(Some(items.len()));
-            items.push(match p {
-                Payload::Commit(b) => ApplyItem::Commit(e.log_id.index, b),
-                Payload::Speculated(t) => ApplyItem::Speculated(e.log_id.index, *t),
-                Payload::None => ApplyItem::Marker(e.log_id.index),
-            });
+            items.push(item);
         }
         let meta = serde_json::to_vec(&record).map_err(|e| sto_err(StorageIOError::write_state_machine, e))?;
         let times = self

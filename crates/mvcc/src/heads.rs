@@ -189,13 +189,13 @@ impl PendingHeads {
 }
 
 /// Encodes a write record's value: the keys a version wrote.
-pub(crate) fn encode_record<'a>(keys: impl ExactSizeIterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
-    let mut w = amberdb_encoding::codec::Writer::with_capacity(keys.clone().map(|k| k.len() + 2).sum::<usize>() + 8);
-    w.varint(keys.len() as u64);
+pub(crate) fn encode_record<'a>(count: u64, keys: impl Iterator<Item = Result<&'a [u8]>>) -> Result<Vec<u8>> {
+    let mut w = amberdb_encoding::codec::Writer::new();
+    w.varint(count);
     for k in keys {
-        w.bytes(k);
+        w.bytes(k?);
     }
-    w.finish()
+    Ok(w.finish())
 }
 
 /// Decodes a write record's value.

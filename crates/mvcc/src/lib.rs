@@ -61,7 +61,10 @@ mod sequencer;
 mod transaction;
 
 pub use conflict::{ConflictWindow, ConflictWindowConfig, Ticket};
-pub use mvcc::{format_micros, AppliedState, ApplyItem, BulkLoad, GcStats, Mvcc, MvccConfig, ReadView, VersionedScan};
+pub use mvcc::{
+    format_micros, AppliedState, ApplyItem, BulkLoad, GcStats, Mvcc, MvccConfig, ReadView, VersionedScan,
+    CHUNKED_APPLY_BYTES,
+};
 pub use sequencer::{CommitInfo, LocalSequencer};
 pub use transaction::{CommitRequest, DetachedReader, Transaction, TxnScan};
 
@@ -140,6 +143,62 @@ pub struct CommitBatch {
 
 const BATCH_FORMAT: u8 = 1;
 
+/// One write borrowed from an encoded batch: key, and value or `None` for a delete.
+pub type Write<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// An encoded [`CommitBatch`] read write by write, borrowing from the encoding: a
+/// large commit is applied from it in bounded pieces, never decoded whole (see
+/// `Mvcc::apply`, `ApplyItem::Encoded`).
+#[derive(Debug, Clone)]
+pub struct EncodedBatch<'a> {
+    /// The batch's commit time.
+    pub commit_time: Timestamp,
+    count: u64,
+    left: u64,
+    reader: Reader<'a>,
+}
+
+impl<'a> EncodedBatch<'a> {
+    /// Reads the header of an encoded batch.
+    pub fn new(raw: &'a [u8]) -> Result<Self> {
+        let mut reader = Reader::new(raw, "commit batch");
+        let format = reader.u8()?;
+        if format != BATCH_FORMAT {
+            return Err(amberdb_error::Error::InvalidData(format!("commit batch: unknown format {format}")));
+        }
+        let commit_time = reader.u64()?;
+        let count = reader.varint()?;
+        Ok(Self { commit_time, count, left: count, reader })
+    }
+
+    /// How many writes the batch holds.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The next write (key, value or `None` for a delete); `None` after the last, once
+    /// the whole encoding has been checked to end there.
+    pub fn next_write(&mut self) -> Result<Option<Write<'a>>> {
+        if self.left == 0 {
+            self.reader.clone().finish()?;
+            return Ok(None);
+        }
+        self.left -= 1;
+        let key = self.reader.bytes()?;
+        let value = match self.reader.u8()? {
+            0 => None,
+            1 => Some(self.reader.bytes()?),
+            t => return Err(amberdb_error::Error::InvalidData(format!("commit batch: bad mutation tag {t}"))),
+        };
+        Ok(Some((key, value)))
+    }
+}
+
 impl CommitBatch {
     /// Encodes the batch (format in `docs/formats/commit-log.md`).
     pub fn encode(&self) -> Vec<u8> {
@@ -173,24 +232,12 @@ impl CommitBatch {
 
     /// Decodes a batch, rejecting anything malformed.
     pub fn decode(raw: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(raw, "commit batch");
-        let format = r.u8()?;
-        if format != BATCH_FORMAT {
-            return Err(amberdb_error::Error::InvalidData(format!("commit batch: unknown format {format}")));
+        let mut writes = EncodedBatch::new(raw)?;
+        let commit_time = writes.commit_time;
+        let mut mutations = Vec::with_capacity(writes.len().min(1 << 16) as usize);
+        while let Some((key, value)) = writes.next_write()? {
+            mutations.push(Mutation { key: key.to_vec(), value: value.map(<[u8]>::to_vec) });
         }
-        let commit_time = r.u64()?;
-        let n = r.varint()?;
-        let mut mutations = Vec::with_capacity(n.min(1 << 16) as usize);
-        for _ in 0..n {
-            let key = r.bytes()?.to_vec();
-            let value = match r.u8()? {
-                0 => None,
-                1 => Some(r.bytes()?.to_vec()),
-                t => return Err(amberdb_error::Error::InvalidData(format!("commit batch: bad mutation tag {t}"))),
-            };
-            mutations.push(Mutation { key, value });
-        }
-        r.finish()?;
         Ok(Self { commit_time, mutations })
     }
 }

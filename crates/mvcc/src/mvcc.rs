@@ -44,12 +44,64 @@ pub struct AppliedState {
 pub enum ApplyItem<'a> {
     /// A commit batch at a version.
     Commit(Version, &'a CommitBatch),
+    /// A commit batch at a version, still encoded (`CommitBatch::encode`): applied
+    /// without decoding it whole. One past [`CHUNKED_APPLY_BYTES`], applied alone, is
+    /// written in engine batches of its own before the publish (see [`Mvcc::apply`]).
+    Encoded(Version, &'a [u8]),
     /// A commit whose data [`Mvcc::speculate`] wrote already, with its proposed commit
     /// time: applying it publishes the version (an error if it was not speculated).
     Speculated(Version, Timestamp),
     /// A version that carries no data (e.g. a Raft blank or membership entry). It still
     /// advances the applied version so that the layer above can restart from it.
     Marker(Version),
+}
+
+/// An encoded commit larger than this, applied alone, is written in pieces: its engine
+/// batches (and their copies in the engine) stay bounded whatever its size.
+pub const CHUNKED_APPLY_BYTES: usize = 4 << 20;
+
+/// Bytes of data per engine batch when a large commit is written in pieces.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// The writes of a commit item, decoded or still encoded, borrowed either way.
+enum Writes<'a> {
+    Decoded(std::slice::Iter<'a, crate::Mutation>),
+    Encoded(crate::EncodedBatch<'a>),
+}
+
+impl<'a> Iterator for Writes<'a> {
+    type Item = Result<crate::Write<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Writes::Decoded(it) => it.next().map(|m| Ok((&m.key[..], m.value.as_deref()))),
+            Writes::Encoded(b) => b.next_write().transpose(),
+        }
+    }
+}
+
+impl<'a> ApplyItem<'a> {
+    fn version(&self) -> Version {
+        match self {
+            ApplyItem::Commit(v, _) | ApplyItem::Encoded(v, _) | ApplyItem::Speculated(v, _) | ApplyItem::Marker(v) => {
+                *v
+            }
+        }
+    }
+
+    /// A commit's writes and commit time (None: not a commit carrying its writes).
+    fn writes(&self) -> Result<Option<(Timestamp, u64, Writes<'a>)>> {
+        Ok(match *self {
+            ApplyItem::Commit(_, c) => {
+                Some((c.commit_time, c.mutations.len() as u64, Writes::Decoded(c.mutations.iter())))
+            }
+            ApplyItem::Encoded(_, raw) => {
+                let b = crate::EncodedBatch::new(raw)?;
+                Some((b.commit_time, b.len(), Writes::Encoded(b)))
+            }
+            _ => None,
+        })
+    }
 }
 
 /// Statistics from one GC pass.
@@ -195,6 +247,11 @@ fn settle_records(engine: &dyn Engine, applied: Version, undo_from: Option<Versi
 /// deleting their write records in the same batch. Returns how many heads it wrote.
 fn persist_heads(engine: &dyn Engine, write_lock: &Mutex<()>, pending: &PendingHeads) -> Result<usize> {
     let _guard = write_lock.lock().expect("mvcc write lock poisoned");
+    persist_heads_locked(engine, pending)
+}
+
+/// [`persist_heads`] for a caller holding the write lock.
+fn persist_heads_locked(engine: &dyn Engine, pending: &PendingHeads) -> Result<usize> {
     let through = pending.published();
     let p = pending.take_through(through);
     if p.versions.is_empty() {
@@ -383,6 +440,11 @@ impl Mvcc {
     ) -> Result<Vec<Timestamp>> {
         let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
         let mut speculated = self.speculated.lock().expect("mvcc speculation lock poisoned");
+        if let [ApplyItem::Encoded(version, raw)] = items {
+            if raw.len() > CHUNKED_APPLY_BYTES && !speculated.contains(version) {
+                return self.apply_in_pieces(*version, raw, meta, durability);
+            }
+        }
         let mut state = self.applied();
         let mut batch = WriteBatch::new();
         let mut times = Vec::with_capacity(items.len());
@@ -390,19 +452,16 @@ impl Mvcc {
         // Heads of the commits applied in full here: held like a speculation's (a write
         // record now, the heads later), unless too many are held already — then every
         // published head goes into this batch, and these commits' heads with them.
-        let new_keys: usize = items
-            .iter()
-            .map(|i| match i {
-                ApplyItem::Commit(_, c) => c.mutations.len(),
-                _ => 0,
-            })
-            .sum();
+        let mut new_keys = 0usize;
+        for item in items {
+            if let Some((_, n, _)) = item.writes()? {
+                new_keys = new_keys.saturating_add(n as usize);
+            }
+        }
         let inline = new_keys > 0 && self.pending.len() + new_keys > MAX_PENDING_KEYS;
         let mut held: Vec<(Version, Vec<Vec<u8>>)> = Vec::new();
         for item in items {
-            let version = match item {
-                ApplyItem::Commit(v, _) | ApplyItem::Speculated(v, _) | ApplyItem::Marker(v) => *v,
-            };
+            let version = item.version();
             if version <= state.version {
                 return Err(Error::Internal(format!(
                     "apply of version {version} at or below applied version {}",
@@ -425,7 +484,10 @@ impl Mvcc {
                     return Err(Error::Internal(format!("version {version} is applied as speculated but was not")));
                 }
                 ApplyItem::Speculated(_, t) => (*t, None),
-                ApplyItem::Commit(_, c) => (c.commit_time, Some(*c)),
+                ApplyItem::Commit(..) | ApplyItem::Encoded(..) => match item.writes()? {
+                    Some((t, n, writes)) => (t, Some((n, writes))),
+                    None => (0, None),
+                },
             };
             let time = commit_time.max(state.time + 1);
             state.time = time;
@@ -433,16 +495,18 @@ impl Mvcc {
             if is_speculated {
                 // Data and write record are in the engine already: only publish.
                 published.push(version);
-            } else if let Some(commit) = commit {
-                for m in &commit.mutations {
-                    batch.put(keys::data(&m.key, version), keys::encode_value(m.value.as_deref()));
+            } else if let Some((n, writes)) = commit {
+                let mut written = Vec::with_capacity(if inline { 0 } else { n.min(1 << 20) as usize });
+                for w in writes {
+                    let (key, value) = w?;
+                    batch.put(keys::data(key, version), keys::encode_value(value));
+                    if !inline {
+                        written.push(key.to_vec());
+                    }
                 }
                 if !inline {
-                    batch.put(
-                        keys::speculated(version),
-                        heads::encode_record(commit.mutations.iter().map(|m| &m.key[..])),
-                    );
-                    held.push((version, commit.mutations.iter().map(|m| m.key.clone()).collect()));
+                    batch.put(keys::speculated(version), heads::encode_record(n, written.iter().map(|k| Ok(&k[..])))?);
+                    held.push((version, written));
                 }
             }
             batch.put(keys::version_time(version), time.to_le_bytes().to_vec());
@@ -458,9 +522,9 @@ impl Mvcc {
             }
             // Later in the batch, so these (newer) heads win over held ones.
             for item in items {
-                if let ApplyItem::Commit(v, c) = item {
-                    for m in &c.mutations {
-                        batch.put(keys::head(&m.key), v.to_le_bytes().to_vec());
+                if let Some((_, _, writes)) = item.writes()? {
+                    for w in writes {
+                        batch.put(keys::head(w?.0), item.version().to_le_bytes().to_vec());
                     }
                 }
             }
@@ -471,14 +535,14 @@ impl Mvcc {
         }
         self.engine.write(batch, durability)?;
         if let Some(p) = &flushed {
-            let newer: Vec<(&[u8], Version)> = items
-                .iter()
-                .filter_map(|i| match i {
-                    ApplyItem::Commit(v, c) => Some(c.mutations.iter().map(move |m| (&m.key[..], *v))),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
+            let mut newer: Vec<(&[u8], Version)> = Vec::new();
+            for item in items {
+                if let Some((_, _, writes)) = item.writes()? {
+                    for w in writes {
+                        newer.push((w?.0, item.version()));
+                    }
+                }
+            }
             self.pending.persisted(p, &newer);
         }
         for (v, keys) in held {
@@ -490,6 +554,73 @@ impl Mvcc {
             speculated.remove(&v);
         }
         Ok(times)
+    }
+
+    /// Applies one large encoded commit (see [`CHUNKED_APPLY_BYTES`]) in pieces, so
+    /// that no engine batch — nor its copy in the engine — holds the whole of it:
+    ///
+    /// 1. the heads still held are written (so no held head is older than this
+    ///    commit's, which go straight to the engine below);
+    /// 2. its write record (the keys), in a batch of its own;
+    /// 3. its data entries and heads, [`CHUNK_BYTES`] at a time — invisible meanwhile,
+    ///    as a speculation's (reads are at or below the applied version; a head naming
+    ///    a newer version sends a point read to the seek);
+    /// 4. the publish: time index, applied state, `meta`, the record deleted.
+    ///
+    /// A crash before 4 leaves the record above the applied version: `Mvcc::open`
+    /// undoes the pieces (and the commit log applies the entry again).
+    fn apply_in_pieces(
+        &self,
+        version: Version,
+        raw: &[u8],
+        meta: &[(&str, Vec<u8>)],
+        durability: Durability,
+    ) -> Result<Vec<Timestamp>> {
+        let mut state = self.applied();
+        if version <= state.version {
+            return Err(Error::Internal(format!(
+                "apply of version {version} at or below applied version {}",
+                state.version
+            )));
+        }
+        persist_heads_locked(self.engine.as_ref(), &self.pending)?;
+        let writes = crate::EncodedBatch::new(raw)?;
+        let mut b = WriteBatch::new();
+        let keys_only = {
+            let mut w = writes.clone();
+            std::iter::from_fn(move || w.next_write().transpose()).map(|r| r.map(|(k, _)| k))
+        };
+        b.put(keys::speculated(version), heads::encode_record(writes.len(), keys_only)?);
+        self.engine.write(b, Durability::Buffered)?;
+        let mut b = WriteBatch::new();
+        let mut bytes = 0usize;
+        let mut rest = writes.clone();
+        while let Some((key, value)) = rest.next_write()? {
+            bytes += 2 * key.len() + value.map_or(0, <[u8]>::len) + 48;
+            b.put(keys::data(key, version), keys::encode_value(value));
+            b.put(keys::head(key), version.to_le_bytes().to_vec());
+            if bytes >= CHUNK_BYTES {
+                self.engine.write(std::mem::take(&mut b), Durability::Buffered)?;
+                bytes = 0;
+            }
+        }
+        if !b.is_empty() {
+            self.engine.write(b, Durability::Buffered)?;
+        }
+        let time = writes.commit_time.max(state.time + 1);
+        state = AppliedState { version, time };
+        let mut b = WriteBatch::new();
+        b.put(keys::version_time(version), time.to_le_bytes().to_vec());
+        b.put(keys::time_version(time, version), Vec::new());
+        b.delete(keys::speculated(version));
+        b.put(keys::meta(keys::META_APPLIED), encode_applied(&state));
+        for (name, value) in meta {
+            b.put(keys::meta(name), value.clone());
+        }
+        self.engine.write(b, durability)?;
+        *self.applied.write().expect("applied-state lock poisoned") = state;
+        self.pending.publish(version);
+        Ok(vec![time])
     }
 
     /// Writes a commit batch's data at `version` *before* it is known to be committed —
@@ -525,7 +656,10 @@ impl Mvcc {
         for m in &batch.mutations {
             b.put(keys::data(&m.key, version), keys::encode_value(m.value.as_deref()));
         }
-        b.put(keys::speculated(version), heads::encode_record(batch.mutations.iter().map(|m| &m.key[..])));
+        b.put(
+            keys::speculated(version),
+            heads::encode_record(batch.mutations.len() as u64, batch.mutations.iter().map(|m| Ok(&m.key[..])))?,
+        );
         self.engine.write(b, Durability::Buffered)?;
         // Held before the version can be published, so a read finds its heads here.
         self.pending.add(version, batch.mutations.iter().map(|m| m.key.clone()).collect());

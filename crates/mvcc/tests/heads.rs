@@ -90,3 +90,120 @@ fn an_apply_past_the_bound_writes_the_held_heads_itself() {
     assert_eq!(mvcc.persist_heads().unwrap(), 1);
     assert_eq!(mvcc.read_latest().unwrap().get(&key(5)).unwrap().as_deref(), Some(&b"three"[..]));
 }
+
+/// An engine that fails every write after the first `allowed` (a crash, as far as the
+/// store can tell), over a memory engine that outlives it.
+struct FailingAfter {
+    inner: Arc<Memory>,
+    allowed: std::sync::atomic::AtomicUsize,
+}
+
+impl Engine for FailingAfter {
+    fn ingest(&self) -> amberdb_error::Result<Box<dyn amberdb_storage::Ingestion + '_>> {
+        self.inner.ingest()
+    }
+    fn get(&self, key: &[u8]) -> amberdb_error::Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn scan(&self, range: KeyRange) -> amberdb_storage::ScanIterator {
+        self.inner.scan(range)
+    }
+    fn write(&self, batch: amberdb_storage::WriteBatch, durability: Durability) -> amberdb_error::Result<()> {
+        let left = self.allowed.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(amberdb_error::Error::Internal("injected crash".into()));
+        }
+        self.allowed.store(left - 1, Ordering::SeqCst);
+        self.inner.write(batch, durability)
+    }
+    fn sync(&self) -> amberdb_error::Result<()> {
+        self.inner.sync()
+    }
+    fn snapshot(&self) -> Box<dyn amberdb_storage::EngineSnapshot> {
+        self.inner.snapshot()
+    }
+    fn disk_space(&self) -> u64 {
+        0
+    }
+}
+
+fn large_batch(version_tag: u8, rows: u32) -> Vec<u8> {
+    let mutations =
+        (0..rows).map(|i| Mutation { key: i.to_be_bytes().to_vec(), value: Some(vec![version_tag; 100]) }).collect();
+    CommitBatch { commit_time: 5, mutations }.encode()
+}
+
+/// A commit past `CHUNKED_APPLY_BYTES` applied alone is written in several engine
+/// batches before the one that publishes it; the result reads as any commit.
+#[test]
+fn a_large_commit_is_applied_in_pieces() {
+    let engine = Arc::new(Memory::new());
+    let config = MvccConfig { background_heads: false, ..MvccConfig::default() };
+    let counting = Arc::new(FailingAfter { inner: engine.clone(), allowed: usize::MAX.into() });
+    let mvcc = Mvcc::open(counting.clone(), config, Arc::new(ManualClock::new(1))).unwrap();
+    // A small commit first, whose heads stay held: the large one must not leave them
+    // naming the older version.
+    commit(&mvcc, 1, [0u32.to_be_bytes().to_vec(), 7u32.to_be_bytes().to_vec()], b"small");
+    let raw = large_batch(2, 60_000);
+    assert!(raw.len() > amberdb_mvcc::CHUNKED_APPLY_BYTES);
+    let before = usize::MAX - counting.allowed.load(Ordering::SeqCst);
+    mvcc.apply(&[ApplyItem::Encoded(2, &raw)], &[], Durability::Buffered).unwrap();
+    let writes = usize::MAX - counting.allowed.load(Ordering::SeqCst) - before;
+    assert!(writes >= 4, "held heads, record, two or more pieces, publish: {writes} engine writes");
+    let view = mvcc.read_latest().unwrap();
+    assert_eq!(view.version(), 2);
+    for k in [0u32, 7, 59_999] {
+        assert_eq!(view.get(&k.to_be_bytes()).unwrap(), Some(vec![2; 100]), "{k}");
+    }
+    assert_eq!(view.get(&60_000u32.to_be_bytes()).unwrap(), None);
+    let old = mvcc.read_at(1).unwrap();
+    assert_eq!(old.get(&7u32.to_be_bytes()).unwrap().as_deref(), Some(&b"small"[..]));
+    assert_eq!(old.get(&8u32.to_be_bytes()).unwrap(), None);
+    assert_eq!(engine_heads(&engine), 60_000);
+    assert_eq!(mvcc.persist_heads().unwrap(), 0, "nothing held");
+}
+
+/// A crash (here: a failed engine write) part way through a large commit leaves its
+/// pieces invisible, and the next open undoes them.
+#[test]
+fn a_large_commit_cut_short_is_undone_at_open() {
+    let engine = Arc::new(Memory::new());
+    let config = MvccConfig { background_heads: false, ..MvccConfig::default() };
+    let clock = Arc::new(ManualClock::new(1));
+    {
+        let mvcc = Mvcc::open(engine.clone(), config.clone(), clock.clone()).unwrap();
+        commit(&mvcc, 1, [3u32.to_be_bytes().to_vec()], b"small");
+        mvcc.persist_heads().unwrap();
+    }
+    // Held heads (none), record and one piece get through; the next piece fails.
+    let failing = Arc::new(FailingAfter { inner: engine.clone(), allowed: 3.into() });
+    let mvcc = Mvcc::open(failing.clone(), config.clone(), clock.clone()).unwrap();
+    let raw = large_batch(2, 60_000);
+    assert!(mvcc.apply(&[ApplyItem::Encoded(2, &raw)], &[], Durability::Buffered).is_err());
+    let view = mvcc.read_latest().unwrap();
+    assert_eq!(view.version(), 1);
+    assert_eq!(
+        view.get(&3u32.to_be_bytes()).unwrap().as_deref(),
+        Some(&b"small"[..]),
+        "an unpublished piece is invisible"
+    );
+    assert_eq!(view.get(&4u32.to_be_bytes()).unwrap(), None);
+    drop(view);
+    drop(mvcc);
+    let mvcc = Mvcc::open(engine.clone(), config, clock).unwrap();
+    let view = mvcc.read_latest().unwrap();
+    assert_eq!(view.get(&3u32.to_be_bytes()).unwrap().as_deref(), Some(&b"small"[..]));
+    assert_eq!(view.get(&4u32.to_be_bytes()).unwrap(), None);
+    let data_above: usize = engine
+        .scan(KeyRange::all())
+        .filter(|kv| {
+            let k = &kv.as_ref().unwrap().0;
+            k.first() == Some(&1) && k.ends_with(&(!2u64).to_be_bytes())
+        })
+        .count();
+    assert_eq!(data_above, 0, "the pieces' data entries are gone");
+    assert_eq!(engine_heads(&engine), 1, "heads back to the key's published version");
+    // And the entry applies again, whole.
+    mvcc.apply(&[ApplyItem::Encoded(2, &raw)], &[], Durability::Buffered).unwrap();
+    assert_eq!(mvcc.read_latest().unwrap().get(&4u32.to_be_bytes()).unwrap(), Some(vec![2; 100]));
+}
