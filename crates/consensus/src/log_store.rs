@@ -175,14 +175,17 @@ fn read_atomic(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Encodes an entry (layout in `docs/formats/commit-log.md`).
-pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
-    // Sized up front: a large commit's entry is not grown (and copied) by doubling.
+/// Encodes an entry (layout in `docs/formats/commit-log.md`) as one frame: the payload
+/// written after room for the frame header, which is then filled in, in one
+/// allocation sized up front — a large commit is copied once, not grown by doubling
+/// and then copied again into a frame.
+fn encode_frame(entry: &Entry) -> Result<Vec<u8>> {
     let payload = match &entry.payload {
         EntryPayload::Normal(req) => req.batch.len(),
         _ => 0,
     };
-    let mut w = Writer::with_capacity(64 + payload);
+    let mut w = Writer::with_capacity(frame::HEADER_LEN + 64 + payload);
+    w.u64(0); // room for the frame header
     w.u8(ENTRY_FORMAT).u64(entry.log_id.leader_id.term).u64(entry.log_id.leader_id.node_id).u64(entry.log_id.index);
     match &entry.payload {
         EntryPayload::Blank => {
@@ -196,7 +199,9 @@ pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
             w.u8(2).bytes(&json);
         }
     }
-    Ok(w.finish())
+    let mut framed = w.finish();
+    frame::seal(&mut framed);
+    Ok(framed)
 }
 
 /// Decodes an entry, rejecting anything malformed.
@@ -554,11 +559,14 @@ impl State {
         let mut buf = Vec::new();
         let mut locs = Vec::with_capacity(entries.len());
         for e in &entries {
-            let payload = encode_entry(e)?;
+            let framed = encode_frame(e)?;
             let offset = seg.len + buf.len() as u64;
-            // Exactly, not by doubling: a large entry's frame is one copy, not two.
-            buf.reserve(payload.len() + 64);
-            frame::encode_into(&mut buf, &payload);
+            if buf.is_empty() {
+                // The usual case, and the one of large commits: no second copy.
+                buf = framed;
+            } else {
+                buf.extend_from_slice(&framed);
+            }
             locs.push(Loc {
                 segment: seg_first,
                 offset,

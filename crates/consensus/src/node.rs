@@ -305,6 +305,10 @@ impl Node {
                 .check_and_accept(&req, Instant::now(), applied, oldest)
                 .map(|ticket| seq.queue.push_back(Pending { mutations: req.writes, ticket: Some(ticket), reply }))
         };
+        // The read sets are checked: not held while the commit waits (an INSERT of
+        // many rows read every key it wrote).
+        drop(req.read_keys);
+        drop(req.read_ranges);
         if let Err(e) = accepted {
             // A conflict is found without awaiting anything; yield so that a client
             // retrying in a tight loop cannot starve the tasks that would resolve the

@@ -25,6 +25,18 @@ pub fn encode_into(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Makes `frame` — [`HEADER_LEN`] placeholder bytes followed by the payload — a frame,
+/// by writing its header in place: for payloads encoded straight after room for the
+/// header, so a large one is never copied into a frame.
+pub fn seal(frame: &mut [u8]) {
+    let (header, payload) = frame.split_at_mut(HEADER_LEN);
+    let len = u32::try_from(payload.len()).expect("payload length checked by callers against MAX_PAYLOAD");
+    let len_bytes = len.to_le_bytes();
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&len_bytes), payload);
+    header[..4].copy_from_slice(&len_bytes);
+    header[4..].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// What was found at a position in a framed byte stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
@@ -75,6 +87,18 @@ pub fn decode_exact<'a>(input: &'a [u8], what: &str) -> Result<&'a [u8]> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_sealed_frame_is_an_encoded_one() {
+        let payload = b"some payload bytes".to_vec();
+        let mut framed = Vec::new();
+        encode_into(&mut framed, &payload);
+        let mut sealed = vec![0u8; HEADER_LEN];
+        sealed.extend_from_slice(&payload);
+        seal(&mut sealed);
+        assert_eq!(sealed, framed);
+    }
+
     use super::*;
 
     #[test]

@@ -17,6 +17,7 @@
 use crate::{CommitRequest, Version};
 use amberdb_error::{Error, Result};
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 /// Limits of the conflict window.
@@ -98,26 +99,36 @@ impl ConflictWindow {
                 self.config.max_age.as_secs()
             )));
         }
+        let conflict = |key: &[u8], stamp: &Stamp| -> Result<()> {
+            let newer = match stamp {
+                Stamp::Pending(_) => true,
+                Stamp::Committed(v) => *v > req.read_version,
+            };
+            if newer {
+                let at = match stamp {
+                    Stamp::Pending(_) => "a concurrent commit in flight".to_string(),
+                    Stamp::Committed(v) => format!("version {v}"),
+                };
+                return Err(Error::Serialization(format!(
+                    "could not serialize access: key {} was written at {at} after this transaction read it at version {}",
+                    display_key(key),
+                    req.read_version
+                )));
+            }
+            Ok(())
+        };
+        for key in &req.read_keys {
+            if let Some(stamp) = self.keys.get(key) {
+                conflict(key, stamp)?;
+            }
+        }
         for range in &req.read_ranges {
             if range.is_empty() {
                 continue;
             }
-            for (key, stamp) in self.keys.range::<Vec<u8>, _>((range.start.clone(), range.end.clone())) {
-                let newer = match stamp {
-                    Stamp::Pending(_) => true,
-                    Stamp::Committed(v) => *v > req.read_version,
-                };
-                if newer {
-                    let at = match stamp {
-                        Stamp::Pending(_) => "a concurrent commit in flight".to_string(),
-                        Stamp::Committed(v) => format!("version {v}"),
-                    };
-                    return Err(Error::Serialization(format!(
-                        "could not serialize access: key {} was written at {at} after this transaction read it at version {}",
-                        display_key(key),
-                        req.read_version
-                    )));
-                }
+            let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (bound_ref(&range.start), bound_ref(&range.end));
+            for (key, stamp) in self.keys.range::<[u8], _>(bounds) {
+                conflict(key, stamp)?;
             }
         }
         let ticket = Ticket(self.next_ticket);
@@ -201,5 +212,13 @@ pub(crate) fn display_key(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
         Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
         _ => format!("0x{}", key.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    }
+}
+
+fn bound_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
     }
 }

@@ -1727,7 +1727,10 @@ pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Res
         },
         Some(other) => return Err(feature(format!("{other}"))),
     };
-    let mut written = Vec::new();
+    // Inserted rows are kept only for RETURNING; otherwise counted (a large INSERT …
+    // SELECT held every row it wrote a second time, for nothing).
+    let (mut written, mut count) = (Vec::new(), 0u64);
+    let keep = ins.returning.is_some();
     for vals in input {
         let vals = vals?;
         if vals.len() > targets.len() {
@@ -1771,14 +1774,20 @@ pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Res
                     return Err(feature("ON CONFLICT DO UPDATE that changes the primary key"));
                 }
                 write_row(txn, &def, Some((&key, &old)), Some((&key, &new)))?;
-                written.push(new);
+                count += 1;
+                if keep {
+                    written.push(new);
+                }
                 continue;
             }
         }
         write_row(txn, &def, None, Some((&key, &row)))?;
-        written.push(row);
+        count += 1;
+        if keep {
+            written.push(row);
+        }
     }
-    let tag = format!("INSERT 0 {}", written.len());
+    let tag = format!("INSERT 0 {count}");
     returning(&def, &ins.returning, &written, params, tag)
 }
 
