@@ -207,6 +207,8 @@ pub enum Func {
     /// `v AT TIME ZONE zone`: an instant (or date, or untyped string) to the local time
     /// there, a local time to the instant it is there.
     AtTimeZone,
+    /// A string or math function (`functions.rs`).
+    Builtin(crate::functions::Builtin),
 }
 
 /// Aggregate functions.
@@ -706,6 +708,43 @@ impl<'a> Binder<'a> {
                     Err(e) => return Err(e),
                 }
             }
+            // The SQL-standard spellings of string and math functions.
+            ast::Expr::Substring { expr, substring_from, substring_for, .. } => {
+                let mut args = vec![self.bind(expr)?];
+                args.push(match substring_from {
+                    Some(f) => self.bind(f)?,
+                    None => Expr::Const(Value::Int(1)),
+                });
+                if let Some(f) = substring_for {
+                    args.push(self.bind(f)?);
+                }
+                Expr::Func(Func::Builtin(crate::functions::Builtin::Substring), args)
+            }
+            ast::Expr::Trim { expr, trim_where, trim_what, trim_characters } => {
+                use crate::functions::Builtin;
+                let f = match trim_where {
+                    Some(ast::TrimWhereField::Leading) => Builtin::Ltrim,
+                    Some(ast::TrimWhereField::Trailing) => Builtin::Rtrim,
+                    _ => Builtin::Btrim,
+                };
+                let mut args = vec![self.bind(expr)?];
+                if let Some(w) = trim_what {
+                    args.push(self.bind(w)?);
+                } else if let Some([c]) = trim_characters.as_deref() {
+                    args.push(self.bind(c)?);
+                }
+                Expr::Func(Func::Builtin(f), args)
+            }
+            ast::Expr::Position { expr, r#in } => {
+                let args = vec![self.bind(r#in)?, self.bind(expr)?];
+                Expr::Func(Func::Builtin(crate::functions::Builtin::Strpos), args)
+            }
+            ast::Expr::Ceil { expr, field: ast::CeilFloorKind::DateTimeField(ast::DateTimeField::NoDateTime) } => {
+                Expr::Func(Func::Builtin(crate::functions::Builtin::Ceil), vec![self.bind(expr)?])
+            }
+            ast::Expr::Floor { expr, field: ast::CeilFloorKind::DateTimeField(ast::DateTimeField::NoDateTime) } => {
+                Expr::Func(Func::Builtin(crate::functions::Builtin::Floor), vec![self.bind(expr)?])
+            }
             other => return Err(err_feature(format!("expression {other}"))),
         })
     }
@@ -883,7 +922,19 @@ impl<'a> Binder<'a> {
             "pg_relation_is_publishable" => return Ok(Expr::Const(Value::Bool(false))),
             // Defaults are stored as their SQL text, which is what pg_get_expr returns.
             "pg_get_expr" if args.len() >= 2 => return Ok(args.into_iter().next().unwrap_or(Expr::Const(Value::Null))),
-            _ => return Err(Error::sql("42883", format!("function {name}() does not exist"))),
+            other => match crate::functions::Builtin::from_name(other, args.len()) {
+                Some(b) => return Ok(Expr::Func(Func::Builtin(b), args)),
+                None if crate::functions::Builtin::from_name(other, 1).is_some()
+                    || crate::functions::Builtin::from_name(other, 2).is_some()
+                    || crate::functions::Builtin::from_name(other, 0).is_some() =>
+                {
+                    return Err(Error::sql(
+                        "42883",
+                        format!("function {name} with {} arguments does not exist", args.len()),
+                    ))
+                }
+                None => return Err(Error::sql("42883", format!("function {name}() does not exist"))),
+            },
         };
         if arity.is_some_and(|n| n != args.len()) || args.is_empty() {
             return Err(Error::sql("42883", format!("function {name} with {} arguments does not exist", args.len())));
@@ -1304,6 +1355,7 @@ impl Expr {
                     Func::ToTimestamp => {
                         crate::interval::to_timestamp(vals.next().transpose()?.unwrap_or(Value::Null))?
                     }
+                    Func::Builtin(b) => b.eval(vals.collect::<Result<Vec<_>>>()?)?,
                     Func::FormatType => {
                         let oid = vals.next().transpose()?.unwrap_or(Value::Null);
                         let typmod = vals.next().transpose()?.unwrap_or(Value::Null);
@@ -1495,6 +1547,9 @@ impl Expr {
             Expr::Func(Func::DatePart, _) => Some(DataType::Float8),
             Expr::Func(Func::Age, _) => Some(DataType::Interval),
             Expr::Func(Func::ToTimestamp, _) => Some(DataType::TimestampTz),
+            Expr::Func(Func::Builtin(b), args) => {
+                b.result_type(&args.iter().map(|a| a.result_type(scope)).collect::<Vec<_>>())
+            }
             Expr::Func(Func::AtTimeZone, args) => match args.first().and_then(|a| a.result_type(scope)) {
                 Some(DataType::Timestamp) => Some(DataType::TimestampTz),
                 _ => Some(DataType::Timestamp),

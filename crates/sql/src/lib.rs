@@ -27,6 +27,7 @@ mod copy;
 mod describe;
 mod exec;
 mod expr;
+mod functions;
 mod info_schema;
 mod interrupt;
 pub use interrupt::Interrupt;

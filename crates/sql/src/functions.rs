@@ -1,0 +1,528 @@
+//! Scalar string and math functions with PostgreSQL's semantics: `substring`, the
+//! `trim` family, `replace`, `position`/`strpos`, `left`/`right`, `lpad`/`rpad`,
+//! `split_part`, `reverse`, `initcap`, `starts_with`, `ascii`/`chr`, `octet_length`,
+//! `concat_ws`; `round`, `trunc`, `ceil`, `floor`, `mod`, `power`, `sqrt`, `cbrt`,
+//! `sign`, `exp`, `ln`, `log`, `pi`, `random`, `degrees`, `radians`, `greatest`,
+//! `least`.
+//!
+//! A call is bound once (`Builtin::from_name` checks the name and argument count) and
+//! evaluated per row on its argument values; NULL in, NULL out, except where
+//! PostgreSQL says otherwise (`concat_ws` skips NULLs, `greatest`/`least` ignore them).
+//! Numbers follow the argument types: integers and numerics compute exactly (numeric
+//! results), doubles in floating point, as PostgreSQL resolves these functions.
+
+use crate::types::{DataType, Value};
+use amberdb_error::{Error, Result};
+use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+/// A built-in scalar function (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Substring,
+    Btrim,
+    Ltrim,
+    Rtrim,
+    Replace,
+    Strpos,
+    Left,
+    Right,
+    Lpad,
+    Rpad,
+    SplitPart,
+    Reverse,
+    Initcap,
+    StartsWith,
+    Ascii,
+    Chr,
+    OctetLength,
+    ConcatWs,
+    Round,
+    Trunc,
+    Ceil,
+    Floor,
+    Mod,
+    Power,
+    Sqrt,
+    Cbrt,
+    Sign,
+    Exp,
+    Ln,
+    Log,
+    Pi,
+    Random,
+    Degrees,
+    Radians,
+    Greatest,
+    Least,
+}
+
+impl Builtin {
+    /// The function called `name` with `n` arguments, if there is one.
+    pub fn from_name(name: &str, n: usize) -> Option<Builtin> {
+        use Builtin::*;
+        let (f, ok) = match name {
+            "substring" | "substr" => (Substring, matches!(n, 2 | 3)),
+            "btrim" | "trim" => (Btrim, matches!(n, 1 | 2)),
+            "ltrim" => (Ltrim, matches!(n, 1 | 2)),
+            "rtrim" => (Rtrim, matches!(n, 1 | 2)),
+            "replace" => (Replace, n == 3),
+            "strpos" => (Strpos, n == 2),
+            "left" => (Left, n == 2),
+            "right" => (Right, n == 2),
+            "lpad" => (Lpad, matches!(n, 2 | 3)),
+            "rpad" => (Rpad, matches!(n, 2 | 3)),
+            "split_part" => (SplitPart, n == 3),
+            "reverse" => (Reverse, n == 1),
+            "initcap" => (Initcap, n == 1),
+            "starts_with" => (StartsWith, n == 2),
+            "ascii" => (Ascii, n == 1),
+            "chr" => (Chr, n == 1),
+            "octet_length" => (OctetLength, n == 1),
+            "concat_ws" => (ConcatWs, n >= 1),
+            "round" => (Round, matches!(n, 1 | 2)),
+            "trunc" => (Trunc, matches!(n, 1 | 2)),
+            "ceil" | "ceiling" => (Ceil, n == 1),
+            "floor" => (Floor, n == 1),
+            "mod" => (Mod, n == 2),
+            "power" | "pow" => (Power, n == 2),
+            "sqrt" => (Sqrt, n == 1),
+            "cbrt" => (Cbrt, n == 1),
+            "sign" => (Sign, n == 1),
+            "exp" => (Exp, n == 1),
+            "ln" => (Ln, n == 1),
+            "log" | "log10" => (Log, n == 1 || (name == "log" && n == 2)),
+            "pi" => (Pi, n == 0),
+            "random" => (Random, n == 0),
+            "degrees" => (Degrees, n == 1),
+            "radians" => (Radians, n == 1),
+            "greatest" => (Greatest, n >= 1),
+            "least" => (Least, n >= 1),
+            _ => return None,
+        };
+        ok.then_some(f)
+    }
+
+    /// The result type, from the argument types where it depends on them.
+    pub fn result_type(self, args: &[Option<DataType>]) -> Option<DataType> {
+        use Builtin::*;
+        let first = args.first().copied().flatten();
+        Some(match self {
+            Substring | Btrim | Ltrim | Rtrim | Replace | Left | Right | Lpad | Rpad | SplitPart | Reverse
+            | Initcap | Chr | ConcatWs => DataType::Text,
+            Strpos | Ascii | OctetLength => DataType::Int4,
+            StartsWith => DataType::Bool,
+            Round | Trunc | Ceil | Floor | Sign | Mod => match first {
+                Some(DataType::Float4 | DataType::Float8) => DataType::Float8,
+                Some(t @ (DataType::Int2 | DataType::Int4 | DataType::Int8)) if self == Mod => t,
+                _ => DataType::Numeric(None),
+            },
+            Log if args.len() == 2 => DataType::Numeric(None),
+            Power | Sqrt | Exp | Ln | Log => match first {
+                Some(DataType::Numeric(_)) => DataType::Numeric(None),
+                _ => DataType::Float8,
+            },
+            Cbrt | Pi | Random | Degrees | Radians => DataType::Float8,
+            Greatest | Least => return args.iter().copied().flatten().next(),
+        })
+    }
+
+    /// Calls the function on `args` (already evaluated).
+    pub fn eval(self, args: Vec<Value>) -> Result<Value> {
+        use Builtin::*;
+        match self {
+            ConcatWs => return concat_ws(args),
+            Greatest | Least => return extreme(args, self == Greatest),
+            Pi => return Ok(Value::Float(std::f64::consts::PI)),
+            Random => return Ok(Value::Float(random())),
+            _ => {}
+        }
+        if args.iter().any(Value::is_null) {
+            return Ok(Value::Null);
+        }
+        let mut args = args.into_iter();
+        let mut next = || args.next().unwrap_or(Value::Null);
+        Ok(match self {
+            Substring => {
+                let s = text(next());
+                let start = int(next(), "substring")?;
+                let count = match next() {
+                    Value::Null => None,
+                    v => Some(int(v, "substring")?),
+                };
+                Value::Text(substring(&s, start, count)?)
+            }
+            Btrim | Ltrim | Rtrim => {
+                let s = text(next());
+                let chars: Vec<char> = match next() {
+                    Value::Null => vec![' '],
+                    v => text(v).chars().collect(),
+                };
+                let t = match self {
+                    Ltrim => s.trim_start_matches(chars.as_slice()),
+                    Rtrim => s.trim_end_matches(chars.as_slice()),
+                    _ => s.trim_matches(chars.as_slice()),
+                };
+                Value::Text(t.to_string())
+            }
+            Replace => {
+                let (s, from, to) = (text(next()), text(next()), text(next()));
+                Value::Text(if from.is_empty() { s } else { s.replace(&from, &to) })
+            }
+            Strpos => {
+                let (s, sub) = (text(next()), text(next()));
+                Value::Int(s.find(&sub).map_or(0, |b| s[..b].chars().count() as i64 + 1))
+            }
+            Left | Right => {
+                let s = text(next());
+                let n = int(next(), "left/right")?;
+                let len = s.chars().count() as i64;
+                let keep = if n >= 0 { n.min(len) } else { (len + n).max(0) };
+                let out: String = if self == Left {
+                    s.chars().take(keep as usize).collect()
+                } else {
+                    s.chars().skip((len - keep) as usize).collect()
+                };
+                Value::Text(out)
+            }
+            Lpad | Rpad => {
+                let s = text(next());
+                let len = int(next(), "lpad/rpad")?.max(0) as usize;
+                let fill: Vec<char> = match next() {
+                    Value::Null => vec![' '],
+                    v => text(v).chars().collect(),
+                };
+                Value::Text(pad(&s, len, &fill, self == Lpad))
+            }
+            SplitPart => {
+                let (s, delim) = (text(next()), text(next()));
+                let n = int(next(), "split_part")?;
+                if n == 0 {
+                    return Err(Error::sql("22023", "field position must not be zero"));
+                }
+                let parts: Vec<&str> =
+                    if delim.is_empty() { vec![s.as_str()] } else { s.split(delim.as_str()).collect() };
+                let i = if n > 0 { n - 1 } else { parts.len() as i64 + n };
+                Value::Text(usize::try_from(i).ok().and_then(|i| parts.get(i)).map_or(String::new(), |p| p.to_string()))
+            }
+            Reverse => Value::Text(text(next()).chars().rev().collect()),
+            Initcap => Value::Text(initcap(&text(next()))),
+            StartsWith => {
+                let (s, p) = (text(next()), text(next()));
+                Value::Bool(s.starts_with(&p))
+            }
+            Ascii => Value::Int(text(next()).chars().next().map_or(0, |c| c as i64)),
+            Chr => {
+                let n = int(next(), "chr")?;
+                match u32::try_from(n).ok().filter(|&n| n != 0).and_then(char::from_u32) {
+                    Some(c) => Value::Text(c.to_string()),
+                    None if n == 0 => return Err(Error::sql("54000", "null character not permitted")),
+                    None => {
+                        return Err(Error::sql("54000", format!("requested character too large for encoding: {n}")))
+                    }
+                }
+            }
+            OctetLength => match next() {
+                Value::Bytes(b) => Value::Int(b.len() as i64),
+                v => Value::Int(text(v).len() as i64),
+            },
+            Round | Trunc => {
+                let x = number(next())?;
+                let places = match next() {
+                    Value::Null => None,
+                    v => Some(int(v, "round/trunc")?),
+                };
+                round_or_trunc(x, places, self == Round)?
+            }
+            Ceil | Floor => match number(next())? {
+                Value::Float(f) => Value::Float(if self == Ceil { f.ceil() } else { f.floor() }),
+                Value::Numeric(d) => Value::Numeric(if self == Ceil { d.ceil() } else { d.floor() }),
+                v => v,
+            },
+            Sign => match number(next())? {
+                Value::Float(f) => Value::Float(if f > 0.0 {
+                    1.0
+                } else if f < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }),
+                Value::Numeric(d) => Value::Numeric(Decimal::from(d.cmp(&Decimal::ZERO) as i64)),
+                v => v,
+            },
+            Mod => match (number(next())?, number(next())?) {
+                (Value::Int(_), Value::Int(0)) => return Err(division_by_zero()),
+                (Value::Int(a), Value::Int(b)) => Value::Int(a.checked_rem(b).unwrap_or(0)),
+                (a, b) => {
+                    let (a, b) = (decimal(a)?, decimal(b)?);
+                    if b.is_zero() {
+                        return Err(division_by_zero());
+                    }
+                    Value::Numeric(a % b)
+                }
+            },
+            Power => {
+                let (a, b) = (number(next())?, number(next())?);
+                let exact = matches!(a, Value::Numeric(_)) || matches!(b, Value::Numeric(_));
+                let (x, y) = (float(&a)?, float(&b)?);
+                if x == 0.0 && y < 0.0 {
+                    return Err(Error::sql("2201F", "zero raised to a negative power is undefined"));
+                }
+                if x < 0.0 && y.fract() != 0.0 {
+                    return Err(Error::sql(
+                        "2201F",
+                        "a negative number raised to a non-integer power yields a complex result",
+                    ));
+                }
+                finish(x.powf(y), exact, 17)?
+            }
+            Sqrt => {
+                let a = number(next())?;
+                let x = float(&a)?;
+                if x < 0.0 {
+                    return Err(Error::sql("2201F", "cannot take square root of a negative number"));
+                }
+                finish(x.sqrt(), matches!(a, Value::Numeric(_)), 16)?
+            }
+            Cbrt => Value::Float(float(&number(next())?)?.cbrt()),
+            Exp => {
+                let a = number(next())?;
+                finish(float(&a)?.exp(), matches!(a, Value::Numeric(_)), 17)?
+            }
+            Ln | Log => {
+                let a = number(next())?;
+                // log(b, x) exists only for numeric in PostgreSQL: its result is numeric.
+                let (base, a, exact_log) = match next() {
+                    Value::Null => {
+                        let exact = matches!(a, Value::Numeric(_));
+                        (if self == Ln { std::f64::consts::E } else { 10.0 }, a, exact)
+                    }
+                    x => (float(&a)?, number(x)?, true),
+                };
+                let x = float(&a)?;
+                if x == 0.0 {
+                    return Err(Error::sql("2201E", "cannot take logarithm of zero"));
+                }
+                if x < 0.0 {
+                    return Err(Error::sql("2201E", "cannot take logarithm of a negative number"));
+                }
+                finish(x.log(base), exact_log, 17)?
+            }
+            Degrees => Value::Float(float(&number(next())?)?.to_degrees()),
+            Radians => Value::Float(float(&number(next())?)?.to_radians()),
+            ConcatWs | Greatest | Least | Pi | Random => Value::Null,
+        })
+    }
+}
+
+fn division_by_zero() -> Error {
+    Error::sql("22012", "division by zero")
+}
+
+fn text(v: Value) -> String {
+    match v {
+        Value::Text(s) => s,
+        other => other.to_pg_text(None).unwrap_or_default(),
+    }
+}
+
+fn int(v: Value, what: &str) -> Result<i64> {
+    match v {
+        Value::Int(i) => Ok(i),
+        Value::Text(s) => {
+            s.trim().parse().map_err(|_| Error::sql("22P02", format!("invalid input syntax for type integer: \"{s}\"")))
+        }
+        Value::Numeric(d) => d.round().to_i64().ok_or_else(|| Error::sql("22003", "integer out of range")),
+        Value::Float(f) if f.is_finite() => Ok(f.round() as i64),
+        other => Err(Error::sql("42883", format!("function {what} does not accept {}", other.type_name()))),
+    }
+}
+
+/// A numeric argument: an untyped string is read as a number.
+fn number(v: Value) -> Result<Value> {
+    match v {
+        Value::Text(s) => {
+            let t = s.trim();
+            if let Ok(i) = t.parse::<i64>() {
+                Ok(Value::Int(i))
+            } else if let Ok(d) = crate::types::parse_decimal(t) {
+                Ok(Value::Numeric(d))
+            } else {
+                t.parse::<f64>()
+                    .map(Value::Float)
+                    .map_err(|_| Error::sql("22P02", format!("invalid input syntax for type numeric: \"{s}\"")))
+            }
+        }
+        v @ (Value::Int(_) | Value::Float(_) | Value::Numeric(_)) => Ok(v),
+        other => Err(Error::sql("42883", format!("function does not exist for {}", other.type_name()))),
+    }
+}
+
+fn float(v: &Value) -> Result<f64> {
+    Ok(match v {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        Value::Numeric(d) => d.to_f64().unwrap_or(f64::NAN),
+        other => return Err(Error::sql("42883", format!("function does not exist for {}", other.type_name()))),
+    })
+}
+
+fn decimal(v: Value) -> Result<Decimal> {
+    match v {
+        Value::Int(i) => Ok(Decimal::from(i)),
+        Value::Numeric(d) => Ok(d),
+        Value::Float(f) => Decimal::from_f64(f).ok_or_else(|| Error::sql("22003", "value out of range for numeric")),
+        other => Err(Error::sql("42883", format!("function does not exist for {}", other.type_name()))),
+    }
+}
+
+/// A floating result, as numeric when the argument was, with the fractional digits
+/// PostgreSQL's numeric versions show: `sig` significant digits in all, counting at
+/// least one before the point (`sqrt(16::numeric)` is `4.000000000000000`,
+/// `power(2.0, 3)` is `8.0000000000000000`). Computed in double precision, so digits
+/// past the 16th are not exact (NUMERIC is limited to 28 digits here anyway).
+fn finish(x: f64, exact: bool, sig: u32) -> Result<Value> {
+    if !x.is_finite() {
+        return Err(Error::sql("22003", "value out of range: overflow"));
+    }
+    if !exact {
+        return Ok(Value::Float(x));
+    }
+    let d = Decimal::from_f64(x).ok_or_else(|| Error::sql("22003", "value out of range for numeric"))?;
+    let digits = d.trunc().abs().to_string().trim_start_matches('0').len().max(1) as u32;
+    let places = sig.saturating_sub(digits);
+    let mut r = d.round_dp(places);
+    r.rescale(places);
+    Ok(Value::Numeric(r))
+}
+
+fn round_or_trunc(x: Value, places: Option<i64>, round: bool) -> Result<Value> {
+    Ok(match x {
+        // Doubles: round half to even (PostgreSQL's rint), no places.
+        Value::Float(f) => {
+            if places.is_some() {
+                return Err(Error::sql(
+                    "42883",
+                    format!(
+                        "function {}(double precision, integer) does not exist",
+                        if round { "round" } else { "trunc" }
+                    ),
+                ));
+            }
+            Value::Float(if round { f.round_ties_even() } else { f.trunc() })
+        }
+        v => {
+            let d = decimal(v)?;
+            let p = places.unwrap_or(0);
+            let strategy = if round { RoundingStrategy::MidpointAwayFromZero } else { RoundingStrategy::ToZero };
+            if p >= 0 {
+                let p = u32::try_from(p.min(28)).unwrap_or(28);
+                let mut r = d.round_dp_with_strategy(p, strategy);
+                r.rescale(p);
+                Value::Numeric(r)
+            } else {
+                // Negative places: to tens, hundreds, …
+                let factor = Decimal::from_i128_with_scale(10i128.pow(u32::try_from(-p).unwrap_or(0).min(27)), 0);
+                Value::Numeric((d / factor).round_dp_with_strategy(0, strategy) * factor)
+            }
+        }
+    })
+}
+
+fn substring(s: &str, start: i64, count: Option<i64>) -> Result<String> {
+    // PostgreSQL: characters from `start` (1-based, may be ≤ 0) for `count` characters
+    // counted from `start` itself.
+    let end = match count {
+        Some(c) if c < 0 => return Err(Error::sql("22011", "negative substring length not allowed")),
+        Some(c) => start.saturating_add(c),
+        None => i64::MAX,
+    };
+    let from = start.max(1);
+    if end <= from {
+        return Ok(String::new());
+    }
+    let skip = usize::try_from(from - 1).unwrap_or(usize::MAX);
+    Ok(s.chars().skip(skip).take(usize::try_from(end - from).unwrap_or(usize::MAX)).collect())
+}
+
+fn pad(s: &str, len: usize, fill: &[char], left: bool) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() >= len || fill.is_empty() {
+        return chars.into_iter().take(len).collect();
+    }
+    let padding: String = fill.iter().cycle().take(len - chars.len()).collect();
+    if left {
+        padding + s
+    } else {
+        s.to_string() + &padding
+    }
+}
+
+fn initcap(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_word = false;
+    for c in s.chars() {
+        if c.is_alphanumeric() {
+            if in_word {
+                out.extend(c.to_lowercase());
+            } else {
+                out.extend(c.to_uppercase());
+            }
+            in_word = true;
+        } else {
+            out.push(c);
+            in_word = false;
+        }
+    }
+    out
+}
+
+fn concat_ws(args: Vec<Value>) -> Result<Value> {
+    let mut args = args.into_iter();
+    let sep = match args.next() {
+        None | Some(Value::Null) => return Ok(Value::Null),
+        Some(v) => text(v),
+    };
+    let parts: Vec<String> = args.filter(|v| !v.is_null()).map(text).collect();
+    Ok(Value::Text(parts.join(&sep)))
+}
+
+fn extreme(args: Vec<Value>, greatest: bool) -> Result<Value> {
+    let mut best: Option<Value> = None;
+    for v in args.into_iter().filter(|v| !v.is_null()) {
+        best = Some(match best {
+            None => v,
+            Some(b) => {
+                let ord = v.sql_cmp(&b)?.unwrap_or(std::cmp::Ordering::Equal);
+                if (greatest && ord == std::cmp::Ordering::Greater) || (!greatest && ord == std::cmp::Ordering::Less) {
+                    v
+                } else {
+                    b
+                }
+            }
+        });
+    }
+    Ok(best.unwrap_or(Value::Null))
+}
+
+/// A uniform double in [0, 1): xorshift64* per thread, seeded from the process's
+/// random hasher keys (not for cryptography, as PostgreSQL's `random()`).
+fn random() -> f64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x9e37_79b9_7f4a_7c15);
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
