@@ -3,7 +3,7 @@
 //! `split_part`, `reverse`, `initcap`, `starts_with`, `ascii`/`chr`, `octet_length`,
 //! `concat_ws`; `round`, `trunc`, `ceil`, `floor`, `mod`, `power`, `sqrt`, `cbrt`,
 //! `sign`, `exp`, `ln`, `log`, `pi`, `random`, `degrees`, `radians`, `greatest`,
-//! `least`.
+//! `least`; `make_date`, `make_time`, `make_timestamp`, `clock_timestamp`.
 //!
 //! A call is bound once (`Builtin::from_name` checks the name and argument count) and
 //! evaluated per row on its argument values; NULL in, NULL out, except where
@@ -55,6 +55,10 @@ pub enum Builtin {
     Radians,
     Greatest,
     Least,
+    MakeDate,
+    MakeTime,
+    MakeTimestamp,
+    ClockTimestamp,
 }
 
 impl Builtin {
@@ -97,6 +101,10 @@ impl Builtin {
             "degrees" => (Degrees, n == 1),
             "radians" => (Radians, n == 1),
             "greatest" => (Greatest, n >= 1),
+            "make_date" => (MakeDate, n == 3),
+            "make_time" => (MakeTime, n == 3),
+            "make_timestamp" => (MakeTimestamp, n == 6),
+            "clock_timestamp" => (ClockTimestamp, n == 0),
             "least" => (Least, n >= 1),
             _ => return None,
         };
@@ -124,6 +132,10 @@ impl Builtin {
             },
             Cbrt | Pi | Random | Degrees | Radians => DataType::Float8,
             Greatest | Least => return args.iter().copied().flatten().next(),
+            MakeDate => DataType::Date,
+            MakeTime => DataType::Time,
+            MakeTimestamp => DataType::Timestamp,
+            ClockTimestamp => DataType::TimestampTz,
         })
     }
 
@@ -135,6 +147,13 @@ impl Builtin {
             Greatest | Least => return extreme(args, self == Greatest),
             Pi => return Ok(Value::Float(std::f64::consts::PI)),
             Random => return Ok(Value::Float(random())),
+            // The wall clock now, unlike now() (the transaction's start).
+            ClockTimestamp => {
+                let us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+                return Ok(Value::TimestampTz(us));
+            }
             _ => {}
         }
         if args.iter().any(Value::is_null) {
@@ -310,9 +329,53 @@ impl Builtin {
             }
             Degrees => Value::Float(float(&number(next())?)?.to_degrees()),
             Radians => Value::Float(float(&number(next())?)?.to_radians()),
-            ConcatWs | Greatest | Least | Pi | Random => Value::Null,
+            MakeDate => {
+                Value::Date(make_date(int(next(), "make_date")?, int(next(), "make_date")?, int(next(), "make_date")?)?)
+            }
+            MakeTime => {
+                Value::Time(make_time(int(next(), "make_time")?, int(next(), "make_time")?, float(&number(next())?)?)?)
+            }
+            MakeTimestamp => {
+                let day = make_date(
+                    int(next(), "make_timestamp")?,
+                    int(next(), "make_timestamp")?,
+                    int(next(), "make_timestamp")?,
+                )?;
+                let time = make_time(
+                    int(next(), "make_timestamp")?,
+                    int(next(), "make_timestamp")?,
+                    float(&number(next())?)?,
+                )?;
+                Value::Timestamp(day * 86_400_000_000 + time)
+            }
+            ConcatWs | Greatest | Least | Pi | Random | ClockTimestamp => Value::Null,
         })
     }
+}
+
+/// Days since the epoch of a civil date; negative years are BC (no year 0).
+fn make_date(y: i64, m: i64, d: i64) -> Result<i64> {
+    let year = if y < 0 { y + 1 } else { y };
+    if y == 0
+        || !(1..=12).contains(&m)
+        || d < 1
+        || d > crate::time::days_in_month(year, m)
+        || !(-4713..=294276).contains(&y)
+    {
+        return Err(Error::sql("22008", format!("date field value out of range: {y}-{m:02}-{d:02}")));
+    }
+    Ok(crate::time::days_from_civil(year, m, d))
+}
+
+/// µs since midnight of a clock time (up to 24:00:00).
+fn make_time(h: i64, m: i64, sec: f64) -> Result<i64> {
+    let us = (sec * 1e6).round();
+    let total = (h * 3600 + m * 60) as f64 * 1e6 + us;
+    let hour_ok = (0..=23).contains(&h) || (h == 24 && m == 0 && us == 0.0);
+    if !hour_ok || !(0..=59).contains(&m) || !(0.0..61e6).contains(&us) || total > 86_400e6 {
+        return Err(Error::sql("22008", format!("time field value out of range: {h}:{m:02}:{sec}")));
+    }
+    Ok(total as i64)
 }
 
 fn division_by_zero() -> Error {
