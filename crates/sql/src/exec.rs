@@ -747,6 +747,8 @@ enum Acc {
     Max(Option<Value>),
     /// avg over intervals: their sum and count.
     AvgInterval(crate::interval::Interval, i64),
+    /// bool_and (`true`) / bool_or (`false`): the answer so far.
+    Bool(Option<bool>, bool),
 }
 
 impl Acc {
@@ -758,6 +760,8 @@ impl Acc {
             AggFunc::Avg => Acc::AvgExact(rust_decimal::Decimal::ZERO, 0, false),
             AggFunc::Min => Acc::Min(None),
             AggFunc::Max => Acc::Max(None),
+            AggFunc::BoolAnd => Acc::Bool(None, true),
+            AggFunc::BoolOr => Acc::Bool(None, false),
         }
     }
 
@@ -839,6 +843,17 @@ impl Acc {
                     *m = Some(v);
                 }
             }
+            Acc::Bool(acc, and) => {
+                let b = match v {
+                    Value::Bool(b) => b,
+                    Value::Text(t) => crate::types::parse_bool(&t)?,
+                    _ => {
+                        let what = if *and { "bool_and" } else { "bool_or" };
+                        return Err(Error::sql("42883", format!("function {what}({}) does not exist", v.type_name())));
+                    }
+                };
+                *acc = Some(if *and { acc.unwrap_or(true) && b } else { acc.unwrap_or(false) || b });
+            }
         }
         Ok(())
     }
@@ -847,6 +862,7 @@ impl Acc {
         match self {
             Acc::CountStar(n) | Acc::Count(n) => Value::Int(n),
             Acc::Sum(s) | Acc::Min(s) | Acc::Max(s) => s.unwrap_or(Value::Null),
+            Acc::Bool(b, _) => b.map_or(Value::Null, Value::Bool),
             Acc::Avg(_, 0) | Acc::AvgExact(_, 0, _) | Acc::AvgInterval(_, 0) => Value::Null,
             Acc::AvgInterval(sum, n) => Value::Interval(
                 sum.div(n as f64).expect("a sum of valid intervals divided by their count stays in range"),
@@ -966,6 +982,7 @@ fn agg_type(call: &AggCall, scope: &[ScopeCol]) -> Option<DataType> {
             _ => Some(DataType::Int8),
         },
         AggFunc::Min | AggFunc::Max => call.arg.as_ref().and_then(|a| a.result_type(scope)),
+        AggFunc::BoolAnd | AggFunc::BoolOr => Some(DataType::Bool),
     }
 }
 

@@ -226,6 +226,10 @@ pub enum AggFunc {
     Min,
     /// `max(e)`
     Max,
+    /// `bool_and(e)` / `every(e)`
+    BoolAnd,
+    /// `bool_or(e)`
+    BoolOr,
 }
 
 impl AggFunc {
@@ -237,6 +241,8 @@ impl AggFunc {
             "avg" => AggFunc::Avg,
             "min" => AggFunc::Min,
             "max" => AggFunc::Max,
+            "bool_and" | "every" => AggFunc::BoolAnd,
+            "bool_or" => AggFunc::BoolOr,
             _ => return None,
         })
     }

@@ -802,7 +802,7 @@ fn out_of_range(ty: DataType) -> Error {
     Error::InvalidInput(format!("{} out of range", ty.pg_name()))
 }
 
-fn parse_bool(s: &str) -> Result<bool> {
+pub(crate) fn parse_bool(s: &str) -> Result<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "t" | "true" | "y" | "yes" | "on" | "1" => Ok(true),
         "f" | "false" | "n" | "no" | "off" | "0" => Ok(false),
