@@ -75,14 +75,7 @@ impl Transaction {
 
     /// A read-only transaction (time-travel reads are always read-only).
     pub fn read_only(view: ReadView) -> Self {
-        Self {
-            view,
-            reads: Vec::new(),
-            read_keys: Vec::new(),
-            writes: BTreeMap::new(),
-            write_bytes: 0,
-            read_only: true,
-        }
+        Self { read_only: true, ..Self::new(view) }
     }
 
     /// The version this transaction reads at.
