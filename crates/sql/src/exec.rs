@@ -537,8 +537,29 @@ fn table_factor(
         }
         ast::TableFactor::Derived { subquery, alias, .. } => {
             let (cols, rows) = run_query(txn, subquery, params)?;
+            // `AS v(a, b)` renames the first columns (PostgreSQL: no more than there are).
+            let renames: Vec<String> = alias.iter().flat_map(|a| a.columns.iter().map(|c| ident(&c.name))).collect();
+            if renames.len() > cols.len() {
+                let name = alias.as_ref().map(|a| ident(&a.name)).unwrap_or_default();
+                return Err(Error::sql(
+                    "42P10",
+                    format!(
+                        "table \"{name}\" has {} columns available but {} columns specified",
+                        cols.len(),
+                        renames.len()
+                    ),
+                ));
+            }
             let alias = alias.as_ref().map(|a| ident(&a.name));
-            let scope = cols.into_iter().map(|c| ScopeCol { table: alias.clone(), name: c.name, ty: c.ty }).collect();
+            let scope = cols
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| ScopeCol {
+                    table: alias.clone(),
+                    name: renames.get(i).cloned().unwrap_or(c.name),
+                    ty: c.ty,
+                })
+                .collect();
             Ok(Source { scope, rows, order: vec![] })
         }
         other => Err(feature(format!("FROM item {other}"))),
@@ -749,11 +770,14 @@ enum Acc {
     AvgInterval(crate::interval::Interval, i64),
     /// bool_and (`true`) / bool_or (`false`): the answer so far.
     Bool(Option<bool>, bool),
+    /// string_agg: the text so far, and the delimiter.
+    StringAgg(Option<String>, Option<Arc<str>>),
 }
 
 impl Acc {
-    fn new(f: AggFunc) -> Acc {
-        match f {
+    fn new((f, delimiter): &(AggFunc, Option<Arc<str>>)) -> Acc {
+        match *f {
+            AggFunc::StringAgg => Acc::StringAgg(None, delimiter.clone()),
             AggFunc::CountStar => Acc::CountStar(0),
             AggFunc::Count => Acc::Count(0),
             AggFunc::Sum => Acc::Sum(None),
@@ -843,6 +867,24 @@ impl Acc {
                     *m = Some(v);
                 }
             }
+            Acc::StringAgg(acc, delimiter) => {
+                let text = match v {
+                    Value::Text(t) => t,
+                    other => {
+                        return Err(Error::sql(
+                            "42883",
+                            format!("function string_agg({}, text) does not exist", other.type_name()),
+                        ))
+                    }
+                };
+                match acc {
+                    Some(s) => {
+                        s.push_str(delimiter.as_deref().unwrap_or(""));
+                        s.push_str(&text);
+                    }
+                    None => *acc = Some(text),
+                }
+            }
             Acc::Bool(acc, and) => {
                 let b = match v {
                     Value::Bool(b) => b,
@@ -863,6 +905,7 @@ impl Acc {
             Acc::CountStar(n) | Acc::Count(n) => Value::Int(n),
             Acc::Sum(s) | Acc::Min(s) | Acc::Max(s) => s.unwrap_or(Value::Null),
             Acc::Bool(b, _) => b.map_or(Value::Null, Value::Bool),
+            Acc::StringAgg(s, _) => s.map_or(Value::Null, Value::Text),
             Acc::Avg(_, 0) | Acc::AvgExact(_, 0, _) | Acc::AvgInterval(_, 0) => Value::Null,
             Acc::AvgInterval(sum, n) => Value::Interval(
                 sum.div(n as f64).expect("a sum of valid intervals divided by their count stays in range"),
@@ -884,7 +927,7 @@ impl Acc {
 /// down) after the groups in memory are out. See `spill` for why this terminates.
 struct Grouping {
     keys: usize,
-    calls: Arc<[AggFunc]>,
+    calls: Arc<[(AggFunc, Option<Arc<str>>)]>,
     budget: usize,
     out: std::vec::IntoIter<Row>,
     pending: std::collections::VecDeque<(spill::SpillReader, u32)>,
@@ -892,13 +935,19 @@ struct Grouping {
 }
 
 impl Grouping {
-    fn new(input: RowIter, keys: usize, calls: Arc<[AggFunc]>, budget: usize, global: bool) -> Result<Self> {
+    fn new(
+        input: RowIter,
+        keys: usize,
+        calls: Arc<[(AggFunc, Option<Arc<str>>)]>,
+        budget: usize,
+        global: bool,
+    ) -> Result<Self> {
         let mut g =
             Self { keys, calls, budget, out: Vec::new().into_iter(), pending: Default::default(), failed: false };
         let mut rows = g.fold_level(input, 0)?;
         if rows.is_empty() && global {
             // An aggregate without GROUP BY has one row even over no input.
-            rows.push(g.calls.iter().map(|&f| Acc::new(f).finish()).collect());
+            rows.push(g.calls.iter().map(|c| Acc::new(c).finish()).collect());
         }
         g.out = rows.into_iter();
         Ok(g)
@@ -917,7 +966,7 @@ impl Grouping {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) if room => {
                     bytes += v.key().len() + spill::row_bytes(&r[..self.keys]) + 64 * self.calls.len() + 64;
-                    v.insert((r[..self.keys].to_vec(), self.calls.iter().map(|&f| Acc::new(f)).collect()))
+                    v.insert((r[..self.keys].to_vec(), self.calls.iter().map(Acc::new).collect()))
                 }
                 std::collections::btree_map::Entry::Vacant(v) => {
                     spilled.push(v.key(), &r)?;
@@ -983,6 +1032,7 @@ fn agg_type(call: &AggCall, scope: &[ScopeCol]) -> Option<DataType> {
         },
         AggFunc::Min | AggFunc::Max => call.arg.as_ref().and_then(|a| a.result_type(scope)),
         AggFunc::BoolAnd | AggFunc::BoolOr => Some(DataType::Bool),
+        AggFunc::StringAgg => Some(DataType::Text),
     }
 }
 
@@ -1265,12 +1315,12 @@ fn select_rows(
                 _ => 0,
             });
         }
-        let calls: Arc<[AggFunc]> = agg_binding
+        let calls: Arc<[(AggFunc, Option<Arc<str>>)]> = agg_binding
             .calls
             .iter()
             .map(|c| match c.func {
-                AggFunc::CountStar if mixed => AggFunc::Count,
-                f => f,
+                AggFunc::CountStar if mixed => (AggFunc::Count, None),
+                f => (f, c.delimiter.clone()),
             })
             .collect();
         let width = group_exprs.len() + agg_binding.calls.len();

@@ -230,6 +230,8 @@ pub enum AggFunc {
     BoolAnd,
     /// `bool_or(e)`
     BoolOr,
+    /// `string_agg(e, delimiter)` (a constant delimiter: [`AggCall::delimiter`])
+    StringAgg,
 }
 
 impl AggFunc {
@@ -243,6 +245,7 @@ impl AggFunc {
             "max" => AggFunc::Max,
             "bool_and" | "every" => AggFunc::BoolAnd,
             "bool_or" => AggFunc::BoolOr,
+            "string_agg" => AggFunc::StringAgg,
             _ => return None,
         })
     }
@@ -257,6 +260,8 @@ pub struct AggCall {
     pub arg: Option<Expr>,
     /// `DISTINCT` argument.
     pub distinct: bool,
+    /// `string_agg`'s delimiter (NULL joins with nothing, as PostgreSQL).
+    pub delimiter: Option<std::sync::Arc<str>>,
     /// Display text, for deduplication.
     pub text: String,
 }
@@ -822,8 +827,25 @@ impl<'a> Binder<'a> {
         let (args, distinct) = self.function_args(f)?;
         let mut inner =
             Binder { scope: self.scope, aggs: None, params: self.params, txn: None, correlated: Vec::new() };
+        // ORDER BY inside count/sum/avg/min/max/bool_* changes nothing; string_agg's
+        // result would depend on it, so it is refused there rather than ignored.
+        if let ast::FunctionArguments::List(list) = &f.args {
+            if func == AggFunc::StringAgg && !list.clauses.is_empty() {
+                return Err(err_feature(format!("ORDER BY inside string_agg: {text}")));
+            }
+        }
+        let mut delimiter = None;
         let (func, arg) = match (func, args.as_slice()) {
             (AggFunc::Count, [ast::FunctionArgExpr::Wildcard]) => (AggFunc::CountStar, None),
+            (AggFunc::StringAgg, [ast::FunctionArgExpr::Expr(e), ast::FunctionArgExpr::Expr(d)]) => {
+                delimiter = match inner.bind(d)? {
+                    Expr::Const(Value::Null) => None,
+                    Expr::Const(v) => Some(v.to_pg_text(None).unwrap_or_default().into()),
+                    _ => return Err(err_feature("string_agg with a delimiter that is not a constant")),
+                };
+                (func, Some(inner.bind(e)?))
+            }
+            (AggFunc::StringAgg, _) => return Err(Error::sql("42883", format!("function {text} does not exist"))),
             (_, [ast::FunctionArgExpr::Expr(e)]) => (func, Some(inner.bind(e)?)),
             _ => return Err(Error::sql("42883", format!("function {text} does not exist"))),
         };
@@ -833,7 +855,7 @@ impl<'a> Binder<'a> {
         let idx = match aggs.calls.iter().position(|c| c.text == text) {
             Some(i) => i,
             None => {
-                aggs.calls.push(AggCall { func, arg, distinct, text });
+                aggs.calls.push(AggCall { func, arg, distinct, delimiter, text });
                 aggs.calls.len() - 1
             }
         };
