@@ -3,7 +3,8 @@
 //! `split_part`, `reverse`, `initcap`, `starts_with`, `ascii`/`chr`, `octet_length`,
 //! `concat_ws`; `round`, `trunc`, `ceil`, `floor`, `mod`, `power`, `sqrt`, `cbrt`,
 //! `sign`, `exp`, `ln`, `log`, `pi`, `random`, `degrees`, `radians`, `greatest`,
-//! `least`; `make_date`, `make_time`, `make_timestamp`, `clock_timestamp`.
+//! `least`; `md5`, `regexp_replace`; `make_date`, `make_time`, `make_timestamp`,
+//! `clock_timestamp`.
 //!
 //! A call is bound once (`Builtin::from_name` checks the name and argument count) and
 //! evaluated per row on its argument values; NULL in, NULL out, except where
@@ -55,6 +56,8 @@ pub enum Builtin {
     Radians,
     Greatest,
     Least,
+    Md5,
+    RegexpReplace,
     MakeDate,
     MakeTime,
     MakeTimestamp,
@@ -101,6 +104,8 @@ impl Builtin {
             "degrees" => (Degrees, n == 1),
             "radians" => (Radians, n == 1),
             "greatest" => (Greatest, n >= 1),
+            "md5" => (Md5, n == 1),
+            "regexp_replace" => (RegexpReplace, matches!(n, 3 | 4)),
             "make_date" => (MakeDate, n == 3),
             "make_time" => (MakeTime, n == 3),
             "make_timestamp" => (MakeTimestamp, n == 6),
@@ -117,7 +122,7 @@ impl Builtin {
         let first = args.first().copied().flatten();
         Some(match self {
             Substring | Btrim | Ltrim | Rtrim | Replace | Left | Right | Lpad | Rpad | SplitPart | Reverse
-            | Initcap | Chr | ConcatWs => DataType::Text,
+            | Initcap | Chr | ConcatWs | Md5 | RegexpReplace => DataType::Text,
             Strpos | Ascii | OctetLength => DataType::Int4,
             StartsWith => DataType::Bool,
             Round | Trunc | Ceil | Floor | Sign | Mod => match first {
@@ -329,6 +334,23 @@ impl Builtin {
             }
             Degrees => Value::Float(float(&number(next())?)?.to_degrees()),
             Radians => Value::Float(float(&number(next())?)?.to_radians()),
+            Md5 => {
+                use md5::Digest;
+                let bytes = match next() {
+                    Value::Bytes(b) => b,
+                    v => text(v).into_bytes(),
+                };
+                let digest = md5::Md5::digest(&bytes);
+                Value::Text(digest.iter().map(|b| format!("{b:02x}")).collect())
+            }
+            RegexpReplace => {
+                let (s, pattern, replacement) = (text(next()), text(next()), text(next()));
+                let flags = match next() {
+                    Value::Null => String::new(),
+                    v => text(v),
+                };
+                Value::Text(regexp_replace(&s, &pattern, &replacement, &flags)?)
+            }
             MakeDate => {
                 Value::Date(make_date(int(next(), "make_date")?, int(next(), "make_date")?, int(next(), "make_date")?)?)
             }
@@ -351,6 +373,48 @@ impl Builtin {
             ConcatWs | Greatest | Least | Pi | Random | ClockTimestamp => Value::Null,
         })
     }
+}
+
+/// `regexp_replace(s, pattern, replacement [, flags])`: the first match (every one with
+/// flag `g`; `i`: ignoring case), `\1`–`\9` in the replacement naming groups and `\&`
+/// the whole match, as PostgreSQL. Patterns use Rust's regex syntax, which agrees with
+/// PostgreSQL's for the common forms (classes, quantifiers, groups, anchors).
+fn regexp_replace(s: &str, pattern: &str, replacement: &str, flags: &str) -> Result<String> {
+    let mut global = false;
+    let mut prefix = "";
+    for f in flags.chars() {
+        match f {
+            'g' => global = true,
+            'i' => prefix = "(?i)",
+            'c' => prefix = "",
+            other => return Err(Error::sql("22023", format!("invalid regular expression option: \"{other}\""))),
+        }
+    }
+    let re = regex_lite::Regex::new(&format!("{prefix}{pattern}"))
+        .map_err(|e| Error::sql("2201B", format!("invalid regular expression: {e}")))?;
+    // PostgreSQL's replacement syntax into the regex crate's: \N → ${N}, \& → ${0},
+    // \\ → \, a lone $ → $$.
+    let mut rep = String::with_capacity(replacement.len());
+    let mut chars = replacement.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek().copied()) {
+            ('\\', Some(d @ '1'..='9')) => {
+                chars.next();
+                rep.push_str(&format!("${{{d}}}"));
+            }
+            ('\\', Some('&')) => {
+                chars.next();
+                rep.push_str("${0}");
+            }
+            ('\\', Some('\\')) => {
+                chars.next();
+                rep.push('\\');
+            }
+            ('$', _) => rep.push_str("$$"),
+            (c, _) => rep.push(c),
+        }
+    }
+    Ok(if global { re.replace_all(s, rep.as_str()) } else { re.replace(s, rep.as_str()) }.into_owned())
 }
 
 /// Days since the epoch of a civil date; negative years are BC (no year 0).
