@@ -924,6 +924,9 @@ impl<'a> Binder<'a> {
             "date_trunc" => (Func::DateTrunc, Some(2)),
             "to_char" => (Func::ToChar, Some(2)),
             "age" if matches!(args.len(), 1 | 2) => (Func::Age, None),
+            "to_timestamp" if args.len() == 2 => {
+                return Ok(Expr::Func(Func::Builtin(crate::functions::Builtin::ToTimestampFmt), args))
+            }
             "to_timestamp" => (Func::ToTimestamp, Some(1)),
             "pg_get_indexdef" | "pg_get_constraintdef" => {
                 // A lookup in the definitions of this statement's snapshot (a CASE over

@@ -3,7 +3,7 @@
 //! `split_part`, `reverse`, `initcap`, `starts_with`, `ascii`/`chr`, `octet_length`,
 //! `concat_ws`; `round`, `trunc`, `ceil`, `floor`, `mod`, `power`, `sqrt`, `cbrt`,
 //! `sign`, `exp`, `ln`, `log`, `pi`, `random`, `degrees`, `radians`, `greatest`,
-//! `least`; `md5`, `regexp_replace`; `make_date`, `make_time`, `make_timestamp`,
+//! `least`; `md5`, `regexp_replace`; `to_date`, `to_timestamp(text, template)`; `make_date`, `make_time`, `make_timestamp`,
 //! `clock_timestamp`.
 //!
 //! A call is bound once (`Builtin::from_name` checks the name and argument count) and
@@ -58,6 +58,8 @@ pub enum Builtin {
     Least,
     Md5,
     RegexpReplace,
+    ToDate,
+    ToTimestampFmt,
     MakeDate,
     MakeTime,
     MakeTimestamp,
@@ -106,6 +108,7 @@ impl Builtin {
             "greatest" => (Greatest, n >= 1),
             "md5" => (Md5, n == 1),
             "regexp_replace" => (RegexpReplace, matches!(n, 3 | 4)),
+            "to_date" => (ToDate, n == 2),
             "make_date" => (MakeDate, n == 3),
             "make_time" => (MakeTime, n == 3),
             "make_timestamp" => (MakeTimestamp, n == 6),
@@ -137,7 +140,8 @@ impl Builtin {
             },
             Cbrt | Pi | Random | Degrees | Radians => DataType::Float8,
             Greatest | Least => return args.iter().copied().flatten().next(),
-            MakeDate => DataType::Date,
+            MakeDate | ToDate => DataType::Date,
+            ToTimestampFmt => DataType::TimestampTz,
             MakeTime => DataType::Time,
             MakeTimestamp => DataType::Timestamp,
             ClockTimestamp => DataType::TimestampTz,
@@ -351,6 +355,19 @@ impl Builtin {
                 };
                 Value::Text(regexp_replace(&s, &pattern, &replacement, &flags)?)
             }
+            ToDate | ToTimestampFmt => {
+                let (input, template) = (text(next()), text(next()));
+                let (day, micros, offset) = parse_with_template(&input, &template)?;
+                if self == ToDate {
+                    Value::Date(day)
+                } else {
+                    let local = day * 86_400_000_000 + micros;
+                    Value::TimestampTz(match offset {
+                        Some(secs) => local - secs * 1_000_000,
+                        None => crate::zone::current().to_utc(local),
+                    })
+                }
+            }
             MakeDate => {
                 Value::Date(make_date(int(next(), "make_date")?, int(next(), "make_date")?, int(next(), "make_date")?)?)
             }
@@ -415,6 +432,161 @@ fn regexp_replace(s: &str, pattern: &str, replacement: &str, flags: &str) -> Res
         }
     }
     Ok(if global { re.replace_all(s, rep.as_str()) } else { re.replace(s, rep.as_str()) }.into_owned())
+}
+
+/// `to_date` / `to_timestamp(text, template)`: reads `input` by the template's patterns
+/// — YYYY, YY, MM, DD, DDD, HH24, HH12/HH, MI, SS, MS, US, AM/PM, MON/Mon/mon,
+/// MONTH/Month/month, TZH, TZM, with an optional FM prefix — skipping one input
+/// character per other template character and spaces freely, as PostgreSQL's default
+/// (non-FX) mode. Returns (day number, µs into the day, explicit UTC offset in seconds).
+fn parse_with_template(input: &str, template: &str) -> Result<(i64, i64, Option<i64>)> {
+    const MONTHS: [&str; 12] = [
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ];
+    let bad = |what: &str| Error::sql("22007", format!("invalid value for \"{what}\" in \"{input}\""));
+    let inp: Vec<char> = input.chars().collect();
+    let (mut i, mut t) = (0usize, template);
+    let (mut y, mut m, mut d, mut doy) = (None::<i64>, 1i64, 1i64, None::<i64>);
+    let (mut h, mut mi, mut sec, mut us, mut pm, mut twelve) = (0i64, 0i64, 0i64, 0i64, None::<bool>, false);
+    let (mut tzh, mut tzm) = (None::<i64>, 0i64);
+    let digits = |i: &mut usize, max: usize, what: &str| -> Result<i64> {
+        while *i < inp.len() && inp[*i] == ' ' {
+            *i += 1;
+        }
+        let neg = *i < inp.len() && inp[*i] == '-' && what == "TZH";
+        let start = if neg || (*i < inp.len() && inp[*i] == '+' && what == "TZH") { *i + 1 } else { *i };
+        let mut j = start;
+        while j < inp.len() && j - start < max && inp[j].is_ascii_digit() {
+            j += 1;
+        }
+        if j == start {
+            return Err(bad(what));
+        }
+        let v: i64 = inp[start..j].iter().collect::<String>().parse().map_err(|_| bad(what))?;
+        *i = j;
+        Ok(if neg { -v } else { v })
+    };
+    let upper = |t: &str, p: &str| t.len() >= p.len() && t[..p.len()].eq_ignore_ascii_case(p);
+    while !t.is_empty() {
+        if upper(t, "FM") {
+            t = &t[2..];
+            continue;
+        }
+        let len: usize = if upper(t, "YYYY") {
+            y = Some(digits(&mut i, 4, "YYYY")?);
+            4
+        } else if upper(t, "YY") {
+            y = Some(2000 + digits(&mut i, 2, "YY")?);
+            2
+        } else if upper(t, "MONTH") || upper(t, "MON") {
+            let word: String = inp[i..].iter().take_while(|c| c.is_alphabetic()).collect::<String>().to_lowercase();
+            let full = upper(t, "MONTH");
+            let found =
+                MONTHS
+                    .iter()
+                    .position(|name| if full { *name == word } else { word.len() == 3 && name.starts_with(&word) });
+            m = found.ok_or_else(|| bad(if full { "MONTH" } else { "MON" }))? as i64 + 1;
+            i += word.chars().count();
+            if full {
+                5
+            } else {
+                3
+            }
+        } else if upper(t, "MM") {
+            m = digits(&mut i, 2, "MM")?;
+            2
+        } else if upper(t, "DDD") {
+            doy = Some(digits(&mut i, 3, "DDD")?);
+            3
+        } else if upper(t, "DD") {
+            d = digits(&mut i, 2, "DD")?;
+            2
+        } else if upper(t, "HH24") {
+            h = digits(&mut i, 2, "HH24")?;
+            4
+        } else if upper(t, "HH12") || upper(t, "HH") {
+            h = digits(&mut i, 2, "HH12")?;
+            twelve = true;
+            if upper(t, "HH12") {
+                4
+            } else {
+                2
+            }
+        } else if upper(t, "MI") {
+            mi = digits(&mut i, 2, "MI")?;
+            2
+        } else if upper(t, "SS") {
+            sec = digits(&mut i, 2, "SS")?;
+            2
+        } else if upper(t, "MS") {
+            us = digits(&mut i, 3, "MS")? * 1000;
+            2
+        } else if upper(t, "US") {
+            us = digits(&mut i, 6, "US")?;
+            2
+        } else if upper(t, "AM") || upper(t, "PM") {
+            let w: String = inp[i..].iter().take(2).collect::<String>().to_uppercase();
+            pm = Some(match w.as_str() {
+                "AM" => false,
+                "PM" => true,
+                _ => return Err(bad("AM/PM")),
+            });
+            i += 2;
+            2
+        } else if upper(t, "TZH") {
+            tzh = Some(digits(&mut i, 2, "TZH")?);
+            3
+        } else if upper(t, "TZM") {
+            tzm = digits(&mut i, 2, "TZM")?;
+            3
+        } else {
+            // Any other template character stands for one input character (a space
+            // for any run of spaces).
+            let c = t.chars().next().map_or(1, char::len_utf8);
+            if t.starts_with(' ') {
+                while i < inp.len() && inp[i] == ' ' {
+                    i += 1;
+                }
+            } else if i < inp.len() {
+                i += 1;
+            }
+            c
+        };
+        t = &t[len..];
+    }
+    if twelve {
+        if !(1..=12).contains(&h) {
+            return Err(Error::sql("22008", format!("hour \"{h}\" is invalid for the 12-hour clock")));
+        }
+        h %= 12;
+    }
+    if pm == Some(true) {
+        h = h % 12 + 12;
+    }
+    let year = y.unwrap_or(1);
+    let day = match doy {
+        Some(n) if (1..=366).contains(&n) => crate::time::days_from_civil(year, 1, 1) + n - 1,
+        Some(_) => return Err(Error::sql("22008", format!("date/time field value out of range: \"{input}\""))),
+        None => make_date(year, m, d)
+            .map_err(|_| Error::sql("22008", format!("date/time field value out of range: \"{input}\"")))?,
+    };
+    if !(0..=24).contains(&h) || !(0..=59).contains(&mi) || !(0..=60).contains(&sec) {
+        return Err(Error::sql("22008", format!("date/time field value out of range: \"{input}\"")));
+    }
+    let micros = ((h * 60 + mi) * 60 + sec) * 1_000_000 + us;
+    let offset = tzh.map(|hh| hh * 3600 + if hh < 0 { -tzm * 60 } else { tzm * 60 });
+    Ok((day, micros, offset))
 }
 
 /// Days since the epoch of a civil date; negative years are BC (no year 0).
