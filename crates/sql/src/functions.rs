@@ -17,6 +17,9 @@ use amberdb_error::{Error, Result};
 use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
 use rust_decimal::{Decimal, RoundingStrategy};
 
+/// Longest text a function builds, in characters (PostgreSQL refuses values over 1 GB).
+const MAX_TEXT_CHARS: i64 = 1 << 28;
+
 /// A built-in scalar function (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builtin {
@@ -215,7 +218,12 @@ impl Builtin {
             }
             Lpad | Rpad => {
                 let s = text(next());
-                let len = int(next(), "lpad/rpad")?.max(0) as usize;
+                let len = int(next(), "lpad/rpad")?.max(0);
+                // PostgreSQL's limit on a text value (1 GB), in characters.
+                if len > MAX_TEXT_CHARS {
+                    return Err(Error::sql("54000", "requested length too large"));
+                }
+                let len = len as usize;
                 let fill: Vec<char> = match next() {
                     Value::Null => vec![' '],
                     v => text(v).chars().collect(),
@@ -286,7 +294,9 @@ impl Builtin {
                     if b.is_zero() {
                         return Err(division_by_zero());
                     }
-                    Value::Numeric(a % b)
+                    Value::Numeric(
+                        a.checked_rem(b).ok_or_else(|| Error::sql("22003", "value overflows numeric format"))?,
+                    )
                 }
             },
             Power => {
@@ -477,7 +487,7 @@ fn parse_with_template(input: &str, template: &str) -> Result<(i64, i64, Option<
         *i = j;
         Ok(if neg { -v } else { v })
     };
-    let upper = |t: &str, p: &str| t.len() >= p.len() && t[..p.len()].eq_ignore_ascii_case(p);
+    let upper = |t: &str, p: &str| t.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p));
     while !t.is_empty() {
         if upper(t, "FM") {
             t = &t[2..];
@@ -605,6 +615,9 @@ fn make_date(y: i64, m: i64, d: i64) -> Result<i64> {
 
 /// µs since midnight of a clock time (up to 24:00:00).
 fn make_time(h: i64, m: i64, sec: f64) -> Result<i64> {
+    if !(0..=24).contains(&h) || !(0..=59).contains(&m) || !sec.is_finite() {
+        return Err(Error::sql("22008", format!("time field value out of range: {h}:{m:02}:{sec}")));
+    }
     let us = (sec * 1e6).round();
     let total = (h * 3600 + m * 60) as f64 * 1e6 + us;
     let hour_ok = (0..=23).contains(&h) || (h == 24 && m == 0 && us == 0.0);
@@ -722,7 +735,12 @@ fn round_or_trunc(x: Value, places: Option<i64>, round: bool) -> Result<Value> {
             } else {
                 // Negative places: to tens, hundreds, …
                 let factor = Decimal::from_i128_with_scale(10i128.pow(u32::try_from(-p).unwrap_or(0).min(27)), 0);
-                Value::Numeric((d / factor).round_dp_with_strategy(0, strategy) * factor)
+                let scaled = d.checked_div(factor).map(|q| q.round_dp_with_strategy(0, strategy));
+                Value::Numeric(
+                    scaled
+                        .and_then(|q| q.checked_mul(factor))
+                        .ok_or_else(|| Error::sql("22003", "value overflows numeric format"))?,
+                )
             }
         }
     })
