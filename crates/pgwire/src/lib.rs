@@ -386,6 +386,7 @@ fn pg_type(ty: Option<DataType>) -> Type {
         Some(DataType::Numeric(_)) => Type::NUMERIC,
         Some(DataType::Interval) => Type::INTERVAL,
         Some(DataType::Time) => Type::TIME,
+        Some(DataType::Uuid) => Type::UUID,
         None => Type::TEXT,
     }
 }
@@ -471,8 +472,13 @@ fn encode_value(enc: &mut DataRowEncoder, v: &Value, field: &FieldInfo) -> PgWir
             _ => enc.encode_field(&None::<i64>),
         },
         Type::NUMERIC => match cast(DataType::Numeric(None))? {
-            Value::Numeric(d) => enc.encode_field(&Some(d)),
-            _ => enc.encode_field(&None::<rust_decimal::Decimal>),
+            Value::Numeric(d) => enc.encode_field(&Some(d.to_pg_binary())),
+            _ => enc.encode_field(&None::<Vec<u8>>),
+        },
+        // 16 bytes, most significant first.
+        Type::UUID => match cast(DataType::Uuid)? {
+            Value::Uuid(u) => enc.encode_field(&Some(u.to_be_bytes().to_vec())),
+            _ => enc.encode_field(&None::<Vec<u8>>),
         },
         Type::BYTEA => match cast(DataType::Bytea)? {
             Value::Bytes(b) => enc.encode_field(&Some(b)),
@@ -638,10 +644,14 @@ fn query_response(
         })
     });
     let mut resp = QueryResponse::new(schema, stream_items(Box::new(encoded)));
-    if let Some((verb, _)) = tag.split_once(' ') {
-        resp.set_command_tag(verb);
-    } else {
-        resp.set_command_tag(tag);
+    // The row count is appended when the rows are sent. INSERT's tag carries an oid
+    // (always 0) before it — `INSERT 0 2` — which pgwire's tag has no place for in a
+    // row-returning response; without it psql cannot read the tag and drivers report
+    // no row count for INSERT … RETURNING.
+    match tag.split_once(' ') {
+        Some(("INSERT", _)) => resp.set_command_tag("INSERT 0"),
+        Some((verb, _)) => resp.set_command_tag(verb),
+        None => resp.set_command_tag(tag),
     }
     resp
 }
@@ -819,7 +829,19 @@ fn decode_params(portal: &Portal<Prepared>) -> PgWireResult<Vec<Value>> {
             Type::FLOAT4 => portal.parameter::<f32>(i, &ty)?.map(|x| Value::Float(x.into())),
             Type::FLOAT8 => portal.parameter::<f64>(i, &ty)?.map(Value::Float),
             Type::BYTEA => portal.parameter::<Vec<u8>>(i, &ty)?.map(Value::Bytes),
-            Type::NUMERIC => portal.parameter::<rust_decimal::Decimal>(i, &ty)?.map(Value::Numeric),
+            Type::NUMERIC if portal.parameter_format.is_binary(i) => {
+                match portal.parameters.get(i).cloned().flatten() {
+                    None => None,
+                    Some(raw) => Some(Value::Numeric(amberdb_sql::Numeric::from_pg_binary(&raw).map_err(user_error)?)),
+                }
+            }
+            Type::UUID if portal.parameter_format.is_binary(i) => match portal.parameters.get(i).cloned().flatten() {
+                None => None,
+                Some(raw) => Some(Value::Uuid(u128::from_be_bytes(
+                    <[u8; 16]>::try_from(&raw[..])
+                        .map_err(|_| user_error(Error::sql("22P03", "invalid binary uuid: expected 16 bytes")))?,
+                ))),
+            },
             Type::INTERVAL => match portal.parameters.get(i).cloned().flatten() {
                 None => None,
                 Some(raw) if portal.parameter_format.is_binary(i) => Some(Value::Interval(binary_interval(&raw)?)),

@@ -199,7 +199,9 @@ fn main() -> std::process::ExitCode {
     init_tracing();
     disable_transparent_huge_pages();
     amberdb_backup::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Statements run on these threads (sync execution in `block_in_place`): nested
+    // views and subqueries recurse through the planner, so give them 8 MiB stacks.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(8 << 20).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

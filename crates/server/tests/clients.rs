@@ -213,6 +213,25 @@ fn psql_copy_in_and_out() {
     assert!(err.contains("invalid input syntax for type integer") && err.contains("line 2"), "{err}");
     let (_, stdout, _) = psql(&server, &["-At"], "SELECT count(*) FROM c;");
     assert_eq!(stdout.trim(), "5");
+    // A short record names its line once.
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "30\tthirty\n").unwrap();
+    let (_, _, err) = psql(&server, &["-At"], &format!("\\copy c FROM '{}'\n", short.display()));
+    assert_eq!(err.matches("(COPY c, line 1)").count(), 1, "{err}");
+    // Identity columns: filled when not copied; a GENERATED ALWAYS one takes copied
+    // values, as PostgreSQL's COPY lets it.
+    let names = dir.path().join("names.txt");
+    std::fs::write(&names, "a\nb\n").unwrap();
+    let given = dir.path().join("given.txt");
+    std::fs::write(&given, "100\tc\n").unwrap();
+    let script = format!(
+        "CREATE TABLE ids (id INT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name TEXT);\n\\copy ids (name) FROM '{}'\n\\copy ids FROM '{}'\nSELECT id, name FROM ids ORDER BY id;\n",
+        names.display(),
+        given.display()
+    );
+    let (ok, stdout, err) = psql(&server, &["-At", "-v", "ON_ERROR_STOP=1"], &script);
+    assert!(ok, "{err}");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["1|a", "2|b", "100|c"], "{err}");
 }
 
 /// psycopg 3 (parameters, transactions, a serialization-failure retry loop, COPY).
@@ -354,6 +373,116 @@ async fn binary_timestamps_are_instants_in_any_session_zone() {
     let row = client.query_one("SELECT $1::timestamp, $1::timestamp::text", &[&instant]).await.unwrap();
     assert_eq!(row.get::<_, SystemTime>(0), instant);
     assert_eq!(row.get::<_, String>(1), "2024-01-01 00:00:00.000001");
+    drop(client);
+    let _ = task.await;
+}
+
+/// A binary numeric or uuid, as bytes (drivers such as sqlx and JDBC's binary transfer
+/// send and read them this way).
+#[derive(Debug)]
+struct RawBinary(Vec<u8>);
+
+impl tokio_postgres::types::ToSql for RawBinary {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        [tokio_postgres::types::Type::NUMERIC, tokio_postgres::types::Type::UUID].contains(ty)
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawBinary {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawBinary(raw.to_vec()))
+    }
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        [tokio_postgres::types::Type::NUMERIC, tokio_postgres::types::Type::UUID].contains(ty)
+    }
+}
+
+/// Binary numerics past 28 digits, both ways, byte for byte as PostgreSQL's
+/// `numeric_send` writes them: ndigits, weight, sign, dscale, then base-10000 digits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_numerics_are_exact_at_any_size() {
+    let server = Server::start();
+    let (client, conn) = tokio_postgres::connect(&server.conn_string(), tokio_postgres::NoTls).await.expect("connect");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let be = |words: &[i16]| words.iter().flat_map(|w| w.to_be_bytes()).collect::<Vec<u8>>();
+    // 12345678901234567890.0123: 6 digits, weight 4, positive, dscale 4.
+    let wide = be(&[6, 4, 0, 4, 1234, 5678, 9012, 3456, 7890, 123]);
+    // -0.00012: 2 digits, weight -1, negative, dscale 5.
+    let small = be(&[2, -1, 0x4000, 5, 1, 2000]);
+    let row = client
+        .query_one(
+            "SELECT $1::numeric::text, $2::numeric::text, 12345678901234567890.0123::numeric, -0.00012::numeric, \
+             $1::numeric * 10000000000",
+            &[&RawBinary(wide.clone()), &RawBinary(small.clone())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "12345678901234567890.0123");
+    assert_eq!(row.get::<_, String>(1), "-0.00012");
+    assert_eq!(row.get::<_, RawBinary>(2).0, wide);
+    assert_eq!(row.get::<_, RawBinary>(3).0, small);
+    // 123456789012345678900123000000.0000: 8 digits, weight 7, dscale 4.
+    assert_eq!(row.get::<_, RawBinary>(4).0, be(&[7, 7, 0, 4, 12, 3456, 7890, 1234, 5678, 9001, 2300]));
+    // A malformed binary numeric is refused with PostgreSQL's code, and the session lives.
+    let err = client.query_one("SELECT $1::numeric", &[&RawBinary(be(&[1, 0, 0, 0, 10000]))]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22P03"), "{err}");
+    assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    drop(client);
+    let _ = task.await;
+}
+
+/// Row-returning DML completes with PostgreSQL's tags: `INSERT 0 n` (libpq reads the
+/// count after the oid; "INSERT n" made psql say "could not interpret result from
+/// server" and drivers report no row count), `UPDATE n`, `DELETE n`. psql runs
+/// without -q here so that it prints the tags.
+#[test]
+fn returning_statements_complete_with_postgresql_tags() {
+    let server = Server::start();
+    let out = Command::new("psql")
+        .args(["-X", "-At", "-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "amberdb", "-d", "amberdb"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", "CREATE TABLE r (id SERIAL PRIMARY KEY, v TEXT)"])
+        .args(["-c", "INSERT INTO r (v) VALUES ('a'), ('b') RETURNING id"])
+        .args(["-c", "UPDATE r SET v = 'c' WHERE id = 2 RETURNING v"])
+        .args(["-c", "DELETE FROM r WHERE id = 1 RETURNING id"])
+        .output()
+        .expect("psql is installed (scripts/test installs it)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("could not interpret"), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, ["CREATE TABLE", "1", "2", "INSERT 0 2", "c", "UPDATE 1", "1", "DELETE 1"], "{stderr}");
+}
+
+/// Binary uuids, both ways: the 16 bytes, most significant first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_uuids_round_trip() {
+    let server = Server::start();
+    let (client, conn) = tokio_postgres::connect(&server.conn_string(), tokio_postgres::NoTls).await.expect("connect");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client.batch_execute("CREATE TABLE u (id UUID PRIMARY KEY, v INT)").await.unwrap();
+    let id: Vec<u8> = (0u8..16).collect();
+    client.execute("INSERT INTO u VALUES ($1, 1)", &[&RawBinary(id.clone())]).await.unwrap();
+    let row = client.query_one("SELECT id, id::text FROM u WHERE id = $1", &[&RawBinary(id.clone())]).await.unwrap();
+    assert_eq!(row.get::<_, RawBinary>(0).0, id);
+    assert_eq!(row.get::<_, String>(1), "00010203-0405-0607-0809-0a0b0c0d0e0f");
+    let err = client.query_one("SELECT $1::uuid", &[&RawBinary(vec![1, 2, 3])]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22P03"), "{err}");
     drop(client);
     let _ = task.await;
 }

@@ -24,6 +24,17 @@ const SEEDS: &[&str] = &[
     "ROLLBACK",
     "SELECT (SELECT 1), EXISTS (SELECT * FROM f)",
     "INSERT INTO f (id, s) VALUES (3, repeat('z', 10)) ON CONFLICT (id) DO UPDATE SET s = excluded.s",
+    "WITH w (k) AS (SELECT id FROM f WHERE x > 0) SELECT k, (WITH w AS (SELECT 2) SELECT * FROM w) FROM w",
+    "SELECT id, rank() OVER (PARTITION BY b ORDER BY x DESC), lag(s, 1, 'none') OVER (ORDER BY id) FROM f",
+    "SELECT s, sum(x), dense_rank() OVER (ORDER BY sum(x)) FROM f GROUP BY s",
+    "SELECT 123456789012345678901234567890.5::numeric / 7, sqrt(2.0000000000000000000000001), 2::numeric ^ 99",
+    "SELECT string_agg(s, ',' ORDER BY id DESC), generate_series(1, 3) FROM f",
+    "SELECT * FROM generate_series('2024-01-31'::timestamp, '2024-05-01', interval '1 month')",
+    "CREATE TABLE g (id SERIAL PRIMARY KEY, u UUID DEFAULT gen_random_uuid(), n NUMERIC(40, 20))",
+    "INSERT INTO g (n) VALUES (DEFAULT), (1.5e10) RETURNING *",
+    "CREATE OR REPLACE VIEW v AS SELECT id, s FROM f WHERE id > 0",
+    "SELECT * FROM v JOIN g ON v.id = g.id",
+    "TRUNCATE g RESTART IDENTITY",
 ];
 
 const TOKENS: &[&str] = &[
@@ -71,6 +82,18 @@ const TOKENS: &[&str] = &[
     "\u{0}",
     "é",
     "99999999999999999999",
+    "OVER",
+    "PARTITION BY",
+    "WITH",
+    "AS",
+    "::numeric",
+    "^",
+    "1e-16383",
+    "gen_random_uuid()",
+    "row_number()",
+    "v",
+    "g",
+    "DEFAULT",
 ];
 
 fn mangle(rng: &mut StdRng) -> String {

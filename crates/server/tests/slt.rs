@@ -98,6 +98,10 @@ async fn sqllogictest_files() {
         .filter(|p| p.extension().is_some_and(|e| e == "slt"))
         .collect();
     files.sort();
+    // SLT_ONLY=types runs types.slt alone (while working on one file).
+    if let Ok(only) = std::env::var("SLT_ONLY") {
+        files.retain(|p| p.file_stem().is_some_and(|s| s.to_string_lossy() == only));
+    }
     assert!(!files.is_empty(), "no .slt files in {}", dir.display());
     for f in files {
         eprintln!("running {}", f.display());

@@ -4,11 +4,13 @@
 //!   0x10 str(table name)            → JSON TableDef
 //!   0x11                            → u64 LE: last table id handed out
 //!   0x12 u64(table id)              → u64 LE: last hidden row id handed out
+//!   0x12 u64(table id) u64(counter) → i64 LE: last value of an identity column
 //!   0x13 u64(table id)              → table name: a restore in progress loads this id
 //!   0x14 u64(table id)              → table name: dropped; its rows and index entries
 //!                                     are garbage, deleted in bounded transactions
 //!   0x15 u64(job id)                → JSON: a continuous backup job's settings and state
 //!   0x16                            → u64 LE: last backup job id handed out
+//!   0x17 str(view name)             → JSON ViewDef: the view's query text and column names
 //!   0x20 u64(table id) key(pk...)   → row: encoded values of every column
 //!   0x21 u64(table id) u64(index id) key(indexed values...) key(pk...) → empty
 //! ```
@@ -30,6 +32,7 @@ const TAG_PENDING_RESTORE: u8 = 0x13;
 const TAG_DROPPED: u8 = 0x14;
 const TAG_BACKUP_JOB: u8 = 0x15;
 const TAG_BACKUP_JOB_SEQ: u8 = 0x16;
+const TAG_VIEW: u8 = 0x17;
 const TAG_ROW: u8 = 0x20;
 const TAG_INDEX: u8 = 0x21;
 
@@ -57,6 +60,33 @@ pub struct Column {
     pub nullable: bool,
     /// The DEFAULT expression as SQL text, evaluated at insert time.
     pub default: Option<String>,
+    /// An identity column (`GENERATED … AS IDENTITY`, `serial`): its values come from a
+    /// counter of the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+}
+
+/// How an identity column gets its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// `GENERATED ALWAYS`: an explicit value is refused (`BY DEFAULT` and `serial`
+    /// take one, as PostgreSQL does).
+    pub always: bool,
+    /// The counter's number within the table (stable across renames and drops of
+    /// other columns): its key is `0x12 u64(table id) u64(counter)`.
+    pub counter: u64,
+}
+
+/// A view: a named query, inlined where it is read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewDef {
+    /// Name.
+    pub name: String,
+    /// The query, as SQL text.
+    pub query: String,
+    /// Column names given in `CREATE VIEW v (a, b)`; empty: the query's own.
+    #[serde(default)]
+    pub columns: Vec<String>,
 }
 
 /// A table definition.
@@ -196,6 +226,11 @@ fn table_key(name: &str) -> Vec<u8> {
     KeyEncoder::with_tag(TAG_TABLE).str(name).finish()
 }
 
+/// A JSON catalog entry (table or view definition).
+fn decode_entry<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T> {
+    serde_json::from_slice(raw).map_err(|e| Error::InvalidData(format!("catalog entry: {e}")))
+}
+
 fn read_u64(raw: Option<Vec<u8>>) -> Result<u64> {
     match raw {
         None => Ok(0),
@@ -222,17 +257,39 @@ impl Catalog {
 
     /// Looks a table up by name, failing with PostgreSQL's error if it does not exist.
     pub fn must_get(txn: &mut Transaction, name: &str) -> Result<TableDef> {
-        Self::get(txn, name)?.ok_or_else(|| Error::sql("42P01", format!("relation \"{name}\" does not exist")))
+        if let Some(def) = Self::get(txn, name)? {
+            return Ok(def);
+        }
+        if Self::get_view(txn, name)?.is_some() {
+            return Err(Error::sql("0A000", format!("\"{name}\" is a view: views can only be read")));
+        }
+        Err(Error::sql("42P01", format!("relation \"{name}\" does not exist")))
+    }
+
+    /// A view's definition.
+    pub fn get_view(txn: &mut Transaction, name: &str) -> Result<Option<ViewDef>> {
+        txn.get(&KeyEncoder::with_tag(TAG_VIEW).str(name).finish())?.map(|raw| decode_entry(&raw)).transpose()
+    }
+
+    /// Stores (or replaces) a view.
+    pub fn put_view(txn: &mut Transaction, view: &ViewDef) -> Result<()> {
+        let raw = serde_json::to_vec(view).map_err(|e| Error::Internal(format!("encode view definition: {e}")))?;
+        txn.put(KeyEncoder::with_tag(TAG_VIEW).str(&view.name).finish(), raw)
+    }
+
+    /// Drops a view.
+    pub fn drop_view(txn: &mut Transaction, name: &str) -> Result<()> {
+        txn.delete(KeyEncoder::with_tag(TAG_VIEW).str(name).finish())
+    }
+
+    /// Every view, ordered by name.
+    pub fn list_views(txn: &mut Transaction) -> Result<Vec<ViewDef>> {
+        txn.scan(KeyRange::prefix(&[TAG_VIEW])).map(|kv| decode_entry(&kv?.1)).collect()
     }
 
     /// Every table, ordered by name.
     pub fn list(txn: &mut Transaction) -> Result<Vec<TableDef>> {
-        let mut out = Vec::new();
-        for kv in txn.scan(KeyRange::prefix(&[TAG_TABLE])) {
-            let (_, raw) = kv?;
-            out.push(serde_json::from_slice(&raw).map_err(|e| Error::InvalidData(format!("catalog entry: {e}")))?);
-        }
-        Ok(out)
+        txn.scan(KeyRange::prefix(&[TAG_TABLE])).map(|kv| decode_entry(&kv?.1)).collect()
     }
 
     /// Hands out a new table id.
@@ -338,6 +395,30 @@ impl Catalog {
             out.push((d.u64()?, v));
         }
         Ok(out)
+    }
+
+    /// The next value of an identity column (1, 2, …). Transactional: a rolled-back
+    /// insert gives its value back, and concurrent inserters of one table conflict on
+    /// the counter (one of them retries, 40001), as they do on hidden row ids.
+    pub fn next_identity(txn: &mut Transaction, def: &TableDef, identity: Identity) -> Result<i64> {
+        let key = KeyEncoder::with_tag(TAG_ROWID).u64(def.id).u64(identity.counter).finish();
+        let last = read_u64(txn.get(&key)?)? as i64;
+        let next =
+            last.checked_add(1).ok_or_else(|| Error::sql("2200H", "identity column reached its maximum value"))?;
+        txn.put(key, (next as u64).to_le_bytes().to_vec())?;
+        Ok(next)
+    }
+
+    /// Carries a table's identity counters over to `to` (TRUNCATE … CONTINUE IDENTITY,
+    /// which moves the table to a new id).
+    pub fn copy_identities(txn: &mut Transaction, from: &TableDef, to: &TableDef) -> Result<()> {
+        for identity in from.columns.iter().filter_map(|c| c.identity) {
+            let key = |id: u64| KeyEncoder::with_tag(TAG_ROWID).u64(id).u64(identity.counter).finish();
+            if let Some(v) = txn.get(&key(from.id))? {
+                txn.put(key(to.id), v)?;
+            }
+        }
+        Ok(())
     }
 
     /// Hands out the next hidden row id of a table without a primary key.

@@ -213,14 +213,15 @@ impl CopyFormat {
 }
 
 /// Converts parsed fields into a full row of `def` (columns not copied get defaults).
-pub fn fields_to_row(def: &TableDef, targets: &[usize], fields: Vec<Option<String>>, line: u64) -> Result<Vec<Value>> {
+pub fn fields_to_row(def: &TableDef, targets: &[usize], fields: Vec<Option<String>>) -> Result<Vec<Value>> {
     if fields.len() != targets.len() {
         let what = if fields.len() < targets.len() {
             "missing data for a column"
         } else {
             "extra data after last expected column"
         };
-        return Err(Error::sql("22P04", format!("{what} (COPY {}, line {line})", def.name)));
+        // The caller adds "(COPY t, line n)" to every record's error.
+        return Err(Error::sql("22P04", what));
     }
     let mut row = vec![Value::Null; def.columns.len()];
     for (f, &t) in fields.into_iter().zip(targets) {

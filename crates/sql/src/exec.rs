@@ -333,6 +333,7 @@ fn key_range(
             Value::Bytes(_) => Some(DataType::Bytea),
             Value::Interval(_) => Some(DataType::Interval),
             Value::Time(_) => Some(DataType::Time),
+            Value::Uuid(_) => Some(DataType::Uuid),
             Value::Text(_) | Value::Null => None,
         };
         let exact = match natural {
@@ -463,6 +464,11 @@ fn table_factor(
         }
         ast::TableFactor::Table { name, alias, args: None, .. } => {
             let tname = table_name(name)?;
+            if Catalog::get(txn, &tname)?.is_none() {
+                if let Some(view) = Catalog::get_view(txn, &tname)? {
+                    return view_source(txn, &view, alias.as_ref(), filter_hint, params);
+                }
+            }
             let def = Catalog::must_get(txn, &tname)?;
             let alias = alias.as_ref().map(|a| ident(&a.name)).unwrap_or(tname);
             let scope = scope_of(&def, &alias);
@@ -498,6 +504,18 @@ fn table_factor(
                     other => Err(feature(format!("argument {other}"))),
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let table = alias.as_ref().map(|a| ident(&a.name)).unwrap_or_else(|| fname.clone());
+            // As in PostgreSQL, a scalar function's column takes the alias's name when no
+            // column alias is given (`FROM generate_series(1, 3) g` has a column g).
+            let col = match alias {
+                Some(a) => a.columns.first().map(|c| ident(&c.name)).unwrap_or_else(|| ident(&a.name)),
+                None => fname.clone(),
+            };
+            if let [start, stop, Value::Interval(step)] = args.as_slice() {
+                let (ty, rows) = time_series(start, stop, *step)?;
+                let scope = vec![ScopeCol { table: Some(table), name: col, ty: Some(ty) }];
+                return Ok(Source { scope, rows, order: vec![] });
+            }
             let int = |v: &Value| match v.clone().cast(DataType::Int8) {
                 Ok(Value::Int(i)) => Ok(Some(i)),
                 Ok(_) => Ok(None),
@@ -524,13 +542,6 @@ fn table_factor(
                     })))
                 }
                 _ => materialized(vec![]),
-            };
-            let table = alias.as_ref().map(|a| ident(&a.name)).unwrap_or_else(|| fname.clone());
-            // As in PostgreSQL, a scalar function's column takes the alias's name when no
-            // column alias is given (`FROM generate_series(1, 3) g` has a column g).
-            let col = match alias {
-                Some(a) => a.columns.first().map(|c| ident(&c.name)).unwrap_or_else(|| ident(&a.name)),
-                None => fname,
             };
             let scope = vec![ScopeCol { table: Some(table), name: col, ty: Some(DataType::Int8) }];
             Ok(Source { scope, rows, order: vec![] })
@@ -564,6 +575,145 @@ fn table_factor(
         }
         other => Err(feature(format!("FROM item {other}"))),
     }
+}
+
+thread_local! {
+    /// Views being expanded on this thread: a view that (through others) reads itself
+    /// is an error, not a stack overflow.
+    static VIEW_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A view read in FROM: its query, as a derived table named by the alias or the view.
+fn view_source(
+    txn: &mut Transaction,
+    view: &crate::catalog::ViewDef,
+    alias: Option<&ast::TableAlias>,
+    filter_hint: Option<&ast::Expr>,
+    params: &Params,
+) -> Result<Source> {
+    let depth = VIEW_DEPTH.with(|d| d.get());
+    if depth >= 32 {
+        return Err(Error::sql("42P17", format!("infinite recursion detected in view \"{}\"", view.name)));
+    }
+    let query = sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+        .try_with_sql(&view.query)
+        .and_then(|mut p| p.parse_query())
+        .map_err(|e| Error::InvalidData(format!("stored query of view {}: {e}", view.name)))?;
+    let mut alias = alias.cloned().unwrap_or(ast::TableAlias {
+        explicit: true,
+        name: ast::Ident::new(view.name.clone()),
+        columns: vec![],
+        at: None,
+    });
+    if alias.columns.is_empty() {
+        alias.columns = view.columns.iter().map(|c| ast::TableAliasColumnDef::from_name(c.clone())).collect();
+    }
+    let derived = ast::TableFactor::Derived { lateral: false, subquery: query, alias: Some(alias), sample: None };
+    VIEW_DEPTH.with(|d| d.set(depth + 1));
+    let out = table_factor(txn, &derived, filter_hint, params);
+    VIEW_DEPTH.with(|d| d.set(depth));
+    out
+}
+
+/// `CREATE [OR REPLACE] VIEW v [(columns)] AS query`: the query is checked (run for its
+/// shape only) and stored as text.
+pub fn create_view(txn: &mut Transaction, cv: &ast::CreateView) -> Result<Outcome> {
+    if cv.materialized || cv.temporary {
+        return Err(feature("materialized and temporary views"));
+    }
+    let name = table_name(&cv.name)?;
+    if Catalog::get(txn, &name)?.is_some() {
+        return Err(Error::sql("42P07", format!("relation \"{name}\" already exists")));
+    }
+    if Catalog::get_view(txn, &name)?.is_some() && !cv.or_replace {
+        if cv.if_not_exists {
+            return Ok(Outcome::Command("CREATE VIEW".into()));
+        }
+        return Err(Error::sql("42P07", format!("relation \"{name}\" already exists")));
+    }
+    let view = crate::catalog::ViewDef {
+        name,
+        query: cv.query.to_string(),
+        columns: cv.columns.iter().map(|c| ident(&c.name)).collect(),
+    };
+    // Stored first, then read for its shape: a definition that reaches itself through
+    // other views fails here (42P17) and the failed statement leaves nothing behind.
+    Catalog::put_view(txn, &view)?;
+    let (columns, _) = with_shape_only(true, || query(txn, &cv.query, &[]))?;
+    if cv.columns.len() > columns.len() {
+        return Err(Error::sql("42601", "CREATE VIEW specifies more column names than columns"));
+    }
+    Ok(Outcome::Command("CREATE VIEW".into()))
+}
+
+/// `DROP VIEW [IF EXISTS] v [, …]`.
+pub fn drop_views(txn: &mut Transaction, names: &[ast::ObjectName], if_exists: bool) -> Result<Outcome> {
+    for n in names {
+        let name = table_name(n)?;
+        match Catalog::get_view(txn, &name)? {
+            Some(_) => Catalog::drop_view(txn, &name)?,
+            None if if_exists => {}
+            None if Catalog::get(txn, &name)?.is_some() => {
+                return Err(Error::sql("42809", format!("\"{name}\" is not a view; use DROP TABLE")))
+            }
+            None => return Err(Error::sql("42P01", format!("view \"{name}\" does not exist"))),
+        }
+    }
+    Ok(Outcome::Command("DROP VIEW".into()))
+}
+
+/// `generate_series(start, stop, interval)` over timestamps (a date or untyped start is
+/// read as a timestamptz, as PostgreSQL resolves it): each value is the previous one plus the
+/// step, so month steps follow the calendar as PostgreSQL's do (Jan 31, Feb 29, Mar 29).
+/// Produced as pulled.
+fn time_series(start: &Value, stop: &Value, step: crate::interval::Interval) -> Result<(DataType, RowIter)> {
+    let ty = match start {
+        Value::Timestamp(_) => DataType::Timestamp,
+        // A date, or a literal of no stated type: PostgreSQL resolves to timestamptz.
+        Value::TimestampTz(_) | Value::Date(_) | Value::Text(_) => DataType::TimestampTz,
+        Value::Null => return Ok((DataType::Timestamp, materialized(vec![]))),
+        other => {
+            return Err(Error::sql(
+                "42725",
+                format!(
+                "function generate_series({}, {}, interval) is not unique; cast the start to timestamp or timestamptz",
+                other.type_name(),
+                stop.type_name()
+            ),
+            ))
+        }
+    };
+    let (start, stop) = (start.clone().cast(ty)?, stop.clone().cast(ty)?);
+    if stop.is_null() {
+        return Ok((ty, materialized(vec![])));
+    }
+    let direction = step.span().signum();
+    if direction == 0 {
+        return Err(Error::sql("22023", "step size cannot equal zero"));
+    }
+    if SHAPE_ONLY.with(|s| s.get()) {
+        return Ok((ty, materialized(vec![])));
+    }
+    let step = Value::Interval(step);
+    let mut next: Option<Result<Value>> = Some(Ok(start));
+    let rows = std::iter::from_fn(move || {
+        let v = match next.take()? {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        let past = match v.sql_cmp(&stop) {
+            Ok(Some(o)) => (direction > 0 && o == Ordering::Greater) || (direction < 0 && o == Ordering::Less),
+            Ok(None) => true,
+            Err(e) => return Some(Err(e)),
+        };
+        if past {
+            return None;
+        }
+        // A step past the timestamp range is the next row's error, as in PostgreSQL.
+        next = crate::interval::arith(BinOp::Add, &v, &step).transpose();
+        Some(Ok(vec![v]))
+    });
+    Ok((ty, crate::interrupt::rows(Box::new(rows))))
 }
 
 /// Joins two sources: the left streams, the right is collected (nested loop).
@@ -725,8 +875,20 @@ fn from_clause(
     Ok(acc.unwrap_or(Source { scope: vec![], rows: materialized(vec![vec![]]), order: vec![] }))
 }
 
-fn contains_aggregate(e: &ast::Expr) -> bool {
+/// Whether a select groups its rows: GROUP BY, HAVING, or an aggregate in its list.
+fn is_aggregating(select: &ast::Select, group_exprs: &[ast::Expr]) -> bool {
+    !group_exprs.is_empty()
+        || select.having.is_some()
+        || select.projection.iter().any(|p| match p {
+            ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => contains_aggregate(e),
+            _ => false,
+        })
+}
+
+pub(crate) fn contains_aggregate(e: &ast::Expr) -> bool {
     match e {
+        // `sum(x) OVER (…)` is a window function, not an aggregate of the query.
+        ast::Expr::Function(f) if f.over.is_some() => false,
         ast::Expr::Function(f) => {
             AggFunc::from_name(f.name.to_string().to_lowercase().trim_start_matches("pg_catalog.")).is_some()
                 || match &f.args {
@@ -756,14 +918,14 @@ fn contains_aggregate(e: &ast::Expr) -> bool {
 /// get their values de-duplicated before the grouping, see `select`.)
 type Group = (Row, Vec<Acc>);
 
-#[derive(Debug)]
-enum Acc {
+#[derive(Debug, Clone)]
+pub(crate) enum Acc {
     CountStar(i64),
     Count(i64),
     Sum(Option<Value>),
     Avg(f64, i64),
     /// avg over integers and numerics is exact, as in PostgreSQL.
-    AvgExact(rust_decimal::Decimal, i64, bool),
+    AvgExact(crate::numeric::Numeric, i64, bool),
     Min(Option<Value>),
     Max(Option<Value>),
     /// avg over intervals: their sum and count.
@@ -772,16 +934,19 @@ enum Acc {
     Bool(Option<bool>, bool),
     /// string_agg: the text so far, and the delimiter.
     StringAgg(Option<String>, Option<Arc<str>>),
+    /// Ordered string_agg: the packed inputs (`expr::unpack_ordered`), sorted at the end.
+    StringAggOrdered(Vec<Vec<u8>>),
 }
 
 impl Acc {
-    fn new((f, delimiter): &(AggFunc, Option<Arc<str>>)) -> Acc {
+    pub(crate) fn new((f, delimiter): &(AggFunc, Option<Arc<str>>)) -> Acc {
         match *f {
             AggFunc::StringAgg => Acc::StringAgg(None, delimiter.clone()),
+            AggFunc::StringAggOrdered => Acc::StringAggOrdered(Vec::new()),
             AggFunc::CountStar => Acc::CountStar(0),
             AggFunc::Count => Acc::Count(0),
             AggFunc::Sum => Acc::Sum(None),
-            AggFunc::Avg => Acc::AvgExact(rust_decimal::Decimal::ZERO, 0, false),
+            AggFunc::Avg => Acc::AvgExact(crate::numeric::Numeric::zero(), 0, false),
             AggFunc::Min => Acc::Min(None),
             AggFunc::Max => Acc::Max(None),
             AggFunc::BoolAnd => Acc::Bool(None, true),
@@ -789,12 +954,18 @@ impl Acc {
         }
     }
 
-    fn add(&mut self, v: Value) -> Result<()> {
+    pub(crate) fn add(&mut self, v: Value) -> Result<()> {
         if v.is_null() && !matches!(self, Acc::CountStar(_)) {
             return Ok(());
         }
         match self {
             Acc::CountStar(n) | Acc::Count(n) => *n += 1,
+            // A running numeric sum grows in place.
+            Acc::Sum(Some(Value::Numeric(a))) if matches!(v, Value::Numeric(_) | Value::Int(_)) => match v {
+                Value::Numeric(b) => a.add_assign(&b)?,
+                Value::Int(b) => a.add_assign(&crate::numeric::Numeric::from(b))?,
+                _ => {}
+            },
             Acc::Sum(s) => {
                 *s = Some(match (s.take(), v) {
                     (None, v @ (Value::Int(_) | Value::Float(_))) => v,
@@ -805,11 +976,8 @@ impl Acc {
                     (Some(Value::Float(a)), Value::Int(b)) => Value::Float(a + b as f64),
                     (Some(Value::Float(a)), Value::Float(b)) => Value::Float(a + b),
                     (None, Value::Numeric(d)) => Value::Numeric(d),
-                    (Some(Value::Numeric(a)), Value::Numeric(b)) => Value::Numeric(
-                        a.checked_add(b).ok_or_else(|| Error::sql("22003", "value overflows numeric format"))?,
-                    ),
-                    (Some(Value::Numeric(a)), Value::Int(b)) | (Some(Value::Int(b)), Value::Numeric(a)) => {
-                        Value::Numeric(a + rust_decimal::Decimal::from(b))
+                    (Some(Value::Int(a)), Value::Numeric(b)) => {
+                        Value::Numeric(b.add(&crate::numeric::Numeric::from(a))?)
                     }
                     (None, Value::Interval(iv)) => Value::Interval(iv),
                     (Some(Value::Interval(a)), Value::Interval(b)) => Value::Interval(a.add(&b)?),
@@ -833,16 +1001,16 @@ impl Acc {
             },
             Acc::AvgExact(sum, n, inexact) if !*inexact => match v {
                 Value::Int(i) => {
-                    *sum += rust_decimal::Decimal::from(i);
+                    sum.add_assign(&crate::numeric::Numeric::from(i))?;
                     *n += 1;
                 }
                 Value::Numeric(d) => {
-                    *sum += d;
+                    sum.add_assign(&d)?;
                     *n += 1;
                 }
                 other => {
                     // A float input makes the average a float.
-                    let f = rust_decimal::prelude::ToPrimitive::to_f64(sum).unwrap_or(0.0);
+                    let f = sum.to_f64();
                     let count = *n;
                     *self = Acc::Avg(f, count);
                     return self.add(other);
@@ -867,6 +1035,10 @@ impl Acc {
                     *m = Some(v);
                 }
             }
+            Acc::StringAggOrdered(parts) => match v {
+                Value::Bytes(b) => parts.push(b),
+                other => return Err(Error::Internal(format!("ordered string_agg got {}", other.type_name()))),
+            },
             Acc::StringAgg(acc, delimiter) => {
                 let text = match v {
                     Value::Text(t) => t,
@@ -900,25 +1072,48 @@ impl Acc {
         Ok(())
     }
 
-    fn finish(self) -> Value {
+    pub(crate) fn finish(self) -> Value {
         match self {
             Acc::CountStar(n) | Acc::Count(n) => Value::Int(n),
             Acc::Sum(s) | Acc::Min(s) | Acc::Max(s) => s.unwrap_or(Value::Null),
             Acc::Bool(b, _) => b.map_or(Value::Null, Value::Bool),
             Acc::StringAgg(s, _) => s.map_or(Value::Null, Value::Text),
+            Acc::StringAggOrdered(parts) => ordered_string_agg(parts),
             Acc::Avg(_, 0) | Acc::AvgExact(_, 0, _) | Acc::AvgInterval(_, 0) => Value::Null,
             Acc::AvgInterval(sum, n) => Value::Interval(
                 sum.div(n as f64).expect("a sum of valid intervals divided by their count stays in range"),
             ),
             Acc::Avg(s, n) => Value::Float(s / n as f64),
             Acc::AvgExact(sum, n, _) => {
-                let q = sum / rust_decimal::Decimal::from(n);
-                let mut q = q.round_dp(16);
-                q.rescale(16);
-                Value::Numeric(q)
+                // PostgreSQL divides the sum by the count at the quotient's usual scale.
+                Value::Numeric(
+                    sum.div(&crate::numeric::Numeric::from(n))
+                        .expect("a sum divided by its non-zero count is no larger and has at most 1000 places"),
+                )
             }
         }
     }
+}
+
+/// Joins ordered string_agg inputs: a stable sort by their keys (equal keys keep input
+/// order), each value after its own delimiter but the first.
+fn ordered_string_agg(parts: Vec<Vec<u8>>) -> Value {
+    if parts.is_empty() {
+        return Value::Null;
+    }
+    let mut parts: Vec<crate::expr::OrderedPart> = parts
+        .iter()
+        .map(|p| crate::expr::unpack_ordered(p).expect("ordered string_agg inputs are packed by this statement"))
+        .collect();
+    parts.sort_by(crate::expr::cmp_ordered);
+    let mut out = String::new();
+    for (i, p) in parts.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str(p.delimiter.as_deref().unwrap_or(""));
+        }
+        out.push_str(&p.text);
+    }
+    Value::Text(out)
 }
 
 /// GROUP BY over rows already evaluated to `group keys ++ aggregate arguments`, with
@@ -1016,7 +1211,7 @@ impl Iterator for Grouping {
     }
 }
 
-fn agg_type(call: &AggCall, scope: &[ScopeCol]) -> Option<DataType> {
+pub(crate) fn agg_type(call: &AggCall, scope: &[ScopeCol]) -> Option<DataType> {
     match call.func {
         AggFunc::CountStar | AggFunc::Count => Some(DataType::Int8),
         AggFunc::Avg => match call.arg.as_ref().and_then(|a| a.result_type(scope)) {
@@ -1032,7 +1227,7 @@ fn agg_type(call: &AggCall, scope: &[ScopeCol]) -> Option<DataType> {
         },
         AggFunc::Min | AggFunc::Max => call.arg.as_ref().and_then(|a| a.result_type(scope)),
         AggFunc::BoolAnd | AggFunc::BoolOr => Some(DataType::Bool),
-        AggFunc::StringAgg => Some(DataType::Text),
+        AggFunc::StringAgg | AggFunc::StringAggOrdered => Some(DataType::Text),
     }
 }
 
@@ -1065,7 +1260,7 @@ pub fn query_all(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Res
 
 fn run_query(txn: &mut Transaction, q: &ast::Query, params: &Params) -> Result<(Vec<OutColumn>, RowIter)> {
     if q.with.is_some() {
-        return Err(feature("WITH"));
+        return run_query(txn, &crate::cte::inline(q)?, params);
     }
     let (offset, limit) = limits(q, params)?;
     let top = limit.map(|l| l.saturating_add(offset));
@@ -1180,8 +1375,22 @@ fn select_rows(
     top: Option<usize>,
     params: &Params,
 ) -> Result<(Vec<OutColumn>, RowIter)> {
-    let source = from_clause(txn, &select.from, select.selection.as_ref(), params)?;
-    let mut rows = source.rows;
+    if let Some(rewritten) = crate::srf::rewrite(select)? {
+        return select_rows(txn, &rewritten, order_by, top, params);
+    }
+    // Windows over a grouped query: the grouping goes into a derived table first.
+    if let ast::GroupByExpr::Expressions(groups, mods) = &select.group_by {
+        let aggregate = is_aggregating(select, groups);
+        if mods.is_empty() && aggregate {
+            let groups: Vec<ast::Expr> =
+                groups.iter().map(|g| group_item(g.clone(), &select.projection, &[])).collect::<Result<_>>()?;
+            if let Some((outer, outer_order)) = crate::window::split_grouped(select, order_by, &groups, aggregate)? {
+                return select_rows(txn, &outer, outer_order.as_ref(), top, params);
+            }
+        }
+    }
+    let mut source = from_clause(txn, &select.from, select.selection.as_ref(), params)?;
+    let mut rows = std::mem::replace(&mut source.rows, materialized(vec![]));
     if let Some(w) = &select.selection {
         let mut b = Binder::with_txn(&source.scope, txn, params);
         let pred = b.bind(w)?;
@@ -1207,12 +1416,21 @@ fn select_rows(
         ast::GroupByExpr::Expressions(e, mods) if mods.is_empty() => e.clone(),
         other => return Err(feature(format!("GROUP BY {other}"))),
     };
-    let aggregate = !group_exprs.is_empty()
-        || select.having.is_some()
-        || select.projection.iter().any(|p| match p {
-            ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => contains_aggregate(e),
-            _ => false,
-        });
+    let aggregate = is_aggregating(select, &group_exprs);
+    // Window calls become columns appended to the rows, named by their text (`window`).
+    let source_width = source.scope.len();
+    let windows = crate::window::calls_in(select, order_by);
+    if !windows.is_empty() {
+        if aggregate {
+            return Err(feature(
+                "window functions in a query with GROUP BY or aggregates (compute the aggregates in a subquery)",
+            ));
+        }
+        let calls = crate::window::bind(&windows, &source.scope)?;
+        source.scope.extend(calls.iter().map(|c| ScopeCol { table: None, name: c.text.clone(), ty: c.ty }));
+        rows = crate::window::apply(rows, calls, source_width, params.clone())?;
+        source.order.clear();
+    }
 
     // Select items (expanded wildcards) as (sqlparser expr or direct column, name).
     enum Item<'a> {
@@ -1224,7 +1442,7 @@ fn select_rows(
         match p {
             ast::SelectItem::UnnamedExpr(e) => items.push(Item::Ast(e, output_name(e))),
             ast::SelectItem::ExprWithAlias { expr, alias } => items.push(Item::Ast(expr, ident(alias))),
-            ast::SelectItem::Wildcard(_) if !aggregate => items.extend((0..source.scope.len()).map(Item::Col)),
+            ast::SelectItem::Wildcard(_) if !aggregate => items.extend((0..source_width).map(Item::Col)),
             ast::SelectItem::QualifiedWildcard(kind, _) if !aggregate => {
                 let t = kind.to_string().to_lowercase();
                 let before = items.len();
@@ -1563,11 +1781,8 @@ fn limits(q: &ast::Query, params: &Params) -> Result<(usize, Option<usize>)> {
 /// Stores a new row (COPY): fills NULL-valued non-target columns with their defaults,
 /// checks types, NOT NULL and the primary key, and buffers the write.
 pub(crate) fn store_new_row(txn: &mut Transaction, def: &TableDef, targets: &[usize], mut row: Row) -> Result<()> {
-    for (i, c) in def.columns.iter().enumerate() {
-        if !targets.contains(&i) {
-            row[i] = default_value(c)?;
-        }
-    }
+    // COPY writes GENERATED ALWAYS identity columns it is given, as PostgreSQL's does.
+    fill_defaults(txn, def, targets, &mut row, true)?;
     let row = conform(def, row)?;
     let rowid = if def.primary_key.is_empty() { Some(Catalog::next_rowid(txn, def)?) } else { None };
     let key = def.row_key(&row, rowid);
@@ -1669,6 +1884,35 @@ fn check_write_set(txn: &Transaction) -> Result<()> {
                 amberdb_consensus::MAX_TXN_BYTES >> 20
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Gives the columns a new row does not name their defaults (an identity column its
+/// next value), and refuses explicit values for `GENERATED ALWAYS` identity columns.
+fn fill_defaults(
+    txn: &mut Transaction,
+    def: &TableDef,
+    targets: &[usize],
+    row: &mut Row,
+    overriding: bool,
+) -> Result<()> {
+    for (i, c) in def.columns.iter().enumerate() {
+        let named = targets.contains(&i);
+        match c.identity {
+            Some(identity) if !named => row[i] = Value::Int(Catalog::next_identity(txn, def, identity)?),
+            Some(identity) if identity.always && !overriding => {
+                return Err(Error::sql(
+                    "428C9",
+                    format!(
+                        "cannot insert a non-DEFAULT value into column \"{}\": it is an identity column defined as GENERATED ALWAYS",
+                        c.name
+                    ),
+                ))
+            }
+            _ if !named => row[i] = default_value(c)?,
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -1782,10 +2026,33 @@ pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Res
             })
             .collect::<Result<_>>()?
     };
-    let source = ins.source.as_ref().ok_or_else(|| feature("INSERT without VALUES or SELECT"))?;
-    // The input streams: its scans read the statement's snapshot, so rows written here
-    // are not read back (INSERT INTO t SELECT … FROM t inserts each row once).
-    let (_, input) = query(txn, source, params)?;
+    // `DEFAULT` in a VALUES list: that cell takes the column's default (NULL stands in
+    // for it while the rows are evaluated). `DEFAULT VALUES`: one row of defaults.
+    let mut defaulted: Vec<Vec<usize>> = Vec::new();
+    let (_, input) = match ins.source.as_deref() {
+        None => (Vec::new(), materialized(vec![Vec::new()])),
+        Some(source) => {
+            let mut source = source.clone();
+            if let (ast::SetExpr::Values(values), None, None) =
+                (source.body.as_mut(), &source.order_by, &source.limit_clause)
+            {
+                for row in values.rows.iter_mut() {
+                    let mut at = Vec::new();
+                    for (i, cell) in row.iter_mut().enumerate() {
+                        if matches!(cell, ast::Expr::Identifier(id) if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default"))
+                        {
+                            *cell = ast::Expr::Value(ast::Value::Null.into());
+                            at.push(i);
+                        }
+                    }
+                    defaulted.push(at);
+                }
+            }
+            // The input streams: its scans read the statement's snapshot, so rows written
+            // here are not read back (INSERT INTO t SELECT … FROM t inserts each row once).
+            query(txn, &source, params)?
+        }
+    };
     let (do_nothing, do_update) = match &ins.on {
         None => (false, None),
         Some(ast::OnInsert::OnConflict(oc)) => match &oc.action {
@@ -1798,18 +2065,23 @@ pub fn insert(txn: &mut Transaction, ins: &ast::Insert, params: &[Value]) -> Res
     // SELECT held every row it wrote a second time, for nothing).
     let (mut written, mut count) = (Vec::new(), 0u64);
     let keep = ins.returning.is_some();
-    for vals in input {
+    for (n, vals) in input.enumerate() {
         let vals = vals?;
         if vals.len() > targets.len() {
             return Err(Error::sql("42601", "INSERT has more expressions than target columns"));
         }
-        if vals.len() < targets.len() && !ins.columns.is_empty() {
+        if vals.len() < targets.len() && !ins.columns.is_empty() && ins.source.is_some() {
             return Err(Error::sql("42601", "INSERT has more target columns than expressions"));
         }
-        let mut row: Row = def.columns.iter().map(default_value).collect::<Result<_>>()?;
+        let mut row: Row = vec![Value::Null; def.columns.len()];
+        // The columns given a value: as many targets as values, less DEFAULT cells.
+        let skip = defaulted.get(n).map(Vec::as_slice).unwrap_or(&[]);
+        let named: Vec<usize> =
+            targets.iter().take(vals.len()).enumerate().filter(|(i, _)| !skip.contains(i)).map(|(_, &t)| t).collect();
         for (v, &t) in vals.into_iter().zip(&targets) {
             row[t] = v;
         }
+        fill_defaults(txn, &def, &named, &mut row, false)?;
         let row = conform(&def, row)?;
         let rowid = if def.primary_key.is_empty() { Some(Catalog::next_rowid(txn, &def)?) } else { None };
         let key = def.row_key(&row, rowid);
@@ -2056,7 +2328,7 @@ pub fn delete(txn: &mut Transaction, del: &ast::Delete, params: &[Value]) -> Res
 /// CREATE TABLE.
 pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outcome> {
     let name = table_name(&ct.name)?;
-    if Catalog::get(txn, &name)?.is_some() {
+    if Catalog::get(txn, &name)?.is_some() || Catalog::get_view(txn, &name)?.is_some() {
         if ct.if_not_exists {
             return Ok(Outcome::Command("CREATE TABLE".into()));
         }
@@ -2073,13 +2345,53 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
         if columns.iter().any(|x| x.name == cname) {
             return Err(Error::sql("42701", format!("column \"{cname}\" specified more than once")));
         }
-        let ty = DataType::parse(&c.data_type.to_string()).map_err(crate::expr::to_sql_err)?;
-        let mut col = Column { name: cname, ty, nullable: true, default: None };
+        // serial types: an integer identity column, NOT NULL (PostgreSQL's serial is a
+        // sequence default; here it is an identity counter, see `Catalog::next_identity`).
+        let spelled = c.data_type.to_string().to_ascii_lowercase();
+        let serial = match spelled.as_str() {
+            "serial" | "serial4" => Some(DataType::Int4),
+            "bigserial" | "serial8" => Some(DataType::Int8),
+            "smallserial" | "serial2" => Some(DataType::Int2),
+            _ => None,
+        };
+        let ty = match serial {
+            Some(t) => t,
+            None => DataType::parse(&spelled).map_err(crate::expr::to_sql_err)?,
+        };
+        let counter = columns.len() as u64 + 1;
+        let identity = serial.map(|_| crate::catalog::Identity { always: false, counter });
+        let mut col = Column { name: cname, ty, nullable: identity.is_none(), default: None, identity };
         for o in &c.options {
             if apply_column_option(&mut col, &o.option)? {
                 continue;
             }
             match &o.option {
+                ast::ColumnOption::Generated {
+                    generated_as: generated @ (ast::GeneratedAs::Always | ast::GeneratedAs::ByDefault),
+                    generation_expr: None,
+                    ..
+                } => {
+                    if !col.ty.is_integer() {
+                        return Err(Error::sql(
+                            "22023",
+                            format!(
+                                "identity column type must be smallint, integer, or bigint (column \"{}\")",
+                                col.name
+                            ),
+                        ));
+                    }
+                    if col.identity.is_some() {
+                        return Err(Error::sql(
+                            "42601",
+                            format!("multiple identity specifications for column \"{}\"", col.name),
+                        ));
+                    }
+                    col.identity = Some(crate::catalog::Identity {
+                        always: matches!(generated, ast::GeneratedAs::Always),
+                        counter,
+                    });
+                    col.nullable = false;
+                }
                 ast::ColumnOption::Unique(_) => unique_sets.push(vec![columns.len()]),
                 ast::ColumnOption::PrimaryKey(_) => {
                     if !pk.is_empty() {
@@ -2093,6 +2405,12 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
                 }
                 other => return Err(feature(format!("column option {other}"))),
             }
+        }
+        if col.identity.is_some() && col.default.is_some() {
+            return Err(Error::sql(
+                "42601",
+                format!("both default and identity specified for column \"{}\" of table \"{name}\"", col.name),
+            ));
         }
         columns.push(col);
     }
@@ -2262,7 +2580,7 @@ fn apply_column_option(col: &mut Column, option: &ast::ColumnOption) -> Result<b
 /// Builds a column from its definition (types, NULL/NOT NULL, DEFAULT only).
 fn plain_column(c: &ast::ColumnDef) -> Result<Column> {
     let ty = DataType::parse(&c.data_type.to_string()).map_err(crate::expr::to_sql_err)?;
-    let mut col = Column { name: ident(&c.name), ty, nullable: true, default: None };
+    let mut col = Column { name: ident(&c.name), ty, nullable: true, default: None, identity: None };
     for o in &c.options {
         if !apply_column_option(&mut col, &o.option)? {
             return Err(feature(format!("column option {} in ALTER TABLE ADD COLUMN", o.option)));
@@ -2379,12 +2697,45 @@ pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcom
     Ok(Outcome::Command("ALTER TABLE".into()))
 }
 
+/// `TRUNCATE [TABLE] t [, …]`: each table keeps its definition (columns, indexes) under
+/// a new table id, and its old id is dropped — one small commit whatever the size, the
+/// old rows collected later like a dropped table's. Unlike PostgreSQL's, it is MVCC-safe:
+/// transactions reading an older snapshot (and `AS OF SYSTEM TIME`) still see the rows,
+/// and a concurrent writer of the table conflicts (40001) on its catalog entry.
+pub fn truncate_tables(txn: &mut Transaction, t: &ast::Truncate) -> Result<Outcome> {
+    if t.cascade == Some(ast::CascadeOption::Cascade) {
+        return Err(Error::sql("0A000", "TRUNCATE … CASCADE is not supported (there are no foreign keys)"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for target in &t.table_names {
+        let name = table_name(&target.name)?;
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        match Catalog::get(txn, &name)? {
+            Some(def) => {
+                Catalog::drop_table(txn, &def)?;
+                let new = Catalog::create(txn, def.clone())?;
+                if t.identity != Some(ast::TruncateIdentityOption::Restart) {
+                    Catalog::copy_identities(txn, &def, &new)?;
+                }
+            }
+            None if t.if_exists => {}
+            None => return Err(Error::sql("42P01", format!("relation \"{name}\" does not exist"))),
+        }
+    }
+    Ok(Outcome::Command("TRUNCATE TABLE".into()))
+}
+
 /// DROP TABLE.
 pub fn drop_tables(txn: &mut Transaction, names: &[ast::ObjectName], if_exists: bool) -> Result<Outcome> {
     for n in names {
         let name = table_name(n)?;
         match Catalog::get(txn, &name)? {
             Some(def) => Catalog::drop_table(txn, &def)?,
+            None if Catalog::get_view(txn, &name)?.is_some() => {
+                return Err(Error::sql("42809", format!("\"{name}\" is not a table; use DROP VIEW")))
+            }
             None if if_exists => {}
             None => return Err(Error::sql("42P01", format!("table \"{name}\" does not exist"))),
         }

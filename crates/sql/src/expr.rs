@@ -209,6 +209,89 @@ pub enum Func {
     AtTimeZone,
     /// A string or math function (`functions.rs`).
     Builtin(crate::functions::Builtin),
+    /// The argument of an ordered `string_agg` (or one with a delimiter that varies):
+    /// args `[value, delimiter, (sort key, flags)…]` packed into one value that
+    /// [`AggFunc::StringAggOrdered`] sorts by (see [`pack_ordered`]).
+    StringAggPack,
+}
+
+/// Packs one `string_agg` input into one value that passes through grouping (and its
+/// spill files) like any other: the value, its delimiter, then each sort key with its
+/// direction flags (bit 0 DESC, bit 1 NULLS FIRST). NULL when the value is NULL
+/// (string_agg skips it).
+fn pack_ordered(vals: Vec<Value>) -> Result<Value> {
+    let mut vals = vals.into_iter();
+    let text = match vals.next().unwrap_or(Value::Null) {
+        Value::Null => return Ok(Value::Null),
+        Value::Text(t) => t,
+        other => {
+            return Err(Error::sql("42883", format!("function string_agg({}, text) does not exist", other.type_name())))
+        }
+    };
+    let mut w = amberdb_encoding::codec::Writer::new();
+    w.bytes(text.as_bytes());
+    match vals.next().unwrap_or(Value::Null) {
+        Value::Null => w.u8(0).bytes(&[]),
+        v => w.u8(1).bytes(v.to_pg_text(None).unwrap_or_default().as_bytes()),
+    };
+    let rest: Vec<Value> = vals.collect();
+    w.u32(rest.len() as u32 / 2);
+    for pair in rest.chunks(2) {
+        let flags = match pair.get(1) {
+            Some(Value::Int(f)) => *f as u8,
+            _ => 0,
+        };
+        w.u8(flags);
+        pair[0].encode(&mut w);
+    }
+    Ok(Value::Bytes(w.finish()))
+}
+
+/// One packed `string_agg` input (see [`pack_ordered`]).
+pub(crate) struct OrderedPart {
+    /// Sort keys with their flags.
+    pub keys: Vec<(u8, Value)>,
+    /// The value.
+    pub text: String,
+    /// The delimiter placed before it (none for NULL).
+    pub delimiter: Option<String>,
+}
+
+/// Reads back what [`pack_ordered`] wrote.
+pub(crate) fn unpack_ordered(raw: &[u8]) -> Result<OrderedPart> {
+    let mut r = amberdb_encoding::codec::Reader::new(raw, "ordered string_agg input");
+    let utf8 =
+        |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| Error::Internal("string_agg input not UTF-8".into()));
+    let text = utf8(r.bytes()?)?;
+    let has_delimiter = r.u8()? == 1;
+    let delimiter = utf8(r.bytes()?)?;
+    let n = r.u32()?;
+    let mut keys = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let flags = r.u8()?;
+        keys.push((flags, Value::decode(&mut r)?));
+    }
+    Ok(OrderedPart { keys, text, delimiter: has_delimiter.then_some(delimiter) })
+}
+
+/// Orders packed inputs by their keys as ORDER BY would (NULLs first or last per key).
+pub(crate) fn cmp_ordered(a: &OrderedPart, b: &OrderedPart) -> Ordering {
+    for ((flags, x), (_, y)) in a.keys.iter().zip(&b.keys) {
+        let (desc, nulls_first) = (flags & 1 != 0, flags & 2 != 0);
+        let o = match (x.is_null(), y.is_null()) {
+            (true, true) => Ordering::Equal,
+            (true, false) if nulls_first => Ordering::Less,
+            (true, false) => Ordering::Greater,
+            (false, true) if nulls_first => Ordering::Greater,
+            (false, true) => Ordering::Less,
+            _ if desc => x.sort_cmp(y).reverse(),
+            _ => x.sort_cmp(y),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
 }
 
 /// Aggregate functions.
@@ -232,6 +315,9 @@ pub enum AggFunc {
     BoolOr,
     /// `string_agg(e, delimiter)` (a constant delimiter: [`AggCall::delimiter`])
     StringAgg,
+    /// `string_agg(e, delimiter ORDER BY …)`, or with a delimiter that is not constant:
+    /// its argument is [`Func::StringAggPack`].
+    StringAggOrdered,
 }
 
 impl AggFunc {
@@ -487,6 +573,16 @@ impl<'a> Binder<'a> {
 
     /// Binds an expression.
     pub fn bind(&mut self, e: &ast::Expr) -> Result<Expr> {
+        // A window call is a column the window stage appended, named by its text.
+        if let ast::Expr::Function(f) = e {
+            if f.over.is_some() {
+                let text = f.to_string();
+                return match self.scope.iter().rposition(|c| c.table.is_none() && c.name == text) {
+                    Some(i) => Ok(Expr::Column(i)),
+                    None => Err(Error::sql("42P20", format!("window functions are not allowed here: {text}"))),
+                };
+            }
+        }
         if let Some(aggs) = self.aggs.as_deref_mut() {
             let text = e.to_string();
             if let Some(i) = aggs.group_texts.iter().position(|g| *g == text) {
@@ -528,6 +624,10 @@ impl<'a> Binder<'a> {
                     ast::UnaryOperator::Plus => inner,
                     other => return Err(err_feature(format!("operator {other}"))),
                 }
+            }
+            // `^` is power(): exact for numeric, double precision otherwise.
+            ast::Expr::BinaryOp { left, op: ast::BinaryOperator::PGExp, right } => {
+                Expr::Func(Func::Builtin(crate::functions::Builtin::Power), vec![self.bind(left)?, self.bind(right)?])
             }
             ast::Expr::BinaryOp { left, op, right } => {
                 let op = match op {
@@ -766,26 +866,8 @@ impl<'a> Binder<'a> {
                 if let Ok(i) = n.parse::<i64>() {
                     Value::Int(i)
                 } else {
-                    match crate::types::parse_decimal(n) {
-                        // Like PostgreSQL, a literal with a point or exponent is numeric.
-                        Ok(d) => Value::Numeric(d),
-                        // Beyond our numeric's range: a double only if it keeps every digit
-                        // (1e300), never by silently rounding a long literal.
-                        Err(e) => {
-                            let mantissa = n.split(['e', 'E']).next().unwrap_or(n);
-                            let digits = mantissa.trim_start_matches(['+', '-', '0', '.']).replace('.', "");
-                            match n.parse::<f64>() {
-                                Ok(f) if f.is_finite() && digits.trim_end_matches('0').len() <= 15 => Value::Float(f),
-                                _ => {
-                                    let message = match e {
-                                        Error::InvalidInput(m) => m,
-                                        other => other.to_string(),
-                                    };
-                                    return Err(Error::sql("22003", message));
-                                }
-                            }
-                        }
-                    }
+                    // Like PostgreSQL, a literal with a point or exponent is numeric.
+                    Value::Numeric(crate::types::parse_decimal(n)?)
                 }
             }
             ast::Value::SingleQuotedString(s) | ast::Value::EscapedStringLiteral(s) => Value::Text(s.clone()),
@@ -828,22 +910,42 @@ impl<'a> Binder<'a> {
         let mut inner =
             Binder { scope: self.scope, aggs: None, params: self.params, txn: None, correlated: Vec::new() };
         // ORDER BY inside count/sum/avg/min/max/bool_* changes nothing; string_agg's
-        // result would depend on it, so it is refused there rather than ignored.
+        // result depends on it.
+        let mut order = Vec::new();
         if let ast::FunctionArguments::List(list) = &f.args {
-            if func == AggFunc::StringAgg && !list.clauses.is_empty() {
-                return Err(err_feature(format!("ORDER BY inside string_agg: {text}")));
+            for clause in &list.clauses {
+                match clause {
+                    ast::FunctionArgumentClause::OrderBy(keys) => order.extend(keys.iter()),
+                    other => return Err(err_feature(format!("{other} inside an aggregate: {text}"))),
+                }
             }
         }
         let mut delimiter = None;
         let (func, arg) = match (func, args.as_slice()) {
             (AggFunc::Count, [ast::FunctionArgExpr::Wildcard]) => (AggFunc::CountStar, None),
             (AggFunc::StringAgg, [ast::FunctionArgExpr::Expr(e), ast::FunctionArgExpr::Expr(d)]) => {
-                delimiter = match inner.bind(d)? {
-                    Expr::Const(Value::Null) => None,
-                    Expr::Const(v) => Some(v.to_pg_text(None).unwrap_or_default().into()),
-                    _ => return Err(err_feature("string_agg with a delimiter that is not a constant")),
-                };
-                (func, Some(inner.bind(e)?))
+                let value = inner.bind(e)?;
+                let delim = inner.bind(d)?;
+                match (&delim, order.is_empty()) {
+                    (Expr::Const(v), true) => {
+                        delimiter = v.to_pg_text(None).map(Into::into);
+                        (func, Some(value))
+                    }
+                    // Sorted at the end of the group, each value with its delimiter.
+                    _ => {
+                        let mut packed = vec![value, delim];
+                        for o in &order {
+                            if matches!(o.options.sort, Some(ast::OrderBySort::Using(_))) {
+                                return Err(err_feature(format!("ORDER BY … USING inside an aggregate: {text}")));
+                            }
+                            let desc = matches!(o.options.sort, Some(ast::OrderBySort::Desc));
+                            let nulls_first = o.options.nulls_first.unwrap_or(desc);
+                            packed.push(inner.bind(&o.expr)?);
+                            packed.push(Expr::Const(Value::Int(i64::from(desc) | (i64::from(nulls_first) << 1))));
+                        }
+                        (AggFunc::StringAggOrdered, Some(Expr::Func(Func::StringAggPack, packed)))
+                    }
+                }
             }
             (AggFunc::StringAgg, _) => return Err(Error::sql("42883", format!("function {text} does not exist"))),
             (_, [ast::FunctionArgExpr::Expr(e)]) => (func, Some(inner.bind(e)?)),
@@ -1018,32 +1120,26 @@ fn arith(op: BinOp, a: Value, b: Value) -> Result<Value> {
     }
     let (a, b) = (numeric(a)?, numeric(b)?);
     let as_dec = |v: &Value| match v {
-        Value::Int(i) => Some(rust_decimal::Decimal::from(*i)),
-        Value::Numeric(d) => Some(*d),
+        Value::Int(i) => Some(crate::numeric::Numeric::from(*i)),
+        Value::Numeric(d) => Some(d.clone()),
         _ => None,
     };
     if matches!((&a, &b), (Value::Numeric(_), Value::Int(_) | Value::Numeric(_)) | (Value::Int(_), Value::Numeric(_))) {
-        let (x, y) = (as_dec(&a).unwrap_or_default(), as_dec(&b).unwrap_or_default());
-        let overflow = || Error::sql("22003", "value overflows numeric format");
+        let (Some(x), Some(y)) = (as_dec(&a), as_dec(&b)) else {
+            return Err(Error::Internal("numeric operands".into()));
+        };
+        // The scale of each result is PostgreSQL's (see `numeric.rs`).
         return Ok(Value::Numeric(match op {
-            BinOp::Add => x.checked_add(y).ok_or_else(overflow)?,
-            BinOp::Sub => x.checked_sub(y).ok_or_else(overflow)?,
-            BinOp::Mul => x.checked_mul(y).ok_or_else(overflow)?,
-            BinOp::Div | BinOp::Mod if y.is_zero() => return Err(Error::sql("22012", "division by zero")),
-            BinOp::Div => {
-                // PostgreSQL keeps at least 16 fractional digits in a quotient.
-                let q = x.checked_div(y).ok_or_else(overflow)?;
-                let scale = x.scale().max(y.scale()).clamp(16, 28);
-                let mut q = q.round_dp(scale);
-                q.rescale(scale.min(q.scale().max(16)));
-                q
-            }
-            BinOp::Mod => x.checked_rem(y).ok_or_else(overflow)?,
+            BinOp::Add => x.add(&y)?,
+            BinOp::Sub => x.sub(&y)?,
+            BinOp::Mul => x.mul(&y)?,
+            BinOp::Div => x.div(&y)?,
+            BinOp::Mod => x.rem(&y)?,
             _ => return Err(Error::Internal(format!("{op:?} is not arithmetic"))),
         }));
     }
     let to_f = |v: Value| match v {
-        Value::Numeric(d) => rust_decimal::prelude::ToPrimitive::to_f64(&d).map_or(Value::Null, Value::Float),
+        Value::Numeric(d) => Value::Float(d.to_f64()),
         other => other,
     };
     let (a, b) = (to_f(a), to_f(b));
@@ -1270,6 +1366,7 @@ impl Expr {
             Expr::Func(f, args) => {
                 let mut vals = args.iter().map(|a| a.eval(row, params));
                 match f {
+                    Func::StringAggPack => pack_ordered(vals.collect::<Result<_>>()?)?,
                     Func::Coalesce => {
                         for v in vals {
                             let v = v?;
@@ -1508,6 +1605,7 @@ impl Expr {
             Expr::Const(v) => v.natural_type(),
             Expr::Column(i) => scope.get(*i).and_then(|c| c.ty),
             Expr::Cast(_, t) => Some(*t),
+            Expr::Func(Func::StringAggPack, _) => Some(DataType::Bytea),
             Expr::Not(_) | Expr::IsNull(..) | Expr::InList(..) | Expr::InSet { .. } | Expr::Like { .. } => {
                 Some(DataType::Bool)
             }

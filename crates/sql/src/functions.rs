@@ -12,10 +12,9 @@
 //! Numbers follow the argument types: integers and numerics compute exactly (numeric
 //! results), doubles in floating point, as PostgreSQL resolves these functions.
 
+use crate::numeric::Numeric;
 use crate::types::{DataType, Value};
 use amberdb_error::{Error, Result};
-use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
-use rust_decimal::{Decimal, RoundingStrategy};
 
 /// Longest text a function builds, in characters (PostgreSQL refuses values over 1 GB).
 const MAX_TEXT_CHARS: i64 = 1 << 28;
@@ -55,6 +54,8 @@ pub enum Builtin {
     Log,
     Pi,
     Random,
+    /// `gen_random_uuid()`: a version-4 UUID from the operating system's randomness.
+    GenRandomUuid,
     Degrees,
     Radians,
     Greatest,
@@ -106,6 +107,7 @@ impl Builtin {
             "log" | "log10" => (Log, n == 1 || (name == "log" && n == 2)),
             "pi" => (Pi, n == 0),
             "random" => (Random, n == 0),
+            "gen_random_uuid" => (GenRandomUuid, n == 0),
             "degrees" => (Degrees, n == 1),
             "radians" => (Radians, n == 1),
             "greatest" => (Greatest, n >= 1),
@@ -142,6 +144,7 @@ impl Builtin {
                 _ => DataType::Float8,
             },
             Cbrt | Pi | Random | Degrees | Radians => DataType::Float8,
+            GenRandomUuid => DataType::Uuid,
             Greatest | Least => return args.iter().copied().flatten().next(),
             MakeDate | ToDate => DataType::Date,
             ToTimestampFmt => DataType::TimestampTz,
@@ -159,6 +162,14 @@ impl Builtin {
             Greatest | Least => return extreme(args, self == Greatest),
             Pi => return Ok(Value::Float(std::f64::consts::PI)),
             Random => return Ok(Value::Float(random())),
+            GenRandomUuid => {
+                let mut b = [0u8; 16];
+                getrandom::fill(&mut b)
+                    .map_err(|e| Error::Internal(format!("the system random source failed: {e}")))?;
+                b[6] = (b[6] & 0x0f) | 0x40; // version 4
+                b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+                return Ok(Value::Uuid(u128::from_be_bytes(b)));
+            }
             // The wall clock now, unlike now() (the transaction's start).
             ClockTimestamp => {
                 let us = std::time::SystemTime::now()
@@ -283,7 +294,7 @@ impl Builtin {
                 } else {
                     0.0
                 }),
-                Value::Numeric(d) => Value::Numeric(Decimal::from(d.cmp(&Decimal::ZERO) as i64)),
+                Value::Numeric(d) => Value::Numeric(Numeric::from(d.signum())),
                 v => v,
             },
             Mod => match (number(next())?, number(next())?) {
@@ -291,17 +302,23 @@ impl Builtin {
                 (Value::Int(a), Value::Int(b)) => Value::Int(a.checked_rem(b).unwrap_or(0)),
                 (a, b) => {
                     let (a, b) = (decimal(a)?, decimal(b)?);
-                    if b.is_zero() {
-                        return Err(division_by_zero());
-                    }
-                    Value::Numeric(
-                        a.checked_rem(b).ok_or_else(|| Error::sql("22003", "value overflows numeric format"))?,
-                    )
+                    Value::Numeric(a.rem(&b)?)
                 }
             },
             Power => {
                 let (a, b) = (number(next())?, number(next())?);
                 let exact = matches!(a, Value::Numeric(_)) || matches!(b, Value::Numeric(_));
+                // An integral exponent is computed exactly, as PostgreSQL does for numeric.
+                if exact && !matches!(a, Value::Float(_)) {
+                    let exponent = match &b {
+                        Value::Int(i) => Some(*i),
+                        Value::Numeric(d) => d.to_i64_exact(),
+                        _ => None,
+                    };
+                    if let Some(n) = exponent.filter(|n| i32::try_from(*n).is_ok()) {
+                        return Ok(Value::Numeric(decimal(a)?.powi(n)?));
+                    }
+                }
                 let (x, y) = (float(&a)?, float(&b)?);
                 if x == 0.0 && y < 0.0 {
                     return Err(Error::sql("2201F", "zero raised to a negative power is undefined"));
@@ -316,11 +333,14 @@ impl Builtin {
             }
             Sqrt => {
                 let a = number(next())?;
+                if let Value::Numeric(d) = &a {
+                    return Ok(Value::Numeric(d.sqrt()?));
+                }
                 let x = float(&a)?;
                 if x < 0.0 {
                     return Err(Error::sql("2201F", "cannot take square root of a negative number"));
                 }
-                finish(x.sqrt(), matches!(a, Value::Numeric(_)), 16)?
+                Value::Float(x.sqrt())
             }
             Cbrt => Value::Float(float(&number(next())?)?.cbrt()),
             Exp => {
@@ -397,7 +417,7 @@ impl Builtin {
                 )?;
                 Value::Timestamp(day * 86_400_000_000 + time)
             }
-            ConcatWs | Greatest | Least | Pi | Random | ClockTimestamp => Value::Null,
+            ConcatWs | Greatest | Least | Pi | Random | GenRandomUuid | ClockTimestamp => Value::Null,
         })
     }
 }
@@ -644,7 +664,7 @@ fn int(v: Value, what: &str) -> Result<i64> {
         Value::Text(s) => {
             s.trim().parse().map_err(|_| Error::sql("22P02", format!("invalid input syntax for type integer: \"{s}\"")))
         }
-        Value::Numeric(d) => d.round().to_i64().ok_or_else(|| Error::sql("22003", "integer out of range")),
+        Value::Numeric(d) => d.to_i64_round().ok_or_else(|| Error::sql("22003", "integer out of range")),
         Value::Float(f) if f.is_finite() => Ok(f.round() as i64),
         other => Err(Error::sql("42883", format!("function {what} does not accept {}", other.type_name()))),
     }
@@ -674,25 +694,25 @@ fn float(v: &Value) -> Result<f64> {
     Ok(match v {
         Value::Int(i) => *i as f64,
         Value::Float(f) => *f,
-        Value::Numeric(d) => d.to_f64().unwrap_or(f64::NAN),
+        Value::Numeric(d) => d.to_f64(),
         other => return Err(Error::sql("42883", format!("function does not exist for {}", other.type_name()))),
     })
 }
 
-fn decimal(v: Value) -> Result<Decimal> {
+fn decimal(v: Value) -> Result<Numeric> {
     match v {
-        Value::Int(i) => Ok(Decimal::from(i)),
+        Value::Int(i) => Ok(Numeric::from(i)),
         Value::Numeric(d) => Ok(d),
-        Value::Float(f) => Decimal::from_f64(f).ok_or_else(|| Error::sql("22003", "value out of range for numeric")),
+        Value::Float(f) => Numeric::from_f64(f).ok_or_else(|| Error::sql("22003", "value out of range for numeric")),
         other => Err(Error::sql("42883", format!("function does not exist for {}", other.type_name()))),
     }
 }
 
 /// A floating result, as numeric when the argument was, with the fractional digits
 /// PostgreSQL's numeric versions show: `sig` significant digits in all, counting at
-/// least one before the point (`sqrt(16::numeric)` is `4.000000000000000`,
-/// `power(2.0, 3)` is `8.0000000000000000`). Computed in double precision, so digits
-/// past the 16th are not exact (NUMERIC is limited to 28 digits here anyway).
+/// least one before the point (`exp(1::numeric)` shows 16 places). Computed in double
+/// precision, so digits past the 17th are not exact (exp, ln, log and non-integral
+/// powers; square roots and integral powers are exact, see `numeric.rs`).
 fn finish(x: f64, exact: bool, sig: u32) -> Result<Value> {
     if !x.is_finite() {
         return Err(Error::sql("22003", "value out of range: overflow"));
@@ -700,12 +720,11 @@ fn finish(x: f64, exact: bool, sig: u32) -> Result<Value> {
     if !exact {
         return Ok(Value::Float(x));
     }
-    let d = Decimal::from_f64(x).ok_or_else(|| Error::sql("22003", "value out of range for numeric"))?;
-    let digits = d.trunc().abs().to_string().trim_start_matches('0').len().max(1) as u32;
+    // The shortest text that reads back as x: every digit the double carries.
+    let d = Numeric::parse(&format!("{x:e}"))?;
+    let digits = d.integer_digits().max(1) as u32;
     let places = sig.saturating_sub(digits);
-    let mut r = d.round_dp(places);
-    r.rescale(places);
-    Ok(Value::Numeric(r))
+    Ok(Value::Numeric(d.round(i64::from(places))?))
 }
 
 fn round_or_trunc(x: Value, places: Option<i64>, round: bool) -> Result<Value> {
@@ -726,22 +745,7 @@ fn round_or_trunc(x: Value, places: Option<i64>, round: bool) -> Result<Value> {
         v => {
             let d = decimal(v)?;
             let p = places.unwrap_or(0);
-            let strategy = if round { RoundingStrategy::MidpointAwayFromZero } else { RoundingStrategy::ToZero };
-            if p >= 0 {
-                let p = u32::try_from(p.min(28)).unwrap_or(28);
-                let mut r = d.round_dp_with_strategy(p, strategy);
-                r.rescale(p);
-                Value::Numeric(r)
-            } else {
-                // Negative places: to tens, hundreds, …
-                let factor = Decimal::from_i128_with_scale(10i128.pow(u32::try_from(-p).unwrap_or(0).min(27)), 0);
-                let scaled = d.checked_div(factor).map(|q| q.round_dp_with_strategy(0, strategy));
-                Value::Numeric(
-                    scaled
-                        .and_then(|q| q.checked_mul(factor))
-                        .ok_or_else(|| Error::sql("22003", "value overflows numeric format"))?,
-                )
-            }
+            Value::Numeric(if round { d.round(p)? } else { d.trunc(p)? })
         }
     })
 }

@@ -80,6 +80,7 @@ fn udt_name(ty: DataType) -> &'static str {
         DataType::Numeric(_) => "numeric",
         DataType::Interval => "interval",
         DataType::Time => "time",
+        DataType::Uuid => "uuid",
     }
 }
 
@@ -100,7 +101,7 @@ fn type_facts(ty: DataType) -> [Option<i64>; 5] {
         DataType::Timestamp | DataType::TimestampTz | DataType::Interval | DataType::Time => {
             [None, None, None, None, Some(6)]
         }
-        DataType::Bool | DataType::Text | DataType::Bytea => [None; 5],
+        DataType::Bool | DataType::Text | DataType::Bytea | DataType::Uuid => [None; 5],
     }
 }
 
@@ -193,7 +194,7 @@ pub fn view(txn: &mut Transaction, name: &str, alias: &str) -> Result<(Vec<Scope
                     ];
                     row.extend(type_facts(c.ty).into_iter().map(opt_int));
                     row.extend([text(CATALOG), text("pg_catalog"), text(udt_name(c.ty))]);
-                    row.extend([text("NO"), text("NEVER"), text("YES")]);
+                    row.extend([text(if c.identity.is_some() { "YES" } else { "NO" }), text("NEVER"), text("YES")]);
                     rows.push(row);
                 }
             }

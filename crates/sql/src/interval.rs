@@ -432,8 +432,8 @@ pub fn trunc_timestamp(unit: &str, ts: i64) -> Result<i64> {
 }
 
 /// A field of a timestamp for `extract`/`date_part`, as a decimal number of units.
-pub fn timestamp_field(unit: &str, ts: i64) -> Result<rust_decimal::Decimal> {
-    use rust_decimal::Decimal;
+pub fn timestamp_field(unit: &str, ts: i64) -> Result<crate::numeric::Numeric> {
+    use crate::numeric::Numeric as Decimal;
     let (y, m, d, h, mi, us) = fields_of(ts);
     let day = ts.div_euclid(USEC_PER_DAY);
     let micros = |v: i64, scale: u32| Decimal::new(v, scale);
@@ -456,14 +456,14 @@ pub fn timestamp_field(unit: &str, ts: i64) -> Result<rust_decimal::Decimal> {
         "century" => Decimal::from(if y > 0 { (y + 99) / 100 } else { -((99 - (y - 1)) / 100) }),
         "millennium" => Decimal::from(if y > 0 { (y + 999) / 1000 } else { -((999 - (y - 1)) / 1000) }),
         "julian" => Decimal::from(day + 2_440_588),
-        "timezone" | "timezone_hour" | "timezone_minute" => Decimal::ZERO,
+        "timezone" | "timezone_hour" | "timezone_minute" => Decimal::zero(),
         other => return Err(unit_error(other, "timestamp")),
     })
 }
 
 /// A field of a time of day (only the clock's fields exist, as in PostgreSQL).
-fn time_field(unit: &str, t: i64) -> Result<rust_decimal::Decimal> {
-    use rust_decimal::Decimal;
+fn time_field(unit: &str, t: i64) -> Result<crate::numeric::Numeric> {
+    use crate::numeric::Numeric as Decimal;
     let lower = unit.to_ascii_lowercase();
     Ok(match lower.as_str() {
         // 24:00:00 is hour 24, not the next day's 0.
@@ -490,8 +490,8 @@ fn iso_week(day: i64) -> i64 {
 }
 
 /// A field of an interval for `extract`/`date_part`.
-pub fn interval_field(unit: &str, iv: &Interval) -> Result<rust_decimal::Decimal> {
-    use rust_decimal::Decimal;
+pub fn interval_field(unit: &str, iv: &Interval) -> Result<crate::numeric::Numeric> {
+    use crate::numeric::Numeric as Decimal;
     let time = iv.micros;
     Ok(match unit.to_ascii_lowercase().as_str() {
         "millennium" | "millennia" => Decimal::from(iv.months / 12000),
@@ -510,12 +510,11 @@ pub fn interval_field(unit: &str, iv: &Interval) -> Result<rust_decimal::Decimal
             // PostgreSQL counts a year as 365.25 days and a month as 30 days here.
             let years = i64::from(iv.months / 12);
             let months = i64::from(iv.months % 12);
-            let mut secs = Decimal::from(years) * Decimal::new(3_155_760_000, 2)
-                + Decimal::from(months * 30 * 86_400)
-                + Decimal::from(i64::from(iv.days) * 86_400)
-                + Decimal::new(time, 6);
-            secs.rescale(6);
-            secs
+            Decimal::from(years)
+                .mul(&Decimal::new(3_155_760_000, 2))?
+                .add(&Decimal::from(months * 30 * 86_400))?
+                .add(&Decimal::from(i64::from(iv.days) * 86_400))?
+                .add(&Decimal::new(time, 6))?
         }
         other => return Err(unit_error(other, "interval")),
     })
@@ -532,7 +531,7 @@ pub fn arith(op: crate::expr::BinOp, a: &Value, b: &Value) -> Result<Option<Valu
         match v {
             Value::Int(i) => Some(*i as f64),
             Value::Float(f) => Some(*f),
-            Value::Numeric(d) => rust_decimal::prelude::ToPrimitive::to_f64(d),
+            Value::Numeric(d) => Some(d.to_f64()),
             _ => None,
         }
     };
@@ -666,10 +665,10 @@ pub fn extract(unit: Value, v: Value, as_float: bool) -> Result<Value> {
         Value::TimestampTz(t) => {
             let offset = crate::zone::current().offset_at(t);
             match unit.to_ascii_lowercase().as_str() {
-                "epoch" => rust_decimal::Decimal::new(t, 6),
-                "timezone" => rust_decimal::Decimal::from(offset),
-                "timezone_hour" => rust_decimal::Decimal::from(offset / 3600),
-                "timezone_minute" => rust_decimal::Decimal::from(offset / 60 % 60),
+                "epoch" => crate::numeric::Numeric::new(t, 6),
+                "timezone" => crate::numeric::Numeric::from(offset),
+                "timezone_hour" => crate::numeric::Numeric::from(offset / 3600),
+                "timezone_minute" => crate::numeric::Numeric::from(offset / 60 % 60),
                 _ => timestamp_field(&unit, t.saturating_add(offset * USEC_PER_SEC))?,
             }
         }
@@ -686,11 +685,7 @@ pub fn extract(unit: Value, v: Value, as_float: bool) -> Result<Value> {
             None => return Ok(Value::Null),
         },
     };
-    Ok(if as_float {
-        Value::Float(rust_decimal::prelude::ToPrimitive::to_f64(&d).unwrap_or(f64::NAN))
-    } else {
-        Value::Numeric(d)
-    })
+    Ok(if as_float { Value::Float(d.to_f64()) } else { Value::Numeric(d) })
 }
 
 /// `date_trunc(unit, v)`: a timestamp stays one; a date (or string) becomes a
@@ -726,7 +721,7 @@ pub fn to_timestamp(v: Value) -> Result<Value> {
         Value::Null => return Ok(Value::Null),
         Value::Int(i) => i as f64,
         Value::Float(f) => f,
-        Value::Numeric(d) => rust_decimal::prelude::ToPrimitive::to_f64(&d).unwrap_or(f64::NAN),
+        Value::Numeric(d) => d.to_f64(),
         other => {
             return Err(Error::sql("42883", format!("function to_timestamp({}) does not exist", other.type_name())))
         }

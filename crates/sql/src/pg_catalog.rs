@@ -17,6 +17,8 @@ pub fn table_oid(def: &TableDef) -> i64 {
 }
 
 const PUBLIC: i64 = 2200;
+/// Views have no table id; their pg_class oids start here (above any table's).
+const VIEW_OID_BASE: i64 = 1 << 40;
 const PG_CATALOG: i64 = 11;
 const HEAP_AM: i64 = 2;
 const BTREE_AM: i64 = 403;
@@ -178,6 +180,21 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                     rows.last_mut().into_iter().for_each(|r| r.extend(class_extras()));
                 }
             }
+            // Views (psql's \dv): oids above every table's, by name order.
+            for (n, v) in Catalog::list_views(txn)?.iter().enumerate() {
+                rows.push(vec![
+                    Value::Int(VIEW_OID_BASE + n as i64),
+                    text(&v.name),
+                    Value::Int(PUBLIC),
+                    text("v"),
+                    Value::Int(OWNER_OID),
+                    Value::Int(0),
+                    Value::Bool(false),
+                    Value::Int(0),
+                    text("p"),
+                ]);
+                rows.last_mut().into_iter().for_each(|r| r.extend(class_extras()));
+            }
             (
                 cols(
                     alias,
@@ -226,7 +243,12 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                         Value::Bool(c.default.is_some()),
                         Value::Bool(false),
                         Value::Int(0),
-                        text(""),
+                        // psql's \d shows "generated always/by default as identity".
+                        text(match c.identity {
+                            Some(i) if i.always => "a",
+                            Some(_) => "d",
+                            None => "",
+                        }),
                         text(""),
                     ]);
                 }
@@ -269,6 +291,7 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                 (1700, "numeric"),
                 (1186, "interval"),
                 (1083, "time"),
+                (2950, "uuid"),
             ];
             (
                 cols(alias, &[("oid", Int8), ("typname", Text), ("typnamespace", Int8), ("typcollation", Int8)]),

@@ -353,7 +353,7 @@ impl Session {
             let result = std::str::from_utf8(&rec)
                 .map_err(|_| Error::sql("22021", format!("invalid UTF-8 in COPY data, line {}", copy.line)))
                 .and_then(|text| copy.format.parse_record(text))
-                .and_then(|fields| fields_to_row(&copy.def, &copy.targets, fields, copy.line))
+                .and_then(|fields| fields_to_row(&copy.def, &copy.targets, fields))
                 .and_then(|row| exec::store_new_row(txn, &copy.def, &copy.targets, row));
             match result {
                 Ok(()) => copy.rows += 1,
@@ -726,6 +726,19 @@ fn map_commit_error(e: Error) -> Error {
 /// Runs a statement inside `txn`.
 pub fn run(txn: &mut Transaction, stmt: &ast::Statement, params: &[Value]) -> Result<Outcome> {
     match stmt {
+        // `WITH … INSERT/UPDATE/DELETE`: the statement with the CTEs inlined.
+        ast::Statement::Query(q)
+            if matches!(
+                q.body.as_ref(),
+                ast::SetExpr::Insert(_) | ast::SetExpr::Update(_) | ast::SetExpr::Delete(_)
+            ) =>
+        {
+            let inlined = crate::cte::inline(q)?;
+            match *inlined.body {
+                ast::SetExpr::Insert(s) | ast::SetExpr::Update(s) | ast::SetExpr::Delete(s) => run(txn, &s, params),
+                other => Err(Error::Internal(format!("inlining WITH changed the statement into {other}"))),
+            }
+        }
         ast::Statement::Query(q) => {
             let (columns, rows) = exec::query(txn, q, params)?;
             Ok(Outcome::Rows { columns, rows, tag: "SELECT".into() })
@@ -734,6 +747,11 @@ pub fn run(txn: &mut Transaction, stmt: &ast::Statement, params: &[Value]) -> Re
         ast::Statement::Update(u) => exec::update(txn, u, params),
         ast::Statement::Delete(d) => exec::delete(txn, d, params),
         ast::Statement::CreateTable(ct) => exec::create_table(txn, ct),
+        ast::Statement::Truncate(t) => exec::truncate_tables(txn, t),
+        ast::Statement::CreateView(cv) => exec::create_view(txn, cv),
+        ast::Statement::Drop { object_type: ast::ObjectType::View, if_exists, names, .. } => {
+            exec::drop_views(txn, names, *if_exists)
+        }
         ast::Statement::Drop { object_type: ast::ObjectType::Table, if_exists, names, .. } => {
             exec::drop_tables(txn, names, *if_exists)
         }

@@ -7,11 +7,10 @@
 //! `0`, `.`/`D`, `,`/`G`, `S`, `MI`, `PL`, `SG`, `PR`, `FM`); double-quoted text and
 //! anything else is copied. Values: NULL in, NULL out.
 
+use crate::numeric::Numeric as Decimal;
 use crate::time::{civil_from_days, days_from_civil};
 use crate::types::Value;
 use amberdb_error::{Error, Result};
-use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
-use rust_decimal::{Decimal, RoundingStrategy};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 const MONTHS: [&str; 12] = [
@@ -447,7 +446,7 @@ fn roman(v: Decimal, lower: bool, fill: bool) -> String {
         (4, "IV"),
         (1, "I"),
     ];
-    let n = v.round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero).to_i64().unwrap_or(0);
+    let n = v.to_i64_round().unwrap_or(0);
     if !(1..=3999).contains(&n) {
         return "#".repeat(15);
     }
@@ -481,25 +480,14 @@ fn scientific(v: Decimal, toks: &[NumTok], fill: bool) -> Result<String> {
         ));
     }
     let places = toks.iter().filter(|t| matches!(t, NumTok::Digit { frac: true, .. })).count() as u32;
-    let negative = v.is_sign_negative() && !v.is_zero();
-    let abs = v.abs();
-    let mut exponent: i64 = 0;
-    let mut mantissa = abs;
-    if !abs.is_zero() {
-        // The decimal exponent of the leading digit, from the digits and scale.
-        let digits = abs.normalize().mantissa().to_string();
-        exponent = digits.len() as i64 - 1 - i64::from(abs.normalize().scale());
-        let mut m = abs;
-        for _ in 0..exponent.unsigned_abs() {
-            m = if exponent > 0 { m / Decimal::TEN } else { m * Decimal::TEN };
-        }
-        mantissa = m;
-    }
-    let mantissa = mantissa.round_dp_with_strategy(places, RoundingStrategy::MidpointAwayFromZero);
-    let mut text = format!("{mantissa:.prec$}", prec = places as usize);
-    if places == 0 {
-        text = text.trim_end_matches('.').to_string();
-    }
+    let negative = v.is_negative();
+    let (exponent, mantissa) = match v.key_parts() {
+        // The digits with the point after the first: d.ddd × 10^(digits before the point − 1).
+        Some((_, before_point, digits)) => (before_point - 1, Decimal::from_key_parts(false, 1, &digits)?),
+        None => (0, Decimal::zero()),
+    };
+    // Rounding shows exactly `places` decimals.
+    let text = mantissa.round(i64::from(places))?.to_string();
     let sign = if exponent < 0 { '-' } else { '+' };
     Ok(format!("{}{text}e{sign}{:02}", if negative { '-' } else { ' ' }, exponent.abs()))
 }
@@ -568,26 +556,22 @@ fn number(v: Decimal, fmt: &str) -> Result<String> {
     let mut v = v;
     if let Some(at) = toks.iter().position(|t| matches!(t, NumTok::Shift)) {
         let places = toks[at..].iter().filter(|t| matches!(t, NumTok::Digit { .. })).count();
-        for _ in 0..places {
-            v = v
-                .checked_mul(Decimal::TEN)
-                .ok_or_else(|| Error::sql("22003", "value out of range for to_char's V pattern"))?;
-        }
+        v = v.mul(&Decimal::parse(&format!("1{}", "0".repeat(places)))?)?;
         toks.remove(at);
     }
     let int_places = toks.iter().filter(|t| matches!(t, NumTok::Digit { frac: false, .. })).count();
     let frac_places = toks.iter().filter(|t| matches!(t, NumTok::Digit { frac: true, .. })).count();
-    let rounded = v.round_dp_with_strategy(frac_places as u32, RoundingStrategy::MidpointAwayFromZero);
-    let negative = rounded.is_sign_negative() && !rounded.is_zero();
+    let rounded = v.round(frac_places as i64)?;
+    let negative = rounded.is_negative();
     let abs = rounded.abs();
-    let int_part = abs.trunc().to_u128().map(|i| i.to_string());
+    let int_part = Some(abs.trunc(0)?.to_string());
     let overflow = int_part.as_ref().is_none_or(|s| s != "0" && s.len() > int_places);
     let int_digits: Vec<char> = match &int_part {
         Some(s) if s != "0" => format!("{s:0>int_places$}").chars().collect(),
         _ => vec!['0'; int_places],
     };
     let frac_digits: Vec<char> = {
-        let s = abs.fract().to_string();
+        let s = abs.sub(&abs.trunc(0)?)?.to_string();
         let digits = s.split_once('.').map_or("", |(_, f)| f);
         format!("{digits:0<frac_places$}").chars().take(frac_places).collect()
     };
@@ -738,7 +722,7 @@ mod tests {
     }
 
     fn n(v: &str, f: &str) -> String {
-        number(v.parse::<Decimal>().unwrap(), f).unwrap()
+        number(Decimal::parse(v).unwrap(), f).unwrap()
     }
 
     #[test]
@@ -792,8 +776,8 @@ mod tests {
         assert_eq!(n("9.999", "9.99EEEE"), " 10.00e+00");
         assert_eq!(n("12345.678", "99.99EEEE"), " 1.23e+04");
         assert_eq!(n("1.5", "9.9eeee"), " 1.5e+00");
-        assert!(number(Decimal::ONE, "FM9.99EEEE").is_err());
-        assert!(number(Decimal::ONE, "9.9V9").is_err());
+        assert!(number(Decimal::from(1), "FM9.99EEEE").is_err());
+        assert!(number(Decimal::from(1), "9.9V9").is_err());
         assert_eq!(n("12", "L99"), "  12");
         assert_eq!(n("12", "FML99"), " 12");
     }

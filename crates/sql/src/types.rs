@@ -1,11 +1,10 @@
 //! SQL types and values, with PostgreSQL's comparison, casting and text output rules
 //! for the types supported so far.
 
+use crate::numeric::Numeric;
 use amberdb_encoding::codec::{Reader, Writer};
 use amberdb_encoding::keycode::{KeyDecoder, KeyEncoder};
 use amberdb_error::{Error, Result};
-use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::fmt;
@@ -45,6 +44,8 @@ pub enum DataType {
     Interval,
     /// `TIME` (without time zone)
     Time,
+    /// `UUID`
+    Uuid,
 }
 
 impl DataType {
@@ -62,6 +63,7 @@ impl DataType {
             DataType::TimestampTz => 5,
             DataType::Bytea => 6,
             DataType::Time => 7,
+            DataType::Uuid => 8,
             _ => return None,
         })
     }
@@ -136,23 +138,22 @@ impl DataType {
             "double precision" | "double" | "float8" | "float" => DataType::Float8,
             "text" | "string" => DataType::Text,
             "bytea" => DataType::Bytea,
+            "uuid" => DataType::Uuid,
             "numeric" | "decimal" | "dec" => DataType::Numeric(match &arg {
                 None => None,
                 Some(a) => {
                     let mut parts = a.split(',').map(|p| p.trim().parse::<u32>());
                     let bad = || Error::InvalidInput(format!("invalid NUMERIC type modifier: ({a})"));
-                    // PostgreSQL's limits on the declaration; values are held exactly up to
-                    // 28 significant digits, and bigger ones are refused when they arrive.
-                    let p = parts.next().and_then(|r| r.ok()).filter(|p| (1..=1000).contains(p)).ok_or_else(bad)?;
+                    // PostgreSQL's limits on the declaration (values are exact at any size).
+                    let p = parts
+                        .next()
+                        .and_then(|r| r.ok())
+                        .filter(|p| (1..=crate::numeric::MAX_PRECISION).contains(p))
+                        .ok_or_else(bad)?;
                     let sc = match parts.next() {
                         None => 0,
                         Some(r) => r.ok().filter(|sc| *sc <= p).ok_or_else(bad)?,
                     };
-                    if sc > MAX_NUMERIC_DIGITS {
-                        return Err(Error::InvalidInput(format!(
-                            "NUMERIC scale {sc} is not supported (at most {MAX_NUMERIC_DIGITS} fractional digits)"
-                        )));
-                    }
                     Some((p, sc))
                 }
             }),
@@ -183,6 +184,7 @@ impl DataType {
             DataType::Numeric(Some((p, sc))) => format!("numeric({p},{sc})"),
             DataType::Interval => "interval".into(),
             DataType::Time => "time without time zone".into(),
+            DataType::Uuid => "uuid".into(),
         }
     }
 
@@ -205,10 +207,11 @@ impl DataType {
             DataType::Numeric(_) => 1700,
             DataType::Interval => 1186,
             DataType::Time => 1083,
+            DataType::Uuid => 2950,
         }
     }
 
-    fn is_integer(&self) -> bool {
+    pub(crate) fn is_integer(&self) -> bool {
         matches!(self, DataType::Int2 | DataType::Int4 | DataType::Int8)
     }
 
@@ -245,12 +248,14 @@ pub enum Value {
     TimestampTz(i64),
     /// A byte string.
     Bytes(Vec<u8>),
-    /// An exact decimal (up to 28 significant digits).
-    Numeric(Decimal),
+    /// An exact decimal of arbitrary precision.
+    Numeric(Numeric),
     /// An interval: months, days and microseconds.
     Interval(crate::interval::Interval),
     /// A time of day: µs since midnight (0 to 24:00:00 inclusive).
     Time(i64),
+    /// A UUID, its 16 bytes as a big-endian integer (so integer order is byte order).
+    Uuid(u128),
 }
 
 impl Value {
@@ -275,6 +280,7 @@ impl Value {
             Value::Numeric(_) => Some(DataType::Numeric(None)),
             Value::Interval(_) => Some(DataType::Interval),
             Value::Time(_) => Some(DataType::Time),
+            Value::Uuid(_) => Some(DataType::Uuid),
         }
     }
 
@@ -292,6 +298,7 @@ impl Value {
             Value::Numeric(d) => d.to_string(),
             Value::Interval(iv) => iv.format(),
             Value::Time(t) => crate::time::format_time(*t),
+            Value::Uuid(u) => format_uuid(*u),
             Value::Bytes(b) => {
                 let mut out = String::with_capacity(2 + 2 * b.len());
                 out.push_str("\\x");
@@ -346,19 +353,21 @@ impl Value {
                 })?)
             }
             (Value::Numeric(d), DataType::Numeric(_)) => Value::Numeric(d),
-            (Value::Int(i), DataType::Numeric(_)) => Value::Numeric(Decimal::from(i)),
-            (Value::Float(f), DataType::Numeric(_)) => Value::Numeric(
-                Decimal::from_f64(f)
-                    .ok_or_else(|| Error::InvalidInput(format!("cannot convert {f} to numeric: out of range")))?,
-            ),
+            (Value::Int(i), DataType::Numeric(_)) => Value::Numeric(Numeric::from(i)),
+            (Value::Float(f), DataType::Numeric(_)) => Value::Numeric(Numeric::from_f64(f).ok_or_else(|| {
+                Error::sql(
+                    "0A000",
+                    format!("cannot convert {f} to numeric: NaN and infinite numeric values are not supported"),
+                )
+            })?),
             (Value::Text(s), DataType::Numeric(_)) => Value::Numeric(parse_decimal(&s)?),
-            (Value::Numeric(d), t) if t.is_integer() => Value::Int(
-                d.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
-                    .to_i64()
-                    .ok_or_else(|| out_of_range(t))?,
-            ),
+            (Value::Numeric(d), t) if t.is_integer() => Value::Int(d.to_i64_round().ok_or_else(|| out_of_range(t))?),
             (Value::Numeric(d), DataType::Float4 | DataType::Float8) => {
-                Value::Float(d.to_f64().ok_or_else(|| Error::InvalidInput("numeric out of range for float".into()))?)
+                let f = d.to_f64();
+                if !f.is_finite() {
+                    return Err(Error::sql("22003", format!("\"{d}\" is out of range for type double precision")));
+                }
+                Value::Float(f)
             }
             (Value::Numeric(d), t) if t.is_text() => Value::Text(d.to_string()),
             (Value::Bytes(b), DataType::Bytea) => Value::Bytes(b),
@@ -381,6 +390,9 @@ impl Value {
             (Value::TimestampTz(t), DataType::TimestampTz) => Value::TimestampTz(t),
             (Value::Interval(iv), DataType::Interval) => Value::Interval(iv),
             (Value::Time(t), DataType::Time) => Value::Time(t),
+            (Value::Uuid(u), DataType::Uuid) => Value::Uuid(u),
+            (Value::Text(s), DataType::Uuid) => Value::Uuid(parse_uuid(&s)?),
+            (Value::Uuid(u), t) if t.is_text() => Value::Text(format_uuid(u)),
             (Value::Text(s), DataType::Time) => Value::Time(crate::time::parse_time(&s).ok_or_else(|| {
                 // A clock with a field out of range ('25:00') is 22008, other text 22007.
                 let t = s.trim();
@@ -417,16 +429,13 @@ impl Value {
     pub fn check(self, ty: DataType) -> Result<Value> {
         match (&self, ty) {
             (Value::Numeric(d), DataType::Numeric(Some((p, sc)))) => {
-                let r = d.round_dp_with_strategy(sc, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
-                let int_digits = r.trunc().abs().to_string().trim_start_matches('0').len() as u32;
-                if int_digits > p - sc {
+                let r = d.round(i64::from(sc))?;
+                if r.integer_digits() > u64::from(p - sc) {
                     return Err(Error::InvalidInput(format!(
                         "numeric field overflow: a field with precision {p}, scale {sc} must round to an absolute value less than 10^{}",
                         p - sc
                     )));
                 }
-                let mut r = r;
-                r.rescale(sc);
                 Ok(Value::Numeric(r))
             }
             (Value::Int(i), DataType::Int2) if i16::try_from(*i).is_err() => Err(out_of_range(ty)),
@@ -483,6 +492,7 @@ impl Value {
             Value::Numeric(_) => "numeric",
             Value::Interval(_) => "interval",
             Value::Time(_) => "time without time zone",
+            Value::Uuid(_) => "uuid",
         }
     }
 
@@ -497,10 +507,10 @@ impl Value {
             (Value::Float(a), Value::Float(b)) => float_cmp(*a, *b),
             (Value::Text(a), Value::Text(b)) => a.cmp(b),
             (Value::Numeric(a), Value::Numeric(b)) => a.cmp(b),
-            (Value::Numeric(a), Value::Int(b)) => a.cmp(&Decimal::from(*b)),
-            (Value::Int(a), Value::Numeric(b)) => Decimal::from(*a).cmp(b),
-            (Value::Numeric(a), Value::Float(b)) => float_cmp(a.to_f64().unwrap_or(f64::NAN), *b),
-            (Value::Float(a), Value::Numeric(b)) => float_cmp(*a, b.to_f64().unwrap_or(f64::NAN)),
+            (Value::Numeric(a), Value::Int(b)) => a.cmp(&Numeric::from(*b)),
+            (Value::Int(a), Value::Numeric(b)) => Numeric::from(*a).cmp(b),
+            (Value::Numeric(a), Value::Float(b)) => float_cmp(a.to_f64(), *b),
+            (Value::Float(a), Value::Numeric(b)) => float_cmp(*a, b.to_f64()),
             (Value::Date(a), Value::Date(b)) => a.cmp(b),
             (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
             (Value::Bytes(a), Value::Text(t)) => a.cmp(&parse_bytea(t)?),
@@ -519,6 +529,9 @@ impl Value {
             }
             (Value::Interval(a), Value::Interval(b)) => a.cmp_span(b),
             (Value::Time(a), Value::Time(b)) => a.cmp(b),
+            (Value::Uuid(a), Value::Uuid(b)) => a.cmp(b),
+            (Value::Uuid(a), Value::Text(t)) => a.cmp(&parse_uuid(t)?),
+            (Value::Text(t), Value::Uuid(b)) => parse_uuid(t)?.cmp(b),
             // Unknown-typed literals compare as the other side's type, as in PostgreSQL.
             (
                 Value::Text(s),
@@ -565,6 +578,7 @@ impl Value {
             Value::Float(f) => enc.bool(true).f64(*f),
             Value::Text(s) => enc.bool(true).str(s),
             Value::Date(t) | Value::Timestamp(t) | Value::TimestampTz(t) | Value::Time(t) => enc.bool(true).i64(*t),
+            Value::Uuid(u) => enc.bool(true).u64((*u >> 64) as u64).u64(*u as u64),
             Value::Bytes(b) => enc.bool(true).bytes(b),
             Value::Numeric(d) => encode_decimal_key(enc.bool(true), d),
             // By length first (equal spans sort together), then the fields, so the key
@@ -596,6 +610,7 @@ impl Value {
             DataType::Timestamp => Value::Timestamp(dec.i64()?),
             DataType::TimestampTz => Value::TimestampTz(dec.i64()?),
             DataType::Time => Value::Time(dec.i64()?),
+            DataType::Uuid => Value::Uuid((u128::from(dec.u64()?) << 64) | u128::from(dec.u64()?)),
             DataType::Bytea => Value::Bytes(dec.bytes()?),
             DataType::Numeric(_) => Value::Numeric(decode_decimal_key(dec)?),
             DataType::Interval => {
@@ -639,13 +654,16 @@ impl Value {
                 w.u8(8).bytes(b);
             }
             Value::Numeric(d) => {
-                w.u8(9).bytes(&d.serialize());
+                w.u8(12).bytes(&d.to_bytes());
             }
             Value::Interval(iv) => {
                 w.u8(10).u64(i64::from(iv.months) as u64).u64(i64::from(iv.days) as u64).u64(iv.micros as u64);
             }
             Value::Time(t) => {
                 w.u8(11).u64(*t as u64);
+            }
+            Value::Uuid(u) => {
+                w.u8(13).u64((*u >> 64) as u64).u64(*u as u64);
             }
         }
     }
@@ -665,11 +683,13 @@ impl Value {
             6 => Value::Timestamp(r.u64()? as i64),
             7 => Value::TimestampTz(r.u64()? as i64),
             8 => Value::Bytes(r.bytes()?.to_vec()),
+            // Rows written before arbitrary precision: rust_decimal's 16 bytes.
             9 => {
                 let raw: [u8; 16] =
                     r.bytes()?.try_into().map_err(|_| Error::InvalidData("numeric value is not 16 bytes".into()))?;
-                Value::Numeric(Decimal::deserialize(raw))
+                Value::Numeric(Numeric::from_legacy_bytes(raw)?)
             }
+            12 => Value::Numeric(Numeric::from_bytes(r.bytes()?)?),
             10 => {
                 let field = |v: u64, what: &str| {
                     i32::try_from(v as i64)
@@ -680,29 +700,15 @@ impl Value {
                 Value::Interval(crate::interval::Interval { months, days, micros: r.u64()? as i64 })
             }
             11 => Value::Time(r.u64()? as i64),
+            13 => Value::Uuid((u128::from(r.u64()?) << 64) | u128::from(r.u64()?)),
             t => return Err(Error::InvalidData(format!("unknown value tag {t} in row"))),
         })
     }
 }
 
-/// Significant digits a NUMERIC value holds exactly.
-pub const MAX_NUMERIC_DIGITS: u32 = 28;
-
 /// Parses a decimal literal (`12.50`, `-3`, `1e3`).
-pub fn parse_decimal(s: &str) -> Result<Decimal> {
-    let t = s.trim();
-    t.parse::<Decimal>().or_else(|_| Decimal::from_scientific(t)).map_err(|_| {
-        // A well-formed number that does not fit is an overflow, not a syntax error.
-        let numeric_shape = t.bytes().any(|b| b.is_ascii_digit())
-            && t.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
-        if numeric_shape {
-            Error::InvalidInput(format!(
-                "value overflows numeric format: {t} needs more than {MAX_NUMERIC_DIGITS} significant digits"
-            ))
-        } else {
-            Error::InvalidInput(format!("invalid input syntax for type numeric: \"{s}\""))
-        }
-    })
+pub fn parse_decimal(s: &str) -> Result<Numeric> {
+    Numeric::parse(s)
 }
 
 /// Order-preserving key encoding of a decimal: sign class, then (for non-zero values)
@@ -710,29 +716,26 @@ pub fn parse_decimal(s: &str) -> Result<Decimal> {
 /// the digits end in 0xFF so that a longer digit string sorts first.
 fn encode_decimal_key(
     enc: amberdb_encoding::keycode::KeyEncoder,
-    d: &Decimal,
+    d: &Numeric,
 ) -> amberdb_encoding::keycode::KeyEncoder {
-    let n = d.normalize();
-    if n.is_zero() {
+    let Some((negative, exponent, digits)) = d.key_parts() else {
         return enc.raw(&[1]);
-    }
-    let mantissa = n.mantissa().unsigned_abs().to_string();
-    let exponent = mantissa.len() as i64 - i64::from(n.scale());
-    if n.is_sign_positive() {
-        let mut digits = mantissa.into_bytes();
+    };
+    if !negative {
+        let mut digits = digits.into_bytes();
         digits.push(0x00);
         enc.raw(&[2]).i64(exponent).raw(&digits)
     } else {
-        let mut digits: Vec<u8> = mantissa.bytes().map(|b| b'9' - b + b'0').collect();
+        let mut digits: Vec<u8> = digits.bytes().map(|b| b'9' - b + b'0').collect();
         digits.push(0xff);
         enc.raw(&[0]).i64(-exponent).raw(&digits)
     }
 }
 
-fn decode_decimal_key(dec: &mut KeyDecoder<'_>) -> Result<Decimal> {
+fn decode_decimal_key(dec: &mut KeyDecoder<'_>) -> Result<Numeric> {
     let class = dec.tag()?;
     if class == 1 {
-        return Ok(Decimal::ZERO);
+        return Ok(Numeric::zero());
     }
     let negative = class == 0;
     let e = dec.i64()?;
@@ -750,15 +753,48 @@ fn decode_decimal_key(dec: &mut KeyDecoder<'_>) -> Result<Decimal> {
         }
         digits.push(d as char);
     }
-    let scale = digits.len() as i64 - exponent;
-    let mantissa: i128 = digits.parse().map_err(|_| Error::InvalidData("bad numeric key".into()))?;
-    let mantissa = if negative { -mantissa } else { mantissa };
-    if scale < 0 {
-        let factor = Decimal::from_i128_with_scale(10i128.pow(u32::try_from(-scale).unwrap_or(0)), 0);
-        return Ok(Decimal::from_i128_with_scale(mantissa, 0) * factor);
+    Numeric::from_key_parts(negative, exponent, &digits)
+}
+
+/// Parses a UUID as PostgreSQL accepts it: 32 hex digits, upper or lower case, with a
+/// hyphen after any group of four, optionally in braces.
+pub fn parse_uuid(s: &str) -> Result<u128> {
+    let bad = || Error::sql("22P02", format!("invalid input syntax for type uuid: \"{s}\""));
+    let t = s.trim();
+    let t = match t.strip_prefix('{') {
+        Some(inner) => inner.strip_suffix('}').ok_or_else(bad)?,
+        None => t,
+    };
+    let mut value: u128 = 0;
+    let mut digits = 0;
+    let mut prev_hyphen = true;
+    for c in t.chars() {
+        if c == '-' {
+            // Hyphens only between groups of four digits, never doubled or leading.
+            if prev_hyphen || digits % 4 != 0 || digits == 32 {
+                return Err(bad());
+            }
+            prev_hyphen = true;
+            continue;
+        }
+        let d = c.to_digit(16).ok_or_else(bad)?;
+        if digits == 32 {
+            return Err(bad());
+        }
+        value = (value << 4) | u128::from(d);
+        digits += 1;
+        prev_hyphen = false;
     }
-    Decimal::try_from_i128_with_scale(mantissa, u32::try_from(scale).unwrap_or(0))
-        .map_err(|e| Error::InvalidData(format!("bad numeric key: {e}")))
+    if digits != 32 || prev_hyphen {
+        return Err(bad());
+    }
+    Ok(value)
+}
+
+/// The canonical text of a UUID: lower-case 8-4-4-4-12.
+pub fn format_uuid(u: u128) -> String {
+    let h = format!("{u:032x}");
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
 /// Parses bytea input: hex (`\\x0a1b`) or PostgreSQL's escape format.
