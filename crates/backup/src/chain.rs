@@ -261,6 +261,7 @@ mod tests {
             prev_time_micros: prev,
             commits: commits.iter().map(|&(v, t)| [v, t]).collect(),
             data: None,
+            parts: Vec::new(),
         }
     }
 

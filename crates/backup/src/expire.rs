@@ -136,15 +136,14 @@ pub async fn expire(
     for seg in chain.segments.iter().filter(|s| s.last_version <= keep_from) {
         report.segments_deleted += 1;
         order.push(seg.meta_path());
-        if seg.data.is_some() {
-            order.push(seg.data_path());
-        }
+        order.extend(seg.files().into_iter().map(|(path, _)| path));
     }
     for (p, _) in &listing {
         let Some(stem) = p.strip_prefix(&format!("{LOG_DIR}/")).and_then(|r| r.strip_suffix(".aml")) else {
             continue;
         };
-        let last = stem.split_once('-').and_then(|(_, b)| b.parse::<u64>().ok());
+        // `<first>-<last>` or a part's `<first>-<last>.part<i>`.
+        let last = stem.split_once('-').and_then(|(_, b)| b.split('.').next()?.parse::<u64>().ok());
         if last.is_some_and(|l| l <= keep_from) && !order.contains(p) {
             order.push(p.clone());
         }

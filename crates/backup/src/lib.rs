@@ -48,8 +48,8 @@ pub use dest::{install_crypto_provider, DestConfig, Destination, Origin, S3Confi
 pub use expire::{expire, ExpireReport};
 pub use export::{create, create_snapshot, start_chain, Options, Pacer, TableSpec};
 pub use log::{
-    encode_segment, fetch_data, list_segments, net_changes, read_segment, read_segments, write_segment, LogData,
-    LogSegment, NetChange, SegmentData, LOG_DIR,
+    encode_part, encode_segment, fetch_data, list_segments, net_changes, read_segment, read_segments, staged_segment,
+    write_part, write_segment, LogData, LogSegment, NetChange, SegmentData, LOG_DIR,
 };
 pub use manifest::{
     from_hex, now_rfc3339, to_hex, BackupKind, Descriptor, FileManifest, Manifest, TableManifest, DESCRIPTOR,

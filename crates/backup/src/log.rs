@@ -50,7 +50,17 @@ pub struct LogSegment {
     pub commits: Vec<[u64; 2]>,
     /// The data file, absent when no commit in the range wrote anything.
     pub data: Option<LogData>,
+    /// A staged commit's writes (the segment holds that one version): one data file
+    /// per stage and one for the writes after the last stage, applied in this order
+    /// after `data` — a later file's write of a key wins. Each is a range file like
+    /// `data`, so no file holds more than a stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<LogData>,
 }
+
+/// Format version of a segment with parts: a build that predates parts would ignore
+/// them (and restore without the staged commit), so it must refuse the segment.
+pub const PARTS_FORMAT_VERSION: u32 = 2;
 
 /// The data file of a segment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,6 +91,17 @@ impl LogSegment {
         format!("{}.aml", Self::stem(self.first_version, self.last_version))
     }
 
+    /// The object of part `i` (see [`LogSegment::parts`]).
+    pub fn part_path(&self, i: usize) -> String {
+        format!("{}.part{i}.aml", Self::stem(self.first_version, self.last_version))
+    }
+
+    /// Every data file, in the order their writes apply: object name and description.
+    pub fn files(&self) -> Vec<(String, &LogData)> {
+        let main = self.data.iter().map(|d| (self.data_path(), d));
+        main.chain(self.parts.iter().enumerate().map(|(i, d)| (self.part_path(i), d))).collect()
+    }
+
     /// Commit time of the state at the segment's last version.
     pub fn last_time(&self) -> u64 {
         self.commits.last().map_or(self.prev_time_micros, |c| c[1])
@@ -97,8 +118,11 @@ impl LogSegment {
         let body = open_json(SEGMENT_HEADER, raw, &what)?;
         let s: LogSegment = serde_json::from_slice(body).map_err(|e| Error::InvalidData(format!("{what}: {e}")))?;
         let bad = |why: &str| Err(Error::InvalidData(format!("{what}: {why}")));
-        if s.format_version > FORMAT_VERSION {
+        if s.format_version > FORMAT_VERSION.max(PARTS_FORMAT_VERSION) {
             return bad("format version is newer than this build understands");
+        }
+        if !s.parts.is_empty() && (s.format_version < PARTS_FORMAT_VERSION || s.first_version != s.last_version) {
+            return bad("data parts belong to a segment of format 2 holding one staged commit");
         }
         if s.first_version > s.last_version {
             return bad("first version after last");
@@ -178,6 +202,9 @@ pub fn encode_segment(
             false
         }
     });
+    if records.iter().any(|r| r.staged.is_some()) {
+        return Err(Error::Internal("a staged commit is shipped in a segment of its own (staged_segment)".into()));
+    }
     let mut seg = LogSegment {
         format_version: FORMAT_VERSION,
         first_version: first.version,
@@ -185,14 +212,73 @@ pub fn encode_segment(
         prev_time_micros: prev_time,
         commits,
         data: None,
+        parts: Vec::new(),
     };
     if muts.is_empty() {
         return Ok((seg, None));
     }
+    let (data, bytes) = range_file(&muts, level, cipher)?;
+    seg.data = Some(data);
+    Ok((seg, Some(bytes)))
+}
+
+/// The description of a segment holding only the staged commit at `version` (its
+/// parts are added as [`encode_part`] makes them). `prev_time` as for
+/// [`encode_segment`]; `commit_time` is the commit's proposed time.
+pub fn staged_segment(version: u64, prev_time: u64, commit_time: u64) -> LogSegment {
+    LogSegment {
+        format_version: PARTS_FORMAT_VERSION,
+        first_version: version,
+        last_version: version,
+        prev_time_micros: prev_time,
+        // The same rule the state machine applies (Mvcc::apply).
+        commits: vec![[version, commit_time.max(prev_time + 1)]],
+        data: None,
+        parts: Vec::new(),
+    }
+}
+
+/// Encodes one part of a staged commit at `version`: `mutations` (one stage's, or the
+/// writes after the last stage) as a range file. CPU-heavy: run it on a worker.
+pub fn encode_part(
+    version: u64,
+    mutations: &[amberdb_mvcc::Mutation],
+    level: i32,
+    cipher: Option<&Cipher>,
+) -> Result<(LogData, Vec<u8>)> {
+    let mut muts: Vec<(Vec<u8>, Vec<u8>)> = mutations
+        .iter()
+        .map(|m| {
+            let mut v = Vec::with_capacity(1 + m.value.as_ref().map_or(0, Vec::len));
+            match &m.value {
+                Some(x) => {
+                    v.push(1);
+                    v.extend_from_slice(x);
+                }
+                None => v.push(0),
+            }
+            (log_key(&m.key, version), v)
+        })
+        .collect();
+    // Stages are sorted and unique already; a part must be, whatever it was given.
+    muts.sort_by(|a, b| a.0.cmp(&b.0));
+    muts.dedup_by(|later, earlier| {
+        if later.0 == earlier.0 {
+            std::mem::swap(later, earlier);
+            true
+        } else {
+            false
+        }
+    });
+    range_file(&muts, level, cipher)
+}
+
+/// Writes sorted, unique log entries as a range file and describes it.
+fn range_file(muts: &[(Vec<u8>, Vec<u8>)], level: i32, cipher: Option<&Cipher>) -> Result<(LogData, Vec<u8>)> {
     let mut file = RangeFileWriter::default();
     let mut block = RawBlock::default();
     let mut prev_user: &[u8] = &[];
-    for (k, v) in &muts {
+    for (k, v) in muts {
         let user = &k[..k.len() - 8];
         // Blocks are cut only between different user keys, so every key's history lies
         // in one block and blocks can be replayed in parallel.
@@ -207,13 +293,9 @@ pub fn encode_segment(
     }
     let (blocks, n) = (file.blocks(), file.entries());
     let bytes = file.finish(cipher)?;
-    seg.data = Some(LogData {
-        size: bytes.len() as u64,
-        blake3: blake3::hash(&bytes).to_hex().to_string(),
-        blocks,
-        entries: n,
-    });
-    Ok((seg, Some(bytes)))
+    let data =
+        LogData { size: bytes.len() as u64, blake3: blake3::hash(&bytes).to_hex().to_string(), blocks, entries: n };
+    Ok((data, bytes))
 }
 
 /// Writes a segment: data first, then its description (create-only), so a segment is
@@ -228,6 +310,14 @@ pub async fn write_segment(dest: &Destination, seg: &LogSegment, data: Option<Ve
     written += meta.len() as u64;
     dest.put_new(&seg.meta_path(), Bytes::from(meta)).await?;
     Ok(written)
+}
+
+/// Writes part `i` of a staged commit's segment (before the segment's description,
+/// which [`write_segment`] writes last). Returns the bytes written.
+pub async fn write_part(dest: &Destination, seg: &LogSegment, i: usize, data: Vec<u8>) -> Result<u64> {
+    let n = data.len() as u64;
+    dest.put(&seg.part_path(i), Bytes::from(data)).await?;
+    Ok(n)
 }
 
 /// The version ranges of the segments in `dest`, ascending (from names alone).
@@ -267,11 +357,11 @@ pub async fn read_segments(dest: &Destination) -> Result<Vec<LogSegment>> {
         .collect()
 }
 
-/// Fetches a segment's data file and checks its size and blake3.
-pub async fn fetch_data(dest: &Destination, seg: &LogSegment) -> Result<Option<Bytes>> {
-    let Some(d) = &seg.data else { return Ok(None) };
+/// Fetches one of a segment's data files ([`LogSegment::files`]) and checks its size
+/// and blake3.
+pub async fn fetch_data(dest: &Destination, path: &str, d: &LogData) -> Result<Bytes> {
     let claim = "its segment description says";
-    crate::read::fetch_checked(dest, &seg.data_path(), "log file", claim, d.size, &d.blake3).await.map(Some)
+    crate::read::fetch_checked(dest, path, "log file", claim, d.size, &d.blake3).await
 }
 
 /// One key's net change over a version range: `None` deletes it.
@@ -289,20 +379,19 @@ pub enum SegmentData {
 }
 
 impl SegmentData {
-    async fn index(&self, seg: &LogSegment, size: u64, name: &str, cipher: Option<&Cipher>) -> Result<Vec<BlockRef>> {
+    async fn index(&self, path: &str, size: u64, name: &str, cipher: Option<&Cipher>) -> Result<Vec<BlockRef>> {
         match self {
             SegmentData::Whole(bytes) => read_index(bytes, name, cipher),
             SegmentData::Ranged(dest) => {
-                let path = seg.data_path();
-                let tail = dest.get_range(&path, size.saturating_sub(TRAILER_BYTES)..size).await?;
+                let tail = dest.get_range(path, size.saturating_sub(TRAILER_BYTES)..size).await?;
                 let (offset, len) = index_location(&tail, size, name)?;
-                let frame = dest.get_range(&path, offset..offset + len).await?;
+                let frame = dest.get_range(path, offset..offset + len).await?;
                 parse_index(&frame, offset, name, cipher)
             }
         }
     }
 
-    async fn block(&self, seg: &LogSegment, b: &BlockRef, name: &str) -> Result<Bytes> {
+    async fn block(&self, path: &str, b: &BlockRef, name: &str) -> Result<Bytes> {
         let range = b.offset..b.offset + u64::from(b.len);
         match self {
             SegmentData::Whole(bytes) if range.end <= bytes.len() as u64 => {
@@ -312,27 +401,29 @@ impl SegmentData {
                 "range file {name}: block at offset {}: extends past the end of the file",
                 b.offset
             ))),
-            SegmentData::Ranged(dest) => dest.get_range(&seg.data_path(), range).await,
+            SegmentData::Ranged(dest) => dest.get_range(path, range).await,
         }
     }
 }
 
-/// Decodes the blocks of a segment's data file that may hold keys under `prefixes`, and
-/// returns, per block (in key order; blocks hold disjoint keys), the net change of
-/// every such key over `versions`: its last write in that range.
-/// Blocks are fetched and decoded by `parallelism` workers.
+/// Decodes the blocks of one of a segment's data files (`file`, from
+/// [`LogSegment::files`]) that may hold keys under `prefixes`, and returns, per block
+/// (in key order; blocks hold disjoint keys), the net change of every such key over
+/// `versions`: its last write in that range. Blocks are fetched and decoded by
+/// `parallelism` workers.
 #[allow(clippy::too_many_arguments)]
 pub async fn net_changes(
     source: SegmentData,
     seg: &LogSegment,
+    file: (&str, &LogData),
     name: String,
     cipher: Option<Cipher>,
     prefixes: &[Vec<u8>],
     versions: std::ops::RangeInclusive<u64>,
     parallelism: usize,
 ) -> Result<Vec<Vec<NetChange>>> {
-    let Some(d) = &seg.data else { return Ok(Vec::new()) };
-    let index = source.index(seg, d.size, &name, cipher.as_ref()).await?;
+    let (path, d) = file;
+    let index = source.index(path, d.size, &name, cipher.as_ref()).await?;
     let total: u64 = index.iter().map(|b| u64::from(b.entries)).sum();
     if index.len() != d.blocks as usize || total != d.entries {
         return Err(Error::InvalidData(format!(
@@ -359,7 +450,7 @@ pub async fn net_changes(
             let (source, name, cipher, prefixes, versions, span) =
                 (source.clone(), name.clone(), cipher.clone(), prefixes.clone(), versions.clone(), span.clone());
             async move {
-                let frame = source.block(seg, &b, &name).await?;
+                let frame = source.block(path, &b, &name).await?;
                 tokio::task::spawn_blocking(move || -> Result<Vec<NetChange>> {
                     let raw = decode_block_frame(&frame, &b, &name, cipher.as_ref())?;
                     let mut out: Vec<NetChange> = Vec::new();
@@ -443,9 +534,10 @@ mod tests {
             LogRecord {
                 version: 11,
                 batch: Some(CommitBatch { commit_time: 1000, mutations: [rows(b'a', 1), rows(b'b', 1)].concat() }),
+                staged: None,
             },
-            LogRecord { version: 12, batch: None },
-            LogRecord { version: 13, batch: Some(CommitBatch { commit_time: 900, mutations: second }) },
+            LogRecord { version: 12, batch: None, staged: None },
+            LogRecord { version: 13, batch: Some(CommitBatch { commit_time: 900, mutations: second }), staged: None },
         ]
     }
 
@@ -462,12 +554,13 @@ mod tests {
         write_segment(&dest, &seg, Some(data.clone())).await.expect("write");
         let read = read_segment(&dest, 11, 13).await.expect("read back");
         assert_eq!(read, seg);
-        let whole = SegmentData::Whole(fetch_data(&dest, &seg).await.expect("fetch").expect("data"));
+        let d = seg.data.clone().expect("described");
+        let whole = SegmentData::Whole(fetch_data(&dest, &seg.data_path(), &d).await.expect("fetch"));
         let changes = |src: SegmentData, p: u8, upto: u64| {
-            let seg = seg.clone();
+            let (seg, d) = (seg.clone(), d.clone());
             let name = dest.name(&seg.data_path());
             async move {
-                net_changes(src, &seg, name, None, &[vec![p]], 11..=upto, 2)
+                net_changes(src, &seg, (&seg.data_path(), &d), name, None, &[vec![p]], 11..=upto, 2)
                     .await
                     .map(|blocks| blocks.into_iter().flatten().collect::<Vec<_>>())
             }
@@ -492,6 +585,47 @@ mod tests {
         assert_eq!(changes(ranged.clone(), b'b', 13).await.expect("b survives").len(), 3000);
         let err = changes(ranged, b'a', 13).await.expect_err("a's block is damaged");
         assert!(err.to_string().contains(&seg.data_path()), "{err}");
-        assert!(fetch_data(&dest, &seg).await.is_err(), "the whole file fails its blake3");
+        assert!(fetch_data(&dest, &seg.data_path(), &d).await.is_err(), "the whole file fails its blake3");
+    }
+
+    /// A staged commit's segment: one version, a part per stage (a later part's write
+    /// of a key wins), format 2, and older formats' readers are told it is newer.
+    #[tokio::test]
+    async fn a_staged_commit_segment_keeps_its_parts_in_order() {
+        let mut seg = staged_segment(20, 500, 400);
+        assert_eq!(seg.commits, vec![[20, 501]]);
+        let stage1: Vec<Mutation> = (0..100u8).map(|i| put(vec![b'a', i], vec![1])).collect();
+        let stage2 = vec![put(vec![b'a', 5], vec![2]), Mutation { key: vec![b'a', 6], value: None }];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = crate::DestConfig { backup_root: dir.path().to_path_buf(), s3: crate::S3Config::default() };
+        let dest = Destination::open("d", &cfg, crate::Origin::Cli).expect("dest");
+        for (i, muts) in [stage1, stage2].iter().enumerate() {
+            let (d, bytes) = encode_part(20, muts, 1, None).expect("part");
+            dest.put(&seg.part_path(i), Bytes::from(bytes)).await.expect("write part");
+            seg.parts.push(d);
+        }
+        write_segment(&dest, &seg, None).await.expect("write");
+        let read = read_segment(&dest, 20, 20).await.expect("read back");
+        assert_eq!(read, seg);
+        let mut net = std::collections::BTreeMap::new();
+        for (path, d) in read.files() {
+            let src = SegmentData::Whole(fetch_data(&dest, &path, d).await.expect("fetch"));
+            for (k, v) in net_changes(src, &read, (&path, d), path.clone(), None, &[vec![b'a']], 20..=20, 2)
+                .await
+                .expect("changes")
+                .into_iter()
+                .flatten()
+            {
+                net.insert(k, v);
+            }
+        }
+        assert_eq!(net.len(), 100);
+        assert_eq!(net[&vec![b'a', 5]], Some(vec![2]));
+        assert_eq!(net[&vec![b'a', 6]], None);
+        assert_eq!(net[&vec![b'a', 7]], Some(vec![1]));
+        let mut old = seg.clone();
+        old.format_version = 1;
+        let raw = old.encode().expect("encode");
+        assert!(LogSegment::decode(&raw, "x").is_err(), "parts in a format-1 segment are refused");
     }
 }

@@ -15,7 +15,7 @@
 use crate::chain::Plan;
 use crate::dest::Destination;
 use crate::export::{range_splits, split_count, Options};
-use crate::log::SegmentData;
+use crate::log::{LogData, LogSegment, SegmentData};
 use crate::manifest::{TableManifest, TableSum};
 use crate::read::{table_blocks, Snapshot};
 use crate::Progress;
@@ -215,29 +215,33 @@ pub async fn replay_log(
     let after = plan.snapshot.manifest.version;
     let cipher = plan.snapshot.cipher.clone();
     let mut changed = 0u64;
-    // Prefetch the next segment's data while this one is applied.
-    let mut fetches = std::pin::pin!(futures::stream::iter(plan.segments.clone())
-        .map(|seg| {
+    // Every data file in the order its writes apply (a segment's main file, then a
+    // staged commit's parts); the next one is fetched while this one is applied.
+    let files: Vec<(LogSegment, String, LogData)> = plan
+        .segments
+        .iter()
+        .flat_map(|seg| seg.files().into_iter().map(|(path, d)| (seg.clone(), path, d.clone())))
+        .collect();
+    let mut fetches = std::pin::pin!(futures::stream::iter(files)
+        .map(|(seg, path, d)| {
             let dest = dest.clone();
             async move {
-                if seg.data.is_none() {
-                    return Ok((seg, None));
-                }
                 if ranged {
-                    return Ok((seg, Some(SegmentData::Ranged(dest))));
+                    return Ok((seg, path, d, SegmentData::Ranged(dest)));
                 }
-                let whole = crate::log::fetch_data(&dest, &seg).await?.map(SegmentData::Whole);
-                Ok::<_, Error>((seg, whole))
+                let whole = SegmentData::Whole(crate::log::fetch_data(&dest, &path, &d).await?);
+                Ok::<_, Error>((seg, path, d, whole))
             }
         })
         .buffered(2));
     while let Some(fetched) = fetches.next().await {
-        let (seg, Some(source)) = fetched? else { continue };
+        let (seg, path, d, source) = fetched?;
         let seg = &seg;
-        let name = dest.name(&seg.data_path());
+        let name = dest.name(&path);
         let blocks = crate::log::net_changes(
             source,
             seg,
+            (&path, &d),
             name,
             cipher.clone(),
             old_prefixes,
@@ -294,12 +298,17 @@ pub async fn replay_changes(
     opts: &Options,
 ) -> Result<Vec<crate::log::NetChange>> {
     let mut net = std::collections::BTreeMap::new();
-    for seg in plan.segments.iter().filter(|s| s.data.is_some()) {
+    // Collected first: an iterator of closures held across the awaits below would make
+    // this future's `Send` depend on higher-ranked lifetimes the compiler cannot prove.
+    let files: Vec<(&LogSegment, String, &LogData)> =
+        plan.segments.iter().flat_map(|s| s.files().into_iter().map(move |(p, d)| (s, p, d))).collect();
+    for (seg, path, d) in files {
         // Only the blocks that touch the prefixes are read (each checked by its crc32c).
         let blocks = crate::log::net_changes(
             SegmentData::Ranged(dest.clone()),
             seg,
-            dest.name(&seg.data_path()),
+            (&path, d),
+            dest.name(&path),
             plan.snapshot.cipher.clone(),
             prefixes,
             plan.snapshot.manifest.version + 1..=plan.target,

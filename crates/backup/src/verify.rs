@@ -142,6 +142,8 @@ async fn verify_logs(
     let parse = |p: &str, ext: &str| -> Option<(u64, u64)> {
         let stem = p.strip_prefix(LOG_DIR)?.strip_prefix('/')?.strip_suffix(ext)?;
         let (a, b) = stem.split_once('-')?;
+        // A staged commit's part: `<first>-<last>.part<i>`.
+        let b = b.split_once(".part").map_or(b, |(b, _)| b);
         Some((a.parse().ok()?, b.parse().ok()?))
     };
     let described: Vec<(u64, u64)> = objects.iter().filter_map(|(p, _)| parse(p, ".json")).collect();
@@ -156,24 +158,27 @@ async fn verify_logs(
             }
         };
         report.log_segments += 1;
-        let bytes = match fetch_data(dest, &seg).await {
-            Ok(Some(b)) => b,
-            Ok(None) => continue,
-            Err(e) => {
-                report.problems.push(e.message());
-                continue;
-            }
-        };
-        report.files += 1;
-        report.bytes += bytes.len() as u64;
-        progress.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if deep {
-            let name = dest.name(&seg.data_path());
-            let all = seg.first_version..=seg.last_version;
-            let source = crate::log::SegmentData::Whole(bytes);
-            if let Err(e) = net_changes(source, &seg, name, snap.cipher.clone(), &[Vec::new()], all, parallelism).await
-            {
-                report.problems.push(e.message());
+        for (path, d) in seg.files() {
+            let bytes = match fetch_data(dest, &path, d).await {
+                Ok(b) => b,
+                Err(e) => {
+                    report.problems.push(e.message());
+                    continue;
+                }
+            };
+            report.files += 1;
+            report.bytes += bytes.len() as u64;
+            progress.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            if deep {
+                let name = dest.name(&path);
+                let all = seg.first_version..=seg.last_version;
+                let source = crate::log::SegmentData::Whole(bytes);
+                let everything = [Vec::new()];
+                let changes =
+                    net_changes(source, &seg, (&path, d), name, snap.cipher.clone(), &everything, all, parallelism);
+                if let Err(e) = changes.await {
+                    report.problems.push(e.message());
+                }
             }
         }
     }

@@ -53,6 +53,6 @@ mod state_machine;
 mod types;
 
 pub use log_store::{FlushStats, LogStore, LogStoreHandle};
-pub use node::{BulkLoadHandle, LogRecord, Node, NodeConfig, NodeStatus, MAX_TXN_BYTES};
+pub use node::{BulkLoadHandle, LogRecord, Node, NodeConfig, NodeStatus, DEFAULT_STAGE_BYTES, MAX_TXN_BYTES};
 pub use state_machine::{AppliedRecord, StateMachine, META_RAFT_APPLIED};
 pub use types::{Checkpoint, Request, Response, TypeConfig};

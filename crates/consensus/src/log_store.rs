@@ -773,7 +773,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(_) => entries
                 .iter()
                 .filter_map(|e| match &e.payload {
-                    EntryPayload::Normal(req) if req.batch.len() <= WRITE_AHEAD_MAX_BYTES => {
+                    // Only plain commits: stages, staged commits and aborts touch the
+                    // staging area, which a speculation could not undo.
+                    EntryPayload::Normal(req)
+                        if req.batch.len() <= WRITE_AHEAD_MAX_BYTES
+                            && matches!(
+                                amberdb_mvcc::Entry::decode(&req.batch),
+                                Ok(amberdb_mvcc::Entry::Commit(_))
+                            ) =>
+                    {
                         Some((e.log_id.index, req.batch.clone()))
                     }
                     _ => None,

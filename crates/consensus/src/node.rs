@@ -19,8 +19,8 @@ use crate::state_machine::StateMachine;
 use crate::types::{Request, TypeConfig};
 use amberdb_error::{Error, Result};
 use amberdb_mvcc::{
-    Clock, CommitBatch, CommitInfo, ConflictWindow, ConflictWindowConfig, Mutation, Mvcc, MvccConfig, Ticket,
-    Timestamp, Transaction, Version,
+    Clock, CommitBatch, CommitInfo, ConflictWindow, ConflictWindowConfig, Entry, Mutation, Mvcc, MvccConfig,
+    StageReceipt, StagedWrites, Stager, Ticket, Timestamp, Transaction, Version,
 };
 use amberdb_storage::Engine;
 use openraft::error::ClientWriteError;
@@ -48,6 +48,9 @@ pub struct NodeConfig {
     pub keep_log_entries: u64,
     /// How often garbage collection of old versions runs.
     pub gc_interval: Duration,
+    /// Bytes of buffered writes past which a transaction stages them (see
+    /// [`amberdb_mvcc::Stager`]): the most a transaction holds in memory.
+    pub stage_bytes: usize,
 }
 
 impl Default for NodeConfig {
@@ -60,17 +63,41 @@ impl Default for NodeConfig {
             checkpoint_every: 20_000,
             keep_log_entries: 1_000,
             gc_interval: Duration::from_secs(60),
+            stage_bytes: DEFAULT_STAGE_BYTES,
         }
     }
 }
 
-/// A transaction accepted by the conflict window, waiting to be put in a log entry.
+/// Default of [`NodeConfig::stage_bytes`].
+pub const DEFAULT_STAGE_BYTES: usize = 16 << 20;
+
+/// What a queued request becomes in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    /// A commit (or an ingest): shares an entry with other commits.
+    Commit,
+    /// A stage of transaction `txn` (0: a new one). Alone in its entry, as are the rest.
+    Stage { txn: u64 },
+    /// The commit of a staged transaction.
+    StagedCommit(StagedWrites),
+    /// The abort of a staged transaction.
+    Abort { txn: u64 },
+}
+
+/// A request waiting to be put in a log entry: a transaction accepted by the conflict
+/// window, an ingest, or a staging request.
 struct Pending {
     mutations: Vec<Mutation>,
     /// The conflict-window ticket; `None` for ingests, which the window never sees.
     ticket: Option<Ticket>,
     reply: oneshot::Sender<Result<CommitInfo>>,
+    kind: Kind,
 }
+
+/// Prefix of the commit-log holds that keep a staged transaction's stage entries: while
+/// it runs `stage-<txn>`, once committed `staged-<version>` (see [`Node::hold_log`]).
+const STAGE_HOLD: &str = "stage-";
+const STAGED_HOLD: &str = "staged-";
 
 struct Sequencer {
     window: ConflictWindow,
@@ -104,6 +131,67 @@ pub struct Node {
     /// Exponentially weighted moving average of commit latency (µs, f64 bits): the
     /// signal background work (backups) backs off on.
     commit_latency: std::sync::atomic::AtomicU64,
+    stager: Arc<NodeStager>,
+}
+
+/// The node's [`Stager`]: proposes stage and abort entries through the same queue as
+/// commits (and holds the commit log from a transaction's first stage, for continuous
+/// backups, which ship the stages again when the transaction commits).
+struct NodeStager {
+    sequencer: Arc<Mutex<Sequencer>>,
+    wake: Arc<Notify>,
+    log: LogStore,
+    stage_bytes: usize,
+}
+
+impl NodeStager {
+    fn enqueue(&self, mutations: Vec<Mutation>, kind: Kind) -> oneshot::Receiver<Result<CommitInfo>> {
+        let (reply, rx) = oneshot::channel();
+        self.sequencer.lock().expect("sequencer lock poisoned").queue.push_back(Pending {
+            mutations,
+            ticket: None,
+            reply,
+            kind,
+        });
+        self.wake.notify_one();
+        rx
+    }
+}
+
+impl Stager for NodeStager {
+    fn stage(&self, txn: u64, writes: &[Mutation]) -> Result<StageReceipt> {
+        check_size(writes)?;
+        let rx = self.enqueue(writes.to_vec(), Kind::Stage { txn });
+        // Statements run synchronously (on a worker moved aside with `block_in_place`,
+        // or on a blocking thread): wait here for the stage to apply.
+        let info = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| h.block_on(rx))
+            }
+            _ => {
+                return Err(Error::Internal(
+                    "a transaction can stage its writes only on a multi-threaded tokio runtime".into(),
+                ))
+            }
+        }
+        .unwrap_or_else(|_| Err(Error::Unavailable("the node stopped; the stage's outcome is unknown".into())))?;
+        let txn = if txn == 0 { info.version } else { txn };
+        if txn == info.version {
+            self.log.set_hold(&format!("{STAGE_HOLD}{txn}"), info.version)?;
+        }
+        Ok(StageReceipt { txn, version: info.version })
+    }
+
+    fn abort(&self, txn: u64) {
+        drop(self.enqueue(Vec::new(), Kind::Abort { txn }));
+        if let Err(e) = self.log.release_hold(&format!("{STAGE_HOLD}{txn}")) {
+            tracing::warn!(txn, error = %e, "could not release an aborted transaction's commit-log hold");
+        }
+    }
+
+    fn stage_bytes(&self) -> usize {
+        self.stage_bytes
+    }
 }
 
 /// A bulk load's version, from [`Node::begin_bulk_load`].
@@ -149,8 +237,13 @@ pub struct LogRecord {
     /// Its version (= log index).
     pub version: Version,
     /// The commit's writes and proposed time; `None` for entries that change no data.
-    /// The applied commit time is `max(proposed, previous commit's time + 1)`.
+    /// The applied commit time is `max(proposed, previous commit's time + 1)`. For a
+    /// staged commit, only the writes made after its last stage.
     pub batch: Option<CommitBatch>,
+    /// For a staged commit, its stages: their writes ([`Node::read_stage`]) come
+    /// before `batch`'s, all at this version. (Stage and abort entries themselves
+    /// change no data: `batch` and `staged` are both `None` for them.)
+    pub staged: Option<StagedWrites>,
 }
 
 /// A snapshot of a node's state for status reporting.
@@ -244,8 +337,13 @@ impl Node {
             last_time: applied.time,
         };
         let tasks = vec![tokio::spawn(batcher.run()), tokio::spawn(gc_loop(mvcc.clone(), config.gc_interval))];
-        tracing::info!(node = config.node_id, version = applied.version, "node ready");
-        Ok(Arc::new(Node {
+        let stager = Arc::new(NodeStager {
+            sequencer: sequencer.clone(),
+            wake: wake_batcher.clone(),
+            log: log.clone(),
+            stage_bytes: config.stage_bytes,
+        });
+        let node = Arc::new(Node {
             id: config.node_id,
             raft,
             mvcc,
@@ -255,7 +353,46 @@ impl Node {
             _log_handle: log_handle,
             tasks,
             commit_latency: std::sync::atomic::AtomicU64::new(0f64.to_bits()),
-        }))
+            stager,
+        });
+        node.abort_orphaned_stages().await?;
+        tracing::info!(node = config.node_id, version = applied.version, "node ready");
+        Ok(node)
+    }
+
+    /// A transaction does not outlive its node: staged writes found at start-up belong
+    /// to transactions that can never commit. Aborts them (and waits, so that their
+    /// staging area is gone before anyone begins) and frees the log they held.
+    async fn abort_orphaned_stages(&self) -> Result<()> {
+        for txn in self.mvcc.staged_transactions()? {
+            tracing::info!(txn, "dropping the staged writes of a transaction that did not survive the restart");
+            let rx = self.stager.enqueue(Vec::new(), Kind::Abort { txn });
+            rx.await.unwrap_or_else(|_| Err(Error::Unavailable("the node stopped during start-up".into())))?;
+        }
+        for name in self.log.holds().into_keys().filter(|n| n.starts_with(STAGE_HOLD)) {
+            self.log.release_hold(&name)?;
+        }
+        self.release_shipped_stages()
+    }
+
+    /// Releases the `staged-<version>` holds that no other hold needs any more: every
+    /// other owner (a continuous backup) has moved past that staged commit.
+    fn release_shipped_stages(&self) -> Result<()> {
+        let holds = self.log.holds();
+        let others = holds
+            .iter()
+            .filter(|(n, _)| !n.starts_with(STAGE_HOLD) && !n.starts_with(STAGED_HOLD))
+            .map(|(_, v)| *v)
+            .min();
+        for name in holds.keys() {
+            let Some(version) = name.strip_prefix(STAGED_HOLD).and_then(|v| v.parse::<Version>().ok()) else {
+                continue;
+            };
+            if others.is_none_or(|o| o > version) {
+                self.log.release_hold(name)?;
+            }
+        }
+        Ok(())
     }
 
     /// The mvcc store (for reads and time travel).
@@ -263,9 +400,10 @@ impl Node {
         &self.mvcc
     }
 
-    /// Begins a read-write transaction at the newest applied version.
+    /// Begins a read-write transaction at the newest applied version. It stages its
+    /// writes past [`NodeConfig::stage_bytes`] (see [`amberdb_mvcc::Stager`]).
     pub fn begin(&self) -> Result<Transaction> {
-        Ok(Transaction::new(self.mvcc.read_latest()?))
+        Ok(Transaction::new(self.mvcc.read_latest()?).with_stager(self.stager.clone()))
     }
 
     /// Begins a read-only transaction at the newest applied version.
@@ -289,26 +427,35 @@ impl Node {
     /// Concurrent commits share log entries (and so fsyncs): transactions accepted while
     /// an entry is in flight go into the next one, all at that entry's version.
     pub async fn commit(&self, txn: Transaction) -> Result<CommitInfo> {
+        txn.check_committable()?;
         let read_version = txn.read_version();
         // The read view stays registered until the request is checked (see
         // `Transaction::into_request_with_view`).
-        let Some((req, _view)) = txn.into_request_with_view() else {
+        let Some((mut req, _view)) = txn.into_request_with_view() else {
             return Ok(CommitInfo { version: read_version, time: self.mvcc.applied().time });
         };
+        // Until it is queued, dropping the staged part aborts the stages.
+        let staged = req.take_staged();
         check_size(&req.writes)?;
         let (reply, rx) = oneshot::channel();
+        let kind = staged.as_ref().map_or(Kind::Commit, |s| Kind::StagedCommit(s.writes()));
         let accepted = {
             let mut seq = self.sequencer.lock().expect("sequencer lock poisoned");
             let applied = self.mvcc.applied().version;
             let oldest = self.mvcc.oldest_reader();
-            seq.window
-                .check_and_accept(&req, Instant::now(), applied, oldest)
-                .map(|ticket| seq.queue.push_back(Pending { mutations: req.writes, ticket: Some(ticket), reply }))
+            seq.window.check_and_accept(&req, Instant::now(), applied, oldest).map(|ticket| {
+                seq.queue.push_back(Pending { mutations: req.writes, ticket: Some(ticket), reply, kind: kind.clone() })
+            })
         };
         // The read sets are checked: not held while the commit waits (an INSERT of
         // many rows read every key it wrote).
         drop(req.read_keys);
         drop(req.read_ranges);
+        if let (Ok(()), Some(s)) = (&accepted, staged) {
+            // The staged commit's apply disposes of the stages now (or, if its entry
+            // never commits, the next start's clean-up).
+            s.handed_over();
+        }
         if let Err(e) = accepted {
             // A conflict is found without awaiting anything; yield so that a client
             // retrying in a tight loop cannot starve the tasks that would resolve the
@@ -320,8 +467,15 @@ impl Node {
         let started = Instant::now();
         match rx.await {
             Ok(result) => {
-                if result.is_ok() {
+                if let Ok(info) = &result {
                     self.record_commit_latency(started.elapsed());
+                    if let Kind::StagedCommit(w) = &kind {
+                        // The commit stands whatever happens to the hold; a backup that
+                        // then misses the stages fails loudly when it reads them.
+                        if let Err(e) = self.tether_stages(w, info.version) {
+                            tracing::error!(version = info.version, error = %e, "could not hold a staged commit's stages for continuous backups");
+                        }
+                    }
                 }
                 result
             }
@@ -329,6 +483,18 @@ impl Node {
                 Err(Error::Unavailable(format!("node {} is shutting down; the commit outcome is unknown", self.id)))
             }
         }
+    }
+
+    /// A staged transaction committed at `version`: its stage entries stay in the log
+    /// (hold `staged-<version>`) until every continuous backup has shipped `version`,
+    /// for which it reads them again ([`Node::read_stage`]).
+    fn tether_stages(&self, w: &StagedWrites, version: Version) -> Result<()> {
+        let held = format!("{STAGE_HOLD}{}", w.txn);
+        if let Some(&from) = self.log.holds().get(&held) {
+            self.log.set_hold(&format!("{STAGED_HOLD}{version}"), from)?;
+            self.log.release_hold(&held)?;
+        }
+        self.release_shipped_stages()
     }
 
     fn record_commit_latency(&self, d: Duration) {
@@ -362,6 +528,7 @@ impl Node {
             mutations,
             ticket: None,
             reply,
+            kind: Kind::Commit,
         });
         self.wake_batcher.notify_one();
         rx.await.unwrap_or_else(|_| {
@@ -405,12 +572,29 @@ impl Node {
     /// moved past them or released — a continuous backup holds what it has not shipped.
     /// Fails if they are already gone.
     pub fn hold_log(&self, name: &str, from: Version) -> Result<()> {
-        self.log.set_hold(name, from)
+        self.log.set_hold(name, from)?;
+        self.release_shipped_stages()
     }
 
     /// Releases the hold `name` (see [`Node::hold_log`]).
     pub fn release_log_hold(&self, name: &str) -> Result<()> {
-        self.log.release_hold(name)
+        self.log.release_hold(name)?;
+        self.release_shipped_stages()
+    }
+
+    /// The writes of the stage entry at `version` (named by a staged commit's
+    /// [`LogRecord::staged`]), sorted by key. An error if it is no longer on disk or is
+    /// not a stage.
+    pub fn read_stage(&self, version: Version) -> Result<Vec<Mutation>> {
+        let entries = self.log.read_committed(version, version + 1, usize::MAX)?;
+        let raw = match entries.into_iter().next().map(|e| e.payload) {
+            Some(openraft::EntryPayload::Normal(req)) => req.batch,
+            _ => return Err(Error::InvalidData(format!("commit log: entry {version} is not a stage"))),
+        };
+        match Entry::decode(&raw)? {
+            Entry::Stage { writes, .. } => amberdb_mvcc::collect_writes(writes),
+            _ => Err(Error::InvalidData(format!("commit log: entry {version} is not a stage"))),
+        }
     }
 
     /// The commit log's holds: owner → first version it keeps.
@@ -437,11 +621,24 @@ impl Node {
                     from + i as u64
                 )));
             }
-            let batch = match e.payload {
-                openraft::EntryPayload::Normal(req) if version > 0 => Some(CommitBatch::decode(&req.batch)?),
-                _ => None,
+            let (batch, staged) = match e.payload {
+                openraft::EntryPayload::Normal(req) if version > 0 => match Entry::decode(&req.batch)? {
+                    Entry::Commit(w) => (
+                        Some(CommitBatch { commit_time: w.commit_time, mutations: amberdb_mvcc::collect_writes(w)? }),
+                        None,
+                    ),
+                    Entry::StagedCommit { txn, stages, writes } => (
+                        Some(CommitBatch {
+                            commit_time: writes.commit_time,
+                            mutations: amberdb_mvcc::collect_writes(writes)?,
+                        }),
+                        Some(StagedWrites { txn, stages }),
+                    ),
+                    Entry::Stage { .. } | Entry::Abort { .. } => (None, None),
+                },
+                _ => (None, None),
             };
-            out.push(LogRecord { version, batch });
+            out.push(LogRecord { version, batch, staged });
         }
         Ok(out)
     }
@@ -520,7 +717,13 @@ impl Batcher {
                 }
                 merged.into_iter().map(|(key, value)| Mutation { key, value }).collect()
             };
-            let encoded = CommitBatch { commit_time: time, mutations }.encode();
+            let commit = CommitBatch { commit_time: time, mutations };
+            let encoded = match &batch[0].kind {
+                Kind::Commit => commit.encode(),
+                Kind::Stage { txn } => Entry::encode_stage(*txn, &commit.mutations),
+                Kind::StagedCommit(w) => Entry::encode_staged_commit(w.txn, &w.stages, &commit),
+                Kind::Abort { txn } => Entry::encode_abort(*txn),
+            };
             match self.raft.client_write_ff(Request { batch: encoded }).await {
                 Ok(rx) => {
                     let sequencer = self.sequencer.clone();
@@ -552,11 +755,15 @@ impl Batcher {
         let mut bytes = 0;
         while let Some(p) = seq.queue.front() {
             let size: usize = p.mutations.iter().map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len)).sum();
-            if !batch.is_empty() && (batch.len() >= MAX_BATCH_TXNS || bytes + size > MAX_BATCH_BYTES) {
+            let alone = p.kind != Kind::Commit;
+            if !batch.is_empty() && (alone || batch.len() >= MAX_BATCH_TXNS || bytes + size > MAX_BATCH_BYTES) {
                 break;
             }
             bytes += size;
             batch.extend(seq.queue.pop_front());
+            if alone {
+                break;
+            }
         }
         batch
     }

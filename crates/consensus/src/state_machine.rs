@@ -11,7 +11,7 @@
 //! durable, after which openraft may purge the log up to it.
 
 use crate::types::{sto_err, Checkpoint, Entry, LogId, Response, StorageError, StoredMembership, TypeConfig};
-use amberdb_mvcc::{ApplyItem, CommitBatch, Mvcc, CHUNKED_APPLY_BYTES};
+use amberdb_mvcc::{applies_alone, ApplyItem, CommitBatch, Mvcc};
 use amberdb_storage::Durability;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
@@ -60,14 +60,14 @@ impl StateMachine {
     }
 
     fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
-        // Commits go to mvcc still encoded (no decoded copy of a large one); a large one
-        // is applied on its own so mvcc can write it in pieces (`CHUNKED_APPLY_BYTES`),
-        // the others together, in one engine batch per run.
+        // Entries go to mvcc still encoded (no decoded copy of a large one); one that
+        // mvcc writes in pieces — a large commit, a staged commit, an abort
+        // (`applies_alone`) — is applied on its own, the others together, in one engine
+        // batch per run.
         let mut responses = Vec::with_capacity(entries.len());
         let mut start = 0;
         while start < entries.len() {
-            let large =
-                |e: &Entry| matches!(&e.payload, EntryPayload::Normal(req) if req.batch.len() > CHUNKED_APPLY_BYTES);
+            let large = |e: &Entry| matches!(&e.payload, EntryPayload::Normal(req) if applies_alone(&req.batch));
             let end = if large(&entries[start]) {
                 start + 1
             } else {

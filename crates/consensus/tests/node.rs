@@ -140,13 +140,23 @@ async fn torn_tail_is_repaired_and_corruption_refused() {
 async fn oversized_transaction_is_refused_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let node = open(dir.path()).await.unwrap();
+    // Past the size of one log entry in all, it commits (through stages)...
     let mut txn = node.begin().unwrap();
     let chunk = vec![7u8; 1 << 20];
     for i in 0..(amberdb_consensus::MAX_TXN_BYTES >> 20) + 1 {
         txn.put(format!("big{i:04}").into_bytes(), chunk.clone()).unwrap();
     }
-    let err = node.commit(txn).await.unwrap_err();
+    node.commit(txn).await.unwrap();
+    let mut txn = node.begin().unwrap();
+    for i in 0..(amberdb_consensus::MAX_TXN_BYTES >> 20) + 1 {
+        txn.delete(format!("big{i:04}").into_bytes()).unwrap();
+    }
+    node.commit(txn).await.unwrap();
+    // ...but one write larger than a log entry may hold is refused.
+    let mut txn = node.begin().unwrap();
+    let err = txn.put(b"huge".to_vec(), vec![7u8; amberdb_consensus::MAX_TXN_BYTES + 1]).unwrap_err();
     assert!(err.to_string().contains("transaction too large"), "{err}");
+    drop(txn);
     // The node is unharmed and the log still opens after a restart.
     put(&node, "after", "ok").await;
     node.shutdown().await.unwrap();
@@ -240,5 +250,92 @@ async fn a_commit_written_ahead_but_lost_from_the_log_is_undone() {
     let mut txn = node.begin_read_only().unwrap();
     assert_eq!(txn.get(b"g").unwrap(), None);
     assert_eq!(txn.get(b"b").unwrap(), Some(b"1".to_vec()));
+    node.shutdown().await.unwrap();
+}
+
+async fn open_staging(dir: &Path, stage_bytes: usize) -> Arc<Node> {
+    let engine = Arc::new(Fjall::open(&dir.join("engine")).unwrap());
+    let config = NodeConfig { checkpoint_every: 20, keep_log_entries: 2, stage_bytes, ..NodeConfig::default() };
+    Node::open(&dir.join("raft"), engine, Arc::new(SystemClock), config).await.unwrap()
+}
+
+/// A transaction far past the stage size commits through stage entries: all of it at
+/// one version, with the log holding its stages exactly as long as a continuous backup
+/// (any other hold) has not shipped that version, and `read_stage` giving them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_larger_than_the_stage_size_commits_through_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open_staging(dir.path(), 4 << 10).await;
+    let before = put(&node, "a", "0").await;
+    node.hold_log("backup-test", before + 1).unwrap();
+    let mut txn = node.begin().unwrap();
+    for i in 0..2000 {
+        txn.put(format!("k{i:05}").into_bytes(), vec![b'v'; 40]).unwrap();
+    }
+    txn.put(b"a".to_vec(), b"1".to_vec()).unwrap();
+    assert!(txn.staged_txn().is_some());
+    // Others see nothing yet; commits go on around it (and checkpoints purge the log).
+    for i in 0..50 {
+        put(&node, &format!("other{i}"), "x").await;
+    }
+    assert_eq!(all(&node).len(), 51);
+    let info = node.commit(txn).await.unwrap();
+    let rows = all(&node);
+    assert_eq!(rows.len(), 2051);
+    assert!(rows.contains(&("a".into(), "1".into())));
+    let mut old = node.begin_as_of_version(info.version - 1).unwrap();
+    assert_eq!(old.get(b"k00000").unwrap(), None);
+
+    // The log, as a continuous backup reads it.
+    let records = node.read_log(before + 1, usize::MAX).unwrap();
+    let commit = records.iter().find(|r| r.version == info.version).unwrap();
+    let staged = commit.staged.clone().expect("a staged commit");
+    assert!(staged.stages.len() > 10);
+    let mut keys = 0;
+    for s in &staged.stages {
+        let r = records.iter().find(|r| r.version == *s).unwrap();
+        assert!(r.batch.is_none() && r.staged.is_none(), "a stage changes no data at its own version");
+        keys += node.read_stage(*s).unwrap().len();
+    }
+    keys += commit.batch.as_ref().unwrap().mutations.len();
+    assert_eq!(keys, 2001);
+    let holds = node.log_holds();
+    assert_eq!(holds.get(&format!("staged-{}", info.version)), Some(&staged.stages[0]), "{holds:?}");
+    // The backup ships past the commit: the stages are no longer held.
+    node.hold_log("backup-test", info.version + 1).unwrap();
+    assert_eq!(node.log_holds().into_keys().collect::<Vec<_>>(), vec!["backup-test".to_string()]);
+    node.shutdown().await.unwrap();
+}
+
+/// Staged writes of a transaction that never committed — rolled back, or cut off by a
+/// restart — are dropped, and so are the log holds they had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_writes_of_unfinished_transactions_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let node = open_staging(dir.path(), 1 << 10).await;
+        let mut rolled_back = node.begin().unwrap();
+        for i in 0..200 {
+            rolled_back.put(format!("r{i:04}").into_bytes(), vec![b'v'; 20]).unwrap();
+        }
+        assert!(rolled_back.staged_txn().is_some());
+        drop(rolled_back);
+        put(&node, "after", "1").await; // queued behind the abort
+        assert_eq!(node.mvcc().staged_transactions().unwrap(), Vec::<u64>::new());
+        let mut cut_off = node.begin().unwrap();
+        for i in 0..200 {
+            cut_off.put(format!("c{i:04}").into_bytes(), vec![b'v'; 20]).unwrap();
+        }
+        let txn = cut_off.staged_txn().unwrap();
+        assert_eq!(node.mvcc().staged_transactions().unwrap(), vec![txn]);
+        assert!(node.log_holds().contains_key(&format!("stage-{txn}")));
+        // As if the process died: the node stops before the transaction can abort.
+        node.shutdown().await.unwrap();
+        drop(cut_off);
+    }
+    let node = open_staging(dir.path(), 1 << 10).await;
+    assert_eq!(node.mvcc().staged_transactions().unwrap(), Vec::<u64>::new());
+    assert!(node.log_holds().is_empty(), "{:?}", node.log_holds());
+    assert_eq!(all(&node), vec![("after".to_string(), "1".to_string())]);
     node.shutdown().await.unwrap();
 }

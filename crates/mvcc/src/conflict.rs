@@ -8,7 +8,9 @@
 //! ```
 //!
 //! A commit request conflicts if any key in one of its read ranges has a stamp newer
-//! than its read version. A *pending* stamp (accepted, not yet known to be applied) is
+//! than its read version. A staged transaction's writes are remembered as the key
+//! ranges that cover them (`Entry::ranges`, few, checked one by one): a read that
+//! touches one conflicts as a read of a written key would. A *pending* stamp (accepted, not yet known to be applied) is
 //! newer than every read version, because it will be ordered after all of them.
 //! Entries leave the window after `max_age` (or when it exceeds `max_keys`); the floor
 //! rises to the newest version that left, and requests that read below the floor are
@@ -16,6 +18,7 @@
 
 use crate::{CommitRequest, Version};
 use amberdb_error::{Error, Result};
+use amberdb_storage::KeyRange;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
@@ -52,6 +55,8 @@ struct Entry {
     version: Option<Version>,
     accepted_at: Instant,
     keys: Vec<Vec<u8>>,
+    /// Ranges covering a staged transaction's staged writes.
+    ranges: Vec<KeyRange>,
 }
 
 /// See the module docs.
@@ -131,6 +136,23 @@ impl ConflictWindow {
                 conflict(key, stamp)?;
             }
         }
+        for e in self.log.iter().filter(|e| !e.ranges.is_empty()) {
+            let stamp = match e.version {
+                Some(v) => Stamp::Committed(v),
+                None => Stamp::Pending(e.ticket),
+            };
+            for w in &e.ranges {
+                let hit = req.read_keys.iter().find(|k| w.contains(k)).cloned().or_else(|| {
+                    req.read_ranges.iter().find(|r| overlap(r, w)).map(|r| match &r.start {
+                        Bound::Included(k) | Bound::Excluded(k) => k.clone(),
+                        Bound::Unbounded => Vec::new(),
+                    })
+                });
+                if let Some(key) = hit {
+                    conflict(&key, &stamp)?;
+                }
+            }
+        }
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
         let keys: Vec<Vec<u8>> = req.writes.iter().map(|m| m.key.clone()).collect();
@@ -138,7 +160,8 @@ impl ConflictWindow {
             self.keys.insert(k.clone(), Stamp::Pending(ticket));
         }
         self.key_count += keys.len();
-        self.log.push_back(Entry { ticket, version: None, accepted_at: now, keys });
+        let ranges = req.write_ranges.iter().filter(|r| !r.is_empty()).cloned().collect();
+        self.log.push_back(Entry { ticket, version: None, accepted_at: now, keys, ranges });
         Ok(ticket)
     }
 
@@ -221,4 +244,17 @@ fn bound_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
         Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
         Bound::Unbounded => Bound::Unbounded,
     }
+}
+
+/// Whether two key ranges share a key.
+fn overlap(a: &KeyRange, b: &KeyRange) -> bool {
+    // a starts before b ends, and b starts before a ends.
+    let starts_before_end = |s: &Bound<Vec<u8>>, e: &Bound<Vec<u8>>| match (s, e) {
+        (Bound::Unbounded, _) | (_, Bound::Unbounded) => true,
+        (Bound::Included(s), Bound::Included(e)) => s <= e,
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e)) | (Bound::Excluded(s), Bound::Included(e)) => {
+            s < e
+        }
+    };
+    !a.is_empty() && !b.is_empty() && starts_before_end(&a.start, &b.end) && starts_before_end(&b.start, &a.end)
 }

@@ -37,7 +37,18 @@
 //! it marks a speculation to undo if `version` never commits; at or below it, heads to
 //! write at open if the store stopped first. (The name predates the second use.)
 //! Invariant: data entries above the applied version exist only for versions with a
-//! record, and a key's newest version is either named by its head or by a record.
+//! record, and a key's newest version is either named by its head or by a record —
+//! except while a staged commit is applied in pieces (`Mvcc::apply`): its entries and
+//! heads are written before its version is published, and a crash in between is
+//! finished by applying the same committed entry again, so no record is needed.
+//!
+//! ```text
+//!   0x05 ++ u64(txn) ++ bytes(user_key)       → [0x00] tombstone | [0x01] ++ value
+//! ```
+//! The *staging area*: writes of transaction `txn` that it moved out of memory before
+//! committing (a stage entry of the commit log). Unversioned and read by nobody but that
+//! transaction; its staged commit moves them to data entries at its version, its abort
+//! deletes them.
 
 use amberdb_encoding::keycode::{prefix_end, KeyDecoder, KeyEncoder};
 use amberdb_error::{Error, Result};
@@ -48,6 +59,7 @@ pub(crate) const TAG_META: u8 = 0x00;
 pub(crate) const TAG_DATA: u8 = 0x01;
 pub(crate) const TAG_VERSION_TIME: u8 = 0x02;
 pub(crate) const TAG_TIME_VERSION: u8 = 0x03;
+pub(crate) const TAG_STAGED: u8 = 0x05;
 
 /// Metadata record holding the applied version and its commit time.
 pub(crate) const META_APPLIED: &str = "mvcc.applied";
@@ -211,4 +223,58 @@ pub(crate) fn data_range(range: &KeyRange) -> KeyRange {
         Bound::Unbounded => Bound::Excluded(vec![TAG_DATA + 1]),
     };
     KeyRange { start, end }
+}
+
+/// A staged write of transaction `txn` (see the module docs).
+pub(crate) fn staged(txn: u64, user_key: &[u8]) -> Vec<u8> {
+    KeyEncoder::with_tag(TAG_STAGED).u64(txn).bytes(user_key).finish()
+}
+
+/// Every staged write of transaction `txn`.
+pub(crate) fn staged_txn_range(txn: u64) -> KeyRange {
+    let prefix = KeyEncoder::with_tag(TAG_STAGED).u64(txn).finish();
+    match prefix_end(&prefix) {
+        Some(end) => KeyRange::between(prefix, end),
+        None => KeyRange { start: Bound::Included(prefix), end: Bound::Excluded(vec![TAG_STAGED + 1]) },
+    }
+}
+
+/// The whole staging area.
+pub(crate) fn staged_all() -> KeyRange {
+    KeyRange::between(vec![TAG_STAGED], vec![TAG_STAGED + 1])
+}
+
+/// Maps a range of user keys to the staged writes of `txn` within it.
+pub(crate) fn staged_range(txn: u64, range: &KeyRange) -> KeyRange {
+    let prefix = |k: &[u8]| KeyEncoder::with_tag(TAG_STAGED).u64(txn).bytes(k).finish();
+    let all = staged_txn_range(txn);
+    let start = match &range.start {
+        Bound::Included(k) => Bound::Included(prefix(k)),
+        Bound::Excluded(k) => match prefix_end(&prefix(k)) {
+            Some(e) => Bound::Included(e),
+            None => all.end.clone(),
+        },
+        Bound::Unbounded => all.start.clone(),
+    };
+    let end = match &range.end {
+        Bound::Included(k) => match prefix_end(&prefix(k)) {
+            Some(e) => Bound::Excluded(e),
+            None => all.end.clone(),
+        },
+        Bound::Excluded(k) => Bound::Excluded(prefix(k)),
+        Bound::Unbounded => all.end,
+    };
+    KeyRange { start, end }
+}
+
+/// Decodes a staging key into (transaction, user key).
+pub(crate) fn decode_staged(key: &[u8]) -> Result<(u64, Vec<u8>)> {
+    let mut d = KeyDecoder::new(key);
+    if d.tag()? != TAG_STAGED {
+        return Err(Error::InvalidData(format!("not an mvcc staging key: {key:x?}")));
+    }
+    let txn = d.u64()?;
+    let user = d.bytes()?;
+    d.finish()?;
+    Ok((txn, user))
 }

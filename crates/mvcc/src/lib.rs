@@ -62,11 +62,14 @@ mod transaction;
 
 pub use conflict::{ConflictWindow, ConflictWindowConfig, Ticket};
 pub use mvcc::{
-    format_micros, AppliedState, ApplyItem, BulkLoad, GcStats, Mvcc, MvccConfig, ReadView, VersionedScan,
-    CHUNKED_APPLY_BYTES,
+    applies_alone, format_micros, AppliedState, ApplyItem, BulkLoad, GcStats, Mvcc, MvccConfig, ReadView,
+    VersionedScan, CHUNKED_APPLY_BYTES,
 };
 pub use sequencer::{CommitInfo, LocalSequencer};
-pub use transaction::{CommitRequest, DetachedReader, Transaction, TxnScan};
+pub use transaction::{
+    CommitRequest, DetachedReader, StageReceipt, StagedHandle, StagedWrites, Stager, Transaction, TxnScan,
+    MAX_READ_ENTRIES,
+};
 
 use amberdb_encoding::codec::{Reader, Writer};
 use amberdb_error::Result;
@@ -166,6 +169,11 @@ impl<'a> EncodedBatch<'a> {
         if format != BATCH_FORMAT {
             return Err(amberdb_error::Error::InvalidData(format!("commit batch: unknown format {format}")));
         }
+        Self::body(reader)
+    }
+
+    /// Reads the body (commit time, count) that every entry carrying writes shares.
+    fn body(mut reader: Reader<'a>) -> Result<Self> {
         let commit_time = reader.u64()?;
         let count = reader.varint()?;
         Ok(Self { commit_time, count, left: count, reader })
@@ -199,23 +207,141 @@ impl<'a> EncodedBatch<'a> {
     }
 }
 
+const STAGE_FORMAT: u8 = 2;
+const STAGED_COMMIT_FORMAT: u8 = 3;
+const ABORT_FORMAT: u8 = 4;
+
+/// A commit-log entry's payload, decoded as far as its header (the writes stay encoded;
+/// see `docs/formats/commit-log.md`). Besides plain commits, a transaction too large for
+/// one entry moves its writes out of memory in *stages* before it commits: each stage
+/// is applied into a staging area only that transaction reads (see
+/// [`Transaction`]'s docs), and its staged commit publishes them all, with its last
+/// writes, at the staged commit's version; an abort drops them.
+#[derive(Debug, Clone)]
+pub enum Entry<'a> {
+    /// A commit: its writes become visible at the entry's version.
+    Commit(EncodedBatch<'a>),
+    /// Writes staged by transaction `txn` (0: its first stage; the entry's version then
+    /// becomes its id). Invisible to every other transaction.
+    Stage {
+        /// The staging transaction's id, or 0.
+        txn: u64,
+        /// The writes (the batch's time is unused, 0).
+        writes: EncodedBatch<'a>,
+    },
+    /// The commit of a staged transaction: its staged writes, then `writes` (which win
+    /// over a staged write of the same key), become visible at the entry's version.
+    StagedCommit {
+        /// The transaction's id.
+        txn: u64,
+        /// The versions of its stage entries, ascending (for readers of the commit log,
+        /// such as continuous backups, that need the staged writes again).
+        stages: Vec<Version>,
+        /// The writes made after the last stage, with the commit time.
+        writes: EncodedBatch<'a>,
+    },
+    /// Drops transaction `txn`'s staged writes (a rollback, or a transaction whose
+    /// session ended before it committed).
+    Abort {
+        /// The transaction's id.
+        txn: u64,
+    },
+}
+
+impl<'a> Entry<'a> {
+    /// Decodes an entry's header.
+    pub fn decode(raw: &'a [u8]) -> Result<Self> {
+        let mut r = Reader::new(raw, "commit-log entry");
+        Ok(match r.u8()? {
+            BATCH_FORMAT => Entry::Commit(EncodedBatch::body(r)?),
+            STAGE_FORMAT => {
+                let txn = r.u64()?;
+                Entry::Stage { txn, writes: EncodedBatch::body(r)? }
+            }
+            STAGED_COMMIT_FORMAT => {
+                let txn = r.u64()?;
+                let n = r.varint()?;
+                let mut stages = Vec::with_capacity(n.min(1 << 16) as usize);
+                for _ in 0..n {
+                    stages.push(r.u64()?);
+                }
+                if stages.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(amberdb_error::Error::InvalidData(
+                        "commit-log entry: staged commit's stage versions are not ascending".into(),
+                    ));
+                }
+                Entry::StagedCommit { txn, stages, writes: EncodedBatch::body(r)? }
+            }
+            ABORT_FORMAT => {
+                let txn = r.u64()?;
+                r.finish()?;
+                Entry::Abort { txn }
+            }
+            f => return Err(amberdb_error::Error::InvalidData(format!("commit-log entry: unknown format {f}"))),
+        })
+    }
+
+    /// Encodes a stage of transaction `txn` (0: a new one); `writes` sorted, unique.
+    pub fn encode_stage(txn: u64, writes: &[Mutation]) -> Vec<u8> {
+        let mut w = Writer::with_capacity(writes_size(writes) + 24);
+        w.u8(STAGE_FORMAT).u64(txn);
+        encode_writes(&mut w, 0, writes);
+        w.finish()
+    }
+
+    /// Encodes the commit of staged transaction `txn`.
+    pub fn encode_staged_commit(txn: u64, stages: &[Version], batch: &CommitBatch) -> Vec<u8> {
+        let mut w = Writer::with_capacity(writes_size(&batch.mutations) + 8 * stages.len() + 32);
+        w.u8(STAGED_COMMIT_FORMAT).u64(txn).varint(stages.len() as u64);
+        for s in stages {
+            w.u64(*s);
+        }
+        encode_writes(&mut w, batch.commit_time, &batch.mutations);
+        w.finish()
+    }
+
+    /// Encodes the abort of staged transaction `txn`.
+    pub fn encode_abort(txn: u64) -> Vec<u8> {
+        let mut w = Writer::with_capacity(9);
+        w.u8(ABORT_FORMAT).u64(txn);
+        w.finish()
+    }
+}
+
+fn writes_size(writes: &[Mutation]) -> usize {
+    writes.iter().map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 8).sum()
+}
+
+fn encode_writes(w: &mut Writer, time: Timestamp, writes: &[Mutation]) {
+    w.u64(time).varint(writes.len() as u64);
+    for m in writes {
+        w.bytes(&m.key);
+        match &m.value {
+            Some(v) => {
+                w.u8(1).bytes(v);
+            }
+            None => {
+                w.u8(0);
+            }
+        }
+    }
+}
+
+/// Decodes every write of an encoded batch body.
+pub fn collect_writes(mut writes: EncodedBatch<'_>) -> Result<Vec<Mutation>> {
+    let mut mutations = Vec::with_capacity(writes.len().min(1 << 16) as usize);
+    while let Some((key, value)) = writes.next_write()? {
+        mutations.push(Mutation { key: key.to_vec(), value: value.map(<[u8]>::to_vec) });
+    }
+    Ok(mutations)
+}
+
 impl CommitBatch {
     /// Encodes the batch (format in `docs/formats/commit-log.md`).
     pub fn encode(&self) -> Vec<u8> {
-        let size: usize = self.mutations.iter().map(|m| m.key.len() + m.value.as_ref().map_or(0, Vec::len) + 8).sum();
-        let mut w = Writer::with_capacity(size + 16);
-        w.u8(BATCH_FORMAT).u64(self.commit_time).varint(self.mutations.len() as u64);
-        for m in &self.mutations {
-            w.bytes(&m.key);
-            match &m.value {
-                Some(v) => {
-                    w.u8(1).bytes(v);
-                }
-                None => {
-                    w.u8(0);
-                }
-            }
-        }
+        let mut w = Writer::with_capacity(writes_size(&self.mutations) + 16);
+        w.u8(BATCH_FORMAT);
+        encode_writes(&mut w, self.commit_time, &self.mutations);
         w.finish()
     }
 
@@ -232,12 +358,7 @@ impl CommitBatch {
 
     /// Decodes a batch, rejecting anything malformed.
     pub fn decode(raw: &[u8]) -> Result<Self> {
-        let mut writes = EncodedBatch::new(raw)?;
-        let commit_time = writes.commit_time;
-        let mut mutations = Vec::with_capacity(writes.len().min(1 << 16) as usize);
-        while let Some((key, value)) = writes.next_write()? {
-            mutations.push(Mutation { key: key.to_vec(), value: value.map(<[u8]>::to_vec) });
-        }
-        Ok(Self { commit_time, mutations })
+        let writes = EncodedBatch::new(raw)?;
+        Ok(Self { commit_time: writes.commit_time, mutations: collect_writes(writes)? })
     }
 }

@@ -44,9 +44,11 @@ pub struct AppliedState {
 pub enum ApplyItem<'a> {
     /// A commit batch at a version.
     Commit(Version, &'a CommitBatch),
-    /// A commit batch at a version, still encoded (`CommitBatch::encode`): applied
-    /// without decoding it whole. One past [`CHUNKED_APPLY_BYTES`], applied alone, is
-    /// written in engine batches of its own before the publish (see [`Mvcc::apply`]).
+    /// A commit-log entry at a version, still encoded ([`crate::Entry`]): applied
+    /// without decoding it whole. A commit past [`CHUNKED_APPLY_BYTES`], applied alone,
+    /// is written in engine batches of its own before the publish (see
+    /// [`Mvcc::apply`]); so are a staged commit and an abort, which must come alone
+    /// (see [`applies_alone`]). A stage writes into the staging area only.
     Encoded(Version, &'a [u8]),
     /// A commit whose data [`Mvcc::speculate`] wrote already, with its proposed commit
     /// time: applying it publishes the version (an error if it was not speculated).
@@ -95,13 +97,21 @@ impl<'a> ApplyItem<'a> {
             ApplyItem::Commit(_, c) => {
                 Some((c.commit_time, c.mutations.len() as u64, Writes::Decoded(c.mutations.iter())))
             }
-            ApplyItem::Encoded(_, raw) => {
-                let b = crate::EncodedBatch::new(raw)?;
-                Some((b.commit_time, b.len(), Writes::Encoded(b)))
-            }
+            ApplyItem::Encoded(_, raw) => match crate::Entry::decode(raw)? {
+                crate::Entry::Commit(b) => Some((b.commit_time, b.len(), Writes::Encoded(b))),
+                _ => None,
+            },
             _ => None,
         })
     }
+}
+
+/// Whether an encoded commit-log entry must be applied on its own (an [`ApplyItem`]
+/// slice of one): a large commit, a staged commit or an abort, which are written in
+/// pieces. An entry that does not decode is applied alone too (and fails there).
+pub fn applies_alone(raw: &[u8]) -> bool {
+    raw.len() > CHUNKED_APPLY_BYTES
+        || !matches!(crate::Entry::decode(raw), Ok(crate::Entry::Commit(_) | crate::Entry::Stage { .. }))
 }
 
 /// Statistics from one GC pass.
@@ -441,8 +451,15 @@ impl Mvcc {
         let _guard = self.write_lock.lock().expect("mvcc write lock poisoned");
         let mut speculated = self.speculated.lock().expect("mvcc speculation lock poisoned");
         if let [ApplyItem::Encoded(version, raw)] = items {
-            if raw.len() > CHUNKED_APPLY_BYTES && !speculated.contains(version) {
-                return self.apply_in_pieces(*version, raw, meta, durability);
+            match crate::Entry::decode(raw)? {
+                crate::Entry::StagedCommit { txn, writes, .. } => {
+                    return self.apply_staged_commit(*version, txn, writes, meta, durability);
+                }
+                crate::Entry::Abort { txn } => return self.apply_abort(*version, txn, meta, durability),
+                crate::Entry::Commit(_) if raw.len() > CHUNKED_APPLY_BYTES && !speculated.contains(version) => {
+                    return self.apply_in_pieces(*version, raw, meta, durability);
+                }
+                _ => {}
             }
         }
         let mut state = self.applied();
@@ -484,6 +501,24 @@ impl Mvcc {
                     return Err(Error::Internal(format!("version {version} is applied as speculated but was not")));
                 }
                 ApplyItem::Speculated(_, t) => (*t, None),
+                ApplyItem::Encoded(_, raw) if !matches!(crate::Entry::decode(raw)?, crate::Entry::Commit(_)) => {
+                    match crate::Entry::decode(raw)? {
+                        crate::Entry::Stage { txn, mut writes } => {
+                            // A stage changes no visible state: a version like a marker's.
+                            let txn = if txn == 0 { version } else { txn };
+                            while let Some((key, value)) = writes.next_write()? {
+                                batch.put(keys::staged(txn, key), keys::encode_value(value));
+                            }
+                            times.push(0);
+                            continue;
+                        }
+                        _ => {
+                            return Err(Error::Internal(format!(
+                                "version {version}: a staged commit or abort must be applied on its own"
+                            )))
+                        }
+                    }
+                }
                 ApplyItem::Commit(..) | ApplyItem::Encoded(..) => match item.writes()? {
                     Some((t, n, writes)) => (t, Some((n, writes))),
                     None => (0, None),
@@ -621,6 +656,134 @@ impl Mvcc {
         *self.applied.write().expect("applied-state lock poisoned") = state;
         self.pending.publish(version);
         Ok(vec![time])
+    }
+
+    /// Applies the staged commit of transaction `txn` at `version`, in pieces as
+    /// [`Mvcc::apply_in_pieces`] does: each piece moves up to [`CHUNK_BYTES`] of staged
+    /// writes to data entries at `version` (with their heads) and deletes them from the
+    /// staging area, in one engine batch; then `writes` (made after the last stage, so
+    /// they win) are written; then the version is published. Nothing is visible before
+    /// the publish (reads are at or below the applied version; a head naming a newer
+    /// version sends a point read to the seek). A crash in between leaves the version
+    /// unpublished with part of its data moved: the committed entry is applied again at
+    /// start-up and moves the rest — every step can be repeated, so no write record is
+    /// needed.
+    fn apply_staged_commit(
+        &self,
+        version: Version,
+        txn: u64,
+        mut writes: crate::EncodedBatch<'_>,
+        meta: &[(&str, Vec<u8>)],
+        durability: Durability,
+    ) -> Result<Vec<Timestamp>> {
+        let mut state = self.applied();
+        if version <= state.version {
+            return Err(Error::Internal(format!(
+                "apply of version {version} at or below applied version {}",
+                state.version
+            )));
+        }
+        persist_heads_locked(self.engine.as_ref(), &self.pending)?;
+        self.drain_staged(txn, |b, user, raw_value| {
+            b.put(keys::data(user, version), raw_value.to_vec());
+            b.put(keys::head(user), version.to_le_bytes().to_vec());
+        })?;
+        let mut b = WriteBatch::new();
+        let mut bytes = 0usize;
+        while let Some((key, value)) = writes.next_write()? {
+            bytes += 2 * key.len() + value.map_or(0, <[u8]>::len) + 48;
+            b.put(keys::data(key, version), keys::encode_value(value));
+            b.put(keys::head(key), version.to_le_bytes().to_vec());
+            if bytes >= CHUNK_BYTES {
+                self.engine.write(std::mem::take(&mut b), Durability::Buffered)?;
+                bytes = 0;
+            }
+        }
+        let time = writes.commit_time.max(state.time + 1);
+        state = AppliedState { version, time };
+        b.put(keys::version_time(version), time.to_le_bytes().to_vec());
+        b.put(keys::time_version(time, version), Vec::new());
+        b.put(keys::meta(keys::META_APPLIED), encode_applied(&state));
+        for (name, value) in meta {
+            b.put(keys::meta(name), value.clone());
+        }
+        self.engine.write(b, durability)?;
+        *self.applied.write().expect("applied-state lock poisoned") = state;
+        self.pending.publish(version);
+        Ok(vec![time])
+    }
+
+    /// Applies the abort of staged transaction `txn` at `version` (a version that
+    /// changes no visible state): its staged writes are deleted in pieces, then the
+    /// version is published. Repeatable, as [`Mvcc::apply_staged_commit`].
+    fn apply_abort(
+        &self,
+        version: Version,
+        txn: u64,
+        meta: &[(&str, Vec<u8>)],
+        durability: Durability,
+    ) -> Result<Vec<Timestamp>> {
+        let mut state = self.applied();
+        if version <= state.version {
+            return Err(Error::Internal(format!(
+                "apply of version {version} at or below applied version {}",
+                state.version
+            )));
+        }
+        self.drain_staged(txn, |_, _, _| {})?;
+        state.version = version;
+        let mut b = WriteBatch::new();
+        b.put(keys::meta(keys::META_APPLIED), encode_applied(&state));
+        for (name, value) in meta {
+            b.put(keys::meta(name), value.clone());
+        }
+        self.engine.write(b, durability)?;
+        *self.applied.write().expect("applied-state lock poisoned") = state;
+        self.pending.publish(version);
+        Ok(vec![0])
+    }
+
+    /// Deletes transaction `txn`'s staged writes, [`CHUNK_BYTES`] at a time, letting
+    /// `also` add to each piece's batch for every write (user key, encoded value).
+    fn drain_staged(&self, txn: u64, mut also: impl FnMut(&mut WriteBatch, &[u8], &[u8])) -> Result<()> {
+        let range = keys::staged_txn_range(txn);
+        loop {
+            // A fresh scan per piece: the previous piece deleted what came before.
+            let mut b = WriteBatch::new();
+            let mut bytes = 0usize;
+            for kv in self.engine.scan(range.clone()) {
+                let (raw_key, raw_value) = kv?;
+                let (_, user) = keys::decode_staged(&raw_key)?;
+                bytes += raw_key.len() + 2 * user.len() + raw_value.len() + 48;
+                also(&mut b, &user, &raw_value);
+                b.delete(raw_key);
+                if bytes >= CHUNK_BYTES {
+                    break;
+                }
+            }
+            if b.is_empty() {
+                return Ok(());
+            }
+            self.engine.write(b, Durability::Buffered)?;
+        }
+    }
+
+    /// The transactions with writes in the staging area (for a restart's clean-up:
+    /// a transaction does not outlive its node).
+    pub fn staged_transactions(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        let all = keys::staged_all();
+        let mut start = all.start.clone();
+        loop {
+            let range = KeyRange { start: start.clone(), end: all.end.clone() };
+            let Some(kv) = self.engine.scan(range).next() else { return Ok(out) };
+            let (txn, _) = keys::decode_staged(&kv?.0)?;
+            out.push(txn);
+            match keys::staged_txn_range(txn).end {
+                Bound::Excluded(e) => start = Bound::Included(e),
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// Writes a commit batch's data at `version` *before* it is known to be committed —
@@ -1199,6 +1362,33 @@ impl ReadView {
     /// Scans user keys in `range` in descending order.
     pub fn scan_rev(&self, range: &KeyRange) -> VersionedScan {
         VersionedScan::new(self.engine.scan(keys::data_range(range)), self.clone(), true)
+    }
+
+    /// Transaction `txn`'s staged write of `key` (see `keys.rs`): `None` if it staged
+    /// none, `Some(None)` for a staged delete.
+    pub(crate) fn staged_get(&self, txn: u64, key: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+        self.engine.get(&keys::staged(txn, key))?.map(keys::decode_value_owned).transpose()
+    }
+
+    /// Transaction `txn`'s staged writes within `range`, deletes included, in key order
+    /// (descending with `reverse`).
+    pub(crate) fn staged_scan(&self, txn: u64, range: &KeyRange, reverse: bool) -> StagedScan {
+        StagedScan { inner: self.engine.scan(keys::staged_range(txn, range)), reverse }
+    }
+}
+
+/// See [`ReadView::staged_scan`].
+pub(crate) struct StagedScan {
+    inner: ScanIterator,
+    reverse: bool,
+}
+
+impl Iterator for StagedScan {
+    type Item = Result<(Vec<u8>, Option<Vec<u8>>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let kv = if self.reverse { self.inner.next_back() } else { self.inner.next() }?;
+        Some(kv.and_then(|(k, v)| Ok((keys::decode_staged(&k)?.1, keys::decode_value_owned(v)?))))
     }
 }
 

@@ -35,6 +35,11 @@ pub struct ServerArgs {
     /// plain number is kB); sessions may `SET work_mem` [default: 64MB].
     #[arg(long, env = "AMBERDB_WORK_MEM")]
     pub work_mem: Option<String>,
+    /// Writes a transaction holds in memory; past it, they move to the commit log and
+    /// a staging area on disk, so a transaction (one COPY) of any size commits
+    /// (`16MB`, `512kB`, a plain number is kB; 64kB to 32MB) [default: 16MB].
+    #[arg(long, env = "AMBERDB_TRANSACTION_BUFFER")]
+    pub transaction_buffer: Option<String>,
     /// Backup destinations.
     #[command(flatten)]
     pub backup: BackupArgs,
@@ -117,6 +122,7 @@ struct FileConfig {
     http: Option<String>,
     retention_secs: Option<u64>,
     work_mem: Option<String>,
+    transaction_buffer: Option<String>,
     conflict_window_secs: Option<u64>,
     checkpoint_every: Option<u64>,
     gc_interval_secs: Option<u64>,
@@ -138,6 +144,9 @@ pub struct Config {
     pub retention: Duration,
     /// Default memory budget of one sort, grouping or DISTINCT before it spills.
     pub work_mem: usize,
+    /// Buffered writes past which a transaction stages them (see
+    /// `NodeConfig::stage_bytes`).
+    pub transaction_buffer: usize,
     /// Longest a read-write transaction may run and still commit.
     pub conflict_window: Duration,
     /// Checkpoint the engine (and purge the commit log behind it) every this many entries.
@@ -154,6 +163,14 @@ pub struct Config {
 
 fn work_mem(name: &str, v: &str) -> Result<usize> {
     amberdb_sql::spill::parse_work_mem(v).map_err(|e| Error::InvalidInput(format!("{name}: {}", e.message())))
+}
+
+fn transaction_buffer(name: &str, v: &str) -> Result<usize> {
+    let bytes = work_mem(name, v)?;
+    if !(64 << 10..=32 << 20).contains(&bytes) {
+        return Err(Error::InvalidInput(format!("{name}: {v} is outside 64kB..32MB")));
+    }
+    Ok(bytes)
 }
 
 fn positive(name: &str, v: u64) -> Result<u64> {
@@ -185,6 +202,9 @@ impl Config {
         if let Some(v) = &args.work_mem {
             c.work_mem = work_mem("--work-mem", v)?;
         }
+        if let Some(v) = &args.transaction_buffer {
+            c.transaction_buffer = transaction_buffer("--transaction-buffer", v)?;
+        }
         args.backup.apply(&mut c.backup);
         Ok(c)
     }
@@ -208,6 +228,9 @@ impl Config {
         }
         if let Some(v) = &f.work_mem {
             self.work_mem = work_mem(&format!("work_mem in {}", path.display()), v)?;
+        }
+        if let Some(v) = &f.transaction_buffer {
+            self.transaction_buffer = transaction_buffer(&format!("transaction_buffer in {}", path.display()), v)?;
         }
         if let Some(v) = f.conflict_window_secs {
             self.conflict_window = secs("conflict_window_secs", v)?;
@@ -243,6 +266,7 @@ impl Config {
             conflict: ConflictWindowConfig { max_age: self.conflict_window, ..ConflictWindowConfig::default() },
             checkpoint_every: self.checkpoint_every,
             gc_interval: self.gc_interval,
+            stage_bytes: self.transaction_buffer,
             ..NodeConfig::default()
         }
     }
@@ -256,6 +280,7 @@ impl Default for Config {
             http: "127.0.0.1:9433".into(),
             retention: Duration::from_secs(3600),
             work_mem: amberdb_sql::spill::DEFAULT_WORK_MEM,
+            transaction_buffer: amberdb_consensus::DEFAULT_STAGE_BYTES,
             conflict_window: Duration::from_secs(60),
             checkpoint_every: 20_000,
             gc_interval: Duration::from_secs(60),

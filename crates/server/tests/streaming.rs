@@ -222,11 +222,19 @@ async fn index_ranges_stream() {
     {
         let s = Server::start_on(&data);
         let (client, _conn) = connect(&s).await;
+        // Loaded in pieces below the transaction buffer: one 45 MiB insert would be
+        // staged (written to the staging area, then moved), and the compactions that
+        // clean the staging area up after it would still be running — and holding
+        // memory — while the query below is measured.
         client
             .batch_execute(
                 "CREATE TABLE tall (id INT PRIMARY KEY, k INT, pad TEXT);
                  CREATE INDEX tall_k ON tall (k);
-                 INSERT INTO tall SELECT g, g % 1000, repeat('t', 250) FROM generate_series(1, 150000) g",
+                 INSERT INTO tall SELECT g, g % 1000, repeat('t', 250) FROM generate_series(1, 30000) g;
+                 INSERT INTO tall SELECT g, g % 1000, repeat('t', 250) FROM generate_series(30001, 60000) g;
+                 INSERT INTO tall SELECT g, g % 1000, repeat('t', 250) FROM generate_series(60001, 90000) g;
+                 INSERT INTO tall SELECT g, g % 1000, repeat('t', 250) FROM generate_series(90001, 120000) g;
+                 INSERT INTO tall SELECT g, g % 1000, repeat('t', 250) FROM generate_series(120001, 150000) g",
             )
             .await
             .unwrap();

@@ -692,7 +692,15 @@ async fn ship_segment(
     level: i32,
     cipher: Option<Cipher>,
 ) -> Result<Option<Shipped>> {
-    let records = node.read_log(shipped + 1, SEGMENT_BYTES)?;
+    let mut records = node.read_log(shipped + 1, SEGMENT_BYTES)?;
+    // A staged commit ships alone, in a segment of its own whose parts are its stages.
+    if let Some(pos) = records.iter().position(|r| r.staged.is_some()) {
+        if pos == 0 {
+            let staged = records.swap_remove(0);
+            return ship_staged(node, dest, hold, staged, prev_time, level, cipher).await.map(Some);
+        }
+        records.truncate(pos);
+    }
     let read_bytes: usize = records
         .iter()
         .filter_map(|r| r.batch.as_ref())
@@ -715,6 +723,54 @@ async fn ship_segment(
         files,
         behind: read_bytes >= SEGMENT_BYTES / 2,
     }))
+}
+
+/// Ships the staged commit `rec` as a segment of its own: one part per stage, read back
+/// from the commit log (which holds them for us, see `Node::read_stage`) one at a time,
+/// and one for the writes after the last stage. Memory stays at one stage however
+/// large the transaction.
+async fn ship_staged(
+    node: &Node,
+    dest: &Destination,
+    hold: &str,
+    rec: amberdb_consensus::LogRecord,
+    prev_time: u64,
+    level: i32,
+    cipher: Option<Cipher>,
+) -> Result<Shipped> {
+    let (Some(batch), Some(staged)) = (rec.batch, rec.staged) else {
+        return Err(Error::Internal(format!("commit-log record {} is not a staged commit", rec.version)));
+    };
+    let version = rec.version;
+    let mut seg = amberdb_backup::staged_segment(version, prev_time, batch.commit_time);
+    let mut bytes = 0u64;
+    let last = (!batch.mutations.is_empty()).then_some(batch.mutations);
+    let parts = staged.stages.iter().map(Some).chain(std::iter::once(None));
+    for (i, stage) in parts.enumerate() {
+        let muts = match stage {
+            Some(&s) => node.read_stage(s).map_err(|e| {
+                Error::Internal(format!(
+                    "continuous backup: the stages of the staged commit at version {version} are gone from the                      commit log: {}",
+                    e.message()
+                ))
+            })?,
+            None => match &last {
+                Some(m) => m.clone(),
+                None => break,
+            },
+        };
+        let c = cipher.clone();
+        let (d, data) =
+            tokio::task::spawn_blocking(move || amberdb_backup::encode_part(version, &muts, level, c.as_ref()))
+                .await
+                .map_err(|e| Error::Internal(format!("log segment worker: {e}")))??;
+        bytes += amberdb_backup::write_part(dest, &seg, i, data).await?;
+        seg.parts.push(d);
+    }
+    let files = seg.parts.len() as u64 + 1;
+    bytes += amberdb_backup::write_segment(dest, &seg, None).await?;
+    node.hold_log(hold, version + 1)?;
+    Ok(Shipped { last_version: version, last_time: seg.last_time(), bytes, files, behind: true })
 }
 
 /// Paces a backup's writes: an average rate cap, and (adaptive) a back-off while the

@@ -1870,21 +1870,6 @@ fn write_row(
     if let Some((nk, row)) = new {
         txn.put(nk.to_vec(), def.encode_row(row))?;
     }
-    check_write_set(txn)
-}
-
-/// Stops a statement at the first row past what one commit may carry, rather than
-/// after reading (and buffering) all of them.
-fn check_write_set(txn: &Transaction) -> Result<()> {
-    if txn.write_bytes() > amberdb_consensus::MAX_TXN_BYTES {
-        return Err(Error::sql(
-            "54000",
-            format!(
-                "transaction too large: more than {} MiB of writes; split it into smaller transactions",
-                amberdb_consensus::MAX_TXN_BYTES >> 20
-            ),
-        ));
-    }
     Ok(())
 }
 
@@ -2630,7 +2615,6 @@ pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcom
                         row.resize(def.columns.len() - 1, Value::Null);
                         row.push(value.clone());
                         txn.put(r.key, def.encode_row(&row))?;
-                        check_write_set(txn)?;
                     }
                 }
             }
@@ -2673,7 +2657,6 @@ pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcom
                         let mut row = r.row;
                         row.remove(pos);
                         txn.put(r.key, def.encode_row(&row))?;
-                        check_write_set(txn)?;
                     }
                 }
             }
