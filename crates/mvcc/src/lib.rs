@@ -50,8 +50,9 @@
 //!   the consensus layer uses the Raft log index of the entry, so versions are dense in
 //!   the log, deterministic on every replica, and need no separate persistence.
 //! - The conflict window is a map from key to newest write version rather than a
-//!   skip list of ranges; transactions older than the window fail to commit with a
-//!   retryable error, as in FoundationDB's 5-second limit (ours is configurable).
+//!   skip list of ranges; writes older than it are kept by key prefix, so — unlike
+//!   FoundationDB's 5-second limit — a transaction may run as long as it needs, checked
+//!   more coarsely the older it is.
 
 mod conflict;
 mod heads;

@@ -147,7 +147,8 @@ pub struct Config {
     /// Buffered writes past which a transaction stages them (see
     /// `NodeConfig::stage_bytes`).
     pub transaction_buffer: usize,
-    /// Longest a read-write transaction may run and still commit.
+    /// How long commits' writes are remembered key by key for conflict checks (older
+    /// ones by key prefix: coarser checks for longer transactions, no time limit).
     pub conflict_window: Duration,
     /// Checkpoint the engine (and purge the commit log behind it) every this many entries.
     pub checkpoint_every: u64,

@@ -43,6 +43,11 @@ enum DebugCmd {
         /// Stop after this many seconds (0 = run until killed).
         #[arg(long, default_value_t = 0)]
         seconds: u64,
+        /// Also run one bulk client: each of its transactions moves this many units
+        /// between accounts 0 and 1 (which only it uses), one ledger entry per unit —
+        /// with a 64 kB transaction buffer, so it is staged (0 = no bulk client).
+        #[arg(long, default_value_t = 0)]
+        bulk_rows: u32,
     },
     /// Recover the data directory and verify the workload's invariants.
     Check {
@@ -69,18 +74,31 @@ fn parse_i64(raw: &[u8], what: &str) -> Result<i64> {
 /// Runs a debug subcommand.
 pub async fn run(args: DebugArgs) -> Result<()> {
     match args.cmd {
-        DebugCmd::Workload { data_dir, clients, accounts, run, seconds } => {
-            workload(data_dir, clients, accounts, run, seconds).await
+        DebugCmd::Workload { data_dir, clients, accounts, run, seconds, bulk_rows } => {
+            workload(data_dir, clients, accounts, run, seconds, bulk_rows).await
         }
         DebugCmd::Check { data_dir, accounts } => check(data_dir, accounts).await,
     }
 }
 
-async fn workload(data_dir: PathBuf, clients: usize, accounts: usize, run: u32, seconds: u64) -> Result<()> {
-    if accounts < 2 {
-        return Err(Error::InvalidInput("--accounts must be at least 2".into()));
+async fn workload(
+    data_dir: PathBuf,
+    clients: usize,
+    accounts: usize,
+    run: u32,
+    seconds: u64,
+    bulk_rows: u32,
+) -> Result<()> {
+    // The bulk client keeps accounts 0 and 1 to itself (it would always conflict).
+    let first = if bulk_rows > 0 { 2 } else { 0 };
+    if accounts < first + 2 {
+        return Err(Error::InvalidInput(format!("--accounts must be at least {}", first + 2)));
     }
-    let node = crate::open_node(&data_dir, &Config::default()).await?;
+    let mut config = Config::default();
+    if bulk_rows > 0 {
+        config.transaction_buffer = 64 << 10;
+    }
+    let node = crate::open_node(&data_dir, &config).await?;
     loop {
         let mut txn = node.begin()?;
         if txn.get(b"meta/init")?.is_some() {
@@ -99,14 +117,45 @@ async fn workload(data_dir: PathBuf, clients: usize, accounts: usize, run: u32, 
     println!("READY");
     std::io::stdout().flush()?;
     let mut tasks = Vec::new();
+    if bulk_rows > 0 {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seq: u64 = 0;
+            loop {
+                let ledger = |i: u32| format!("ledger/{run:04}/bulk/{seq:08}/{i:06}");
+                let mut txn = node.begin()?;
+                let a = parse_i64(&txn.get(&account(0))?.unwrap_or_default(), "balance")?;
+                let b = parse_i64(&txn.get(&account(1))?.unwrap_or_default(), "balance")?;
+                let (from, to) = if seq.is_multiple_of(2) { (0, 1) } else { (1, 0) };
+                for i in 0..bulk_rows {
+                    txn.put(ledger(i).into_bytes(), format!("{from},{to},1").into_bytes())?;
+                }
+                let n = i64::from(bulk_rows);
+                let (a, b) = if from == 0 { (a - n, b + n) } else { (a + n, b - n) };
+                txn.put(account(0), a.to_string().into_bytes())?;
+                txn.put(account(1), b.to_string().into_bytes())?;
+                let staged = txn.staged_txn().is_some();
+                match node.commit(txn).await {
+                    Ok(info) => {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "ACK {} {} staged={staged}", ledger(0), info.version)?;
+                        out.flush()?;
+                        seq += 1;
+                    }
+                    Err(e) if e.is_retryable() => continue,
+                    Err(e) => return Err::<(), Error>(e),
+                }
+            }
+        }));
+    }
     for client in 0..clients {
         let node = node.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::from_os_rng();
             let mut seq: u64 = 0;
             loop {
-                let from = rng.random_range(0..accounts);
-                let to = (from + rng.random_range(1..accounts)) % accounts;
+                let from = rng.random_range(first..accounts);
+                let to = first + (from - first + rng.random_range(1..accounts - first)) % (accounts - first);
                 let amount: i64 = rng.random_range(1..=10);
                 let ledger = format!("ledger/{run:04}/{client:03}/{seq:08}");
                 let mut txn = node.begin()?;
@@ -197,6 +246,11 @@ async fn check(data_dir: PathBuf, accounts: usize) -> Result<()> {
     let total: i64 = balances.values().sum();
     if !balances.is_empty() && total != INITIAL * accounts as i64 {
         return Err(Error::InvalidData(format!("total balance {total} != {}", INITIAL * accounts as i64)));
+    }
+    // Staged writes of transactions cut off by the kill are gone once the node is open.
+    let staged = node.mvcc().staged_transactions()?;
+    if !staged.is_empty() {
+        return Err(Error::InvalidData(format!("staged writes of dead transactions remain: {staged:?}")));
     }
     writeln!(out, "OK accounts={} ledger={ledger_entries} version={}", balances.len(), txn.read_version())?;
     out.flush()?;

@@ -234,6 +234,35 @@ fn psql_copy_in_and_out() {
     assert_eq!(stdout.lines().collect::<Vec<_>>(), ["1|a", "2|b", "100|c"], "{err}");
 }
 
+/// A COPY far larger than the transaction buffer (64 kB here, so it is staged many
+/// times) commits whole, with its index; one that fails on its last line leaves
+/// nothing, and the table takes the next COPY as if it had never run.
+#[test]
+fn psql_copy_larger_than_the_transaction_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&dir.path().join("data"), &["--transaction-buffer".as_ref(), "64kB".as_ref()]);
+    let rows: String = (1..=30_000).map(|i| format!("{i}\t{}\tname-{i}\n", i % 10)).collect();
+    let good = dir.path().join("rows.txt");
+    std::fs::write(&good, &rows).unwrap();
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, format!("{rows}oops\t1\tx\n")).unwrap();
+    let script = format!(
+        "CREATE TABLE big (id INT PRIMARY KEY, k INT, name TEXT);\nCREATE INDEX big_k ON big (k);\n\\copy big FROM '{}'\n",
+        bad.display()
+    );
+    let (_, _, err) = psql(&server, &["-At"], &script);
+    assert!(err.contains("invalid input syntax for type integer") && err.contains("line 30001"), "{err}");
+    let (_, stdout, _) = psql(&server, &["-At"], "SELECT count(*) FROM big;");
+    assert_eq!(stdout.trim(), "0", "the failed COPY left nothing");
+    let script = format!(
+        "\\copy big FROM '{}'\nSELECT count(*), sum(id), sum(k) FROM big;\nSELECT count(*) FROM big WHERE k = 7;\n",
+        good.display()
+    );
+    let (ok, stdout, err) = psql(&server, &["-At", "-v", "ON_ERROR_STOP=1"], &script);
+    assert!(ok, "{err}");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["30000|450015000|135000", "3000"], "{err}");
+}
+
 /// psycopg 3 (parameters, transactions, a serialization-failure retry loop, COPY).
 /// `scripts/test` installs psycopg into `.venv` and sets `AMBERDB_REQUIRE_PSYCOPG=1`;
 /// a bare `cargo test` without the venv skips this test with a message.
