@@ -180,28 +180,10 @@ pub fn encode_segment(
         // The same rule the state machine applies (Mvcc::apply), so times match exactly.
         time = b.commit_time.max(time + 1);
         commits.push([r.version, time]);
-        for m in &b.mutations {
-            let mut v = Vec::with_capacity(1 + m.value.as_ref().map_or(0, |x| x.len()));
-            match &m.value {
-                Some(x) => {
-                    v.push(1);
-                    v.extend_from_slice(x);
-                }
-                None => v.push(0),
-            }
-            muts.push((log_key(&m.key, r.version), v));
-        }
+        muts.extend(b.mutations.iter().map(|m| log_entry(m, r.version)));
     }
-    // A key written twice in one batch: the later write wins (stable sort keeps order).
-    muts.sort_by(|a, b| a.0.cmp(&b.0));
-    muts.dedup_by(|later, earlier| {
-        if later.0 == earlier.0 {
-            std::mem::swap(later, earlier);
-            true
-        } else {
-            false
-        }
-    });
+    // A key written twice in one batch: the later write wins.
+    sort_last_wins(&mut muts);
     if records.iter().any(|r| r.staged.is_some()) {
         return Err(Error::Internal("a staged commit is shipped in a segment of its own (staged_segment)".into()));
     }
@@ -246,21 +228,28 @@ pub fn encode_part(
     level: i32,
     cipher: Option<&Cipher>,
 ) -> Result<(LogData, Vec<u8>)> {
-    let mut muts: Vec<(Vec<u8>, Vec<u8>)> = mutations
-        .iter()
-        .map(|m| {
-            let mut v = Vec::with_capacity(1 + m.value.as_ref().map_or(0, Vec::len));
-            match &m.value {
-                Some(x) => {
-                    v.push(1);
-                    v.extend_from_slice(x);
-                }
-                None => v.push(0),
-            }
-            (log_key(&m.key, version), v)
-        })
-        .collect();
+    let mut muts: Vec<(Vec<u8>, Vec<u8>)> = mutations.iter().map(|m| log_entry(m, version)).collect();
     // Stages are sorted and unique already; a part must be, whatever it was given.
+    sort_last_wins(&mut muts);
+    range_file(&muts, level, cipher)
+}
+
+/// A mutation as a log entry: (user key ‖ version, `0` delete | `1` ‖ value).
+fn log_entry(m: &amberdb_mvcc::Mutation, version: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut v = Vec::with_capacity(1 + m.value.as_ref().map_or(0, Vec::len));
+    match &m.value {
+        Some(x) => {
+            v.push(1);
+            v.extend_from_slice(x);
+        }
+        None => v.push(0),
+    }
+    (log_key(&m.key, version), v)
+}
+
+/// Sorts log entries by key, keeping only the last of equal keys (a stable sort keeps
+/// their order, and the later write wins).
+fn sort_last_wins(muts: &mut Vec<(Vec<u8>, Vec<u8>)>) {
     muts.sort_by(|a, b| a.0.cmp(&b.0));
     muts.dedup_by(|later, earlier| {
         if later.0 == earlier.0 {
@@ -270,7 +259,6 @@ pub fn encode_part(
             false
         }
     });
-    range_file(&muts, level, cipher)
 }
 
 /// Writes sorted, unique log entries as a range file and describes it.

@@ -611,13 +611,7 @@ impl Mvcc {
         meta: &[(&str, Vec<u8>)],
         durability: Durability,
     ) -> Result<Vec<Timestamp>> {
-        let mut state = self.applied();
-        if version <= state.version {
-            return Err(Error::Internal(format!(
-                "apply of version {version} at or below applied version {}",
-                state.version
-            )));
-        }
+        let state = self.next_applied(version)?;
         persist_heads_locked(self.engine.as_ref(), &self.pending)?;
         let writes = crate::EncodedBatch::new(raw)?;
         let mut b = WriteBatch::new();
@@ -627,35 +621,10 @@ impl Mvcc {
         };
         b.put(keys::speculated(version), heads::encode_record(writes.len(), keys_only)?);
         self.engine.write(b, Durability::Buffered)?;
-        let mut b = WriteBatch::new();
-        let mut bytes = 0usize;
-        let mut rest = writes.clone();
-        while let Some((key, value)) = rest.next_write()? {
-            bytes += 2 * key.len() + value.map_or(0, <[u8]>::len) + 48;
-            b.put(keys::data(key, version), keys::encode_value(value));
-            b.put(keys::head(key), version.to_le_bytes().to_vec());
-            if bytes >= CHUNK_BYTES {
-                self.engine.write(std::mem::take(&mut b), Durability::Buffered)?;
-                bytes = 0;
-            }
-        }
-        if !b.is_empty() {
-            self.engine.write(b, Durability::Buffered)?;
-        }
-        let time = writes.commit_time.max(state.time + 1);
-        state = AppliedState { version, time };
-        let mut b = WriteBatch::new();
-        b.put(keys::version_time(version), time.to_le_bytes().to_vec());
-        b.put(keys::time_version(time, version), Vec::new());
-        b.delete(keys::speculated(version));
-        b.put(keys::meta(keys::META_APPLIED), encode_applied(&state));
-        for (name, value) in meta {
-            b.put(keys::meta(name), value.clone());
-        }
-        self.engine.write(b, durability)?;
-        *self.applied.write().expect("applied-state lock poisoned") = state;
-        self.pending.publish(version);
-        Ok(vec![time])
+        self.write_in_pieces(version, &mut writes.clone())?;
+        self.publish_alone(state, version, Some(writes.commit_time), meta, durability, |b| {
+            b.delete(keys::speculated(version))
+        })
     }
 
     /// Applies the staged commit of transaction `txn` at `version`, in pieces as
@@ -676,41 +645,14 @@ impl Mvcc {
         meta: &[(&str, Vec<u8>)],
         durability: Durability,
     ) -> Result<Vec<Timestamp>> {
-        let mut state = self.applied();
-        if version <= state.version {
-            return Err(Error::Internal(format!(
-                "apply of version {version} at or below applied version {}",
-                state.version
-            )));
-        }
+        let state = self.next_applied(version)?;
         persist_heads_locked(self.engine.as_ref(), &self.pending)?;
         self.drain_staged(txn, |b, user, raw_value| {
             b.put(keys::data(user, version), raw_value.to_vec());
             b.put(keys::head(user), version.to_le_bytes().to_vec());
         })?;
-        let mut b = WriteBatch::new();
-        let mut bytes = 0usize;
-        while let Some((key, value)) = writes.next_write()? {
-            bytes += 2 * key.len() + value.map_or(0, <[u8]>::len) + 48;
-            b.put(keys::data(key, version), keys::encode_value(value));
-            b.put(keys::head(key), version.to_le_bytes().to_vec());
-            if bytes >= CHUNK_BYTES {
-                self.engine.write(std::mem::take(&mut b), Durability::Buffered)?;
-                bytes = 0;
-            }
-        }
-        let time = writes.commit_time.max(state.time + 1);
-        state = AppliedState { version, time };
-        b.put(keys::version_time(version), time.to_le_bytes().to_vec());
-        b.put(keys::time_version(time, version), Vec::new());
-        b.put(keys::meta(keys::META_APPLIED), encode_applied(&state));
-        for (name, value) in meta {
-            b.put(keys::meta(name), value.clone());
-        }
-        self.engine.write(b, durability)?;
-        *self.applied.write().expect("applied-state lock poisoned") = state;
-        self.pending.publish(version);
-        Ok(vec![time])
+        self.write_in_pieces(version, &mut writes)?;
+        self.publish_alone(state, version, Some(writes.commit_time), meta, durability, |_| {})
     }
 
     /// Applies the abort of staged transaction `txn` at `version` (a version that
@@ -723,16 +665,67 @@ impl Mvcc {
         meta: &[(&str, Vec<u8>)],
         durability: Durability,
     ) -> Result<Vec<Timestamp>> {
-        let mut state = self.applied();
+        let state = self.next_applied(version)?;
+        self.drain_staged(txn, |_, _, _| {})?;
+        self.publish_alone(state, version, None, meta, durability, |_| {})
+    }
+
+    /// The applied state, checked to be below `version` (the next one to apply).
+    fn next_applied(&self, version: Version) -> Result<AppliedState> {
+        let state = self.applied();
         if version <= state.version {
             return Err(Error::Internal(format!(
                 "apply of version {version} at or below applied version {}",
                 state.version
             )));
         }
-        self.drain_staged(txn, |_, _, _| {})?;
-        state.version = version;
+        Ok(state)
+    }
+
+    /// Writes a commit's data entries and heads at `version`, [`CHUNK_BYTES`] per
+    /// engine batch (invisible until the version is published).
+    fn write_in_pieces(&self, version: Version, writes: &mut crate::EncodedBatch<'_>) -> Result<()> {
         let mut b = WriteBatch::new();
+        let mut bytes = 0usize;
+        while let Some((key, value)) = writes.next_write()? {
+            bytes += 2 * key.len() + value.map_or(0, <[u8]>::len) + 48;
+            b.put(keys::data(key, version), keys::encode_value(value));
+            b.put(keys::head(key), version.to_le_bytes().to_vec());
+            if bytes >= CHUNK_BYTES {
+                self.engine.write(std::mem::take(&mut b), Durability::Buffered)?;
+                bytes = 0;
+            }
+        }
+        if !b.is_empty() {
+            self.engine.write(b, Durability::Buffered)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `version`, applied alone after `state`: a commit (with its proposed
+    /// time, made strictly increasing) gets its time-index entries; a version without
+    /// one only advances the applied version. `also` adds to the same batch.
+    fn publish_alone(
+        &self,
+        mut state: AppliedState,
+        version: Version,
+        commit_time: Option<Timestamp>,
+        meta: &[(&str, Vec<u8>)],
+        durability: Durability,
+        also: impl FnOnce(&mut WriteBatch),
+    ) -> Result<Vec<Timestamp>> {
+        let mut b = WriteBatch::new();
+        state.version = version;
+        let time = match commit_time {
+            Some(t) => {
+                state.time = t.max(state.time + 1);
+                b.put(keys::version_time(version), state.time.to_le_bytes().to_vec());
+                b.put(keys::time_version(state.time, version), Vec::new());
+                state.time
+            }
+            None => 0,
+        };
+        also(&mut b);
         b.put(keys::meta(keys::META_APPLIED), encode_applied(&state));
         for (name, value) in meta {
             b.put(keys::meta(name), value.clone());
@@ -740,31 +733,34 @@ impl Mvcc {
         self.engine.write(b, durability)?;
         *self.applied.write().expect("applied-state lock poisoned") = state;
         self.pending.publish(version);
-        Ok(vec![0])
+        Ok(vec![time])
     }
 
     /// Deletes transaction `txn`'s staged writes, [`CHUNK_BYTES`] at a time, letting
     /// `also` add to each piece's batch for every write (user key, encoded value).
     fn drain_staged(&self, txn: u64, mut also: impl FnMut(&mut WriteBatch, &[u8], &[u8])) -> Result<()> {
-        let range = keys::staged_txn_range(txn);
+        let mut range = keys::staged_txn_range(txn);
         loop {
-            // A fresh scan per piece: the previous piece deleted what came before.
+            // A fresh scan per piece (this one writes to what it scans), starting after
+            // the last key deleted: from the start, each scan would walk every
+            // tombstone the earlier pieces left — quadratic in the transaction's size.
             let mut b = WriteBatch::new();
             let mut bytes = 0usize;
+            let mut last = None;
             for kv in self.engine.scan(range.clone()) {
                 let (raw_key, raw_value) = kv?;
                 let (_, user) = keys::decode_staged(&raw_key)?;
                 bytes += raw_key.len() + 2 * user.len() + raw_value.len() + 48;
                 also(&mut b, &user, &raw_value);
-                b.delete(raw_key);
+                b.delete(raw_key.clone());
+                last = Some(raw_key);
                 if bytes >= CHUNK_BYTES {
                     break;
                 }
             }
-            if b.is_empty() {
-                return Ok(());
-            }
+            let Some(last) = last else { return Ok(()) };
             self.engine.write(b, Durability::Buffered)?;
+            range.start = Bound::Excluded(last);
         }
     }
 

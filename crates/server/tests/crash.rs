@@ -30,6 +30,11 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_amberdb")
 }
 
+/// Runs `amberdb <args> --data-dir <data>` to completion.
+fn amberdb(args: &[&str], data: &std::path::Path) -> std::process::Output {
+    Command::new(bin()).args(args).arg("--data-dir").arg(data).env("AMBERDB_LOG", "warn").output().unwrap()
+}
+
 #[test]
 fn kill_9_loses_no_acknowledged_commit() {
     let dir = tempfile::tempdir().unwrap();
@@ -86,12 +91,7 @@ fn kill_9_loses_no_acknowledged_commit() {
             }
         }
         // Recover and check after every kill.
-        let out = Command::new(bin())
-            .args(["debug", "check", "--data-dir"])
-            .arg(&data)
-            .env("AMBERDB_LOG", "warn")
-            .output()
-            .unwrap();
+        let out = amberdb(&["debug", "check"], &data);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -112,24 +112,14 @@ fn kill_9_loses_no_acknowledged_commit() {
     assert!(total_ledger >= acked.len());
     // However the kills fell, staged transactions did commit on this directory: a last
     // run that ends by itself, then the same check.
-    let out = Command::new(bin())
-        .args(["debug", "workload", "--clients", "8", "--bulk-rows", "2000", "--seconds", "2", "--run", "999"])
-        .arg("--data-dir")
-        .arg(&data)
-        .env("AMBERDB_LOG", "warn")
-        .output()
-        .unwrap();
+    let args = ["debug", "workload", "--clients", "8", "--bulk-rows", "2000", "--seconds", "2", "--run", "999"];
+    let out = amberdb(&args, &data);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     staged_acks += stdout.lines().filter(|l| l.starts_with("ACK ") && l.ends_with("staged=true")).count();
     acked.extend(stdout.lines().filter_map(|l| l.strip_prefix("ACK ")?.split_whitespace().next().map(String::from)));
     assert!(staged_acks > 0, "no staged (larger than the transaction buffer) transaction committed");
-    let out = Command::new(bin())
-        .args(["debug", "check", "--data-dir"])
-        .arg(&data)
-        .env("AMBERDB_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = amberdb(&["debug", "check"], &data);
     assert!(out.status.success(), "final check: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let present: BTreeSet<&str> = stdout.lines().filter_map(|l| l.strip_prefix("LEDGER ")).collect();
