@@ -102,6 +102,23 @@ const STAGED_HOLD: &str = "staged-";
 struct Sequencer {
     window: ConflictWindow,
     queue: VecDeque<Pending>,
+    /// Set by `Node::shutdown`: nothing queued from then on would ever be answered.
+    stopped: bool,
+}
+
+impl Sequencer {
+    /// Queues `p`, or answers it at once if the node has stopped.
+    fn push(&mut self, p: Pending) {
+        if self.stopped {
+            let _ = p.reply.send(Err(stopped_error()));
+        } else {
+            self.queue.push_back(p);
+        }
+    }
+}
+
+fn stopped_error() -> Error {
+    Error::Unavailable("the node is shutting down; the request was not committed".into())
 }
 
 /// Largest write set one transaction may commit: a log entry must stay well below the
@@ -147,12 +164,7 @@ struct NodeStager {
 impl NodeStager {
     fn enqueue(&self, mutations: Vec<Mutation>, kind: Kind) -> oneshot::Receiver<Result<CommitInfo>> {
         let (reply, rx) = oneshot::channel();
-        self.sequencer.lock().expect("sequencer lock poisoned").queue.push_back(Pending {
-            mutations,
-            ticket: None,
-            reply,
-            kind,
-        });
+        self.sequencer.lock().expect("sequencer lock poisoned").push(Pending { mutations, ticket: None, reply, kind });
         self.wake.notify_one();
         rx
     }
@@ -327,6 +339,7 @@ impl Node {
         let sequencer = Arc::new(Mutex::new(Sequencer {
             window: ConflictWindow::new(config.conflict.clone(), applied.version),
             queue: VecDeque::new(),
+            stopped: false,
         }));
         let wake_batcher = Arc::new(Notify::new());
         let batcher = Batcher {
@@ -443,9 +456,18 @@ impl Node {
             let mut seq = self.sequencer.lock().expect("sequencer lock poisoned");
             let applied = self.mvcc.applied().version;
             let oldest = self.mvcc.oldest_reader();
-            seq.window.check_and_accept(&req, Instant::now(), applied, oldest).map(|ticket| {
-                seq.queue.push_back(Pending { mutations: req.writes, ticket: Some(ticket), reply, kind: kind.clone() })
-            })
+            if seq.stopped {
+                Err(stopped_error())
+            } else {
+                seq.window.check_and_accept(&req, Instant::now(), applied, oldest).map(|ticket| {
+                    seq.queue.push_back(Pending {
+                        mutations: req.writes,
+                        ticket: Some(ticket),
+                        reply,
+                        kind: kind.clone(),
+                    })
+                })
+            }
         };
         // The read sets are checked: not held while the commit waits (an INSERT of
         // many rows read every key it wrote).
@@ -524,7 +546,7 @@ impl Node {
         }
         check_size(&mutations)?;
         let (reply, rx) = oneshot::channel();
-        self.sequencer.lock().expect("sequencer lock poisoned").queue.push_back(Pending {
+        self.sequencer.lock().expect("sequencer lock poisoned").push(Pending {
             mutations,
             ticket: None,
             reply,
@@ -651,6 +673,14 @@ impl Node {
     /// Stops Raft and background tasks. In-flight commits fail with `Unavailable`.
     pub async fn shutdown(&self) -> Result<()> {
         self.tasks.iter().for_each(|t| t.abort());
+        // Answer what the batcher will never take: a statement blocked on a stage (or
+        // a commit waiting in the queue) must not wait for ever.
+        let queued: Vec<Pending> = {
+            let mut seq = self.sequencer.lock().expect("sequencer lock poisoned");
+            seq.stopped = true;
+            seq.queue.drain(..).collect()
+        };
+        finish(&self.sequencer, queued, Err(stopped_error()));
         self.raft.shutdown().await.map_err(|e| Error::Internal(format!("raft shutdown: {e}")))?;
         // Make applied state durable so the next start has nothing to replay.
         self.mvcc.engine().sync()

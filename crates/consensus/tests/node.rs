@@ -331,6 +331,9 @@ async fn staged_writes_of_unfinished_transactions_are_dropped() {
         assert!(node.log_holds().contains_key(&format!("stage-{txn}")));
         // As if the process died: the node stops before the transaction can abort.
         node.shutdown().await.unwrap();
+        // A stage asked of a stopped node fails at once (it used to wait for ever).
+        let staged = (0..200).try_for_each(|i| cut_off.put(format!("d{i:04}").into_bytes(), vec![b'v'; 20]));
+        assert!(matches!(staged, Err(amberdb_error::Error::Unavailable(_))), "{staged:?}");
         drop(cut_off);
     }
     let node = open_staging(dir.path(), 1 << 10).await;

@@ -236,7 +236,8 @@ fn psql_copy_in_and_out() {
 
 /// A COPY far larger than the transaction buffer (64 kB here, so it is staged many
 /// times) commits whole, with its index; one that fails on its last line leaves
-/// nothing, and the table takes the next COPY as if it had never run.
+/// nothing, and the table takes the next COPY as if it had never run (with `FREEZE on`,
+/// spelled as `pgbench -i` spells it).
 #[test]
 fn psql_copy_larger_than_the_transaction_buffer() {
     let dir = tempfile::tempdir().unwrap();
@@ -255,7 +256,7 @@ fn psql_copy_larger_than_the_transaction_buffer() {
     let (_, stdout, _) = psql(&server, &["-At"], "SELECT count(*) FROM big;");
     assert_eq!(stdout.trim(), "0", "the failed COPY left nothing");
     let script = format!(
-        "\\copy big FROM '{}'\nSELECT count(*), sum(id), sum(k) FROM big;\nSELECT count(*) FROM big WHERE k = 7;\n",
+        "\\copy big FROM '{}' WITH (FREEZE on)\nSELECT count(*), sum(id), sum(k) FROM big;\nSELECT count(*) FROM big WHERE k = 7;\n",
         good.display()
     );
     let (ok, stdout, err) = psql(&server, &["-At", "-v", "ON_ERROR_STOP=1"], &script);

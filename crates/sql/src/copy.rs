@@ -24,6 +24,20 @@ pub struct CopyFormat {
     pub quote: char,
 }
 
+/// A COPY statement with its boolean options (`FREEZE`, `HEADER`) spelled `on`/`off`
+/// respelled `true`/`false`; `None` if it is not a COPY or nothing changed.
+pub fn with_true_false(sql: &str) -> Option<String> {
+    let head = sql.trim_start().get(..4)?;
+    if !head.eq_ignore_ascii_case("copy") {
+        return None;
+    }
+    let re = regex_lite::Regex::new(r"(?i)\b(freeze|header)\s+(on|off)\b").expect("a constant, valid pattern");
+    let out = re.replace_all(sql, |c: &regex_lite::Captures<'_>| {
+        format!("{} {}", &c[1], if c[2].eq_ignore_ascii_case("on") { "true" } else { "false" })
+    });
+    (out != sql).then(|| out.into_owned())
+}
+
 impl CopyFormat {
     /// Reads COPY's options (both `WITH (…)` and the legacy forms).
     pub fn from_options(options: &[ast::CopyOption], legacy: &[ast::CopyLegacyOption]) -> Result<Self> {
@@ -41,6 +55,9 @@ impl CopyFormat {
                 ast::CopyOption::Header(h) => header = *h,
                 ast::CopyOption::Quote(c) => quote = *c,
                 ast::CopyOption::Encoding(e) if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+                // PostgreSQL's FREEZE writes rows already frozen (a VACUUM saved); rows
+                // here need no freezing, so it changes nothing.
+                ast::CopyOption::Freeze(_) => {}
                 other => return Err(Error::sql("0A000", format!("COPY option {other} is not supported"))),
             }
         }

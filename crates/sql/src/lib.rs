@@ -65,6 +65,7 @@ pub fn describe_statement(
     match stmt {
         Statement::Sql { ast, .. } => describe::describe(node, ast),
         Statement::Backup(b) => Ok((Vec::new(), Some(b.columns()))),
+        Statement::Maintenance { .. } => Ok((Vec::new(), None)),
     }
 }
 pub use exec::{runs_briefly, OutColumn, Outcome, RecordIter};

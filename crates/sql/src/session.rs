@@ -40,6 +40,75 @@ pub enum Statement {
     },
     /// BACKUP, RESTORE, SHOW BACKUP(S).
     Backup(BackupStatement),
+    /// `VACUUM` or `ANALYZE` (`verb`) of some tables (none: all). Old versions are
+    /// collected in the background and there are no planner statistics, so they only
+    /// check that the tables exist, as tools that send them (`pgbench -i`) expect.
+    Maintenance {
+        /// `VACUUM` or `ANALYZE`: the command tag.
+        verb: &'static str,
+        /// The tables named, as the catalog names them.
+        tables: Vec<String>,
+    },
+}
+
+/// Recognises `VACUUM [(options)] [FULL] [FREEZE] [VERBOSE] [ANALYZE] [table [(cols)], …]`
+/// and `ANALYZE [(options)] [VERBOSE] [table [(cols)], …]`, which the SQL parser does
+/// not know in PostgreSQL's form. `None`: not one of them.
+fn parse_maintenance(sql: &str) -> Option<Result<Statement>> {
+    let text = sql.trim().trim_end_matches(';').trim_end();
+    let word_end = text.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let verb = match text[..word_end].to_ascii_lowercase().as_str() {
+        "vacuum" => "VACUUM",
+        "analyze" | "analyse" => "ANALYZE",
+        _ => return None,
+    };
+    if text.contains(';') {
+        return None;
+    }
+    let mut rest = text[word_end..].trim_start();
+    if rest.starts_with('(') {
+        let Some(end) = rest.find(')') else {
+            return Some(Err(Error::sql("42601", format!("syntax error: unclosed option list in {verb}"))));
+        };
+        rest = rest[end + 1..].trim_start();
+    }
+    loop {
+        let end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        match rest[..end].to_ascii_lowercase().as_str() {
+            "full" | "freeze" | "verbose" | "analyze" | "analyse" => rest = rest[end..].trim_start(),
+            _ => break,
+        }
+    }
+    let mut tables = Vec::new();
+    let mut depth = 0usize;
+    let mut name = String::new();
+    for c in rest.chars().chain(std::iter::once(',')) {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                let n = name.trim();
+                if n.is_empty() {
+                    if !tables.is_empty() || !rest.trim().is_empty() {
+                        return Some(Err(Error::sql(
+                            "42601",
+                            format!("syntax error: a table name is missing in {verb}"),
+                        )));
+                    }
+                } else {
+                    let n = n.strip_prefix("public.").unwrap_or(n);
+                    tables.push(match n.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+                        Some(quoted) => quoted.replace("\"\"", "\""),
+                        None => n.to_lowercase(),
+                    });
+                }
+                name.clear();
+            }
+            c if depth == 0 => name.push(c),
+            _ => {}
+        }
+    }
+    Some(Ok(Statement::Maintenance { verb, tables }))
 }
 
 impl Statement {
@@ -47,7 +116,7 @@ impl Statement {
     pub fn ast(&self) -> Option<&ast::Statement> {
         match self {
             Statement::Sql { ast, .. } => Some(ast),
-            Statement::Backup(_) => None,
+            Statement::Backup(_) | Statement::Maintenance { .. } => None,
         }
     }
 }
@@ -160,8 +229,21 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     if backup_sql::is_backup_statement(sql) {
         return Ok(vec![Statement::Backup(backup_sql::parse(sql)?)]);
     }
+    if let Some(m) = parse_maintenance(sql) {
+        return Ok(vec![m?]);
+    }
     let Some((rest, point)) = asof::extract(sql)? else {
-        let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| syntax_error(sql, e))?;
+        let stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+            Ok(stmts) => stmts,
+            // PostgreSQL spells COPY's boolean options `on`/`off` too (`pgbench -i`
+            // sends `WITH (freeze on)`), which the parser does not take.
+            Err(e) => match crate::copy::with_true_false(sql) {
+                Some(respelled) => {
+                    Parser::parse_sql(&PostgreSqlDialect {}, &respelled).map_err(|_| syntax_error(sql, e))?
+                }
+                None => return Err(syntax_error(sql, e)),
+            },
+        };
         return Ok(stmts.into_iter().map(|ast| Statement::Sql { ast, as_of: None }).collect());
     };
     let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, &rest).map_err(|e| syntax_error(&rest, e))?;
@@ -568,6 +650,26 @@ impl Session {
                     return Err(Error::sql("25001", "BACKUP and RESTORE cannot run inside a transaction block"));
                 }
                 return b.execute(&self.node, &self.env).await;
+            }
+            Statement::Maintenance { verb, tables } => {
+                if self.failed {
+                    return Err(Error::sql(
+                        "25P02",
+                        "current transaction is aborted, commands ignored until end of transaction block",
+                    ));
+                }
+                if *verb == "VACUUM" && self.txn.is_some() {
+                    self.failed = true;
+                    return Err(Error::sql("25001", "VACUUM cannot run inside a transaction block"));
+                }
+                let mut txn = self.node.begin_read_only()?;
+                for t in tables {
+                    if let Err(e) = crate::catalog::Catalog::must_get(&mut txn, t) {
+                        self.failed = self.txn.is_some();
+                        return Err(e);
+                    }
+                }
+                return Ok(Outcome::Command((*verb).to_string()));
             }
         };
         if let Some(point) = *as_of {
