@@ -205,22 +205,30 @@ pub(crate) fn decode_value_owned(mut raw: Vec<u8>) -> Result<Option<Vec<u8>>> {
 
 /// Maps a range of user keys to the range of data keys holding all their versions.
 pub(crate) fn data_range(range: &KeyRange) -> KeyRange {
-    let prefix = |k: &[u8]| KeyEncoder::with_tag(TAG_DATA).bytes(k).finish();
+    let space = KeyRange { start: Bound::Included(vec![TAG_DATA]), end: Bound::Excluded(vec![TAG_DATA + 1]) };
+    map_user_range(range, |k| KeyEncoder::with_tag(TAG_DATA).bytes(k).finish(), space)
+}
+
+/// Maps a range of user keys to the engine keys `prefix(key) ++ …` inside `space`
+/// (the engine range holding every such key): a key's entries all start with
+/// `prefix(key)`, so an excluded start skips past that prefix, an included end reaches
+/// its end, and an unbounded side is the side of `space`.
+fn map_user_range(range: &KeyRange, prefix: impl Fn(&[u8]) -> Vec<u8>, space: KeyRange) -> KeyRange {
     let start = match &range.start {
         Bound::Included(k) => Bound::Included(prefix(k)),
         Bound::Excluded(k) => match prefix_end(&prefix(k)) {
             Some(e) => Bound::Included(e),
-            None => Bound::Excluded(vec![TAG_DATA + 1]),
+            None => space.end.clone(),
         },
-        Bound::Unbounded => Bound::Included(vec![TAG_DATA]),
+        Bound::Unbounded => space.start,
     };
     let end = match &range.end {
         Bound::Included(k) => match prefix_end(&prefix(k)) {
             Some(e) => Bound::Excluded(e),
-            None => Bound::Excluded(vec![TAG_DATA + 1]),
+            None => space.end.clone(),
         },
         Bound::Excluded(k) => Bound::Excluded(prefix(k)),
-        Bound::Unbounded => Bound::Excluded(vec![TAG_DATA + 1]),
+        Bound::Unbounded => space.end,
     };
     KeyRange { start, end }
 }
@@ -246,25 +254,7 @@ pub(crate) fn staged_all() -> KeyRange {
 
 /// Maps a range of user keys to the staged writes of `txn` within it.
 pub(crate) fn staged_range(txn: u64, range: &KeyRange) -> KeyRange {
-    let prefix = |k: &[u8]| KeyEncoder::with_tag(TAG_STAGED).u64(txn).bytes(k).finish();
-    let all = staged_txn_range(txn);
-    let start = match &range.start {
-        Bound::Included(k) => Bound::Included(prefix(k)),
-        Bound::Excluded(k) => match prefix_end(&prefix(k)) {
-            Some(e) => Bound::Included(e),
-            None => all.end.clone(),
-        },
-        Bound::Unbounded => all.start.clone(),
-    };
-    let end = match &range.end {
-        Bound::Included(k) => match prefix_end(&prefix(k)) {
-            Some(e) => Bound::Excluded(e),
-            None => all.end.clone(),
-        },
-        Bound::Excluded(k) => Bound::Excluded(prefix(k)),
-        Bound::Unbounded => all.end,
-    };
-    KeyRange { start, end }
+    map_user_range(range, |k| KeyEncoder::with_tag(TAG_STAGED).u64(txn).bytes(k).finish(), staged_txn_range(txn))
 }
 
 /// Decodes a staging key into (transaction, user key).
