@@ -108,10 +108,18 @@ END;
 ",
     )
     .unwrap();
+    run_pgbench_and_check_balances(&server, &["-n", "-f", script.to_str().unwrap()]);
+}
+
+/// Runs pgbench (4 clients, prepared statements, 3 s, retrying serialization failures)
+/// with `args` (a script or the built-in one), asserts zero failed transactions, and
+/// checks the TPC-B balance-sum invariant: every delta was applied to exactly one
+/// account, one teller and one branch, and recorded once in the history.
+fn run_pgbench_and_check_balances(server: &Server, args: &[&str]) {
     let out = Command::new("pgbench")
-        .args(["-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "3", "--max-tries=1000", "-h", "127.0.0.1"])
-        .args(["-p", &server.port.to_string(), "-U", "amberdb", "-f"])
-        .arg(&script)
+        .args(["-M", "prepared", "-c", "4", "-j", "2", "-T", "3", "--max-tries=1000", "-h", "127.0.0.1"])
+        .args(["-p", &server.port.to_string(), "-U", "amberdb"])
+        .args(args)
         .arg("amberdb")
         .output()
         .expect("pgbench is installed (scripts/test installs it)");
@@ -127,10 +135,8 @@ END;
     assert!(processed > 0, "{stdout}");
     assert!(stdout.contains("number of failed transactions: 0 "), "failed transactions:\n{stdout}\n{stderr}");
     eprintln!("{stdout}");
-    // Balance-sum invariant: every delta was applied to exactly one account, one teller,
-    // the branch, and recorded once in the history.
     let (ok, out, err) = psql(
-        &server,
+        server,
         &["-At"],
         "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), \
          (SELECT sum(bbalance) FROM pgbench_branches), (SELECT sum(delta) FROM pgbench_history), \
@@ -141,6 +147,32 @@ END;
     assert_eq!(v.len(), 5, "{out} {err}");
     assert!(v[0] == v[1] && v[1] == v[2] && v[2] == v[3], "balances disagree: {out}");
     assert_eq!(v[4].parse::<u64>().unwrap(), processed, "history rows != transactions processed");
+}
+
+/// `pgbench -i` as users run it first: create the tables, load them with COPY FREEZE,
+/// VACUUM, add the primary keys (ALTER TABLE … ADD PRIMARY KEY rebuilds each table);
+/// then the built-in TPC-B-like script, which VACUUMs and TRUNCATEs before it runs.
+#[test]
+fn pgbench_initialises_and_runs_its_builtin_script() {
+    let server = Server::start();
+    let out = Command::new("pgbench")
+        .args(["-i", "-s", "1", "-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "amberdb", "amberdb"])
+        .output()
+        .expect("pgbench is installed (scripts/test installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench -i failed:\n{stderr}");
+    assert!(stderr.contains("creating primary keys...") && stderr.contains("done in"), "{stderr}");
+    let (ok, out, err) = psql(
+        &server,
+        &["-At"],
+        "SELECT count(*), count(DISTINCT aid), min(aid), max(aid), sum(bid) FROM pgbench_accounts;",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "100000|100000|1|100000|100000", "{err}");
+    let (ok, out, err) = psql(&server, &[], "\\d pgbench_accounts");
+    assert!(ok, "{err}");
+    assert!(out.contains("\"pgbench_accounts_pkey\" PRIMARY KEY, btree (aid)"), "\\d shows the new key:\n{out}");
+    run_pgbench_and_check_balances(&server, &[]);
 }
 
 #[test]

@@ -147,10 +147,13 @@ async fn point_in_time_restores_match_time_travel_reads() {
         let w = connect(&a).await;
         writers.push(tokio::spawn(writer(w, seed, stop.clone())));
     }
-    // Schema changes in the middle: a table created, a column added, the table dropped.
+    // Schema changes in the middle: a table created, its key's type changed (the table
+    // is rebuilt under a new id), a column added, the table dropped.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     q_retry(&c, "CREATE TABLE late (k BIGINT PRIMARY KEY, s TEXT)").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    q_retry(&c, "ALTER TABLE late ALTER COLUMN k TYPE NUMERIC(12, 0)").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     q_retry(&c, "ALTER TABLE acct ADD COLUMN extra INT").await;
     q_retry(&c, "UPDATE acct SET extra = id WHERE id < 50").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;

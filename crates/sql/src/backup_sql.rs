@@ -977,7 +977,7 @@ async fn publish(node: &Arc<Node>, plan: &[Planned], replace: bool) -> Result<()
 
 /// Removes a restore's loaded data and its marker.
 async fn discard(node: &Node, id: u64) -> Result<()> {
-    let def = TableDef { id, name: String::new(), columns: Vec::new(), primary_key: Vec::new(), indexes: Vec::new() };
+    let def = TableDef { id, ..TableDef::new(String::new(), Vec::new()) };
     amberdb_backup::delete_prefixes(node, &def.key_prefixes()).await?;
     let mut txn = node.begin()?;
     Catalog::remove_pending_restore(&mut txn, id)?;
@@ -1008,8 +1008,7 @@ pub async fn collect_dropped_tables(node: &Node) -> Result<usize> {
         Catalog::dropped_tables(&mut txn)?
     };
     for (id, name) in &dropped {
-        let def =
-            TableDef { id: *id, name: name.clone(), columns: Vec::new(), primary_key: Vec::new(), indexes: Vec::new() };
+        let def = TableDef { id: *id, ..TableDef::new(name.clone(), Vec::new()) };
         let n = amberdb_backup::delete_prefixes(node, &def.key_prefixes()).await?;
         let mut txn = node.begin()?;
         Catalog::remove_dropped(&mut txn, *id)?;

@@ -101,12 +101,26 @@ pub struct TableDef {
     pub columns: Vec<Column>,
     /// Primary key column indexes; empty means a hidden row id is the key.
     pub primary_key: Vec<usize>,
+    /// The primary key constraint's name when it is not `<table>_pkey` (named by
+    /// `CONSTRAINT … PRIMARY KEY`, or kept through a table rename, as PostgreSQL keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_key_name: Option<String>,
     /// Secondary indexes (UNIQUE constraints are unique indexes).
     #[serde(default)]
     pub indexes: Vec<IndexDef>,
 }
 
 impl TableDef {
+    /// A table definition with no constraints or indexes, its id to be assigned.
+    pub fn new(name: String, columns: Vec<Column>) -> Self {
+        TableDef { id: 0, name, columns, primary_key: Vec::new(), primary_key_name: None, indexes: Vec::new() }
+    }
+
+    /// The primary key constraint's (and its index's) name.
+    pub fn pkey_name(&self) -> String {
+        self.primary_key_name.clone().unwrap_or_else(|| format!("{}_pkey", self.name))
+    }
+
     /// Index of a column by name.
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
@@ -419,6 +433,19 @@ impl Catalog {
             }
         }
         Ok(())
+    }
+
+    /// Renames a table: its definition moves to the new name's key (rows and index
+    /// entries are keyed by table id and stay where they are).
+    pub fn rename(txn: &mut Transaction, def: &mut TableDef, to: &str) -> Result<()> {
+        txn.delete(table_key(&def.name))?;
+        def.name = to.to_string();
+        Self::put(txn, def)
+    }
+
+    /// Sets the last hidden row id handed out (after a rebuild numbered the rows).
+    pub fn set_rowid(txn: &mut Transaction, def: &TableDef, last: u64) -> Result<()> {
+        txn.put(KeyEncoder::with_tag(TAG_ROWID).u64(def.id).finish(), last.to_le_bytes().to_vec())
     }
 
     /// Hands out the next hidden row id of a table without a primary key.

@@ -69,16 +69,16 @@ impl std::fmt::Debug for Outcome {
 }
 
 /// A row read from a table together with its storage key.
-struct StoredRow {
-    key: Vec<u8>,
-    row: Row,
+pub(crate) struct StoredRow {
+    pub(crate) key: Vec<u8>,
+    pub(crate) row: Row,
 }
 
-fn feature(what: impl std::fmt::Display) -> Error {
+pub(crate) fn feature(what: impl std::fmt::Display) -> Error {
     Error::sql("0A000", format!("{what} is not supported"))
 }
 
-fn table_name(name: &ast::ObjectName) -> Result<String> {
+pub(crate) fn table_name(name: &ast::ObjectName) -> Result<String> {
     match name.0.as_slice() {
         [ast::ObjectNamePart::Identifier(i)] => Ok(ident(i)),
         [ast::ObjectNamePart::Identifier(schema), ast::ObjectNamePart::Identifier(i)] if ident(schema) == "public" => {
@@ -88,7 +88,7 @@ fn table_name(name: &ast::ObjectName) -> Result<String> {
     }
 }
 
-fn scope_of(def: &TableDef, alias: &str) -> Vec<ScopeCol> {
+pub(crate) fn scope_of(def: &TableDef, alias: &str) -> Vec<ScopeCol> {
     def.columns
         .iter()
         .map(|c| ScopeCol { table: Some(alias.to_string()), name: c.name.clone(), ty: Some(c.ty) })
@@ -1903,7 +1903,7 @@ fn fill_defaults(
 }
 
 /// Evaluates a column's DEFAULT expression.
-fn default_value(col: &Column) -> Result<Value> {
+pub(crate) fn default_value(col: &Column) -> Result<Value> {
     match &col.default {
         None => Ok(Value::Null),
         Some(sql) => {
@@ -1974,21 +1974,16 @@ fn returning(
     Ok(Outcome::Rows { columns, rows: materialized(out), tag })
 }
 
-fn pkey_name(def: &TableDef) -> String {
-    format!("{}_pkey", def.name)
-}
-
 fn duplicate_key(def: &TableDef, row: &[Value]) -> Error {
     let cols: Vec<&str> = def.primary_key.iter().map(|&i| def.columns[i].name.as_str()).collect();
-    let vals: Vec<String> =
-        def.primary_key.iter().map(|&i| row[i].to_pg_text(None).unwrap_or_else(|| "null".into())).collect();
+    let values: Vec<Value> = def.primary_key.iter().map(|&i| row[i].clone()).collect();
     Error::sql(
         "23505",
         format!(
             "duplicate key value violates unique constraint \"{}\": Key ({})=({}) already exists.",
-            pkey_name(def),
+            def.pkey_name(),
             cols.join(", "),
-            vals.join(", ")
+            display_values(&values)
         ),
     )
 }
@@ -2246,7 +2241,7 @@ fn matching_rows(
 type StoredRows = Box<dyn Iterator<Item = Result<StoredRow>> + Send>;
 
 /// The rows of a key range, with their keys, as a lazy scan.
-fn scan_stored(txn: &mut Transaction, def: &TableDef, range: amberdb_storage::KeyRange) -> StoredRows {
+pub(crate) fn scan_stored(txn: &mut Transaction, def: &TableDef, range: amberdb_storage::KeyRange) -> StoredRows {
     let def = def.clone();
     let flag = crate::interrupt::current();
     Box::new(txn.scan(range).map(move |kv| {
@@ -2324,7 +2319,8 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
     }
     let mut columns: Vec<Column> = Vec::new();
     let mut pk: Vec<usize> = Vec::new();
-    let mut unique_sets: Vec<Vec<usize>> = Vec::new();
+    let mut pk_name: Option<String> = None;
+    let mut unique_sets: Vec<(Option<String>, Vec<usize>)> = Vec::new();
     for c in &ct.columns {
         let cname = ident(&c.name);
         if columns.iter().any(|x| x.name == cname) {
@@ -2377,7 +2373,7 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
                     });
                     col.nullable = false;
                 }
-                ast::ColumnOption::Unique(_) => unique_sets.push(vec![columns.len()]),
+                ast::ColumnOption::Unique(_) => unique_sets.push((None, vec![columns.len()])),
                 ast::ColumnOption::PrimaryKey(_) => {
                     if !pk.is_empty() {
                         return Err(Error::sql(
@@ -2408,34 +2404,12 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
                         format!("multiple primary keys for table \"{name}\" are not allowed"),
                     ));
                 }
-                for ic in &p.columns {
-                    let ast::Expr::Identifier(i) = &ic.column.expr else {
-                        return Err(feature("expression in PRIMARY KEY"));
-                    };
-                    let n = ident(i);
-                    let idx = columns
-                        .iter()
-                        .position(|c| c.name == n)
-                        .ok_or_else(|| Error::sql("42703", format!("column \"{n}\" named in key does not exist")))?;
-                    columns[idx].nullable = false;
-                    pk.push(idx);
-                }
+                pk = key_columns(&columns, &p.columns, "PRIMARY KEY", None)?;
+                pk.iter().for_each(|&i| columns[i].nullable = false);
+                pk_name = p.name.as_ref().map(ident);
             }
             ast::TableConstraint::Unique(u) => {
-                let cols =
-                    u.columns
-                        .iter()
-                        .map(|ic| {
-                            let ast::Expr::Identifier(i) = &ic.column.expr else {
-                                return Err(feature("expression in UNIQUE"));
-                            };
-                            let n = ident(i);
-                            columns.iter().position(|c| c.name == n).ok_or_else(|| {
-                                Error::sql("42703", format!("column \"{n}\" named in key does not exist"))
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                unique_sets.push(cols);
+                unique_sets.push((u.name.as_ref().map(ident), key_columns(&columns, &u.columns, "UNIQUE", None)?));
             }
             other => return Err(feature(format!("table constraint {other}"))),
         }
@@ -2443,13 +2417,12 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
     if columns.is_empty() {
         return Err(feature("a table without columns"));
     }
-    let mut def = TableDef { id: 0, name, columns, primary_key: pk, indexes: vec![] };
-    for cols in unique_sets {
-        let iname = format!(
-            "{}_{}_key",
-            def.name,
-            cols.iter().map(|&c| def.columns[c].name.as_str()).collect::<Vec<_>>().join("_")
-        );
+    let mut def = TableDef { primary_key: pk, primary_key_name: pk_name, ..TableDef::new(name, columns) };
+    if !def.primary_key.is_empty() {
+        ensure_relation_name_free(txn, &def.pkey_name(), None)?;
+    }
+    for (given, cols) in unique_sets {
+        let iname = given.unwrap_or_else(|| unique_name(&def, &cols));
         ensure_relation_name_free(txn, &iname, Some(&def))?;
         let id = def.indexes.len() as u64 + 1;
         def.indexes.push(IndexDef { id, name: iname, columns: cols, unique: true });
@@ -2458,10 +2431,46 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
     Ok(Outcome::Command("CREATE TABLE".into()))
 }
 
+/// PostgreSQL's name for a UNIQUE constraint's index: `<table>_<columns>_key`.
+pub(crate) fn unique_name(def: &TableDef, cols: &[usize]) -> String {
+    let cols: Vec<&str> = cols.iter().map(|&c| def.columns[c].name.as_str()).collect();
+    format!("{}_{}_key", def.name, cols.join("_"))
+}
+
+/// The column positions a PRIMARY KEY or UNIQUE constraint names (`table`: the table
+/// an ALTER TABLE adds it to, named in PostgreSQL's error for a missing column).
+pub(crate) fn key_columns(
+    columns: &[Column],
+    named: &[ast::IndexColumn],
+    what: &str,
+    table: Option<&str>,
+) -> Result<Vec<usize>> {
+    let mut out: Vec<usize> = Vec::new();
+    for ic in named {
+        let ast::Expr::Identifier(i) = &ic.column.expr else {
+            return Err(feature(format!("expression in {what}")));
+        };
+        let n = ident(i);
+        let pos = columns.iter().position(|c| c.name == n).ok_or_else(|| match table {
+            Some(t) => Error::sql("42703", format!("column \"{n}\" of relation \"{t}\" does not exist")),
+            None => Error::sql("42703", format!("column \"{n}\" named in key does not exist")),
+        })?;
+        if out.contains(&pos) {
+            return Err(Error::sql("42701", format!("column \"{n}\" appears twice in {what} constraint")));
+        }
+        out.push(pos);
+    }
+    Ok(out)
+}
+
 /// Fails if a table or index named `name` exists (they share one namespace).
-fn ensure_relation_name_free(txn: &mut Transaction, name: &str, pending: Option<&TableDef>) -> Result<()> {
+pub(crate) fn ensure_relation_name_free(txn: &mut Transaction, name: &str, pending: Option<&TableDef>) -> Result<()> {
     let taken = Catalog::get(txn, name)?.is_some()
-        || Catalog::list(txn)?.iter().chain(pending).any(|t| t.indexes.iter().any(|i| i.name == name));
+        || Catalog::get_view(txn, name)?.is_some()
+        || Catalog::list(txn)?
+            .iter()
+            .chain(pending)
+            .any(|t| t.indexes.iter().any(|i| i.name == name) || (!t.primary_key.is_empty() && t.pkey_name() == name));
     if taken {
         return Err(Error::sql("42P07", format!("relation \"{name}\" already exists")));
     }
@@ -2501,25 +2510,70 @@ pub fn create_index(txn: &mut Transaction, ci: &ast::CreateIndex) -> Result<Outc
     }
     let id = def.indexes.iter().map(|i| i.id).max().unwrap_or(0) + 1;
     let index = IndexDef { id, name, columns, unique: ci.unique };
-    let mut seen = HashSet::new();
-    for r in scan_stored(txn, &def, def.rows_range()) {
-        let r = r?;
-        let values: Vec<Value> = index.columns.iter().map(|&c| r.row[c].clone()).collect();
-        if index.unique && !values.iter().any(Value::is_null) && !seen.insert(row_identity(&values)) {
-            return Err(Error::sql(
-                "23505",
-                format!("could not create unique index \"{}\": duplicate values exist", index.name),
-            ));
-        }
-        txn.put(def.index_key(&index, &r.row, &r.key), Vec::new())?;
-    }
+    fill_index(txn, &def, &index)?;
     def.indexes.push(index);
     Catalog::put(txn, &def)?;
     Ok(Outcome::Command("CREATE INDEX".into()))
 }
 
+/// Writes `index`'s entry for every row of the table, then, for a unique index, checks
+/// that no two entries share non-NULL values. The check reads the new entries back in
+/// order (equal values are adjacent), so memory stays bounded whatever the table's size.
+pub(crate) fn fill_index(txn: &mut Transaction, def: &TableDef, index: &IndexDef) -> Result<()> {
+    for r in scan_stored(txn, def, def.rows_range()) {
+        let r = r?;
+        txn.put(def.index_key(index, &r.row, &r.key), Vec::new())?;
+    }
+    if index.unique {
+        check_unique(txn, def, index, &index.name)?;
+    }
+    Ok(())
+}
+
+/// Fails with PostgreSQL's error if two entries of `index` share non-NULL values
+/// (`constraint` names the unique index being created).
+pub(crate) fn check_unique(txn: &mut Transaction, def: &TableDef, index: &IndexDef, constraint: &str) -> Result<()> {
+    let flag = crate::interrupt::current();
+    let mut previous: Option<Vec<u8>> = None;
+    for kv in txn.scan(def.index_range(index)) {
+        crate::interrupt::check(&flag)?;
+        let (entry, _) = kv?;
+        let mut d = amberdb_encoding::keycode::KeyDecoder::new(&entry);
+        d.tag()?;
+        d.u64()?;
+        d.u64()?;
+        let mut values = Vec::with_capacity(index.columns.len());
+        for &c in &index.columns {
+            values.push(Value::decode_key(&mut d, def.columns[c].ty)?);
+        }
+        let encoded = entry[..entry.len() - d.remaining().len()].to_vec();
+        // NULLs are distinct from each other, as in PostgreSQL.
+        if values.iter().any(Value::is_null) {
+            continue;
+        }
+        if previous.as_ref() == Some(&encoded) {
+            let cols: Vec<&str> = index.columns.iter().map(|&c| def.columns[c].name.as_str()).collect();
+            return Err(Error::sql(
+                "23505",
+                format!(
+                    "could not create unique index \"{constraint}\": Key ({})=({}) is duplicated.",
+                    cols.join(", "),
+                    display_values(&values)
+                ),
+            ));
+        }
+        previous = Some(encoded);
+    }
+    Ok(())
+}
+
+/// Values as PostgreSQL lists them in a key's error detail.
+pub(crate) fn display_values(values: &[Value]) -> String {
+    values.iter().map(|v| v.to_pg_text(None).unwrap_or_else(|| "null".into())).collect::<Vec<_>>().join(", ")
+}
+
 /// Deletes every key in `range` (the entries of a dropped index).
-fn delete_range(txn: &mut Transaction, range: amberdb_storage::KeyRange) -> Result<()> {
+pub(crate) fn delete_range(txn: &mut Transaction, range: amberdb_storage::KeyRange) -> Result<()> {
     let keys: Vec<Vec<u8>> = txn.scan(range).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
     for k in keys {
         txn.delete(k)?;
@@ -2549,7 +2603,7 @@ pub fn drop_indexes(txn: &mut Transaction, names: &[ast::ObjectName], if_exists:
 
 /// Applies NULL / NOT NULL / DEFAULT to `col`; false for any other option (the caller
 /// decides). A default must be a constant expression of the column's type, checked now.
-fn apply_column_option(col: &mut Column, option: &ast::ColumnOption) -> Result<bool> {
+pub(crate) fn apply_column_option(col: &mut Column, option: &ast::ColumnOption) -> Result<bool> {
     match option {
         ast::ColumnOption::NotNull => col.nullable = false,
         ast::ColumnOption::Null => col.nullable = true,
@@ -2560,124 +2614,6 @@ fn apply_column_option(col: &mut Column, option: &ast::ColumnOption) -> Result<b
         _ => return Ok(false),
     }
     Ok(true)
-}
-
-/// Builds a column from its definition (types, NULL/NOT NULL, DEFAULT only).
-fn plain_column(c: &ast::ColumnDef) -> Result<Column> {
-    let ty = DataType::parse(&c.data_type.to_string()).map_err(crate::expr::to_sql_err)?;
-    let mut col = Column { name: ident(&c.name), ty, nullable: true, default: None, identity: None };
-    for o in &c.options {
-        if !apply_column_option(&mut col, &o.option)? {
-            return Err(feature(format!("column option {} in ALTER TABLE ADD COLUMN", o.option)));
-        }
-    }
-    Ok(col)
-}
-
-/// ALTER TABLE: ADD COLUMN, DROP COLUMN, RENAME COLUMN. Existing rows are rewritten in
-/// the same transaction where their encoding changes.
-pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcome> {
-    let name = table_name(&at.name)?;
-    let Some(mut def) = Catalog::get(txn, &name)? else {
-        if at.if_exists {
-            return Ok(Outcome::Command("ALTER TABLE".into()));
-        }
-        return Err(Error::sql("42P01", format!("relation \"{name}\" does not exist")));
-    };
-    for op in &at.operations {
-        match op {
-            ast::AlterTableOperation::AddColumn { if_not_exists, column_def, column_position: None, .. } => {
-                let col = plain_column(column_def)?;
-                if def.column_index(&col.name).is_some() {
-                    if *if_not_exists {
-                        continue;
-                    }
-                    return Err(Error::sql(
-                        "42701",
-                        format!("column \"{}\" of relation \"{}\" already exists", col.name, def.name),
-                    ));
-                }
-                let value = default_value(&col)?.cast(col.ty).map_err(crate::expr::to_sql_err)?;
-                // Decoded with the definition before the column exists.
-                let mut rows = scan_stored(txn, &def, def.rows_range()).peekable();
-                if value.is_null() && !col.nullable && rows.peek().is_some() {
-                    return Err(Error::sql(
-                        "23502",
-                        format!("column \"{}\" of relation \"{}\" contains null values", col.name, def.name),
-                    ));
-                }
-                def.columns.push(col);
-                if !value.is_null() {
-                    for r in rows {
-                        // Rows were read before the column existed: append its value.
-                        let r = r?;
-                        let mut row = r.row;
-                        row.resize(def.columns.len() - 1, Value::Null);
-                        row.push(value.clone());
-                        txn.put(r.key, def.encode_row(&row))?;
-                    }
-                }
-            }
-            ast::AlterTableOperation::DropColumn { column_names, if_exists, .. } => {
-                for cname in column_names {
-                    let cname = ident(cname);
-                    let Some(pos) = def.column_index(&cname) else {
-                        if *if_exists {
-                            continue;
-                        }
-                        return Err(Error::sql(
-                            "42703",
-                            format!("column \"{cname}\" of relation \"{}\" does not exist", def.name),
-                        ));
-                    };
-                    if def.primary_key.contains(&pos) {
-                        return Err(feature("dropping a primary-key column"));
-                    }
-                    if def.columns.len() == 1 {
-                        return Err(feature("dropping the last column of a table"));
-                    }
-                    // Indexes on the column go with it, as in PostgreSQL.
-                    let (gone, kept): (Vec<_>, Vec<_>) = def.indexes.drain(..).partition(|i| i.columns.contains(&pos));
-                    for index in gone {
-                        delete_range(txn, def.index_range(&index))?;
-                    }
-                    def.indexes = kept;
-                    // Decoded with the definition that still has the column.
-                    let rows = scan_stored(txn, &def, def.rows_range());
-                    def.columns.remove(pos);
-                    let shift = |c: &mut usize| {
-                        if *c > pos {
-                            *c -= 1;
-                        }
-                    };
-                    def.primary_key.iter_mut().for_each(shift);
-                    def.indexes.iter_mut().for_each(|i| i.columns.iter_mut().for_each(shift));
-                    for r in rows {
-                        let r = r?;
-                        let mut row = r.row;
-                        row.remove(pos);
-                        txn.put(r.key, def.encode_row(&row))?;
-                    }
-                }
-            }
-            ast::AlterTableOperation::RenameColumn { old_column_name, new_column_name } => {
-                let (old, new) = (ident(old_column_name), ident(new_column_name));
-                let pos = def
-                    .column_index(&old)
-                    .ok_or_else(|| Error::sql("42703", format!("column \"{old}\" does not exist")))?;
-                if def.column_index(&new).is_some() {
-                    return Err(Error::sql(
-                        "42701",
-                        format!("column \"{new}\" of relation \"{}\" already exists", def.name),
-                    ));
-                }
-                def.columns[pos].name = new;
-            }
-            other => return Err(feature(format!("ALTER TABLE {other}"))),
-        }
-    }
-    Catalog::put(txn, &def)?;
-    Ok(Outcome::Command("ALTER TABLE".into()))
 }
 
 /// `TRUNCATE [TABLE] t [, …]`: each table keeps its definition (columns, indexes) under

@@ -109,7 +109,7 @@ fn type_facts(ty: DataType) -> [Option<i64>; 5] {
 fn constraints(t: &TableDef) -> Vec<(String, &'static str, Vec<usize>)> {
     let mut out = Vec::new();
     if !t.primary_key.is_empty() {
-        out.push((format!("{}_pkey", t.name), "PRIMARY KEY", t.primary_key.clone()));
+        out.push((t.pkey_name(), "PRIMARY KEY", t.primary_key.clone()));
     }
     for i in t.indexes.iter().filter(|i| i.unique) {
         out.push((i.name.clone(), "UNIQUE", i.columns.clone()));

@@ -19,6 +19,7 @@
 //! - A single-table statement whose WHERE fixes the whole primary key reads one key,
 //!   so concurrent transactions on different rows do not conflict.
 
+mod alter;
 mod asof;
 mod backup_job;
 mod backup_sql;

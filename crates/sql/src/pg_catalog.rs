@@ -63,7 +63,7 @@ pub fn definitions(txn: &mut Transaction) -> Result<Vec<(i64, String)>> {
             let cols = names(&t.primary_key);
             d.push((
                 oid + 99,
-                format!("CREATE UNIQUE INDEX {}_pkey ON public.{} USING btree ({cols})", t.name, t.name),
+                format!("CREATE UNIQUE INDEX {} ON public.{} USING btree ({cols})", t.pkey_name(), t.name),
             ));
             d.push((-(oid + 99), format!("PRIMARY KEY ({cols})")));
         }
@@ -154,7 +154,7 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                 if !t.primary_key.is_empty() {
                     rows.push(vec![
                         Value::Int(oid + 99),
-                        text(&format!("{}_pkey", t.name)),
+                        text(&t.pkey_name()),
                         Value::Int(PUBLIC),
                         text("i"),
                         Value::Int(OWNER_OID),
@@ -356,7 +356,7 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                 if !t.primary_key.is_empty() {
                     rows.push(vec![
                         Value::Int(-(oid + 99)),
-                        text(&format!("{}_pkey", t.name)),
+                        text(&t.pkey_name()),
                         Value::Int(oid),
                         Value::Int(oid + 99),
                         text("p"),

@@ -858,7 +858,7 @@ pub fn run(txn: &mut Transaction, stmt: &ast::Statement, params: &[Value]) -> Re
             exec::drop_tables(txn, names, *if_exists)
         }
         ast::Statement::CreateIndex(ci) => exec::create_index(txn, ci),
-        ast::Statement::AlterTable(at) => exec::alter_table(txn, at),
+        ast::Statement::AlterTable(at) => crate::alter::alter_table(txn, at),
         ast::Statement::Drop { object_type: ast::ObjectType::Index, if_exists, names, .. } => {
             exec::drop_indexes(txn, names, *if_exists)
         }

@@ -215,8 +215,29 @@ impl DataType {
         matches!(self, DataType::Int2 | DataType::Int4 | DataType::Int8)
     }
 
-    fn is_text(&self) -> bool {
+    pub(crate) fn is_text(&self) -> bool {
         matches!(self, DataType::Text | DataType::Varchar(_) | DataType::Char(_))
+    }
+
+    /// Whether PostgreSQL converts a value of this type to `to` on assignment (what
+    /// `ALTER COLUMN … TYPE` does without USING): within the numeric, string and
+    /// date/time families, and from any type to a string type.
+    pub(crate) fn casts_on_assignment(&self, to: DataType) -> bool {
+        let family = |t: &DataType| match t {
+            DataType::Int2
+            | DataType::Int4
+            | DataType::Int8
+            | DataType::Float4
+            | DataType::Float8
+            | DataType::Numeric(_) => 1,
+            DataType::Text | DataType::Varchar(_) | DataType::Char(_) => 2,
+            DataType::Date | DataType::Timestamp | DataType::TimestampTz => 3,
+            _ => 0,
+        };
+        to.is_text() || std::mem::discriminant(self) == std::mem::discriminant(&to) || {
+            let f = family(self);
+            f != 0 && f == family(&to)
+        }
     }
 }
 
