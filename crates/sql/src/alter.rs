@@ -346,6 +346,43 @@ fn change_type(
     })
 }
 
+/// The error for the first primary-key value (in key order) that two rows of `old` share
+/// once mapped into `new`: their keys sorted (spilling past work_mem), equal ones
+/// adjacent.
+fn first_duplicate(
+    txn: &mut Transaction,
+    old: &TableDef,
+    new: &TableDef,
+    map: &mut impl FnMut(Row) -> Result<Row>,
+) -> Result<Error> {
+    let mut keys = crate::cte::RowStore::new();
+    for r in scan_stored(txn, old, old.rows_range()) {
+        let row = map(r?.row)?;
+        let mut entry = vec![Value::Bytes(new.row_key(&row, None))];
+        entry.extend(new.primary_key.iter().map(|&c| row[c].clone()));
+        keys.push(entry)?;
+    }
+    let sorted = crate::spill::sort(keys.into_rows()?, &[(0, false, false)], None, crate::spill::work_mem())?;
+    let mut previous: Option<Row> = None;
+    for entry in sorted {
+        let entry = entry?;
+        if previous.as_ref().is_some_and(|p| p[0] == entry[0]) {
+            let cols: Vec<&str> = new.primary_key.iter().map(|&c| new.columns[c].name.as_str()).collect();
+            return Ok(Error::sql(
+                "23505",
+                format!(
+                    "could not create unique index \"{}\": Key ({})=({}) is duplicated.",
+                    new.pkey_name(),
+                    cols.join(", "),
+                    display_values(&entry[1..])
+                ),
+            ));
+        }
+        previous = Some(entry);
+    }
+    Err(Error::Internal(format!("rebuilding {}: fewer rows than written, but no two share a key", new.name)))
+}
+
 /// Moves every row of `old` into `new` under a fresh table id (see the module
 /// comment), each row passed through `map`; returns `new` with its id.
 fn rebuild(
@@ -358,6 +395,7 @@ fn rebuild(
     let new = Catalog::create(txn, new)?;
     Catalog::copy_identities(txn, old, &new)?;
     let mut rowid = 0u64;
+    let mut written = 0u64;
     for r in scan_stored(txn, old, old.rows_range()) {
         let row = map(r?.row)?;
         if let Some(c) = row.iter().zip(&new.columns).find_map(|(v, c)| (v.is_null() && !c.nullable).then_some(c)) {
@@ -367,26 +405,27 @@ fn rebuild(
             rowid += 1;
             new.row_key(&row, Some(rowid))
         } else {
-            let key = new.row_key(&row, None);
-            if txn.get(&key)?.is_some() {
-                let cols: Vec<&str> = new.primary_key.iter().map(|&c| new.columns[c].name.as_str()).collect();
-                let values: Vec<Value> = new.primary_key.iter().map(|&c| row[c].clone()).collect();
-                return Err(Error::sql(
-                    "23505",
-                    format!(
-                        "could not create unique index \"{}\": Key ({})=({}) is duplicated.",
-                        new.pkey_name(),
-                        cols.join(", "),
-                        display_values(&values)
-                    ),
-                ));
-            }
-            key
+            new.row_key(&row, None)
         };
         for index in &new.indexes {
             txn.put(new.index_key(index, &row, &key), Vec::new())?;
         }
         txn.put(key, new.encode_row(&row))?;
+        written += 1;
+    }
+    // Two rows with one key leave fewer rows than were written: counting them back is
+    // one ordered read instead of a lookup per row.
+    if !new.primary_key.is_empty() {
+        let flag = crate::interrupt::current();
+        let mut stored = 0u64;
+        for kv in txn.scan(new.rows_range()) {
+            crate::interrupt::check(&flag)?;
+            kv?;
+            stored += 1;
+        }
+        if stored != written {
+            return Err(first_duplicate(txn, old, &new, &mut map)?);
+        }
     }
     if rowid > 0 {
         Catalog::set_rowid(txn, &new, rowid)?;

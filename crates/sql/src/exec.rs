@@ -451,6 +451,16 @@ fn table_factor(
     params: &Params,
 ) -> Result<Source> {
     match tf {
+        // The working table of a recursive CTE being evaluated (a name SQL cannot spell).
+        ast::TableFactor::Table { name, alias, args: None, .. } if matches!(name.0.as_slice(), [ast::ObjectNamePart::Identifier(i)] if i.value.starts_with('\u{0}')) =>
+        {
+            let key = name.0.first().and_then(|p| p.as_ident()).map(|i| i.value.as_str()).unwrap_or_default();
+            let (columns, rows) = crate::cte::Working::take(key)
+                .ok_or_else(|| Error::Internal("a recursive query's working table was read twice".into()))?;
+            let table = alias.as_ref().map(|a| ident(&a.name));
+            let scope = columns.into_iter().map(|(name, ty)| ScopeCol { table: table.clone(), name, ty }).collect();
+            Ok(Source { scope, rows, order: vec![] })
+        }
         ast::TableFactor::Table { name, alias, args: None, .. } if catalog_name(txn, name)?.is_some() => {
             let cname = catalog_name(txn, name)?.unwrap_or_default();
             let view = cname.strip_prefix("information_schema.");
@@ -1259,6 +1269,9 @@ pub fn query_all(txn: &mut Transaction, q: &ast::Query, params: &[Value]) -> Res
 }
 
 fn run_query(txn: &mut Transaction, q: &ast::Query, params: &Params) -> Result<(Vec<OutColumn>, RowIter)> {
+    if let Some(r) = crate::cte::recursive_parts(q)? {
+        return recursive_rows(txn, r, params);
+    }
     if q.with.is_some() {
         return run_query(txn, &crate::cte::inline(q)?, params);
     }
@@ -1277,6 +1290,83 @@ fn run_query(txn: &mut Transaction, q: &ast::Query, params: &Params) -> Result<(
         return Ok((columns, rows));
     }
     Ok((columns, pipeline::limit(rows, offset, limit)))
+}
+
+/// `SELECT * FROM <name>`, to be filled in (CTE rewrites build queries around it).
+pub(crate) fn star_from(name: ast::Ident) -> ast::Query {
+    let mut q = *sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+        .try_with_sql("SELECT * FROM x")
+        .and_then(|mut p| p.parse_query())
+        .expect("a fixed, valid query");
+    if let ast::SetExpr::Select(s) = q.body.as_mut() {
+        if let Some(ast::TableFactor::Table { name: n, .. }) = s.from.first_mut().map(|f| &mut f.relation) {
+            *n = ast::ObjectName(vec![ast::ObjectNamePart::Identifier(name)]);
+        }
+    }
+    q
+}
+
+/// Evaluates a recursive CTE (see [`crate::cte`]): the anchor's rows, then the
+/// recursive term's over the rows of the previous iteration, until one adds none.
+fn recursive_rows(
+    txn: &mut Transaction,
+    r: crate::cte::Recursive<'_>,
+    params: &Params,
+) -> Result<(Vec<OutColumn>, RowIter)> {
+    let (mut columns, anchor) = set_expr_rows(txn, r.anchor, params)?;
+    if !r.columns.is_empty() {
+        if r.columns.len() > columns.len() {
+            return Err(Error::sql(
+                "42P10",
+                format!(
+                    "WITH query \"{}\" has {} columns available but {} columns specified",
+                    r.name,
+                    columns.len(),
+                    r.columns.len()
+                ),
+            ));
+        }
+        for (c, n) in columns.iter_mut().zip(&r.columns) {
+            c.name = n.clone();
+        }
+    }
+    let flag = crate::interrupt::current();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut result = crate::cte::RowStore::new();
+    let mut working = crate::cte::RowStore::new();
+    let mut add = |row: Row, result: &mut crate::cte::RowStore, working: &mut crate::cte::RowStore| -> Result<()> {
+        crate::interrupt::check(&flag)?;
+        if !r.all && !seen.insert(row_identity(&row)) {
+            return Ok(());
+        }
+        result.push(row.clone())?;
+        working.push(row)
+    };
+    for row in anchor {
+        add(row?, &mut result, &mut working)?;
+    }
+    let shape: Vec<(String, Option<DataType>)> = columns.iter().map(|c| (c.name.clone(), c.ty)).collect();
+    while !working.is_empty() {
+        let rows = std::mem::replace(&mut working, crate::cte::RowStore::new()).into_rows()?;
+        let _published = crate::cte::Working::publish(&r.working, shape.clone(), rows);
+        let (step_columns, rows) = set_expr_rows(txn, &r.step, params)?;
+        if step_columns.len() != columns.len() {
+            return Err(Error::sql("42601", "each UNION query must have the same number of columns"));
+        }
+        for row in rows {
+            // Values take the anchor's column types, as the CTE's columns have them.
+            let row = row?
+                .into_iter()
+                .zip(&columns)
+                .map(|(v, c)| match c.ty {
+                    Some(ty) => v.cast(ty).map_err(crate::expr::to_sql_err),
+                    None => Ok(v),
+                })
+                .collect::<Result<Row>>()?;
+            add(row, &mut result, &mut working)?;
+        }
+    }
+    Ok((columns, result.into_rows()?))
 }
 
 fn values_rows(txn: &mut Transaction, v: &ast::Values, params: &Params) -> Result<(Vec<OutColumn>, RowIter)> {
