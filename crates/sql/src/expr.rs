@@ -971,6 +971,18 @@ impl<'a> Binder<'a> {
             return Err(Error::sql("42803", format!("aggregate functions are not allowed here: {f}")));
         }
         let (args, _) = self.function_args(f)?;
+        if name == "pg_typeof" {
+            // The argument's type as PostgreSQL names it (without a length or precision),
+            // found while binding: the argument is not evaluated.
+            let [ast::FunctionArgExpr::Expr(e)] = args.as_slice() else {
+                return Err(Error::sql("42883", format!("function {f} does not exist")));
+            };
+            let name = match self.bind(e)?.result_type(self.scope) {
+                Some(t) => t.pg_name().split('(').next().unwrap_or_default().to_string(),
+                None => "unknown".to_string(),
+            };
+            return Ok(Expr::Const(Value::Text(name)));
+        }
         match (name.as_str(), args.is_empty()) {
             ("version", true) => return Ok(Expr::Const(Value::Text(crate::VERSION_TEXT.into()))),
             ("current_database", true) => return Ok(Expr::Const(Value::Text("amberdb".into()))),
