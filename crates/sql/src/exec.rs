@@ -506,11 +506,18 @@ fn table_factor(
                 return Err(Error::sql("42883", format!("function {fname}() does not exist")));
             }
             let mut b = Binder::with_txn(&[], txn, params);
+            // As in PostgreSQL, integer arguments that are all smallint or integer make
+            // an integer series; a bigint (or an untyped parameter) makes a bigint one.
+            let mut narrow = true;
             let args = targs
                 .args
                 .iter()
                 .map(|a| match a {
-                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => b.bind(e)?.eval(&[], params),
+                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => {
+                        let bound = b.bind(e)?;
+                        narrow &= matches!(bound.result_type(&[]), Some(DataType::Int2 | DataType::Int4));
+                        bound.eval(&[], params)
+                    }
                     other => Err(feature(format!("argument {other}"))),
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -553,7 +560,8 @@ fn table_factor(
                 }
                 _ => materialized(vec![]),
             };
-            let scope = vec![ScopeCol { table: Some(table), name: col, ty: Some(DataType::Int8) }];
+            let ty = if narrow { DataType::Int4 } else { DataType::Int8 };
+            let scope = vec![ScopeCol { table: Some(table), name: col, ty: Some(ty) }];
             Ok(Source { scope, rows, order: vec![] })
         }
         ast::TableFactor::Derived { subquery, alias, .. } => {
@@ -1235,7 +1243,11 @@ pub(crate) fn agg_type(call: &AggCall, scope: &[ScopeCol]) -> Option<DataType> {
             Some(DataType::Numeric(_)) => Some(DataType::Numeric(None)),
             _ => Some(DataType::Int8),
         },
-        AggFunc::Min | AggFunc::Max => call.arg.as_ref().and_then(|a| a.result_type(scope)),
+        // PostgreSQL has no min/max for varchar: the text ones apply.
+        AggFunc::Min | AggFunc::Max => match call.arg.as_ref().and_then(|a| a.result_type(scope)) {
+            Some(DataType::Varchar(_)) => Some(DataType::Text),
+            other => other,
+        },
         AggFunc::BoolAnd | AggFunc::BoolOr => Some(DataType::Bool),
         AggFunc::StringAgg | AggFunc::StringAggOrdered => Some(DataType::Text),
     }
@@ -2396,16 +2408,20 @@ pub fn delete(txn: &mut Transaction, del: &ast::Delete, params: &[Value]) -> Res
 }
 
 /// CREATE TABLE.
-pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outcome> {
+pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable, params: &[Value]) -> Result<Outcome> {
     let name = table_name(&ct.name)?;
     if Catalog::get(txn, &name)?.is_some() || Catalog::get_view(txn, &name)?.is_some() {
         if ct.if_not_exists {
-            return Ok(Outcome::Command("CREATE TABLE".into()));
+            let tag = if ct.query.is_some() { "CREATE TABLE AS" } else { "CREATE TABLE" };
+            return Ok(Outcome::Command(tag.into()));
         }
         return Err(Error::sql("42P07", format!("relation \"{name}\" already exists")));
     }
-    if ct.query.is_some() || ct.like.is_some() || ct.clone.is_some() {
-        return Err(feature("CREATE TABLE AS / LIKE / CLONE"));
+    if ct.like.is_some() || ct.clone.is_some() {
+        return Err(feature("CREATE TABLE … LIKE / CLONE"));
+    }
+    if let Some(q) = &ct.query {
+        return create_table_as(txn, name, &ct.columns, q, params);
     }
     let mut columns: Vec<Column> = Vec::new();
     let mut pk: Vec<usize> = Vec::new();
@@ -2519,6 +2535,42 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable) -> Result<Outc
     }
     Catalog::create(txn, def)?;
     Ok(Outcome::Command("CREATE TABLE".into()))
+}
+
+/// `CREATE TABLE t [(names)] AS query`: a table (hidden row ids, no constraints) with
+/// the query's column names and types (unknown ones as text), filled with its rows as
+/// they are produced, in the statement's transaction (staged past the buffer).
+fn create_table_as(
+    txn: &mut Transaction,
+    name: String,
+    named: &[ast::ColumnDef],
+    q: &ast::Query,
+    params: &[Value],
+) -> Result<Outcome> {
+    let (out, rows) = query(txn, q, params)?;
+    if named.len() > out.len() {
+        return Err(Error::sql("42601", "too many column names were specified"));
+    }
+    let mut columns: Vec<Column> = Vec::with_capacity(out.len());
+    for (i, c) in out.iter().enumerate() {
+        let cname = named.get(i).map(|d| ident(&d.name)).unwrap_or_else(|| c.name.clone());
+        if columns.iter().any(|x| x.name == cname) {
+            return Err(Error::sql("42701", format!("column \"{cname}\" specified more than once")));
+        }
+        let ty = c.ty.unwrap_or(DataType::Text);
+        columns.push(Column { name: cname, ty, nullable: true, default: None, identity: None });
+    }
+    let def = Catalog::create(txn, TableDef::new(name, columns))?;
+    let mut n = 0u64;
+    for row in rows {
+        let row = conform(&def, row?)?;
+        n += 1;
+        txn.put(def.row_key(&row, Some(n)), def.encode_row(&row))?;
+    }
+    if n > 0 {
+        Catalog::set_rowid(txn, &def, n)?;
+    }
+    Ok(Outcome::Command(format!("SELECT {n}")))
 }
 
 /// PostgreSQL's name for a UNIQUE constraint's index: `<table>_<columns>_key`.

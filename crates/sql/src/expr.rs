@@ -977,7 +977,33 @@ impl<'a> Binder<'a> {
             let [ast::FunctionArgExpr::Expr(e)] = args.as_slice() else {
                 return Err(Error::sql("42883", format!("function {f} does not exist")));
             };
-            let name = match self.bind(e)?.result_type(self.scope) {
+            let bound = self.bind(e)?;
+            let ty = match self.aggs {
+                None => bound.result_type(self.scope),
+                // Above an aggregation the bound expression reads the aggregation's
+                // output, whose columns the binder does not type: type the argument over
+                // the input (a grouped expression) or over its own aggregates.
+                Some(_) => match Binder::new(self.scope).bind(e) {
+                    Ok(plain) => plain.result_type(self.scope),
+                    Err(_) => {
+                        let mut own = AggBinding { group_texts: Vec::new(), calls: Vec::new() };
+                        let mut b = Binder::new(self.scope);
+                        b.aggs = Some(&mut own);
+                        let typed = b.bind(e);
+                        let scope: Vec<ScopeCol> = own
+                            .calls
+                            .iter()
+                            .map(|c| ScopeCol {
+                                table: None,
+                                name: String::new(),
+                                ty: crate::exec::agg_type(c, self.scope),
+                            })
+                            .collect();
+                        typed.ok().and_then(|t| t.result_type(&scope))
+                    }
+                },
+            };
+            let name = match ty {
                 Some(t) => t.pg_name().split('(').next().unwrap_or_default().to_string(),
                 None => "unknown".to_string(),
             };

@@ -848,7 +848,7 @@ pub fn run(txn: &mut Transaction, stmt: &ast::Statement, params: &[Value]) -> Re
         ast::Statement::Insert(i) => exec::insert(txn, i, params),
         ast::Statement::Update(u) => exec::update(txn, u, params),
         ast::Statement::Delete(d) => exec::delete(txn, d, params),
-        ast::Statement::CreateTable(ct) => exec::create_table(txn, ct),
+        ast::Statement::CreateTable(ct) => exec::create_table(txn, ct, params),
         ast::Statement::Truncate(t) => exec::truncate_tables(txn, t),
         ast::Statement::CreateView(cv) => exec::create_view(txn, cv),
         ast::Statement::Drop { object_type: ast::ObjectType::View, if_exists, names, .. } => {
