@@ -17,7 +17,9 @@
 //! spills past work_mem; after it, memory holds one row for `row_number`, one peer
 //! group for the others (without ORDER BY every row of a partition is a peer, so an
 //! aggregate over a whole partition holds that partition), and one partition for
-//! `lag`/`lead`. Explicit frames, named windows and DISTINCT inside a window aggregate
+//! `lag`/`lead` and for `percent_rank`/`cume_dist`/`ntile` (which need its size).
+//! `first_value`/`last_value`/`nth_value` follow the default frame: the partition's
+//! first row through the current row's last peer. Explicit frames, named windows and DISTINCT inside a window aggregate
 //! are refused with 0A000.
 
 use crate::exec::Acc;
@@ -38,6 +40,12 @@ enum WinFunc {
     DenseRank,
     Lag,
     Lead,
+    FirstValue,
+    LastValue,
+    NthValue,
+    PercentRank,
+    CumeDist,
+    Ntile,
     Agg(AggFunc),
 }
 
@@ -138,6 +146,17 @@ fn bind_one(f: &ast::Function, scope: &[ScopeCol]) -> Result<WindowCall> {
             };
             (func, Some(DataType::Int8))
         }
+        "first_value" | "last_value" if args.len() == 1 && !star => {
+            let func = if name == "first_value" { WinFunc::FirstValue } else { WinFunc::LastValue };
+            (func, args[0].result_type(scope))
+        }
+        "nth_value" if args.len() == 2 && !star => (WinFunc::NthValue, args[0].result_type(scope)),
+        "percent_rank" | "cume_dist" if args.is_empty() && !star => {
+            let func = if name == "percent_rank" { WinFunc::PercentRank } else { WinFunc::CumeDist };
+            (func, Some(DataType::Float8))
+        }
+        "ntile" if args.len() == 1 && !star => (WinFunc::Ntile, Some(DataType::Int4)),
+        "first_value" | "last_value" | "nth_value" | "percent_rank" | "cume_dist" | "ntile" => return Err(wrong_args()),
         "lag" | "lead" => {
             if args.is_empty() || args.len() > 3 {
                 return Err(wrong_args());
@@ -245,6 +264,21 @@ struct PartState {
     rows_before: i64,
     groups_before: i64,
     acc: Option<Acc>,
+    /// first_value's and nth_value's answer, once its row has been seen.
+    found: Option<Value>,
+}
+
+/// A positive integer argument (ntile's bucket count, nth_value's position).
+fn positive_arg(v: &Value, what: &str) -> Result<Option<i64>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Int(n) if *n > 0 => Ok(Some(*n)),
+        Value::Int(_) => Err(Error::sql(
+            if what == "ntile" { "22014" } else { "22016" },
+            format!("argument of {what} must be greater than zero"),
+        )),
+        other => Err(Error::sql("42883", format!("{what} takes an integer, not {}", other.type_name()))),
+    }
 }
 
 impl Walker {
@@ -289,7 +323,10 @@ impl Walker {
 
     /// Computes the next block's output rows.
     fn fill(&mut self, state: &mut Option<(Row, PartState)>) -> Result<bool> {
-        let partition_wide = matches!(self.func, WinFunc::Lag | WinFunc::Lead);
+        let partition_wide = matches!(
+            self.func,
+            WinFunc::Lag | WinFunc::Lead | WinFunc::PercentRank | WinFunc::CumeDist | WinFunc::Ntile
+        );
         let Some(block) = self.block(partition_wide)? else { return Ok(false) };
         // A new partition resets the running state.
         let new_partition = match state {
@@ -301,7 +338,7 @@ impl Walker {
                 WinFunc::Agg(f) => Some(Acc::new(&(f, None))),
                 _ => None,
             };
-            *state = Some((block[0].clone(), PartState { rows_before: 0, groups_before: 0, acc }));
+            *state = Some((block[0].clone(), PartState { rows_before: 0, groups_before: 0, acc, found: None }));
         }
         let Some((_, st)) = state.as_mut() else { return Err(Error::Internal("window state".into())) };
         let mut out = Vec::with_capacity(block.len());
@@ -330,6 +367,76 @@ impl Walker {
                 let value = acc.clone().finish();
                 for r in block {
                     out.push(self.finish_row(r, value.clone()));
+                }
+            }
+            // The default frame runs from the partition's first row to the current
+            // row's last peer.
+            WinFunc::FirstValue => {
+                let v = st.found.get_or_insert_with(|| block[0][self.arg_at].clone()).clone();
+                for r in block {
+                    out.push(self.finish_row(r, v.clone()));
+                }
+            }
+            WinFunc::LastValue => {
+                let v = block[block.len() - 1][self.arg_at].clone();
+                for r in block {
+                    out.push(self.finish_row(r, v.clone()));
+                }
+            }
+            WinFunc::NthValue => {
+                let n = positive_arg(&block[0][self.arg_at + 1], "nth_value")?;
+                if let (None, Some(n)) = (&st.found, n) {
+                    let at = n - 1 - st.rows_before;
+                    if (0..block.len() as i64).contains(&at) {
+                        st.found = Some(block[at as usize][self.arg_at].clone());
+                    }
+                }
+                st.rows_before += block.len() as i64;
+                let v = if n.is_some() { st.found.clone().unwrap_or(Value::Null) } else { Value::Null };
+                for r in block {
+                    out.push(self.finish_row(r, v.clone()));
+                }
+            }
+            // These see the whole partition: its size, and its peer groups in order.
+            WinFunc::PercentRank | WinFunc::CumeDist => {
+                let n = block.len();
+                let mut start = 0;
+                while start < n {
+                    let mut end = start + 1;
+                    while end < n && compare(&block[start], &block[end], &self.order_keys) == Ordering::Equal {
+                        end += 1;
+                    }
+                    let v = if self.func == WinFunc::PercentRank {
+                        if n == 1 {
+                            0.0
+                        } else {
+                            start as f64 / (n - 1) as f64
+                        }
+                    } else {
+                        end as f64 / n as f64
+                    };
+                    for r in &block[start..end] {
+                        out.push(self.finish_row(r.clone(), Value::Float(v)));
+                    }
+                    start = end;
+                }
+            }
+            WinFunc::Ntile => {
+                let rows = block.len() as i64;
+                for (i, r) in block.into_iter().enumerate() {
+                    let Some(buckets) = positive_arg(&r[self.arg_at], "ntile")? else {
+                        out.push(self.finish_row(r, Value::Null));
+                        continue;
+                    };
+                    // The first `rows % buckets` buckets hold one row more.
+                    let (size, extra) = (rows / buckets, rows % buckets);
+                    let i = i as i64;
+                    let bucket = if i < extra * (size + 1) {
+                        i / (size + 1)
+                    } else {
+                        extra + (i - extra * (size + 1)) / size.max(1)
+                    };
+                    out.push(self.finish_row(r, Value::Int(bucket + 1)));
                 }
             }
             WinFunc::Lag | WinFunc::Lead => {
