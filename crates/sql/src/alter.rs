@@ -26,8 +26,9 @@
 
 use crate::catalog::{Catalog, Column, IndexDef, TableDef};
 use crate::exec::{
-    apply_column_option, check_unique, default_value, delete_range, display_values, ensure_relation_name_free, feature,
-    fill_index, key_columns, scan_stored, scope_of, table_name, unique_name, Outcome,
+    apply_column_option, check_unique, column_def, default_value, delete_range, display_values,
+    ensure_relation_name_free, feature, fill_index, key_columns, scan_stored, scope_of, table_name, unique_name,
+    Outcome,
 };
 use crate::expr::{ident, Binder};
 use crate::pipeline::Row;
@@ -35,18 +36,6 @@ use crate::types::{DataType, Value};
 use amberdb_error::{Error, Result};
 use amberdb_mvcc::Transaction;
 use sqlparser::ast;
-
-/// Builds a column from its definition (types, NULL/NOT NULL, DEFAULT only).
-fn plain_column(c: &ast::ColumnDef) -> Result<Column> {
-    let ty = DataType::parse(&c.data_type.to_string()).map_err(crate::expr::to_sql_err)?;
-    let mut col = Column { name: ident(&c.name), ty, nullable: true, default: None, identity: None };
-    for o in &c.options {
-        if !apply_column_option(&mut col, &o.option)? {
-            return Err(feature(format!("column option {} in ALTER TABLE ADD COLUMN", o.option)));
-        }
-    }
-    Ok(col)
-}
 
 /// ALTER TABLE: its operations apply in order, in the statement's transaction.
 pub fn alter_table(txn: &mut Transaction, at: &ast::AlterTable) -> Result<Outcome> {
@@ -73,35 +62,8 @@ fn contains_nulls(def: &TableDef, col: &Column) -> Error {
 
 fn alter_one(txn: &mut Transaction, mut def: TableDef, op: &ast::AlterTableOperation) -> Result<TableDef> {
     match op {
-        ast::AlterTableOperation::AddColumn { if_not_exists, column_def, column_position: None, .. } => {
-            let col = plain_column(column_def)?;
-            if def.column_index(&col.name).is_some() {
-                if *if_not_exists {
-                    return Ok(def);
-                }
-                return Err(Error::sql(
-                    "42701",
-                    format!("column \"{}\" of relation \"{}\" already exists", col.name, def.name),
-                ));
-            }
-            let value = default_value(&col)?.cast(col.ty).map_err(crate::expr::to_sql_err)?;
-            // Decoded with the definition before the column exists.
-            let mut rows = scan_stored(txn, &def, def.rows_range()).peekable();
-            if value.is_null() && !col.nullable && rows.peek().is_some() {
-                return Err(contains_nulls(&def, &col));
-            }
-            def.columns.push(col);
-            if !value.is_null() {
-                for r in rows {
-                    // Rows were read before the column existed: append its value.
-                    let r = r?;
-                    let mut row = r.row;
-                    row.resize(def.columns.len() - 1, Value::Null);
-                    row.push(value.clone());
-                    txn.put(r.key, def.encode_row(&row))?;
-                }
-            }
-            Ok(def)
+        ast::AlterTableOperation::AddColumn { if_not_exists, column_def: cdef, column_position: None, .. } => {
+            add_column(txn, def, cdef, *if_not_exists)
         }
         ast::AlterTableOperation::DropColumn { column_names, if_exists, .. } => {
             for cname in column_names {
@@ -201,6 +163,76 @@ fn drop_column(txn: &mut Transaction, mut def: TableDef, pos: usize) -> Result<T
         let mut row = r.row;
         row.remove(pos);
         txn.put(r.key, def.encode_row(&row))?;
+    }
+    Ok(def)
+}
+
+/// ADD COLUMN: existing rows get the column's default, or for an identity (`serial`)
+/// column the counter's next values in key order, as PostgreSQL numbers them; an
+/// inline UNIQUE adds its index, an inline PRIMARY KEY rebuilds the table on it.
+fn add_column(
+    txn: &mut Transaction,
+    mut def: TableDef,
+    cdef: &ast::ColumnDef,
+    if_not_exists: bool,
+) -> Result<TableDef> {
+    // A counter number no column of the table uses (see `Identity::counter`).
+    let counter = def
+        .columns
+        .iter()
+        .filter_map(|c| c.identity.map(|i| i.counter))
+        .max()
+        .unwrap_or(0)
+        .max(def.columns.len() as u64)
+        + 1;
+    let (col, keys) = column_def(cdef, counter, &def.name)?;
+    if def.column_index(&col.name).is_some() {
+        if if_not_exists {
+            return Ok(def);
+        }
+        return Err(Error::sql(
+            "42701",
+            format!("column \"{}\" of relation \"{}\" already exists", col.name, def.name),
+        ));
+    }
+    if keys.primary_key && !def.primary_key.is_empty() {
+        return Err(Error::sql("42P16", format!("multiple primary keys for table \"{}\" are not allowed", def.name)));
+    }
+    let value = default_value(&col)?.cast(col.ty).map_err(crate::expr::to_sql_err)?;
+    // Decoded with the definition before the column exists.
+    let mut rows = scan_stored(txn, &def, def.rows_range()).peekable();
+    if value.is_null() && col.identity.is_none() && !col.nullable && rows.peek().is_some() {
+        return Err(contains_nulls(&def, &col));
+    }
+    let (ty, identity) = (col.ty, col.identity);
+    def.columns.push(col);
+    let pos = def.columns.len() - 1;
+    if identity.is_some() || !value.is_null() {
+        for r in rows {
+            let r = r?;
+            let mut row = r.row;
+            row.resize(pos, Value::Null);
+            row.push(match identity {
+                Some(i) => {
+                    Value::Int(Catalog::next_identity(txn, &def, i)?).cast(ty).map_err(crate::expr::to_sql_err)?
+                }
+                None => value.clone(),
+            });
+            txn.put(r.key, def.encode_row(&row))?;
+        }
+    }
+    if keys.unique {
+        let name = unique_name(&def, &[pos]);
+        ensure_relation_name_free(txn, &name, Some(&def))?;
+        let id = def.indexes.iter().map(|i| i.id).max().unwrap_or(0) + 1;
+        let index = IndexDef { id, name, columns: vec![pos], unique: true };
+        fill_index(txn, &def, &index)?;
+        def.indexes.push(index);
+    }
+    if keys.primary_key {
+        let new = TableDef { primary_key: vec![pos], ..def.clone() };
+        ensure_relation_name_free(txn, &new.pkey_name(), None)?;
+        return rebuild(txn, &def, new, Ok);
     }
     Ok(def)
 }

@@ -2428,76 +2428,19 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable, params: &[Valu
     let mut pk_name: Option<String> = None;
     let mut unique_sets: Vec<(Option<String>, Vec<usize>)> = Vec::new();
     for c in &ct.columns {
-        let cname = ident(&c.name);
-        if columns.iter().any(|x| x.name == cname) {
-            return Err(Error::sql("42701", format!("column \"{cname}\" specified more than once")));
-        }
-        // serial types: an integer identity column, NOT NULL (PostgreSQL's serial is a
-        // sequence default; here it is an identity counter, see `Catalog::next_identity`).
-        let spelled = c.data_type.to_string().to_ascii_lowercase();
-        let serial = match spelled.as_str() {
-            "serial" | "serial4" => Some(DataType::Int4),
-            "bigserial" | "serial8" => Some(DataType::Int8),
-            "smallserial" | "serial2" => Some(DataType::Int2),
-            _ => None,
-        };
-        let ty = match serial {
-            Some(t) => t,
-            None => DataType::parse(&spelled).map_err(crate::expr::to_sql_err)?,
-        };
         let counter = columns.len() as u64 + 1;
-        let identity = serial.map(|_| crate::catalog::Identity { always: false, counter });
-        let mut col = Column { name: cname, ty, nullable: identity.is_none(), default: None, identity };
-        for o in &c.options {
-            if apply_column_option(&mut col, &o.option)? {
-                continue;
-            }
-            match &o.option {
-                ast::ColumnOption::Generated {
-                    generated_as: generated @ (ast::GeneratedAs::Always | ast::GeneratedAs::ByDefault),
-                    generation_expr: None,
-                    ..
-                } => {
-                    if !col.ty.is_integer() {
-                        return Err(Error::sql(
-                            "22023",
-                            format!(
-                                "identity column type must be smallint, integer, or bigint (column \"{}\")",
-                                col.name
-                            ),
-                        ));
-                    }
-                    if col.identity.is_some() {
-                        return Err(Error::sql(
-                            "42601",
-                            format!("multiple identity specifications for column \"{}\"", col.name),
-                        ));
-                    }
-                    col.identity = Some(crate::catalog::Identity {
-                        always: matches!(generated, ast::GeneratedAs::Always),
-                        counter,
-                    });
-                    col.nullable = false;
-                }
-                ast::ColumnOption::Unique(_) => unique_sets.push((None, vec![columns.len()])),
-                ast::ColumnOption::PrimaryKey(_) => {
-                    if !pk.is_empty() {
-                        return Err(Error::sql(
-                            "42P16",
-                            format!("multiple primary keys for table \"{name}\" are not allowed"),
-                        ));
-                    }
-                    pk.push(columns.len());
-                    col.nullable = false;
-                }
-                other => return Err(feature(format!("column option {other}"))),
-            }
+        let (col, keys) = column_def(c, counter, &name)?;
+        if columns.iter().any(|x| x.name == col.name) {
+            return Err(Error::sql("42701", format!("column \"{}\" specified more than once", col.name)));
         }
-        if col.identity.is_some() && col.default.is_some() {
-            return Err(Error::sql(
-                "42601",
-                format!("both default and identity specified for column \"{}\" of table \"{name}\"", col.name),
-            ));
+        if keys.unique {
+            unique_sets.push((None, vec![columns.len()]));
+        }
+        if keys.primary_key {
+            if !pk.is_empty() {
+                return Err(Error::sql("42P16", format!("multiple primary keys for table \"{name}\" are not allowed")));
+            }
+            pk.push(columns.len());
         }
         columns.push(col);
     }
@@ -2535,6 +2478,82 @@ pub fn create_table(txn: &mut Transaction, ct: &ast::CreateTable, params: &[Valu
     }
     Catalog::create(txn, def)?;
     Ok(Outcome::Command("CREATE TABLE".into()))
+}
+
+/// Inline key constraints of a column definition.
+#[derive(Default)]
+pub(crate) struct InlineKeys {
+    pub(crate) primary_key: bool,
+    pub(crate) unique: bool,
+}
+
+/// A column from its definition in CREATE TABLE or ALTER TABLE ADD COLUMN: the type
+/// (serial types become integer identity columns), NULL/NOT NULL, DEFAULT, identity
+/// (counter number `counter`), and its inline PRIMARY KEY / UNIQUE.
+pub(crate) fn column_def(c: &ast::ColumnDef, counter: u64, table: &str) -> Result<(Column, InlineKeys)> {
+    // serial types: an integer identity column, NOT NULL (PostgreSQL's serial is a
+    // sequence default; here it is an identity counter, see `Catalog::next_identity`).
+    let spelled = c.data_type.to_string().to_ascii_lowercase();
+    let serial = match spelled.as_str() {
+        "serial" | "serial4" => Some(DataType::Int4),
+        "bigserial" | "serial8" => Some(DataType::Int8),
+        "smallserial" | "serial2" => Some(DataType::Int2),
+        _ => None,
+    };
+    let ty = match serial {
+        Some(t) => t,
+        None => DataType::parse(&spelled).map_err(crate::expr::to_sql_err)?,
+    };
+    let identity = serial.map(|_| crate::catalog::Identity { always: false, counter });
+    let mut col = Column { name: ident(&c.name), ty, nullable: identity.is_none(), default: None, identity };
+    let mut keys = InlineKeys::default();
+    for o in &c.options {
+        if apply_column_option(&mut col, &o.option)? {
+            continue;
+        }
+        match &o.option {
+            ast::ColumnOption::Generated {
+                generated_as: generated @ (ast::GeneratedAs::Always | ast::GeneratedAs::ByDefault),
+                generation_expr: None,
+                ..
+            } => {
+                if !col.ty.is_integer() {
+                    return Err(Error::sql(
+                        "22023",
+                        format!("identity column type must be smallint, integer, or bigint (column \"{}\")", col.name),
+                    ));
+                }
+                if col.identity.is_some() {
+                    return Err(Error::sql(
+                        "42601",
+                        format!("multiple identity specifications for column \"{}\"", col.name),
+                    ));
+                }
+                col.identity =
+                    Some(crate::catalog::Identity { always: matches!(generated, ast::GeneratedAs::Always), counter });
+                col.nullable = false;
+            }
+            ast::ColumnOption::Unique(_) => keys.unique = true,
+            ast::ColumnOption::PrimaryKey(_) => {
+                if keys.primary_key {
+                    return Err(Error::sql(
+                        "42P16",
+                        format!("multiple primary keys for table \"{table}\" are not allowed"),
+                    ));
+                }
+                keys.primary_key = true;
+                col.nullable = false;
+            }
+            other => return Err(feature(format!("column option {other}"))),
+        }
+    }
+    if col.identity.is_some() && col.default.is_some() {
+        return Err(Error::sql(
+            "42601",
+            format!("both default and identity specified for column \"{}\" of table \"{table}\"", col.name),
+        ));
+    }
+    Ok((col, keys))
 }
 
 /// `CREATE TABLE t [(names)] AS query`: a table (hidden row ids, no constraints) with
