@@ -537,7 +537,7 @@ fn a_full_disk_fails_the_backup_cleanly() {
     let _guard = Unmount(small.clone());
     let s = server(&dir.path().join("data"), &small, &[]);
     sql(&s, "CREATE TABLE t (id INT PRIMARY KEY, v TEXT)");
-    sql(&s, "INSERT INTO t SELECT g, 'r' || (g * 7919 % 1000003) || '-' || (g * 104729 % 999983) || '-' || (g * 13 % 97) FROM generate_series(1, 150000) g");
+    sql(&s, "INSERT INTO t SELECT g, 'r' || (g * 7919 % 1000003) || '-' || (g::bigint * 104729 % 999983) || '-' || (g * 13 % 97) FROM generate_series(1, 150000) g");
     let err = sql_err(&s, "BACKUP TABLE t TO 'full'");
     assert!(err.contains("No space left") || err.contains("full/"), "{err}");
     // No manifest claims the failed backup, and its partial files were removed.
