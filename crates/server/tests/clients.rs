@@ -44,6 +44,16 @@ SELECT version();
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}\n{err}");
     }
+    // … and a view, with its query's column names and types.
+    let (ok, out, err) = psql(
+        &server,
+        &["-v", "ON_ERROR_STOP=1"],
+        "CREATE VIEW named AS SELECT id, upper(name) AS shout FROM described;\n\\d named\n",
+    );
+    assert!(ok, "{err}");
+    for expected in ["View \"public.named\"", "id     | integer |", "shout  | text    |"] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}\n{err}");
+    }
     // A database that does not exist gets PostgreSQL's error; psql reports the server
     // as version 15 (no major-version warning).
     let out = Command::new("psql")

@@ -602,6 +602,20 @@ thread_local! {
 }
 
 /// A view read in FROM: its query, as a derived table named by the alias or the view.
+/// A view's result columns (names and types), from a run of its query that reads no
+/// rows.
+pub(crate) fn view_columns(txn: &mut Transaction, view: &crate::catalog::ViewDef) -> Result<Vec<OutColumn>> {
+    let q = sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+        .try_with_sql(&view.query)
+        .and_then(|mut p| p.parse_query())
+        .map_err(|e| Error::InvalidData(format!("stored query of view {}: {e}", view.name)))?;
+    let (mut columns, _) = with_shape_only(true, || query(txn, &q, &[]))?;
+    for (c, n) in columns.iter_mut().zip(&view.columns) {
+        c.name = n.clone();
+    }
+    Ok(columns)
+}
+
 fn view_source(
     txn: &mut Transaction,
     view: &crate::catalog::ViewDef,

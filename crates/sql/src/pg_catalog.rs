@@ -17,8 +17,10 @@ pub fn table_oid(def: &TableDef) -> i64 {
 }
 
 const PUBLIC: i64 = 2200;
-/// Views have no table id; their pg_class oids start here (above any table's).
-const VIEW_OID_BASE: i64 = 1 << 40;
+/// Views have no table id; their pg_class oids start here: above the tables' (for table
+/// ids below ~10.7 million) and within a 32-bit oid, which clients compare as `int4`
+/// (psql's `\d view` sends `WHERE c.oid = '<oid>'`).
+const VIEW_OID_BASE: i64 = 1 << 30;
 const PG_CATALOG: i64 = 11;
 const HEAP_AM: i64 = 2;
 const BTREE_AM: i64 = 403;
@@ -226,18 +228,18 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
         }
         "pg_attribute" => {
             let mut rows = Vec::new();
+            let typmod = |ty: DataType| match ty {
+                DataType::Varchar(Some(n)) | DataType::Char(n) => i64::from(n) + 4,
+                DataType::Numeric(Some((p, sc))) => (i64::from(p) << 16) + i64::from(sc) + 4,
+                _ => -1,
+            };
             for t in &tables {
                 for (i, c) in t.columns.iter().enumerate() {
-                    let typmod = match c.ty {
-                        DataType::Varchar(Some(n)) | DataType::Char(n) => i64::from(n) + 4,
-                        DataType::Numeric(Some((p, sc))) => (i64::from(p) << 16) + i64::from(sc) + 4,
-                        _ => -1,
-                    };
                     rows.push(vec![
                         Value::Int(table_oid(t)),
                         text(&c.name),
                         Value::Int(i64::from(c.ty.oid())),
-                        Value::Int(typmod),
+                        Value::Int(typmod(c.ty)),
                         Value::Int(i as i64 + 1),
                         Value::Bool(!c.nullable),
                         Value::Bool(c.default.is_some()),
@@ -249,6 +251,27 @@ pub fn catalog_table(txn: &mut Transaction, name: &str, alias: &str) -> Result<(
                             Some(_) => "d",
                             None => "",
                         }),
+                        text(""),
+                    ]);
+                }
+            }
+            // A view's columns are its query's (found without reading rows); a view
+            // that no longer runs (a table it reads was dropped) shows none.
+            for (n, v) in Catalog::list_views(txn)?.iter().enumerate() {
+                let Ok(columns) = crate::exec::view_columns(txn, v) else { continue };
+                for (i, c) in columns.iter().enumerate() {
+                    let ty = c.ty.unwrap_or(DataType::Text);
+                    rows.push(vec![
+                        Value::Int(VIEW_OID_BASE + n as i64),
+                        text(&c.name),
+                        Value::Int(i64::from(ty.oid())),
+                        Value::Int(typmod(ty)),
+                        Value::Int(i as i64 + 1),
+                        Value::Bool(false),
+                        Value::Bool(false),
+                        Value::Bool(false),
+                        Value::Int(0),
+                        text(""),
                         text(""),
                     ]);
                 }
