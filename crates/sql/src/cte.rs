@@ -221,7 +221,12 @@ pub(crate) fn recursive_parts(q: &ast::Query) -> Result<Option<Recursive<'_>>> {
     let Some(with) = &q.with else { return Ok(None) };
     let [cte] = with.cte_tables.as_slice() else { return Ok(None) };
     let name = name_of(&cte.alias.name);
-    if !with.recursive || *q != recursive_query(&name, &cte.alias.columns, (*cte.query).clone()) {
+    // The form is also what a user may write: a CTE that does not read itself is then an
+    // ordinary one.
+    if !with.recursive
+        || references(&cte.query, &name) == 0
+        || *q != recursive_query(&name, &cte.alias.columns, (*cte.query).clone())
+    {
         return Ok(None);
     }
     let bad_form = || {

@@ -455,8 +455,9 @@ fn table_factor(
         ast::TableFactor::Table { name, alias, args: None, .. } if matches!(name.0.as_slice(), [ast::ObjectNamePart::Identifier(i)] if i.value.starts_with('\u{0}')) =>
         {
             let key = name.0.first().and_then(|p| p.as_ident()).map(|i| i.value.as_str()).unwrap_or_default();
-            let (columns, rows) = crate::cte::Working::take(key)
-                .ok_or_else(|| Error::Internal("a recursive query's working table was read twice".into()))?;
+            let (columns, rows) = crate::cte::Working::take(key).ok_or_else(|| {
+                Error::sql("0A000", "a recursive reference inside a subquery that runs per row is not supported")
+            })?;
             let table = alias.as_ref().map(|a| ident(&a.name));
             let scope = columns.into_iter().map(|(name, ty)| ScopeCol { table: table.clone(), name, ty }).collect();
             Ok(Source { scope, rows, order: vec![] })
