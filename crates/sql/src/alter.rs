@@ -24,11 +24,10 @@
 //! reading their new entries in order, where equal values are adjacent, so no check
 //! holds the table in memory.
 
-use crate::catalog::{Catalog, Column, IndexDef, TableDef};
+use crate::catalog::{Catalog, Column, TableDef};
 use crate::exec::{
-    apply_column_option, check_unique, column_def, default_value, delete_range, display_values,
-    ensure_relation_name_free, feature, fill_index, key_columns, scan_stored, scope_of, table_name, unique_name,
-    Outcome,
+    add_index, apply_column_option, check_unique, column_def, default_value, delete_range, duplicated,
+    ensure_relation_name_free, feature, key_columns, scan_stored, scope_of, table_name, unique_name, Outcome,
 };
 use crate::expr::{ident, Binder};
 use crate::pipeline::Row;
@@ -107,7 +106,7 @@ fn alter_one(txn: &mut Transaction, mut def: TableDef, op: &ast::AlterTableOpera
             if !def.primary_key.is_empty() && def.pkey_name() == name {
                 // Key columns stay NOT NULL, as PostgreSQL leaves them.
                 let new = TableDef { primary_key: Vec::new(), primary_key_name: None, ..def.clone() };
-                return rebuild(txn, &def, new, Ok);
+                return rebuild(txn, &def, new, false, Ok);
             }
             if let Some(pos) = def.indexes.iter().position(|i| i.unique && i.name == name) {
                 let index = def.indexes.remove(pos);
@@ -148,7 +147,7 @@ fn drop_column(txn: &mut Transaction, mut def: TableDef, pos: usize) -> Result<T
     if old.primary_key.contains(&pos) {
         def.primary_key.clear();
         def.primary_key_name = None;
-        return rebuild(txn, &old, def, |mut row| {
+        return rebuild(txn, &old, def, false, |mut row| {
             row.remove(pos);
             Ok(row)
         });
@@ -224,15 +223,12 @@ fn add_column(
     if keys.unique {
         let name = unique_name(&def, &[pos]);
         ensure_relation_name_free(txn, &name, Some(&def))?;
-        let id = def.indexes.iter().map(|i| i.id).max().unwrap_or(0) + 1;
-        let index = IndexDef { id, name, columns: vec![pos], unique: true };
-        fill_index(txn, &def, &index)?;
-        def.indexes.push(index);
+        add_index(txn, &mut def, name, vec![pos], true)?;
     }
     if keys.primary_key {
         let new = TableDef { primary_key: vec![pos], ..def.clone() };
         ensure_relation_name_free(txn, &new.pkey_name(), None)?;
-        return rebuild(txn, &def, new, Ok);
+        return rebuild(txn, &def, new, false, Ok);
     }
     Ok(def)
 }
@@ -254,16 +250,13 @@ fn add_constraint(txn: &mut Transaction, mut def: TableDef, constraint: &ast::Ta
                 set_not_null(txn, &mut new, c)?;
             }
             ensure_relation_name_free(txn, &new.pkey_name(), None)?;
-            rebuild(txn, &def, new, Ok)
+            rebuild(txn, &def, new, false, Ok)
         }
         ast::TableConstraint::Unique(u) => {
             let columns = key_columns(&def.columns, &u.columns, "UNIQUE", Some(&def.name))?;
             let name = u.name.as_ref().map(ident).unwrap_or_else(|| unique_name(&def, &columns));
             ensure_relation_name_free(txn, &name, Some(&def))?;
-            let id = def.indexes.iter().map(|i| i.id).max().unwrap_or(0) + 1;
-            let index = IndexDef { id, name, columns, unique: true };
-            fill_index(txn, &def, &index)?;
-            def.indexes.push(index);
+            add_index(txn, &mut def, name, columns, true)?;
             Ok(def)
         }
         ast::TableConstraint::ForeignKey(_) => Err(feature("FOREIGN KEY")),
@@ -368,7 +361,7 @@ fn change_type(
     let using = using.map(|e| Binder::new(&scope_of(&def, &def.name)).bind(e)).transpose()?;
     let mut new = def.clone();
     new.columns[pos].ty = ty;
-    rebuild(txn, &def, new, |mut row: Row| {
+    rebuild(txn, &def, new, true, |mut row: Row| {
         let v = match &using {
             Some(e) => e.eval(&row, &[])?,
             None => std::mem::replace(&mut row[pos], Value::Null),
@@ -387,7 +380,7 @@ fn first_duplicate(
     new: &TableDef,
     map: &mut impl FnMut(Row) -> Result<Row>,
 ) -> Result<Error> {
-    let mut keys = crate::cte::RowStore::new();
+    let mut keys = crate::spill::RowStore::new();
     for r in scan_stored(txn, old, old.rows_range()) {
         let row = map(r?.row)?;
         let mut entry = vec![Value::Bytes(new.row_key(&row, None))];
@@ -399,16 +392,7 @@ fn first_duplicate(
     for entry in sorted {
         let entry = entry?;
         if previous.as_ref().is_some_and(|p| p[0] == entry[0]) {
-            let cols: Vec<&str> = new.primary_key.iter().map(|&c| new.columns[c].name.as_str()).collect();
-            return Ok(Error::sql(
-                "23505",
-                format!(
-                    "could not create unique index \"{}\": Key ({})=({}) is duplicated.",
-                    new.pkey_name(),
-                    cols.join(", "),
-                    display_values(&entry[1..])
-                ),
-            ));
+            return Ok(duplicated(&new.pkey_name(), new, &new.primary_key, &entry[1..]));
         }
         previous = Some(entry);
     }
@@ -416,11 +400,13 @@ fn first_duplicate(
 }
 
 /// Moves every row of `old` into `new` under a fresh table id (see the module
-/// comment), each row passed through `map`; returns `new` with its id.
+/// comment), each row passed through `map`; returns `new` with its id. `values_change`:
+/// `map` may change indexed values (a type change), so unique indexes are checked again.
 fn rebuild(
     txn: &mut Transaction,
     old: &TableDef,
     new: TableDef,
+    values_change: bool,
     mut map: impl FnMut(Row) -> Result<Row>,
 ) -> Result<TableDef> {
     Catalog::drop_table(txn, old)?;
@@ -462,8 +448,10 @@ fn rebuild(
     if rowid > 0 {
         Catalog::set_rowid(txn, &new, rowid)?;
     }
-    for index in new.indexes.iter().filter(|i| i.unique) {
-        check_unique(txn, &new, index, &index.name)?;
+    if values_change {
+        for index in new.indexes.iter().filter(|i| i.unique) {
+            check_unique(txn, &new, index, &index.name)?;
+        }
     }
     Ok(new)
 }

@@ -26,11 +26,10 @@
 //! ```
 //! The working table reaches the recursive term through a [`Working`] entry under a
 //! name no SQL can spell; both it and the result spill to disk past work_mem
-//! ([`RowStore`]). UNION (without ALL) remembers every row produced, in memory. Every
+//! ([`crate::spill::RowStore`]). UNION (without ALL) remembers every row produced, in memory. Every
 //! reference to the CTE evaluates it again (same snapshot, same rows).
 
-use crate::pipeline::{Row, RowIter};
-use crate::spill::{row_bytes, SpillWriter};
+use crate::pipeline::RowIter;
 use crate::types::DataType;
 use amberdb_error::{Error, Result};
 use sqlparser::ast::{self, Visit, VisitMut, Visitor, VisitorMut};
@@ -312,45 +311,5 @@ impl Drop for Working {
         if let Some(m) = map.as_mut() {
             m.remove(&self.0);
         }
-    }
-}
-
-/// Rows kept in memory up to work_mem, then in a temporary file; read back in order.
-pub(crate) struct RowStore {
-    mem: Vec<Row>,
-    bytes: usize,
-    file: Option<SpillWriter>,
-}
-
-impl RowStore {
-    pub(crate) fn new() -> Self {
-        RowStore { mem: Vec::new(), bytes: 0, file: None }
-    }
-
-    pub(crate) fn push(&mut self, row: Row) -> Result<()> {
-        if let Some(f) = &mut self.file {
-            return f.push(&row);
-        }
-        self.bytes += row_bytes(&row);
-        self.mem.push(row);
-        if self.bytes > crate::spill::work_mem() {
-            let mut f = SpillWriter::new()?;
-            for r in self.mem.drain(..) {
-                f.push(&r)?;
-            }
-            self.file = Some(f);
-        }
-        Ok(())
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.mem.is_empty() && self.file.as_ref().is_none_or(|f| f.rows() == 0)
-    }
-
-    pub(crate) fn into_rows(self) -> Result<RowIter> {
-        Ok(match self.file {
-            Some(f) => Box::new(f.into_reader()?),
-            None => crate::pipeline::materialized(self.mem),
-        })
     }
 }

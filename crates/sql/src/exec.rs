@@ -1359,9 +1359,9 @@ fn recursive_rows(
     }
     let flag = crate::interrupt::current();
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    let mut result = crate::cte::RowStore::new();
-    let mut working = crate::cte::RowStore::new();
-    let mut add = |row: Row, result: &mut crate::cte::RowStore, working: &mut crate::cte::RowStore| -> Result<()> {
+    let mut result = crate::spill::RowStore::new();
+    let mut working = crate::spill::RowStore::new();
+    let mut add = |row: Row, result: &mut crate::spill::RowStore, working: &mut crate::spill::RowStore| -> Result<()> {
         crate::interrupt::check(&flag)?;
         if !r.all && !seen.insert(row_identity(&row)) {
             return Ok(());
@@ -1374,7 +1374,7 @@ fn recursive_rows(
     }
     let shape: Vec<(String, Option<DataType>)> = columns.iter().map(|c| (c.name.clone(), c.ty)).collect();
     while !working.is_empty() {
-        let rows = std::mem::replace(&mut working, crate::cte::RowStore::new()).into_rows()?;
+        let rows = std::mem::replace(&mut working, crate::spill::RowStore::new()).into_rows()?;
         let _published = crate::cte::Working::publish(&r.working, shape.clone(), rows);
         let (step_columns, rows) = set_expr_rows(txn, &r.step, params)?;
         if step_columns.len() != columns.len() {
@@ -2684,12 +2684,24 @@ pub fn create_index(txn: &mut Transaction, ci: &ast::CreateIndex) -> Result<Outc
         }
         return Err(e);
     }
-    let id = def.indexes.iter().map(|i| i.id).max().unwrap_or(0) + 1;
-    let index = IndexDef { id, name, columns, unique: ci.unique };
-    fill_index(txn, &def, &index)?;
-    def.indexes.push(index);
+    add_index(txn, &mut def, name, columns, ci.unique)?;
     Catalog::put(txn, &def)?;
     Ok(Outcome::Command("CREATE INDEX".into()))
+}
+
+/// Adds an index (its name already checked free) to `def`, filled from the rows.
+pub(crate) fn add_index(
+    txn: &mut Transaction,
+    def: &mut TableDef,
+    name: String,
+    columns: Vec<usize>,
+    unique: bool,
+) -> Result<()> {
+    let id = def.indexes.iter().map(|i| i.id).max().unwrap_or(0) + 1;
+    let index = IndexDef { id, name, columns, unique };
+    fill_index(txn, def, &index)?;
+    def.indexes.push(index);
+    Ok(())
 }
 
 /// Writes `index`'s entry for every row of the table, then, for a unique index, checks
@@ -2728,19 +2740,25 @@ pub(crate) fn check_unique(txn: &mut Transaction, def: &TableDef, index: &IndexD
             continue;
         }
         if previous.as_ref() == Some(&encoded) {
-            let cols: Vec<&str> = index.columns.iter().map(|&c| def.columns[c].name.as_str()).collect();
-            return Err(Error::sql(
-                "23505",
-                format!(
-                    "could not create unique index \"{constraint}\": Key ({})=({}) is duplicated.",
-                    cols.join(", "),
-                    display_values(&values)
-                ),
-            ));
+            return Err(duplicated(constraint, def, &index.columns, &values));
         }
         previous = Some(encoded);
     }
     Ok(())
+}
+
+/// PostgreSQL's error for a unique index (or primary key) that cannot be built because
+/// two rows share `values` in columns `columns`.
+pub(crate) fn duplicated(constraint: &str, def: &TableDef, columns: &[usize], values: &[Value]) -> Error {
+    let cols: Vec<&str> = columns.iter().map(|&c| def.columns[c].name.as_str()).collect();
+    Error::sql(
+        "23505",
+        format!(
+            "could not create unique index \"{constraint}\": Key ({})=({}) is duplicated.",
+            cols.join(", "),
+            display_values(values)
+        ),
+    )
 }
 
 /// Values as PostgreSQL lists them in a key's error detail.

@@ -673,6 +673,46 @@ fn set_op_at(
     }))
 }
 
+/// Rows kept in memory up to work_mem, then in a temporary file; read back in order.
+pub(crate) struct RowStore {
+    mem: Vec<Row>,
+    bytes: usize,
+    file: Option<SpillWriter>,
+}
+
+impl RowStore {
+    pub(crate) fn new() -> Self {
+        RowStore { mem: Vec::new(), bytes: 0, file: None }
+    }
+
+    pub(crate) fn push(&mut self, row: Row) -> Result<()> {
+        if let Some(f) = &mut self.file {
+            return f.push(&row);
+        }
+        self.bytes += row_bytes(&row);
+        self.mem.push(row);
+        if self.bytes > crate::spill::work_mem() {
+            let mut f = SpillWriter::new()?;
+            for r in self.mem.drain(..) {
+                f.push(&r)?;
+            }
+            self.file = Some(f);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.mem.is_empty() && self.file.as_ref().is_none_or(|f| f.rows() == 0)
+    }
+
+    pub(crate) fn into_rows(self) -> Result<RowIter> {
+        Ok(match self.file {
+            Some(f) => Box::new(f.into_reader()?),
+            None => crate::pipeline::materialized(self.mem),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
